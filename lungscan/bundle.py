@@ -1,0 +1,137 @@
+"""The model bundle: ``model.h5`` plus ``model.json`` describing how to use it.
+
+A bare ``model.h5`` without ``model.json`` keeps the original Flask app's meaning:
+64x64 RGB, x/255, one sigmoid output, below 0.5 means cancer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from lungscan.errors import InvalidBundleError
+
+MODEL_FILE = "model.h5"
+METADATA_FILE = "model.json"
+INTENDED_USE = "Research and first-pass triage only. Not a diagnosis: a clinician must review every scan."
+
+
+class InputSpec(BaseModel):
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3]
+    colour: Literal["grayscale", "rgb"]
+    dtype: str = "float32"
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+
+class ResizeSpec(BaseModel):
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    method: Literal["bilinear", "nearest"] = "bilinear"
+
+
+class NormalisationSpec(BaseModel):
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+
+
+class PreprocessingSpec(BaseModel):
+    colour: Literal["grayscale", "rgb"]
+    resize: ResizeSpec
+    normalisation: NormalisationSpec = NormalisationSpec()
+    dicom_window: dict[str, float] = {"center": -600.0, "width": 1500.0}
+
+
+class BundleMetadata(BaseModel):
+    """What ``model.json`` holds. Unknown keys (reports, changelog...) are kept."""
+
+    model_config = {"extra": "allow", "protected_namespaces": ()}
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    created_at: str | None = None
+    classes: list[str] = Field(min_length=2)
+    positive_classes: list[str] = Field(min_length=1)
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    output: Literal["softmax", "sigmoid"] = "softmax"
+    temperature: float = Field(default=1.0, gt=0.0)
+    input: InputSpec
+    preprocessing: PreprocessingSpec
+    metrics: dict = {}
+    dataset: dict = {}
+    framework: dict = {}
+    intended_use: str = INTENDED_USE
+    sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleMetadata:
+        unknown = set(self.positive_classes) - set(self.classes)
+        if unknown:
+            raise ValueError(f"positive_classes {sorted(unknown)} are not among classes")
+        if self.output == "sigmoid" and len(self.classes) != 2:
+            raise ValueError("a sigmoid output needs exactly two classes")
+        if (self.input.height, self.input.width) != (self.preprocessing.resize.height, self.preprocessing.resize.width):
+            raise ValueError("preprocessing.resize must match the input size")
+        if self.input.colour != self.preprocessing.colour:
+            raise ValueError("preprocessing.colour must match input.colour")
+        return self
+
+
+def legacy_metadata(sha256: str | None = None) -> BundleMetadata:
+    """The original app's contract: sigmoid p = P(no cancer), so below 0.5 = cancer."""
+    return BundleMetadata(
+        name="legacy",
+        version="original",
+        classes=["cancer", "normal"],
+        positive_classes=["cancer"],
+        threshold=0.5,
+        output="sigmoid",
+        input=InputSpec(height=64, width=64, channels=3, colour="rgb"),
+        preprocessing=PreprocessingSpec(colour="rgb", resize=ResizeSpec(height=64, width=64)),
+        sha256=sha256,
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(bundle_dir: Path, *, verify_sha256: bool = True) -> BundleMetadata:
+    """Read and check a bundle's metadata (or the legacy meaning of a bare model.h5).
+
+    Raises:
+        InvalidBundleError: missing model.h5, unreadable/invalid model.json, sha256 mismatch.
+    """
+    bundle_dir = Path(bundle_dir)
+    model_path = bundle_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise InvalidBundleError(f"{model_path} does not exist")
+    actual_sha = file_sha256(model_path)
+    metadata_path = bundle_dir / METADATA_FILE
+    if not metadata_path.exists():
+        return legacy_metadata(actual_sha)
+    try:
+        metadata = BundleMetadata.model_validate_json(metadata_path.read_text())
+    except (ValidationError, OSError, UnicodeDecodeError) as error:
+        raise InvalidBundleError(f"{metadata_path} is not a valid model.json: {error}") from error
+    if verify_sha256 and metadata.sha256 and metadata.sha256 != actual_sha:
+        raise InvalidBundleError(f"sha256 of {model_path} does not match model.json")
+    metadata.sha256 = actual_sha
+    return metadata
+
+
+def write_metadata(bundle_dir: Path, metadata: BundleMetadata) -> None:
+    """Write model.json with the sha256 of the model.h5 beside it."""
+    bundle_dir = Path(bundle_dir)
+    metadata.sha256 = file_sha256(bundle_dir / MODEL_FILE)
+    text = json.dumps(metadata.model_dump(mode="json"), indent=2, sort_keys=False)
+    (bundle_dir / METADATA_FILE).write_text(text + "\n")

@@ -1,0 +1,183 @@
+"""Decode uploaded bytes into a validated image, before any model sees it.
+
+Every check that protects memory happens on the header, before pixels are allocated:
+the byte limit first, then the declared dimensions (a 30000x30000 PNG is a few KB on
+the wire and 900 MB in memory).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lungscan.errors import (
+    MalformedInputError,
+    NotACTSliceError,
+    PayloadTooLargeError,
+    UnsupportedFormatError,
+)
+
+# Pillow formats we accept; anything else (GIF, WebP, PDF...) is refused with a 415.
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Bounds on what a single upload may be.
+
+    A CT slice is typically 512x512; the bounds leave room for screenshots and
+    high-resolution exports while refusing thumbnails and decompression bombs.
+    """
+
+    max_bytes: int = 5 * 1024 * 1024  # fits Lambda's 6 MB synchronous payload once base64-encoded
+    min_side: int = 32
+    max_pixels: int = 4096 * 4096
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+@dataclass
+class DecodedImage:
+    """A decoded, loaded image plus what the answer reports about the input."""
+
+    image: Image.Image
+    format: str
+    window: dict[str, float] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+
+_DATA_URL_PREFIX = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+
+
+def decode_base64(text: str, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
+    """Decode base64 (standard alphabet, ``data:...;base64,`` prefix tolerated).
+
+    Raises:
+        PayloadTooLargeError: the encoded text alone implies more than ``max_bytes``.
+        MalformedInputError: not valid base64.
+    """
+    if not isinstance(text, str):
+        raise MalformedInputError("The image must be a base64 string.", code="invalid_base64")
+    text = _DATA_URL_PREFIX.sub("", text.strip(), count=1)
+    text = "".join(text.split())  # line-wrapped base64 (MIME style) is common in scripts
+    # Decide on size before decoding: 4 characters of base64 carry 3 bytes.
+    if len(text) // 4 * 3 > limits.max_bytes + 3:
+        raise PayloadTooLargeError(
+            f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit."
+        )
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise MalformedInputError("The image is not valid base64.", code="invalid_base64") from error
+    if not data:
+        raise MalformedInputError("The image is empty.", code="empty_body")
+    return data
+
+
+def is_dicom(data: bytes) -> bool:
+    """True for a DICOM Part 10 file (128-byte preamble + ``DICM``)."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
+    """Decode PNG, JPEG, BMP or TIFF bytes (8/16-bit, grey, RGB, RGBA, palette).
+
+    Raises:
+        PayloadTooLargeError: more than ``limits.max_bytes``.
+        MalformedInputError: empty or corrupt (e.g. truncated) image data.
+        UnsupportedFormatError: any other format, DICOM included (decoded by ``decode_upload``).
+        NotACTSliceError: too small, too many pixels, or a blank image.
+    """
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLargeError(
+            f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit."
+        )
+    if not data:
+        raise MalformedInputError("The image is empty.", code="empty_body")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise NotACTSliceError(
+            "The image declares too many pixels to be a CT slice.", code="too_many_pixels"
+        ) from error
+    except UnidentifiedImageError as error:
+        raise UnsupportedFormatError(
+            "Unsupported file type: send a PNG, JPEG, BMP, TIFF or DICOM CT slice."
+        ) from error
+    check_dimensions(image.width, image.height, limits)
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise MalformedInputError(
+            f"The {image.format} file is corrupt or truncated.", code="corrupt_image"
+        ) from error
+    decoded = DecodedImage(image=image, format=image.format or "unknown")
+    decoded.meta["source_mode"] = image.mode
+    reject_blank(decoded.image)
+    return decoded
+
+
+def check_dimensions(width: int, height: int, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    """Refuse images that cannot be a CT slice, from the header alone."""
+    if width * height > limits.max_pixels:
+        raise NotACTSliceError(
+            f"The image has {width}x{height} pixels; at most {limits.max_pixels} are accepted.",
+            code="too_many_pixels",
+        )
+    if min(width, height) < limits.min_side:
+        raise NotACTSliceError(
+            f"The image is {width}x{height}; a CT slice is at least "
+            f"{limits.min_side}x{limits.min_side} pixels.",
+            code="image_too_small",
+        )
+
+
+def reject_blank(image: Image.Image) -> None:
+    """A single-valued image carries no anatomy: refuse it rather than guess."""
+    low, high = _extrema(image)
+    if low == high:
+        raise NotACTSliceError("The image is blank (every pixel has the same value).", code="empty_image")
+
+
+def _extrema(image: Image.Image) -> tuple[float, float]:
+    extrema = image.getextrema()
+    if isinstance(extrema[0], tuple):  # one (min, max) per band
+        return min(band[0] for band in extrema), max(band[1] for band in extrema)
+    return extrema  # type: ignore[return-value]
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Bring any Pillow mode to 8-bit ``L`` or ``RGB``.
+
+    16-bit and float images are stretched from their own min..max to 0..255: their
+    absolute scale varies by exporter, and an 8-bit copy is what the models train on.
+    Alpha is dropped (CT screenshots carry an opaque alpha channel), palettes expanded.
+    """
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / max(high - low, 1e-6))
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("1", "LA", "La"):
+        return image.convert("L")
+    return image.convert("RGB")  # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV
