@@ -53,3 +53,9 @@ class InvalidBundleError(LungScanError):
     """A model bundle is incomplete, inconsistent or fails its checksum."""
 
     code = "invalid_bundle"
+
+
+class UnknownModelError(LungScanError):
+    """The request names a model this function does not serve."""
+
+    code = "unknown_model"
