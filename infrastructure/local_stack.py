@@ -1,0 +1,221 @@
+"""The whole stack on one machine, no AWS account: ``make run``.
+
+- a moto server plays S3: the model bucket, with the bundled models published into it
+  through the same registry code the training CLI uses;
+- the real Lambda handler (``functions/classifier/app.py``) answers the API; each HTTP
+  request is turned into the REST proxy event API Gateway would send, with the same
+  binary media types as ``template.yaml``;
+- ``frontend/`` is served as CloudFront would serve the site bucket.
+
+Everything listens on 127.0.0.1 only. Ctrl-C stops all of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import mimetypes
+import os
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FRONTEND_DIR = REPO_ROOT / "frontend"
+DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class"]
+API_ROUTES = {"/predict", "/health", "/model", "/openapi.json"}
+# Must match BinaryMediaTypes in template.yaml: these bodies reach the function base64-encoded.
+BINARY_MEDIA_TYPES = {"image/png", "image/jpeg", "application/dicom", "multipart/form-data", "application/octet-stream"}
+API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads before Lambda runs
+
+
+def proxy_event(method: str, raw_path: str, headers: dict[str, str], body: bytes, stage: str = "local") -> dict:
+    """Build the REST API proxy event API Gateway sends for this request."""
+    url = urlsplit(raw_path)
+    query = parse_qsl(url.query, keep_blank_values=True)
+    media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    is_binary = media_type in BINARY_MEDIA_TYPES
+    request_id = str(uuid.uuid4())
+    return {
+        "resource": url.path,
+        "path": url.path,
+        "httpMethod": method,
+        "headers": dict(headers),
+        "multiValueHeaders": {key: [value] for key, value in headers.items()},
+        "queryStringParameters": dict(query) or None,
+        "multiValueQueryStringParameters": {key: [v for k, v in query if k == key] for key, _ in query} or None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": url.path,
+            "httpMethod": method,
+            "path": f"/{stage}{url.path}",
+            "stage": stage,
+            "requestId": request_id,
+            "requestTimeEpoch": int(time.time() * 1000),
+            "identity": {"sourceIp": "127.0.0.1"},
+            "protocol": "HTTP/1.1",
+        },
+        "body": (base64.b64encode(body).decode() if is_binary else body.decode("utf-8", errors="replace"))
+        if body
+        else None,
+        "isBase64Encoded": is_binary and bool(body),
+    }
+
+
+class LocalLambdaContext:
+    def __init__(self, request_id: str) -> None:
+        self.function_name = "ClassifierFunction"
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = 2048
+        self.invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:ClassifierFunction"
+        self.aws_request_id = request_id
+        self.log_group_name = "/aws/lambda/ClassifierFunction"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + 30
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def make_request_handler(lambda_handler, frontend_dir: Path):
+    invoke_lock = threading.Lock()  # one Lambda container answers one request at a time
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "LungScanLocal/1"
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if urlsplit(self.path).path in API_ROUTES:
+                self._invoke()
+            else:
+                self._static()
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._invoke()
+
+        def do_OPTIONS(self) -> None:  # noqa: N802
+            self._invoke()
+
+        def _invoke(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > API_GATEWAY_MAX_BODY:
+                self.close_connection = True
+                return self._send(413, {"Content-Type": "application/json"}, b'{"message":"Request Too Long"}')
+            body = self.rfile.read(length) if length else b""
+            headers = {key: value for key, value in self.headers.items()}
+            event = proxy_event(self.command, self.path, headers, body)
+            with invoke_lock:
+                result = lambda_handler(event, LocalLambdaContext(event["requestContext"]["requestId"]))
+            payload = result.get("body") or ""
+            data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
+            response_headers = dict(result.get("headers") or {})
+            for key, values in (result.get("multiValueHeaders") or {}).items():
+                response_headers[key] = ", ".join(values)
+            self._send(result.get("statusCode", 502), response_headers, data)
+
+        def _static(self) -> None:
+            path = urlsplit(self.path).path
+            relative = "index.html" if path in ("", "/") else path.lstrip("/")
+            target = (frontend_dir / relative).resolve()
+            if not target.is_relative_to(frontend_dir.resolve()) or not target.is_file():
+                return self._send(404, {"Content-Type": "text/plain"}, b"Not found")
+            content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+            self._send(200, {"Content-Type": content_type, "Cache-Control": "no-cache"}, target.read_bytes())
+
+        def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key.lower() != "content-length":
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002
+            # Method, path and status only: never bodies or file names.
+            sys.stderr.write(f"{self.address_string()} {self.command} {urlsplit(self.path).path} {args[1]}\n")
+
+    return Handler
+
+
+def start_s3(port: int):
+    """Start moto's server as the local S3 and point boto3 at it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_SESSION_TOKEN="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}",
+    )
+    return server
+
+
+def publish_models(bucket: str, bundles: list[Path]) -> list[str]:
+    import boto3
+
+    from lungscan.registry import publish_bundle
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return [publish_bundle(s3, bucket, bundle).name for bundle in bundles]
+
+
+def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
+    """Start S3, publish the models, import the real handler; returns (HTTP server, S3 server)."""
+    s3_server = start_s3(s3_port)
+    names = publish_models(bucket, bundles)
+    os.environ.update(
+        MODEL_BUCKET=bucket,
+        MODEL_NAME=names[0],
+        MODEL_NAMES=",".join(names),
+        MODEL_DIR=str(bundles[0]),  # the image's baked fallback
+        ALLOWED_ORIGIN=f"http://{host}:{port}",
+        POWERTOOLS_SERVICE_NAME="classifier",
+        POWERTOOLS_TRACE_DISABLED="1",
+        POWERTOOLS_METRICS_DISABLED="1",
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MODEL_CACHE_DIR", str(REPO_ROOT / "build" / "model-cache"))
+    sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "functions" / "classifier")]
+    import app  # loads the models from the local registry, as a cold start would
+
+    server = ThreadingHTTPServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR))
+    server.daemon_threads = True
+    return server, s3_server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5001, help="page and API (the original app's port)")
+    parser.add_argument("--s3-port", type=int, default=5002, help="moto server (local S3)")
+    parser.add_argument("--bucket", default="lungscan-models-local")
+    parser.add_argument("--bundle", type=Path, action="append", help="bundle folder(s) to publish; default: models/")
+    args = parser.parse_args(argv)
+    bundles = args.bundle or [path for path in DEFAULT_BUNDLES if path.is_dir()]
+    server, s3_server = serve(args.host, args.port, args.s3_port, bundles, args.bucket)
+    print(f"LungScan is running: page and API on http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nStopping LungScan.", flush=True)
+    finally:
+        server.server_close()
+        s3_server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

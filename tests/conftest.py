@@ -1,0 +1,127 @@
+"""Shared fixtures: the bundled model, a Lambda context, API Gateway events, test images."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_MODEL = REPO_ROOT / "models" / "iq-oth-3class"
+EVENTS_DIR = REPO_ROOT / "events"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+
+# The handler reads its configuration at import: set it before any test imports app.py.
+os.environ.setdefault("MODEL_DIR", str(BUNDLED_MODEL))
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "classifier")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "LungScan")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.pop("MODEL_BUCKET", None)  # unit tests never reach a real registry
+for path in (REPO_ROOT, REPO_ROOT / "functions" / "classifier"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str = "ClassifierFunction"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 2048
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:ClassifierFunction"
+    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+    log_group_name: str = "/aws/lambda/ClassifierFunction"
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()
+
+
+@pytest.fixture(scope="session")
+def app_module():
+    """functions/classifier/app.py, imported once (it loads the bundled model at import)."""
+    import app
+
+    return app
+
+
+def ct_like_image(size: int = 256, seed: int = 0, mode: str = "L") -> Image.Image:
+    """A synthetic chest-CT-like slice: dark background, bright body, two dark lungs."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("L", (size, size), 10)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((size * 0.08, size * 0.2, size * 0.92, size * 0.85), fill=170)
+    draw.ellipse((size * 0.18, size * 0.3, size * 0.46, size * 0.75), fill=40)
+    draw.ellipse((size * 0.54, size * 0.3, size * 0.82, size * 0.75), fill=40)
+    noisy = np.asarray(image, dtype=np.int16) + rng.integers(-8, 8, (size, size))
+    image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), mode="L")
+    return image.convert(mode) if mode != "L" else image
+
+
+def encode(image: Image.Image, image_format: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def ct_png() -> bytes:
+    return encode(ct_like_image())
+
+
+def make_event(
+    method: str = "POST",
+    path: str = "/predict",
+    body: str | bytes | None = None,
+    content_type: str | None = None,
+    *,
+    base64_body: bool = False,
+    query: dict | None = None,
+) -> dict:
+    """An API Gateway REST proxy event, in the shape of the recorded events/health.json."""
+    template = json.loads((EVENTS_DIR / "health.json").read_text()) if (EVENTS_DIR / "health.json").exists() else {}
+    event = copy.deepcopy(template) or {"requestContext": {}, "headers": {}, "multiValueHeaders": {}}
+    headers = {"Accept": "application/json", "Host": "localhost"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    if isinstance(body, bytes):
+        body = base64.b64encode(body).decode() if base64_body else body.decode("latin-1")
+    event.update(
+        resource=path,
+        path=path,
+        httpMethod=method,
+        headers=headers,
+        multiValueHeaders={key: [value] for key, value in headers.items()},
+        queryStringParameters=query,
+        multiValueQueryStringParameters={key: [value] for key, value in query.items()} if query else None,
+        pathParameters=None,
+        body=body,
+        isBase64Encoded=base64_body,
+    )
+    event["requestContext"] = {
+        **event.get("requestContext", {}),
+        "resourcePath": path,
+        "httpMethod": method,
+        "path": f"/dev{path}",
+        "requestId": "test-request-id",
+    }
+    return event
+
+
+def load_event(name: str) -> dict:
+    return json.loads((EVENTS_DIR / name).read_text())
