@@ -67,6 +67,6 @@ def decode_dicom(
     scaled = (np.clip(hounsfield, low, low + window["width"]) - low) * (255.0 / window["width"])
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         scaled = 255.0 - scaled  # MONOCHROME1 shows low values as white
-    image = Image.fromarray((scaled + 0.5).astype(np.uint8), mode="L")
+    image = Image.fromarray((scaled + 0.5).astype(np.uint8))
     reject_blank(image)
     return DecodedImage(image=image, format="DICOM", window=dict(window), meta={"source_mode": "DICOM"})

@@ -177,7 +177,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float32)
         low, high = float(pixels.min()), float(pixels.max())
         scaled = (pixels - low) * (255.0 / max(high - low, 1e-6))
-        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))
     if image.mode in ("1", "LA", "La"):
         return image.convert("L")
     return image.convert("RGB")  # P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV

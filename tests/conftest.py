@@ -92,11 +92,12 @@ def make_event(
     *,
     base64_body: bool = False,
     query: dict | None = None,
+    headers: dict | None = None,
 ) -> dict:
     """An API Gateway REST proxy event, in the shape of the recorded events/health.json."""
     template = json.loads((EVENTS_DIR / "health.json").read_text()) if (EVENTS_DIR / "health.json").exists() else {}
     event = copy.deepcopy(template) or {"requestContext": {}, "headers": {}, "multiValueHeaders": {}}
-    headers = {"Accept": "application/json", "Host": "localhost"}
+    headers = {"Accept": "application/json", "Host": "localhost", **(headers or {})}
     if content_type:
         headers["Content-Type"] = content_type
     if isinstance(body, bytes):
@@ -125,3 +126,41 @@ def make_event(
 
 def load_event(name: str) -> dict:
     return json.loads((EVENTS_DIR / name).read_text())
+
+
+def build_standin_bundle(bundle_dir: Path) -> Path:
+    """A tiny untrained bundle with the default model's contract (64x64 grayscale, three classes)."""
+    import keras
+
+    from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
+
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    model = keras.Sequential(
+        [
+            keras.Input((64, 64, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.save(bundle_dir / "model.h5")
+    write_metadata(
+        bundle_dir,
+        BundleMetadata(
+            name="iq-oth-3class",
+            version="test",
+            classes=["normal", "benign", "malignant"],
+            positive_classes=["malignant"],
+            input=InputSpec(height=64, width=64, channels=1, colour="grayscale"),
+            preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=64, width=64)),
+        ),
+    )
+    return bundle_dir
+
+
+@pytest.fixture(scope="session")
+def model_bundle_dir(tmp_path_factory) -> Path:
+    """The committed default bundle when it is complete, else a tiny stand-in built once per session."""
+    if (BUNDLED_MODEL / "model.h5").is_file() and (BUNDLED_MODEL / "model.json").is_file():
+        return BUNDLED_MODEL
+    return build_standin_bundle(tmp_path_factory.mktemp("bundle") / "iq-oth-3class")

@@ -180,7 +180,6 @@ def openapi():  # no return annotation: a Response is not a pydantic type
 
 
 @app.post("/predict")
-@tracer.capture_method(capture_response=False)  # responses hold images: keep them out of X-Ray
 def predict(
     model: Annotated[str | None, Query(pattern=MODEL_NAME_PATTERN, description="Model name")] = None,
 ) -> PredictResponse:
@@ -363,7 +362,7 @@ def handle_unexpected(error: Exception) -> Response:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
-@tracer.capture_lambda_handler(capture_response=False)
+@tracer.capture_lambda_handler(capture_response=False)  # answers hold images: keep them out of X-Ray
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)
