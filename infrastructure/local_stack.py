@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import mimetypes
 import os
 import sys
@@ -90,16 +89,16 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
         server_version = "LungScanLocal/1"
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             if urlsplit(self.path).path in API_ROUTES:
                 self._invoke()
             else:
                 self._static()
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._invoke()
 
-        def do_OPTIONS(self) -> None:  # noqa: N802
+        def do_OPTIONS(self) -> None:
             self._invoke()
 
         def _invoke(self) -> None:
@@ -108,7 +107,7 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
                 self.close_connection = True
                 return self._send(413, {"Content-Type": "application/json"}, b'{"message":"Request Too Long"}')
             body = self.rfile.read(length) if length else b""
-            headers = {key: value for key, value in self.headers.items()}
+            headers = dict(self.headers.items())
             event = proxy_event(self.command, self.path, headers, body)
             with invoke_lock:
                 result = lambda_handler(event, LocalLambdaContext(event["requestContext"]["requestId"]))
@@ -138,7 +137,7 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
+        def log_message(self, format: str, *args) -> None:
             # Method, path and status only: never bodies or file names.
             sys.stderr.write(f"{self.address_string()} {self.command} {urlsplit(self.path).path} {args[1]}\n")
 
@@ -205,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, action="append", help="bundle folder(s) to publish; default: models/")
     args = parser.parse_args(argv)
     bundles = args.bundle or [path for path in DEFAULT_BUNDLES if path.is_dir()]
+    if not bundles:
+        parser.error("no model bundle found under models/; pass --bundle DIR")
     server, s3_server = serve(args.host, args.port, args.s3_port, bundles, args.bucket)
     print(f"LungScan is running: page and API on http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
     try:

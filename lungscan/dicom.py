@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from lungscan.errors import MalformedInputError, NotACTSliceError, UnsupportedFormatError
+from lungscan.errors import MalformedInputError, UnsupportedFormatError
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, check_dimensions, reject_blank
 
 # The lung window radiologists read parenchyma in: -1350 .. +150 HU.

@@ -78,9 +78,7 @@ def decode_base64(text: str, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
     text = "".join(text.split())  # line-wrapped base64 (MIME style) is common in scripts
     # Decide on size before decoding: 4 characters of base64 carry 3 bytes.
     if len(text) // 4 * 3 > limits.max_bytes + 3:
-        raise PayloadTooLargeError(
-            f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit."
-        )
+        raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit.")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
@@ -105,9 +103,7 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
         NotACTSliceError: too small, too many pixels, or a blank image.
     """
     if len(data) > limits.max_bytes:
-        raise PayloadTooLargeError(
-            f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit."
-        )
+        raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit.")
     if not data:
         raise MalformedInputError("The image is empty.", code="empty_body")
     try:
@@ -119,16 +115,12 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
             "The image declares too many pixels to be a CT slice.", code="too_many_pixels"
         ) from error
     except UnidentifiedImageError as error:
-        raise UnsupportedFormatError(
-            "Unsupported file type: send a PNG, JPEG, BMP, TIFF or DICOM CT slice."
-        ) from error
+        raise UnsupportedFormatError("Unsupported file type: send a PNG, JPEG, BMP, TIFF or DICOM CT slice.") from error
     check_dimensions(image.width, image.height, limits)
     try:
         image.load()
     except (OSError, ValueError, SyntaxError) as error:
-        raise MalformedInputError(
-            f"The {image.format} file is corrupt or truncated.", code="corrupt_image"
-        ) from error
+        raise MalformedInputError(f"The {image.format} file is corrupt or truncated.", code="corrupt_image") from error
     decoded = DecodedImage(image=image, format=image.format or "unknown")
     decoded.meta["source_mode"] = image.mode
     reject_blank(decoded.image)
@@ -144,8 +136,7 @@ def check_dimensions(width: int, height: int, limits: ImageLimits = DEFAULT_LIMI
         )
     if min(width, height) < limits.min_side:
         raise NotACTSliceError(
-            f"The image is {width}x{height}; a CT slice is at least "
-            f"{limits.min_side}x{limits.min_side} pixels.",
+            f"The image is {width}x{height}; a CT slice is at least {limits.min_side}x{limits.min_side} pixels.",
             code="image_too_small",
         )
 

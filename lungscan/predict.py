@@ -99,7 +99,7 @@ class Classifier:
 
     def interpret(self, probabilities: np.ndarray, operations: list[dict] | None = None) -> Prediction:
         classes = self.metadata.classes
-        by_class = {name: round(float(p), 4) for name, p in zip(classes, probabilities)}
+        by_class = {name: round(float(p), 4) for name, p in zip(classes, probabilities, strict=True)}
         best = int(np.argmax(probabilities))
         suspicion = float(sum(probabilities[classes.index(name)] for name in self.metadata.positive_classes))
         return Prediction(

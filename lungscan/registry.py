@@ -79,8 +79,11 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
     destination_root.mkdir(parents=True, exist_ok=True)
     final = destination_root / name / version
     if final.is_dir():
-        read_metadata(final)  # still intact?
-        return final
+        try:
+            read_metadata(final)  # a cached copy is used only while its sha256 still matches
+            return final
+        except InvalidBundleError:
+            shutil.rmtree(final, ignore_errors=True)
     prefix = version_prefix(name, version)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=destination_root))
     try:

@@ -99,12 +99,12 @@ class ModelStore:
             ModelUnavailableError: no model could be loaded at all.
             UnknownModelError: ``name`` is not among the served models.
         """
-        if self.last_refresh is not None and self.clock() - self.last_refresh >= self.refresh_seconds:
-            if self._refresh_lock.acquire(blocking=False):  # one refresher; others keep serving
-                try:
-                    self.refresh()
-                finally:
-                    self._refresh_lock.release()
+        refresh_due = self.last_refresh is not None and self.clock() - self.last_refresh >= self.refresh_seconds
+        if refresh_due and self._refresh_lock.acquire(blocking=False):  # one refresher; others keep serving
+            try:
+                self.refresh()
+            finally:
+                self._refresh_lock.release()
         if not self.models:
             raise ModelUnavailableError("No model is loaded; try again shortly.")
         if name is None:

@@ -8,6 +8,7 @@ import json
 import logging
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,9 +59,13 @@ def test_same_image_same_answer_in_every_framing(app_module, lambda_context):
     jpeg = encode(ct_like_image(300, seed=3), "JPEG", quality=90)
     boundary = "----lungscan"
     multipart = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + jpeg + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpeg
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     events = [
         json_event({"image": base64.b64encode(jpeg).decode()}),
         make_event(body=jpeg, content_type="image/jpeg", base64_body=True),
@@ -121,7 +126,12 @@ def bomb_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def gif_bytes() -> bytes:
@@ -138,7 +148,11 @@ BAD_INPUTS = {
     "json without image": (lambda png: json_event({"filename": "a.png"}), 400, "invalid_request"),
     "image not a string": (lambda png: json_event({"image": 42}), 400, "invalid_request"),
     "invalid base64": (lambda png: json_event({"image": "not base64 at all!"}), 400, "invalid_base64"),
-    "text file": (lambda png: json_event({"image": b64(b"Patient notes\nnothing here\n" * 10)}), 415, "unsupported_format"),
+    "text file": (
+        lambda png: json_event({"image": b64(b"Patient notes\nnothing here\n" * 10)}),
+        415,
+        "unsupported_format",
+    ),
     "truncated png": (lambda png: json_event({"image": b64(png[: len(png) // 2])}), 400, "corrupt_image"),
     "1x1 image": (lambda png: json_event({"image": b64(encode(Image.new("L", (1, 1))))}), 422, "image_too_small"),
     "blank image": (lambda png: json_event({"image": b64(encode(Image.new("L", (256, 256), 7)))}), 422, "empty_image"),
@@ -182,10 +196,17 @@ def test_bad_input_gets_a_json_error_and_the_right_status(app_module, lambda_con
 def test_dicom_is_decoded_through_the_lung_window(app_module, lambda_context):
     from pydicom.data import get_testdata_file
 
-    data = open(get_testdata_file("CT_small.dcm"), "rb").read()
-    status, answer = call(app_module, lambda_context, make_event(body=data, content_type="application/dicom", base64_body=True))
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    status, answer = call(
+        app_module, lambda_context, make_event(body=data, content_type="application/dicom", base64_body=True)
+    )
     assert status == 200, answer
-    assert answer["input"] == {"format": "DICOM", "width": 128, "height": 128, "window": {"center": -600.0, "width": 1500.0}}
+    assert answer["input"] == {
+        "format": "DICOM",
+        "width": 128,
+        "height": 128,
+        "window": {"center": -600.0, "width": 1500.0},
+    }
     preview = Image.open(io.BytesIO(base64.b64decode(answer["preview"])))
     assert preview.size == (128, 128)
 
@@ -260,5 +281,7 @@ def test_metrics_count_predictions_per_class(app_module, lambda_context, ct_png,
     status, answer = call(app_module, lambda_context, json_event({"image": b64(ct_png)}))
     assert status == 200
     emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
-    names = {metric["Name"] for blob in emitted for group in blob["_aws"]["CloudWatchMetrics"] for metric in group["Metrics"]}
+    names = {
+        metric["Name"] for blob in emitted for group in blob["_aws"]["CloudWatchMetrics"] for metric in group["Metrics"]
+    }
     assert {"Predictions", f"Predicted_{answer['label']}", "PredictLatency"} <= names

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Deploy LungScan: build the image, deploy the stack, publish the page and the default model.
+#
+#   infrastructure/deploy.sh [STACK_NAME] [extra `sam deploy` options...]
+#
+# Needs Docker (sam build of the image), the AWS CLI and credentials for the target account.
+# First run (no samconfig.toml): `sam deploy --guided` asks for the stack settings and saves them.
+# Env: STACK_NAME (default lungscan), SAM_CLI (default: sam on PATH, else .venv-sam/bin/sam),
+#      PYTHON (default .venv/bin/python), MODEL_DIR (default models/iq-oth-3class).
+# Docs: https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/sam-cli-command-reference-sam-deploy.html
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+STACK_NAME="${1:-${STACK_NAME:-lungscan}}"
+shift || true
+SAM="${SAM_CLI:-$(command -v sam || echo .venv-sam/bin/sam)}"
+PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+MODEL_DIR="${MODEL_DIR:-models/iq-oth-3class}"
+export SAM_CLI_TELEMETRY="${SAM_CLI_TELEMETRY:-0}"
+
+echo "==> sam build"
+"$SAM" build
+
+echo "==> sam deploy (stack $STACK_NAME)"
+if [ -f samconfig.toml ]; then
+  "$SAM" deploy --stack-name "$STACK_NAME" "$@"
+else
+  # Answer: CAPABILITY_IAM yes, "create managed ECR repositories" yes, save to samconfig.toml yes.
+  "$SAM" deploy --guided --stack-name "$STACK_NAME" "$@"
+fi
+
+output() {
+  aws cloudformation describe-stacks --stack-name "$STACK_NAME" \
+    --query "Stacks[0].Outputs[?OutputKey=='$1'].OutputValue" --output text
+}
+API_URL="$(output ApiUrl)"
+SITE_URL="$(output SiteUrl)"
+SITE_BUCKET="$(output SiteBucketName)"
+MODEL_BUCKET="$(output ModelBucketName)"
+DISTRIBUTION_ID="$(output DistributionId)"
+
+# The committed frontend/config.js stays empty (same origin, for `make run`); the deployed
+# copy is written into a staging folder so the working tree is not modified.
+echo "==> site -> s3://$SITE_BUCKET"
+STAGING="$(mktemp -d)"
+trap 'rm -rf "$STAGING"' EXIT
+cp -R frontend/. "$STAGING/"
+printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s"};\n' "$API_URL" > "$STAGING/config.js"
+# Long-lived cache for assets; index.html and config.js are revalidated on every load.
+aws s3 sync "$STAGING/" "s3://$SITE_BUCKET/" --delete \
+  --exclude index.html --exclude config.js \
+  --cache-control "public, max-age=86400"
+for page in index.html config.js; do
+  aws s3 cp "$STAGING/$page" "s3://$SITE_BUCKET/$page" --cache-control "no-cache"
+done
+aws cloudfront create-invalidation --distribution-id "$DISTRIBUTION_ID" --paths "/*" >/dev/null
+
+# First model publish: validates the bundle, uploads models/<name>/<version>/, then moves
+# models/<name>/latest.json. (training/publish.py is the registry CLI; see DESIGN.md.)
+echo "==> model $MODEL_DIR -> s3://$MODEL_BUCKET"
+"$PYTHON" -m training.publish --bucket "$MODEL_BUCKET" "$MODEL_DIR"
+
+echo "Site: $SITE_URL"
+echo "API:  $API_URL  (POST $API_URL/predict)"

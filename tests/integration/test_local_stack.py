@@ -1,0 +1,131 @@
+"""`make run`'s stack over real HTTP: moto S3 registry, the real handler, the page."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import REPO_ROOT, ct_like_image, encode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    port, s3_port = free_port(), free_port()
+    log_path = tmp_path_factory.mktemp("stack") / "stack.log"
+    env = {**os.environ, "MODEL_CACHE_DIR": str(log_path.parent / "cache"), "PYTHONUNBUFFERED": "1"}
+    env.pop("MODEL_DIR", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "infrastructure.local_stack", "--port", str(port), "--s3-port", str(s3_port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"local stack exited early:\n{log_path.read_text()[-3000:]}")
+        try:
+            if request(base + "/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"local stack did not start:\n{log_path.read_text()[-3000:]}")
+    yield {"base": base, "process": process, "log": log_path, "s3_port": s3_port}
+    if process.poll() is None:
+        process.kill()
+
+
+def test_page_is_served(stack):
+    status, headers, body = request(stack["base"] + "/")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/html")
+    assert b"Not a diagnosis" in body
+    for asset in ("/app.js", "/styles.css", "/config.js"):
+        assert request(stack["base"] + asset)[0] == 200
+    assert request(stack["base"] + "/../../etc/passwd")[0] == 404
+
+
+def test_models_come_from_the_local_s3_registry(stack):
+    status, _, body = request(stack["base"] + "/model")
+    assert status == 200
+    described = json.loads(body)
+    assert described["default"] == "iq-oth-3class"
+    published = json.loads(
+        request(f"http://127.0.0.1:{stack['s3_port']}/lungscan-models-local/models/iq-oth-3class/latest.json")[2]
+    )
+    assert described["models"][0]["version"] == published["version"]
+
+
+def test_upload_like_the_original_flask_app(stack):
+    png = encode(ct_like_image(256, seed=5))
+    boundary = "lungscanboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="scan.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, _, answer = request(
+        stack["base"] + "/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert status == 200, answer
+    answer = json.loads(answer)
+    assert answer["prediction"] in ("Cancer Detected", "No Cancer Detected")
+    assert set(answer["probabilities"]) == {"normal", "benign", "malignant"}
+
+
+def test_raw_bytes_and_errors_over_http(stack):
+    jpeg = encode(ct_like_image(256, seed=6, mode="RGB"), "JPEG")
+    status, _, answer = request(stack["base"] + "/predict", jpeg, {"Content-Type": "image/jpeg"})
+    assert status == 200, answer
+    status, _, answer = request(stack["base"] + "/predict", b"not json", {"Content-Type": "application/json"})
+    assert status == 400 and json.loads(answer)["error"]["code"] == "invalid_json"
+    status, _, _ = request(stack["base"] + "/predict", b"x" * (11 * 1024 * 1024), {"Content-Type": "image/png"})
+    assert status == 413
+    status, headers, _ = request(
+        stack["base"] + "/predict",
+        method="OPTIONS",
+        headers={"Origin": stack["base"], "Access-Control-Request-Method": "POST"},
+    )
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == stack["base"]
+    assert request(stack["base"] + "/health")[0] == 200  # still serving
+
+
+def test_ctrl_c_stops_everything(stack):
+    process = stack["process"]
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    with pytest.raises(OSError):
+        request(stack["base"] + "/health")
+    with pytest.raises(OSError):
+        request(f"http://127.0.0.1:{stack['s3_port']}/")

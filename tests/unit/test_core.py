@@ -1,0 +1,144 @@
+"""The core package: decoding limits, preprocessing, bundles, the legacy model's meaning."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import ct_like_image, encode
+from PIL import Image
+
+from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, read_metadata, write_metadata
+from lungscan.errors import InvalidBundleError, MalformedInputError, NotACTSliceError, PayloadTooLargeError
+from lungscan.imaging import ImageLimits, decode_base64, decode_image
+from lungscan.predict import Classifier
+from lungscan.transforms import build_preprocess, preprocess_image
+
+
+def tiny_cnn(input_shape, outputs: int, activation: str) -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(outputs, activation=activation),
+        ]
+    )
+
+
+def metadata(**overrides) -> BundleMetadata:
+    fields = {
+        "name": "tiny",
+        "version": "v1",
+        "classes": ["normal", "benign", "malignant"],
+        "positive_classes": ["malignant"],
+        "input": InputSpec(height=32, width=32, channels=1, colour="grayscale"),
+        "preprocessing": PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=32, width=32)),
+    }
+    return BundleMetadata(**{**fields, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    bundle = tmp_path_factory.mktemp("bundle")
+    tiny_cnn((32, 32, 1), 3, "softmax").save(bundle / "model.h5")
+    write_metadata(bundle, metadata())
+    return bundle
+
+
+def test_base64_size_is_decided_before_decoding():
+    limits = ImageLimits(max_bytes=1000)
+    with pytest.raises(PayloadTooLargeError):
+        decode_base64("A" * 2000, limits)
+    assert decode_base64("data:image/png;base64," + base64.b64encode(b"abc").decode()) == b"abc"
+    with pytest.raises(MalformedInputError):
+        decode_base64("@@@@")
+
+
+def test_decompression_bomb_refused_before_pixels_are_allocated():
+    huge = Image.new("L", (5000, 5000))
+    data = encode(huge, "PNG", optimize=True)
+    with pytest.raises(NotACTSliceError) as error:
+        decode_image(data, ImageLimits(max_pixels=4000 * 4000))
+    assert error.value.code == "too_many_pixels"
+
+
+def test_sixteen_bit_images_are_stretched_to_full_range():
+    pixels = (np.asarray(ct_like_image(64)).astype(np.uint16) * 4) + 1000  # values 1000..2020
+    decoded = decode_image(encode(Image.fromarray(pixels)))
+    array, _ = preprocess_image(
+        decoded, build_preprocess({"colour": "grayscale", "resize": {"height": 64, "width": 64}})
+    )
+    assert array.min() == pytest.approx(0.0) and array.max() == pytest.approx(1.0)
+
+
+def test_preprocessing_records_each_step_and_matches_the_model_input():
+    decoded = decode_image(encode(ct_like_image(300, mode="RGBA")))
+    chain = build_preprocess(metadata().preprocessing.model_dump())
+    array, trace = preprocess_image(decoded, chain)
+    assert array.shape == (32, 32, 1) and array.dtype == np.float32
+    assert array.min() >= 0.0 and array.max() <= 1.0
+    assert [step["name"] for step in trace["applied_operations"]] == ["ToColour", "Resize", "ScaleIntensity"]
+
+
+def test_classifier_uses_the_same_preprocessing_as_training(tiny_bundle):
+    """Training calls build_preprocess + preprocess_image; serving must produce the same array."""
+    classifier = Classifier(tiny_bundle)
+    decoded = decode_image(encode(ct_like_image(200, seed=9)))
+    served, _ = classifier.prepare(decoded)
+    trained, _ = preprocess_image(decoded, build_preprocess(read_metadata(tiny_bundle).preprocessing.model_dump()))
+    np.testing.assert_array_equal(served, trained)
+    # ...and the tf.function answers exactly what the Keras model answers.
+    expected = classifier.model(served[np.newaxis], training=False).numpy()[0]
+    np.testing.assert_allclose(classifier.predict_batch(served[np.newaxis])[0], expected, rtol=1e-5)
+
+
+def test_bare_h5_keeps_the_original_apps_meaning(tmp_path):
+    """No model.json: 64x64 RGB, x/255, one sigmoid output, below 0.5 = cancer."""
+    model = tiny_cnn((64, 64, 3), 1, "sigmoid")
+    model.layers[-1].set_weights([np.zeros((4, 1)), np.array([-2.0])])  # sigmoid(-2) = 0.12 -> cancer
+    model.save(tmp_path / "model.h5")
+    classifier = Classifier(tmp_path)
+    assert classifier.input_shape == (64, 64, 3)
+    prediction = classifier.classify(decode_image(encode(ct_like_image(128))))
+    assert prediction.verdict == "Cancer Detected" and prediction.label == "cancer"
+    assert prediction.probabilities["normal"] == pytest.approx(0.1192, abs=1e-3)
+    model.layers[-1].set_weights([np.zeros((4, 1)), np.array([2.0])])
+    model.save(tmp_path / "model.h5")
+    assert Classifier(tmp_path).classify(decode_image(encode(ct_like_image(128)))).verdict == "No Cancer Detected"
+
+
+def test_bundle_with_wrong_shapes_or_checksum_is_refused(tmp_path, tiny_bundle):
+    (tmp_path / "model.h5").write_bytes((tiny_bundle / "model.h5").read_bytes())
+    write_metadata(tmp_path, metadata(classes=["a", "b", "c", "d"], positive_classes=["d"]))
+    with pytest.raises(InvalidBundleError, match="outputs"):
+        Classifier(tmp_path)
+    saved = json.loads((tiny_bundle / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**saved, "sha256": "0" * 64}))
+    with pytest.raises(InvalidBundleError, match="sha256"):
+        Classifier(tmp_path)
+    (tmp_path / "model.h5").write_bytes(b"not hdf5")
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(InvalidBundleError):
+        Classifier(tmp_path)
+
+
+def test_metadata_must_be_consistent():
+    with pytest.raises(ValueError, match="positive_classes"):
+        metadata(positive_classes=["cancer"])
+    with pytest.raises(ValueError, match="resize"):
+        metadata(preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=64, width=64)))
+
+
+def test_temperature_softens_probabilities_without_changing_the_label(tiny_bundle, tmp_path):
+    classifier = Classifier(tiny_bundle)
+    batch = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    plain = classifier.predict_batch(batch)
+    classifier.metadata.temperature = 3.0
+    softened = classifier.predict_batch(batch)
+    np.testing.assert_array_equal(plain.argmax(axis=1), softened.argmax(axis=1))
+    assert (softened.max(axis=1) <= plain.max(axis=1) + 1e-9).all()
+    np.testing.assert_allclose(softened.sum(axis=1), 1.0)
