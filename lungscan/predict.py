@@ -106,7 +106,9 @@ class Classifier:
             label=classes[best],
             probabilities=by_class,
             confidence=round(float(probabilities[best]), 4),
-            suspicious=suspicion >= self.metadata.threshold,
+            # A positive class on top always flags the case, so label and verdict never contradict;
+            # the threshold can only flag more cases (screening favours sensitivity).
+            suspicious=suspicion >= self.metadata.threshold or classes[best] in self.metadata.positive_classes,
             suspicion=round(suspicion, 4),
             threshold=self.metadata.threshold,
             applied_operations=operations or [],
