@@ -6,13 +6,16 @@ Inference goes through one traced ``tf.function`` (~1 ms for a small CNN); Keras
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from lungscan.bundle import MODEL_FILE, BundleMetadata, read_metadata
-from lungscan.errors import InvalidBundleError
+from lungscan.errors import InvalidBundleError, MalformedInputError
+from lungscan.explain import GradCam, heatmap_overlay
 from lungscan.imaging import DecodedImage
 from lungscan.transforms import build_preprocess, preprocess_image
 
@@ -30,6 +33,8 @@ class Prediction:
     suspicion: float  # summed probability of the positive classes
     threshold: float
     applied_operations: list[dict] = field(default_factory=list)
+    heatmap: Image.Image | None = None  # Grad-CAM overlay at the input's size, when asked for
+    explained_class: str | None = None
 
     @property
     def verdict(self) -> str:
@@ -65,6 +70,8 @@ class Classifier:
             reduce_retracing=True,
         )
         self.predict_batch(np.zeros((1, *self.input_shape), np.float32))  # trace once, at load
+        self._gradcam: GradCam | None = None  # traced on first use: cold starts stay short
+        self._gradcam_lock = threading.Lock()
 
     def _check_shapes(self) -> None:
         model_input = tuple(self.model.inputs[0].shape[1:])
@@ -92,10 +99,35 @@ class Classifier:
         array, trace = preprocess_image(decoded, self.preprocess)
         return array, trace["applied_operations"]
 
-    def classify(self, decoded: DecodedImage) -> Prediction:
+    def classify(self, decoded: DecodedImage, explain: bool = False, explain_class: str | None = None) -> Prediction:
+        """Classify one decoded image; with ``explain``, add a Grad-CAM overlay.
+
+        Args:
+            explain_class: the class to explain; the predicted label by default.
+
+        Raises:
+            MalformedInputError: ``explain_class`` is not one of the model's classes.
+        """
+        if explain_class is not None and explain_class not in self.metadata.classes:
+            raise MalformedInputError(
+                f"Unknown class '{explain_class}'; this model knows {', '.join(self.metadata.classes)}.",
+                code="invalid_request",
+            )
         array, operations = self.prepare(decoded)
         probabilities = self.predict_batch(array[np.newaxis])[0]
-        return self.interpret(probabilities, operations)
+        prediction = self.interpret(probabilities, operations)
+        if explain:
+            prediction.explained_class = explain_class or prediction.label
+            cam = self.gradcam(array, self.metadata.classes.index(prediction.explained_class))
+            prediction.heatmap = heatmap_overlay(decoded.image, cam)
+        return prediction
+
+    def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
+        """Grad-CAM map (values in [0, 1], feature-map resolution) for one preprocessed image."""
+        with self._gradcam_lock:
+            if self._gradcam is None:
+                self._gradcam = GradCam(self.model, self.input_shape, self.metadata.output == "sigmoid")
+        return self._gradcam(array, class_index)
 
     def interpret(self, probabilities: np.ndarray, operations: list[dict] | None = None) -> Prediction:
         classes = self.metadata.classes

@@ -1,0 +1,93 @@
+"""Grad-CAM: which regions of the slice drove the model's score for a class.
+
+Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+Localization" (ICCV 2017): weight the last convolutional feature maps by the spatial mean
+of the class score's gradient, keep the positive part, upsample to the image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from lungscan.errors import InvalidBundleError
+
+# A perceptually ordered blue -> cyan -> yellow -> red ramp (anchors of a "turbo"-like map).
+_ANCHORS = np.array(
+    [[48, 18, 59], [40, 119, 230], [32, 200, 200], [120, 240, 90], [250, 200, 40], [220, 60, 20], [122, 4, 3]],
+    dtype=np.float32,
+)
+COLOUR_MAP = np.stack(
+    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)], axis=1
+).astype(np.uint8)
+
+
+def last_conv_layer_index(layers) -> int:
+    """Index of the last layer with a 4D (N, H, W, C) output: where spatial detail still lives."""
+    for index in range(len(layers) - 1, -1, -1):
+        shape = getattr(layers[index], "output", None)
+        shape = getattr(shape, "shape", None)
+        if shape is not None and len(shape) == 4:
+            return index
+    raise InvalidBundleError("the model has no convolutional layer: Grad-CAM needs one")
+
+
+def gradient_model(model):
+    """A model returning (last conv feature maps, predictions).
+
+    Keras 3 cannot use ``model.input`` on a Sequential loaded from .h5, so a Sequential is
+    rebuilt as a functional graph by calling its layers on a fresh Input.
+    """
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        inputs = keras.Input(shape=model.inputs[0].shape[1:])
+        conv_index = last_conv_layer_index(model.layers)
+        features = outputs = inputs
+        for index, layer in enumerate(model.layers):
+            outputs = layer(outputs)
+            if index == conv_index:
+                features = outputs
+        return keras.Model(inputs, [features, outputs])
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    conv_layer = layers[last_conv_layer_index(layers)]
+    return keras.Model(model.inputs, [conv_layer.output, model.outputs[0]])
+
+
+class GradCam:
+    """Grad-CAM for one loaded model, traced once as a ``tf.function``."""
+
+    def __init__(self, model, input_shape: tuple[int, int, int], sigmoid_output: bool) -> None:
+        import tensorflow as tf
+
+        grad_model = gradient_model(model)
+
+        def class_score(predictions, class_index):
+            if sigmoid_output:  # one output = P(class 1); class 0 scores 1 - p
+                positive = predictions[:, 0]
+                return tf.where(class_index == 1, positive, 1.0 - positive)
+            return predictions[:, class_index]
+
+        @tf.function(input_signature=[tf.TensorSpec((1, *input_shape), tf.float32), tf.TensorSpec((), tf.int32)])
+        def compute(batch, class_index):
+            with tf.GradientTape() as tape:
+                features, predictions = grad_model(batch, training=False)
+                score = class_score(predictions, class_index)
+            gradients = tape.gradient(score, features)
+            weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[0]
+            return cam / (tf.reduce_max(cam) + 1e-8)
+
+        self._compute = compute
+
+    def __call__(self, array: np.ndarray, class_index: int) -> np.ndarray:
+        """A (h, w) map in [0, 1] at the feature maps' resolution, for one preprocessed image."""
+        return self._compute(np.asarray(array, np.float32)[np.newaxis], np.int32(class_index)).numpy()
+
+
+def heatmap_overlay(image: Image.Image, cam: np.ndarray, opacity: float = 0.45) -> Image.Image:
+    """Blend the coloured map over the image, at the image's own size (RGB)."""
+    base = image.convert("RGB")
+    cam_image = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize(base.size, Image.Resampling.BILINEAR)
+    heat = Image.fromarray(COLOUR_MAP[np.asarray(cam_image)])
+    return Image.blend(base, heat, opacity)
