@@ -36,7 +36,7 @@ class ImageLimits:
     high-resolution exports while refusing thumbnails and decompression bombs.
     """
 
-    max_bytes: int = 5 * 1024 * 1024  # fits Lambda's 6 MB synchronous payload once base64-encoded
+    max_bytes: int = 4 * 1024 * 1024  # base64-encoded (x4/3) it still fits Lambda's 6 MB request limit
     min_side: int = 32
     max_pixels: int = 4096 * 4096
 

@@ -11,9 +11,9 @@ import email.policy
 import io
 import json
 import os
-import re
 import time
 import uuid
+from collections import Counter
 from typing import Annotated, Any
 
 import boto3
@@ -25,8 +25,9 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from lungscan.dicom import DicomOptions
 from lungscan.errors import (
     LungScanError,
     MalformedInputError,
@@ -36,10 +37,10 @@ from lungscan.errors import (
     UnknownModelError,
     UnsupportedFormatError,
 )
-from lungscan.imaging import DEFAULT_LIMITS, decode_base64
-from lungscan.predict import DISCLAIMER, Classifier
+from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, decode_base64
+from lungscan.predict import DISCLAIMER, VERDICT_CLEAR, Classifier, Prediction
 from lungscan.serving import ModelStore
-from lungscan.uploads import decode_upload
+from lungscan.uploads import decode_all_frames, decode_upload
 
 logger = Logger()
 tracer = Tracer()
@@ -48,8 +49,9 @@ cors = CORSConfig(allow_origin=os.environ.get("ALLOWED_ORIGIN", "*"), max_age=30
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-# JSON or multipart framing around the base64 image: allow some room beyond the image limit.
-MAX_BODY_CHARS = (DEFAULT_LIMITS.max_bytes * 4) // 3 + 64 * 1024
+# Lambda takes at most 6 MB per synchronous request, event envelope included.
+MAX_BODY_CHARS = 6 * 1024 * 1024 - 64 * 1024
+MAX_STUDY_SLICES = 64
 RAW_IMAGE_TYPES = {
     "image/png",
     "image/jpeg",
@@ -92,15 +94,41 @@ store = _create_store()
 # ---------------------------------------------------------------- request and response models
 
 
-class PredictRequest(BaseModel):
-    """JSON body of ``POST /predict``."""
+class Window(BaseModel):
+    """A CT display window in Hounsfield units."""
+
+    center: float = Field(ge=-2000, le=4000)
+    width: float = Field(gt=0, le=10000)
+
+
+class PredictOptions(BaseModel):
+    """What a request may choose, in the JSON body, multipart fields or the query string."""
 
     model_config = {"extra": "ignore", "protected_namespaces": ()}
 
-    image: str = Field(min_length=1, description="Base64 image; a data:...;base64, prefix is accepted")
+    model: str | None = Field(
+        default=None, pattern=MODEL_NAME_PATTERN, description="Model name; default model if absent"
+    )
+    explain: bool = Field(default=False, description="Add a Grad-CAM heatmap overlay (PNG, base64)")
+    explain_class: str | None = Field(default=None, max_length=64, description="Class to explain; the label if absent")
+    window: Window | None = Field(default=None, description="DICOM window; the lung window (-600/1500) if absent")
+    frame: int | None = Field(default=None, ge=0, description="Frame of a multi-frame DICOM; the middle one if absent")
+    all_frames: bool = Field(default=False, description="Classify every frame of a multi-frame DICOM as a study")
+    allow_non_ct: bool = Field(default=False, description="Accept DICOM modalities other than CT")
+
+
+class PredictRequest(PredictOptions):
+    """JSON body of ``POST /predict``: one ``image``, or the slices of one study in ``images``."""
+
+    image: str | None = Field(default=None, min_length=1, description="Base64 image; a data: prefix is accepted")
+    images: list[str] | None = Field(default=None, min_length=1, description=f"At most {MAX_STUDY_SLICES} slices")
     filename: str | None = Field(default=None, max_length=255, description="Never logged")
-    explain: bool = False
-    model: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_of_image_or_images(self) -> "PredictRequest":
+        if (self.image is None) == (self.images is None):
+            raise ValueError("send exactly one of 'image' or 'images'")
+        return self
 
 
 class ModelInfo(BaseModel):
@@ -114,20 +142,47 @@ class InputInfo(BaseModel):
     width: int
     height: int
     window: dict[str, float] | None = None
+    frame: int | None = None
 
 
-class PredictResponse(BaseModel):
+class SliceResult(BaseModel):
     label: str
     verdict: str
-    prediction: str = Field(description="The original app's field: same text as verdict")
     suspicious: bool
     confidence: float
+    suspicion: float = Field(description="Summed probability of the model's positive classes")
     probabilities: dict[str, float]
+    input: InputInfo
+    heatmap: str | None = Field(default=None, description="Grad-CAM overlay (PNG, base64) at the input's size")
+    explained_class: str | None = None
+    preview: str | None = Field(default=None, description="PNG (base64) of what the model saw, for DICOM input")
+
+
+class PredictResponse(SliceResult):
+    prediction: str = Field(description="The original app's field: same text as verdict")
     threshold: float
     model: ModelInfo
-    input: InputInfo
-    heatmap: str | None = None
-    preview: str | None = Field(default=None, description="PNG (base64) of what the model saw, for DICOM input")
+    disclaimer: str
+    request_id: str
+
+
+class StudySummary(BaseModel):
+    slices: int
+    suspicious: bool
+    verdict: str
+    most_suspicious_slice: int = Field(description="Index of the slice with the highest suspicion")
+    max_suspicion: float
+    label_counts: dict[str, int]
+
+
+class StudyResponse(BaseModel):
+    """Several slices of one study. Heatmap and preview come for the most suspicious slice only,
+    which keeps the answer within Lambda's 6 MB response limit."""
+
+    study: StudySummary
+    slices: list[SliceResult]
+    threshold: float
+    model: ModelInfo
     disclaimer: str
     request_id: str
 
@@ -153,9 +208,9 @@ class ModelsResponse(BaseModel):
 
 
 class Upload(BaseModel):
-    data: bytes
-    explain: bool = False
-    model: str | None = None
+    images: list[bytes]
+    is_study: bool = False
+    options: PredictOptions = PredictOptions()
 
 
 # ---------------------------------------------------------------- routes
@@ -182,66 +237,148 @@ def openapi():  # no return annotation: a Response is not a pydantic type
 @app.post("/predict")
 def predict(
     model: Annotated[str | None, Query(pattern=MODEL_NAME_PATTERN, description="Model name")] = None,
-) -> PredictResponse:
-    """Classify one CT slice: JSON base64, raw image bytes, or multipart ``file``."""
+    explain: Annotated[bool, Query(description="Add a Grad-CAM heatmap")] = False,
+    frame: Annotated[int | None, Query(ge=0, description="Frame of a multi-frame DICOM")] = None,
+    all_frames: Annotated[bool, Query(description="Classify every DICOM frame as a study")] = False,
+) -> PredictResponse | StudyResponse:
+    """Classify one CT slice, or the slices of one study.
+
+    The body is JSON (``image`` or ``images`` in base64), raw image bytes (PNG, JPEG,
+    DICOM) or ``multipart/form-data`` with a ``file`` field; options go in the JSON body,
+    the form fields or the query string.
+    """
     started = time.perf_counter()
-    upload = _read_upload()
-    classifier = store.get(upload.model or model)
-    decoded = decode_upload(upload.data, DEFAULT_LIMITS)
-    prediction = classifier.classify(decoded)
-    metadata = classifier.metadata
+    query = PredictOptions(model=model, explain=explain, frame=frame, all_frames=all_frames)
+    upload = _read_upload(query)
+    options = upload.options
+    classifier = store.get(options.model)
+    dicom = DicomOptions(
+        window=options.window.model_dump() if options.window else None,
+        frame=options.frame,
+        allow_non_ct=options.allow_non_ct,
+    )
+    if upload.is_study or options.all_frames:
+        decoded = [image for data in upload.images for image in decode_all_frames(data, DEFAULT_LIMITS, dicom)]
+        if len(decoded) > MAX_STUDY_SLICES:
+            raise PayloadTooLargeError(f"A study may hold at most {MAX_STUDY_SLICES} slices.")
+        answer = _study_answer(classifier, decoded, options)
+    else:
+        decoded = [decode_upload(upload.images[0], DEFAULT_LIMITS, dicom)]
+        answer = _single_answer(classifier, decoded[0], options)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(name=f"Predicted_{prediction.label}", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="PredictLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     logger.info(
         "classified",
         extra={
-            "bytes": len(upload.data),
-            "format": decoded.format,
-            "model_name": metadata.name,
-            "model_version": metadata.version,
-            "label": prediction.label,
+            "bytes": sum(len(data) for data in upload.images),
+            "slices": len(decoded),
+            "format": decoded[0].format,
+            "explain": options.explain,
+            "model_name": classifier.metadata.name,
+            "model_version": classifier.metadata.version,
             "latency_ms": round(elapsed_ms, 2),
         },
     )
+    return answer
+
+
+def _single_answer(classifier: Classifier, decoded: DecodedImage, options: PredictOptions) -> PredictResponse:
+    prediction = classifier.classify(decoded, explain=options.explain, explain_class=options.explain_class)
+    _count(prediction.label)
     return PredictResponse(
-        label=prediction.label,
-        verdict=prediction.verdict,
+        **_slice_result(decoded, prediction, with_images=True).model_dump(),
         prediction=prediction.verdict,
-        suspicious=prediction.suspicious,
-        confidence=prediction.confidence,
-        probabilities=prediction.probabilities,
         threshold=prediction.threshold,
-        model=ModelInfo(name=metadata.name, version=metadata.version, sha256=metadata.sha256),
-        input=InputInfo(format=decoded.format, width=decoded.width, height=decoded.height, window=decoded.window),
-        preview=_png_base64(decoded.image) if decoded.format == "DICOM" else None,
+        model=_model_info(classifier),
         disclaimer=DISCLAIMER,
         request_id=_request_id(),
     )
 
 
+def _study_answer(classifier: Classifier, slices: list[DecodedImage], options: PredictOptions) -> StudyResponse:
+    predictions = [classifier.classify(decoded) for decoded in slices]
+    worst = max(range(len(predictions)), key=lambda index: predictions[index].suspicion)
+    if options.explain:  # explain the slice that matters; all heatmaps would overflow the response
+        predictions[worst] = classifier.classify(slices[worst], explain=True, explain_class=options.explain_class)
+    results = [
+        _slice_result(decoded, prediction, with_images=index == worst)
+        for index, (decoded, prediction) in enumerate(zip(slices, predictions, strict=True))
+    ]
+    for prediction in predictions:
+        _count(prediction.label)
+    suspicious = any(prediction.suspicious for prediction in predictions)
+    return StudyResponse(
+        study=StudySummary(
+            slices=len(predictions),
+            suspicious=suspicious,
+            verdict=predictions[worst].verdict if suspicious else VERDICT_CLEAR,
+            most_suspicious_slice=worst,
+            max_suspicion=predictions[worst].suspicion,
+            label_counts=dict(Counter(prediction.label for prediction in predictions)),
+        ),
+        slices=results,
+        threshold=classifier.metadata.threshold,
+        model=_model_info(classifier),
+        disclaimer=DISCLAIMER,
+        request_id=_request_id(),
+    )
+
+
+def _slice_result(decoded: DecodedImage, prediction: Prediction, with_images: bool) -> SliceResult:
+    show_preview = with_images and decoded.format == "DICOM"
+    return SliceResult(
+        label=prediction.label,
+        verdict=prediction.verdict,
+        suspicious=prediction.suspicious,
+        confidence=prediction.confidence,
+        suspicion=prediction.suspicion,
+        probabilities=prediction.probabilities,
+        input=InputInfo(
+            format=decoded.format,
+            width=decoded.width,
+            height=decoded.height,
+            window=decoded.window,
+            frame=decoded.meta.get("frame"),
+        ),
+        heatmap=_png_base64(prediction.heatmap) if with_images and prediction.heatmap is not None else None,
+        explained_class=prediction.explained_class if with_images else None,
+        preview=_png_base64(decoded.image) if show_preview else None,
+    )
+
+
+def _count(label: str) -> None:
+    metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=f"Predicted_{label}", unit=MetricUnit.Count, value=1)
+
+
+def _model_info(classifier: Classifier) -> ModelInfo:
+    metadata = classifier.metadata
+    return ModelInfo(name=metadata.name, version=metadata.version, sha256=metadata.sha256)
+
+
 # ---------------------------------------------------------------- request parsing
 
 
-def _read_upload() -> Upload:
-    """Turn the proxy event's body into image bytes, whatever its framing."""
+def _read_upload(query: PredictOptions) -> Upload:
+    """Turn the proxy event's body into image bytes and options, whatever its framing."""
     event = app.current_event
     body = event.body or ""
     # Decide on size before decoding anything.
     if len(body) > MAX_BODY_CHARS:
-        raise PayloadTooLargeError(f"The request is larger than the {DEFAULT_LIMITS.max_bytes // 2**20} MB limit.")
+        raise PayloadTooLargeError(
+            f"The request is larger than {MAX_BODY_CHARS // 2**20} MB, the most API Gateway and Lambda carry."
+        )
     if not body:
         raise MalformedInputError("The request body is empty: send an image.", code="empty_body")
     content_type = event.get_header_value("content-type", default_value="", case_sensitive=False) or ""
     media_type = content_type.split(";", 1)[0].strip().lower()
     raw = _body_bytes(body, event.is_base64_encoded)
     if media_type == "application/json" or (not media_type and raw.lstrip().startswith(b"{")):
-        return _read_json(raw)
+        return _read_json(raw, query)
     if media_type == "multipart/form-data":
-        return _read_multipart(content_type, raw)
+        return _read_multipart(content_type, raw, query)
     if media_type in RAW_IMAGE_TYPES:
-        return Upload(data=raw)
+        return Upload(images=[raw], options=query)
     raise UnsupportedFormatError(
         "Unsupported Content-Type: send application/json, multipart/form-data, "
         "image/png, image/jpeg or application/dicom.",
@@ -258,38 +395,51 @@ def _body_bytes(body: str, is_base64_encoded: bool) -> bytes:
         raise MalformedInputError("The request body is not valid base64.", code="invalid_base64") from error
 
 
-def _read_json(raw: bytes) -> Upload:
+def _read_json(raw: bytes, query: PredictOptions) -> Upload:
     try:
         request = PredictRequest.model_validate_json(raw)
     except ValidationError as error:
-        # Name the fields, never echo their values (they hold image data).
-        problems = [
-            f"{'.'.join(str(part) for part in issue['loc']) or 'body'}: {issue['msg']}" for issue in error.errors()
-        ]
-        code = "invalid_json" if any(issue["type"] == "json_invalid" for issue in error.errors()) else "invalid_request"
-        message = "The body is not valid JSON." if code == "invalid_json" else "Invalid request: " + "; ".join(problems)
-        raise MalformedInputError(message, code=code) from None
-    return Upload(data=decode_base64(request.image), explain=request.explain, model=request.model)
+        raise _invalid(error) from None
+    options = PredictOptions(**{**query.model_dump(exclude_unset=True), **request.model_dump(exclude_unset=True)})
+    if request.images is not None:
+        if len(request.images) > MAX_STUDY_SLICES:
+            raise PayloadTooLargeError(f"A study may hold at most {MAX_STUDY_SLICES} slices.")
+        return Upload(images=[decode_base64(image) for image in request.images], is_study=True, options=options)
+    return Upload(images=[decode_base64(request.image or "")], options=options)
 
 
-def _read_multipart(content_type: str, raw: bytes) -> Upload:
+def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upload:
     """The original Flask app's contract: ``multipart/form-data`` with a ``file`` field."""
     header = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", errors="replace")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + raw)
     if not message.is_multipart():
         raise MalformedInputError("The multipart body could not be parsed.", code="invalid_multipart")
-    fields: dict[str, bytes] = {}
+    files: list[bytes] = []
+    fields: dict[str, str] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        if name and name not in fields:
-            fields[str(name)] = part.get_payload(decode=True) or b""
-    if "file" not in fields:
+        payload = part.get_payload(decode=True) or b""
+        if name == "file":
+            files.append(payload)
+        elif name in PredictOptions.model_fields and name not in fields:
+            fields[str(name)] = payload.decode("utf-8", errors="replace").strip()
+    if not files:
         raise MalformedInputError("The form has no 'file' field.", code="missing_file")
-    model = fields.get("model", b"").decode("utf-8", errors="replace").strip() or None
-    if model is not None and not re.match(MODEL_NAME_PATTERN, model):
-        raise MalformedInputError("Invalid model name.", code="invalid_request")
-    explain = fields.get("explain", b"").strip().lower() in (b"1", b"true", b"yes", b"on")
-    return Upload(data=fields["file"], explain=explain, model=model)
+    if len(files) > MAX_STUDY_SLICES:
+        raise PayloadTooLargeError(f"A study may hold at most {MAX_STUDY_SLICES} slices.")
+    try:
+        options = PredictOptions(**{**query.model_dump(exclude_unset=True), **fields})
+    except ValidationError as error:
+        raise _invalid(error) from None
+    return Upload(images=files, is_study=len(files) > 1, options=options)
+
+
+def _invalid(error: ValidationError) -> MalformedInputError:
+    """Name the fields, never echo their values (they hold image data)."""
+    if any(issue["type"] == "json_invalid" for issue in error.errors()):
+        return MalformedInputError("The body is not valid JSON.", code="invalid_json")
+    problems = [f"{'.'.join(str(part) for part in issue['loc']) or 'body'}: {issue['msg']}" for issue in error.errors()]
+    return MalformedInputError("Invalid request: " + "; ".join(problems), code="invalid_request")
 
 
 # ---------------------------------------------------------------- answers

@@ -45,7 +45,7 @@ def test_json_base64_png(app_module, lambda_context, ct_png):
     status, answer = call(app_module, lambda_context, json_event({"image": base64.b64encode(ct_png).decode()}))
     assert status == 200, answer
     assert_prediction(answer, app_module)
-    assert answer["input"] == {"format": "PNG", "width": 256, "height": 256, "window": None}
+    assert answer["input"] == {"format": "PNG", "width": 256, "height": 256, "window": None, "frame": None}
     assert answer["preview"] is None
 
 
@@ -206,6 +206,7 @@ def test_dicom_is_decoded_through_the_lung_window(app_module, lambda_context):
         "width": 128,
         "height": 128,
         "window": {"center": -600.0, "width": 1500.0},
+        "frame": 0,
     }
     preview = Image.open(io.BytesIO(base64.b64decode(answer["preview"])))
     assert preview.size == (128, 128)

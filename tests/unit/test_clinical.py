@@ -1,0 +1,191 @@
+"""Clinical inputs through the handler: DICOM variants, windows, frames, Grad-CAM, whole studies."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import ct_like_image, encode, make_event
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian
+
+from lungscan.dicom import DicomOptions, decode_dicom
+from lungscan.errors import MalformedInputError
+
+CT_SMALL = get_testdata_file("CT_small.dcm")
+
+
+def call(app_module, lambda_context, payload: dict, query: dict | None = None) -> tuple[int, dict]:
+    event = make_event(body=json.dumps(payload), content_type="application/json", query=query)
+    result = app_module.lambda_handler(event, lambda_context)
+    return result["statusCode"], json.loads(result["body"])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def dicom_bytes(dataset: pydicom.Dataset, preamble: bool = True) -> bytes:
+    buffer = io.BytesIO()
+    if not preamble:  # a bare dataset: no preamble, no "DICM", no file meta
+        dataset.preamble = None
+        del dataset.file_meta
+    dataset.save_as(buffer, enforce_file_format=preamble, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+def ct_dataset(frames: list[np.ndarray] | None = None, **tags) -> pydicom.Dataset:
+    """CT_small with its pixels replaced (int16 HU, one or several frames) and tags overridden."""
+    dataset = pydicom.dcmread(CT_SMALL)
+    dataset.RescaleIntercept, dataset.RescaleSlope = 0, 1  # stored values are HU
+    if frames is not None:
+        stack = np.stack(frames).astype(np.int16)
+        dataset.Rows, dataset.Columns = stack.shape[1:]
+        dataset.NumberOfFrames = len(frames)
+        dataset.PixelData = stack.tobytes()
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for name, value in tags.items():
+        if value is None:
+            delattr(dataset, name)
+        else:
+            setattr(dataset, name, value)
+    return dataset
+
+
+def frame(value: int, size: int = 64) -> np.ndarray:
+    """A frame with a gradient so it is never blank; ``value`` shifts it to tell frames apart."""
+    return np.add.outer(np.arange(size), np.arange(size)).astype(np.int16) * 4 + value
+
+
+def test_real_ct_dicom_with_a_chosen_window(app_module, lambda_context):
+    data = Path(CT_SMALL).read_bytes()
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "window": {"center": 40, "width": 400}})
+    assert status == 200, answer
+    assert answer["input"]["window"] == {"center": 40.0, "width": 400.0}
+    lung = decode_dicom(data)
+    soft_tissue = decode_dicom(data, options=DicomOptions(window={"center": 40, "width": 400}))
+    assert np.asarray(lung.image).tolist() != np.asarray(soft_tissue.image).tolist()
+
+
+def test_jpeg2000_dicom_is_decoded(app_module, lambda_context):
+    status, answer = call(app_module, lambda_context, {"image": b64(Path(get_testdata_file("693_J2KI.dcm")).read_bytes())})
+    assert status == 200, answer
+    assert answer["input"]["format"] == "DICOM"
+    assert Image.open(io.BytesIO(base64.b64decode(answer["preview"]))).size == (512, 512)
+
+
+def test_non_ct_modality_needs_permission(app_module, lambda_context):
+    mr = b64(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    status, answer = call(app_module, lambda_context, {"image": mr})
+    assert (status, answer["error"]["code"]) == (422, "not_ct_modality")
+    status, answer = call(app_module, lambda_context, {"image": mr, "allow_non_ct": True})
+    assert status == 200, answer
+
+
+def test_undecodable_transfer_syntax_is_named(app_module, lambda_context):
+    jpeg_ls = b64(Path(get_testdata_file("MR_small_jpeg_ls_lossless.dcm")).read_bytes())
+    status, answer = call(app_module, lambda_context, {"image": jpeg_ls, "allow_non_ct": True})
+    assert status == 415
+    assert "JPEG-LS" in answer["error"]["message"]
+
+
+def test_monochrome1_is_inverted():
+    pixels = [frame(-1000)]
+    normal = decode_dicom(dicom_bytes(ct_dataset(pixels, PhotometricInterpretation="MONOCHROME2")))
+    inverted = decode_dicom(dicom_bytes(ct_dataset(pixels, PhotometricInterpretation="MONOCHROME1")))
+    # Equal up to rounding: the inversion happens before the 8-bit rounding.
+    np.testing.assert_allclose(np.asarray(inverted.image), 255 - np.asarray(normal.image).astype(int), atol=1)
+
+
+def test_missing_rescale_tags_read_stored_values_as_hounsfield():
+    data = dicom_bytes(ct_dataset([frame(-1000)], RescaleSlope=None, RescaleIntercept=None))
+    image = np.asarray(decode_dicom(data).image)
+    # The lung window spans -1350..150 HU, so -1000 HU maps to 350/1500 of the grey range.
+    assert image[0, 0] == round((-1000 + 1350) * 255 / 1500)
+
+
+def test_no_preamble_is_still_dicom(app_module, lambda_context):
+    data = dicom_bytes(ct_dataset([frame(-800)]), preamble=False)
+    assert data[128:132] != b"DICM"
+    status, answer = call(app_module, lambda_context, {"image": b64(data)})
+    assert (status, answer.get("input", {}).get("format")) == (200, "DICOM"), answer
+
+
+def test_garbage_after_the_preamble_is_a_clear_400(app_module, lambda_context):
+    data = b"\0" * 128 + b"DICM" + bytes(range(256)) * 8
+    status, answer = call(app_module, lambda_context, {"image": b64(data)})
+    assert (status, answer["error"]["code"]) == (400, "corrupt_image")
+
+
+def test_multi_frame_middle_by_default_or_chosen(app_module, lambda_context):
+    data = dicom_bytes(ct_dataset([frame(-1200), frame(-600), frame(0)]))
+    assert decode_dicom(data).meta == {"frame": 1, "frames": 3}
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "frame": 2})
+    assert (status, answer["input"]["frame"]) == (200, 2)
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "frame": 3})
+    assert (status, answer["error"]["code"]) == (400, "frame_out_of_range")
+    with pytest.raises(MalformedInputError):
+        decode_dicom(data, options=DicomOptions(frame=7))
+
+
+def test_multi_frame_dicom_as_a_study(app_module, lambda_context):
+    data = dicom_bytes(ct_dataset([frame(-1200), frame(-600), frame(0)]))
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "all_frames": True})
+    assert status == 200, answer
+    assert answer["study"]["slices"] == 3
+    assert [item["input"]["frame"] for item in answer["slices"]] == [0, 1, 2]
+
+
+def test_study_of_slices_summarises_the_most_suspicious(app_module, lambda_context):
+    images = [b64(encode(ct_like_image(128, seed=seed))) for seed in range(4)]
+    status, answer = call(app_module, lambda_context, {"images": images, "explain": True})
+    assert status == 200, answer
+    study, slices = answer["study"], answer["slices"]
+    suspicions = [item["suspicion"] for item in slices]
+    assert study["most_suspicious_slice"] == int(np.argmax(suspicions))
+    assert study["max_suspicion"] == max(suspicions)
+    assert study["suspicious"] == any(item["suspicious"] for item in slices)
+    assert sum(study["label_counts"].values()) == 4
+    with_heatmap = [index for index, item in enumerate(slices) if item["heatmap"]]
+    assert with_heatmap == [study["most_suspicious_slice"]]
+    assert "Not a diagnosis" in answer["disclaimer"]
+
+
+def test_study_limits(app_module, lambda_context):
+    image = b64(encode(ct_like_image(64)))
+    status, answer = call(app_module, lambda_context, {"images": [image] * 65})
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large")
+    status, answer = call(app_module, lambda_context, {"images": [image], "image": image})
+    assert (status, answer["error"]["code"]) == (400, "invalid_request")
+
+
+def test_explain_returns_an_overlay_at_the_upload_size(app_module, lambda_context):
+    data = encode(ct_like_image(200, seed=2).resize((240, 200)))
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "explain": True})
+    assert status == 200, answer
+    overlay = Image.open(io.BytesIO(base64.b64decode(answer["heatmap"])))
+    assert (overlay.format, overlay.size) == ("PNG", (240, 200))
+    assert answer["explained_class"] == answer["label"]
+    classes = app_module.store.get().metadata.classes
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "explain": True, "explain_class": classes[0]})
+    assert (status, answer["explained_class"]) == (200, classes[0])
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "explain": True, "explain_class": "x"})
+    assert (status, answer["error"]["code"]) == (400, "invalid_request")
+    status, answer = call(app_module, lambda_context, {"image": b64(data)}, query={"explain": "true"})
+    assert status == 200
+    assert answer["heatmap"]
+
+
+def test_patient_tags_never_leave_the_decoder(app_module, lambda_context, capfd):
+    dataset = ct_dataset([frame(-700)], PatientName="DOE^JANE", PatientID="PID-4242", PatientBirthDate="19500101")
+    status, answer = call(app_module, lambda_context, {"image": b64(dicom_bytes(dataset)), "filename": "DOE_JANE.dcm"})
+    assert status == 200, answer
+    output = json.dumps(answer) + "".join(capfd.readouterr())
+    for secret in ("DOE", "JANE", "PID-4242", "19500101"):
+        assert secret not in output
