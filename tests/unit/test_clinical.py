@@ -74,7 +74,9 @@ def test_real_ct_dicom_with_a_chosen_window(app_module, lambda_context):
 
 
 def test_jpeg2000_dicom_is_decoded(app_module, lambda_context):
-    status, answer = call(app_module, lambda_context, {"image": b64(Path(get_testdata_file("693_J2KI.dcm")).read_bytes())})
+    status, answer = call(
+        app_module, lambda_context, {"image": b64(Path(get_testdata_file("693_J2KI.dcm")).read_bytes())}
+    )
     assert status == 200, answer
     assert answer["input"]["format"] == "DICOM"
     assert Image.open(io.BytesIO(base64.b64decode(answer["preview"]))).size == (512, 512)
@@ -173,7 +175,9 @@ def test_explain_returns_an_overlay_at_the_upload_size(app_module, lambda_contex
     assert (overlay.format, overlay.size) == ("PNG", (240, 200))
     assert answer["explained_class"] == answer["label"]
     classes = app_module.store.get().metadata.classes
-    status, answer = call(app_module, lambda_context, {"image": b64(data), "explain": True, "explain_class": classes[0]})
+    status, answer = call(
+        app_module, lambda_context, {"image": b64(data), "explain": True, "explain_class": classes[0]}
+    )
     assert (status, answer["explained_class"]) == (200, classes[0])
     status, answer = call(app_module, lambda_context, {"image": b64(data), "explain": True, "explain_class": "x"})
     assert (status, answer["error"]["code"]) == (400, "invalid_request")
