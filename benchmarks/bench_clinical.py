@@ -90,7 +90,7 @@ def ct_dicom_512() -> bytes:
 def explain_as_png(classifier, decoded) -> bytes:
     """What explain=true costs the handler: Grad-CAM, overlay, and the PNG it returns."""
     buffer = io.BytesIO()
-    classifier.classify(decoded, explain=True).heatmap.save(buffer, "PNG")
+    classifier.classify(decoded, explain=True).heatmap.save(buffer, "PNG", compress_level=1)  # as app.py does
     return buffer.getvalue()
 
 
