@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import re
+import struct
 import warnings
 from dataclasses import dataclass, field
 
@@ -22,6 +23,18 @@ from lungscan.errors import (
     NotACTSliceError,
     PayloadTooLargeError,
     UnsupportedFormatError,
+)
+
+# What Pillow's decoders raise on damaged files (fuzzing found them).
+CORRUPT_FILE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    ZeroDivisionError,
 )
 
 # Pillow formats we accept; anything else (GIF, WebP, PDF...) is refused with a 415.
@@ -116,10 +129,12 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
         ) from error
     except UnidentifiedImageError as error:
         raise UnsupportedFormatError("Unsupported file type: send a PNG, JPEG, BMP, TIFF or DICOM CT slice.") from error
+    except CORRUPT_FILE_ERRORS as error:  # a recognised format whose header is damaged
+        raise MalformedInputError("The image header is corrupt or truncated.", code="corrupt_image") from error
     check_dimensions(image.width, image.height, limits)
     try:
         image.load()
-    except (OSError, ValueError, SyntaxError) as error:
+    except CORRUPT_FILE_ERRORS as error:
         raise MalformedInputError(f"The {image.format} file is corrupt or truncated.", code="corrupt_image") from error
     decoded = DecodedImage(image=image, format=image.format or "unknown")
     decoded.meta["source_mode"] = image.mode
