@@ -7,6 +7,7 @@ nothing downstream can log, return or store them.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +46,11 @@ def looks_like_dicom(data: bytes) -> bool:
 def _read(data: bytes, limits: ImageLimits, options: DicomOptions):
     """Parse the header and check it describes a CT image we may decode."""
     import pydicom  # imported lazily: only DICOM uploads pay for it
+    import pydicom.config
     from pydicom.errors import InvalidDicomError
 
+    # pydicom's validation warnings quote tag values, patient names included: never emit them.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
         rows, columns = int(dataset.Rows), int(dataset.Columns)
@@ -58,7 +62,8 @@ def _read(data: bytes, limits: ImageLimits, options: DicomOptions):
     _infer_transfer_syntax(dataset)
     modality = str(dataset.get("Modality", "") or "").upper()
     if modality and modality != "CT" and not options.allow_non_ct:
-        raise NotACTSliceError(f"This DICOM is a {modality} image; the models read CT only.", code="not_ct_modality")
+        shown = modality if re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality) else "non-CT"  # echo only a valid code
+        raise NotACTSliceError(f"This DICOM is a {shown} image; the models read CT only.", code="not_ct_modality")
     check_dimensions(columns, rows, limits)
     if not 1 <= frames <= MAX_FRAMES or rows * columns * frames > limits.max_pixels * 4:
         raise NotACTSliceError(f"The DICOM declares {frames} frames; at most {MAX_FRAMES}.", code="too_many_pixels")

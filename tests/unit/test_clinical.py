@@ -193,3 +193,13 @@ def test_patient_tags_never_leave_the_decoder(app_module, lambda_context, capfd)
     output = json.dumps(answer) + "".join(capfd.readouterr())
     for secret in ("DOE", "JANE", "PID-4242", "19500101"):
         assert secret not in output
+
+
+def test_invalid_tag_values_are_not_quoted_in_warnings(app_module, lambda_context, capfd, recwarn):
+    """pydicom's validation warnings quote the offending value (fuzzing met pixel bytes in one)."""
+    dataset = ct_dataset([frame(-700)])
+    dataset.Modality = "CT-DOE^JANE-" + "X" * 40  # longer than a CS value may be
+    status, answer = call(app_module, lambda_context, {"image": b64(dicom_bytes(dataset))})
+    assert (status, answer["error"]["code"]) == (422, "not_ct_modality")
+    emitted = "".join(capfd.readouterr()) + "".join(str(warning.message) for warning in recwarn)
+    assert "DOE^JANE" not in emitted + json.dumps(answer)
