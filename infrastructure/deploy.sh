@@ -38,6 +38,9 @@ SITE_URL="$(output SiteUrl)"
 SITE_BUCKET="$(output SiteBucketName)"
 MODEL_BUCKET="$(output ModelBucketName)"
 DISTRIBUTION_ID="$(output DistributionId)"
+# Present only when the stack requires an API key (RequireApiKey; auto = every stage but dev).
+API_KEY_ID="$(output ApiKeyId)"
+if [ "$API_KEY_ID" = "None" ]; then API_KEY_ID=""; fi
 
 # The committed frontend/config.js stays empty (same origin, for `make run`); the deployed
 # copy is written into a staging folder so the working tree is not modified.
@@ -62,3 +65,10 @@ echo "==> model $MODEL_DIR -> s3://$MODEL_BUCKET"
 
 echo "Site: $SITE_URL"
 echo "API:  $API_URL  (POST $API_URL/predict)"
+if [ -n "$API_KEY_ID" ]; then
+  # The key's value is a secret: never print it here (CI logs keep it). Fetch it when needed:
+  echo "API key required on every route (header x-api-key). Its value, for the hospital system:"
+  echo "  aws apigateway get-api-key --api-key $API_KEY_ID --include-value --query value --output text"
+  echo "The page on $SITE_URL calls the API without a key: on this stage it needs the key in config.js"
+  echo "(readable by anyone who can load the page) or a login in front of it."
+fi
