@@ -1,0 +1,1 @@
+"""Training command-line entry points: train, evaluate, publish. They import the core package, never the Lambda."""
