@@ -3,22 +3,24 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 SAM_VENV := .venv-sam
+CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 PORT ?= 5001
 
-.PHONY: help install install-dev install-sam run test test-unit test-integration lint format events bench train deploy clean
+.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration lint format events bench train deploy clean
 
 help:
 	@echo "make run    - install and serve page + API on http://127.0.0.1:$(PORT) (local S3, bundled model)"
-	@echo "make test   - install and run lint + every test (unit, integration, template, local stack)"
+	@echo "make test   - install and run lint + every test (unit, integration, template, local stack, browser)"
 	@echo "make bench  - print latency / cold start / memory figures"
 	@echo "make train  - retrain the bundled default model from ../shared/data"
 	@echo "make deploy - sam build + deploy + site sync + model publish (needs an AWS account and Docker)"
 
-$(VENV)/.installed-app: requirements.txt functions/classifier/requirements.txt
+$(VENV)/.installed-app: requirements.txt functions/classifier/requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-app requirements-dev.txt
@@ -32,9 +34,29 @@ $(SAM_VENV)/.installed: infrastructure/sam-requirements.txt
 	$(SAM_VENV)/bin/python -m pip install --quiet -r infrastructure/sam-requirements.txt
 	touch $@
 
+# checkov (template security scan in tests/unit/test_template.py) pins its own dependencies: its own virtualenv.
+$(CHECKOV_VENV)/.installed: infrastructure/checkov-requirements.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r infrastructure/checkov-requirements.txt
+	touch $@
+
 install: $(VENV)/.installed-app
 install-dev: $(VENV)/.installed-dev
 install-sam: $(SAM_VENV)/.installed
+install-checkov: $(CHECKOV_VENV)/.installed
+
+# Browser tests: Debian's Chromium (never a downloaded browser) and axe-core from npm.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser: node_modules/.installed
+	@test -x /usr/bin/chromium || { \
+		echo "Installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	}
+
+node_modules/.installed: package.json $(wildcard package-lock.json)
+	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+	touch $@
 
 run: install
 	$(PY) -m infrastructure.local_stack --port $(PORT)
@@ -47,7 +69,7 @@ format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install-dev install-sam lint
+test: install-dev install-sam install-checkov install-browser lint
 	$(PY) -m pytest
 
 test-unit: install-dev

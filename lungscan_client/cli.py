@@ -1,0 +1,261 @@
+"""``lungscan classify FILE... --api URL``: classify CT slices with a LungScan API.
+
+Results go to stdout (JSON or CSV), in the order of the files; failures and a summary line go
+to stderr. The exit code is 0 when every file was classified, 1 when any failed, 2 on a usage
+error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ipaddress
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lungscan_client import DEFAULT_MAX_BYTES, ClassifyResult, RetryPolicy, __version__, classify_files, predict_url
+
+API_URL_ENV = "LUNGSCAN_API_URL"
+API_KEY_ENV = "LUNGSCAN_API_KEY"
+DISCLAIMER = "Research tool. Not a diagnosis. A clinician must review every scan."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lungscan",
+        description="Client for a LungScan API (first-pass lung CT screening). " + DISCLAIMER,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    classify = commands.add_parser(
+        "classify",
+        help="classify CT slices (PNG, JPEG, DICOM)",
+        description="Classify CT slices (PNG, JPEG, DICOM) with POST /predict. " + DISCLAIMER,
+        epilog="Exit code: 0 all classified, 1 any file failed, 2 usage error.",
+    )
+    classify.add_argument("files", nargs="+", metavar="FILE", help="files, or folders (all files inside, recursively)")
+    classify.add_argument(
+        "--api",
+        default=os.environ.get(API_URL_ENV),
+        metavar="URL",
+        help=f"the API's base URL, e.g. https://ID.execute-api.REGION.amazonaws.com/Prod (default: ${API_URL_ENV})",
+    )
+    classify.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        metavar="KEY",
+        help=f"sent as x-api-key, where the API requires one (default: ${API_KEY_ENV}; prefer it: "
+        "command lines show up in process lists)",
+    )
+    classify.add_argument("--model", metavar="NAME", help="a model the API serves (default: the API's default)")
+    classify.add_argument("--explain", action="store_true", help="ask for Grad-CAM heatmaps (in JSON output only)")
+    classify.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default: json)")
+    classify.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight (default: 4)")
+    classify.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=3,
+        metavar="N",
+        help="retries per file after a 429/5xx answer, a timeout or a connection error (default: 3)",
+    )
+    classify.add_argument(
+        "--backoff",
+        type=non_negative_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="first retry wait, doubled per attempt, with jitter (default: 0.5)",
+    )
+    classify.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS", help="per attempt")
+    classify.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        default=DEFAULT_MAX_BYTES,
+        help=f"larger files fail without being sent (default: {DEFAULT_MAX_BYTES}, the API's limit)",
+    )
+    classify.add_argument(
+        "--allow-http",
+        action="store_true",
+        help="allow plain http:// to a host other than this machine (images would cross the network unencrypted)",
+    )
+    return parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def expand(paths: Sequence[str]) -> list[str]:
+    """Folders become the regular files inside them (sorted, hidden files skipped); files stay."""
+    files: list[str] = []
+    for path in paths:
+        folder = Path(path)
+        if folder.is_dir():
+            files += sorted(
+                str(file)
+                for file in folder.rglob("*")
+                if file.is_file() and not any(part.startswith(".") for part in file.relative_to(folder).parts)
+            )
+        else:
+            files.append(path)  # a missing file is reported as a failed file, not a usage error
+    return files
+
+
+def csv_rows(results: list[ClassifyResult]) -> tuple[list[str], list[dict]]:
+    classes: list[str] = []
+    for result in results:
+        for name in (result.answer or {}).get("probabilities", {}):
+            if name not in classes:
+                classes.append(name)
+    columns = ["file", "ok", "status", "label", "verdict", "suspicious", "confidence"]
+    columns += [f"p_{name}" for name in classes]
+    columns += ["threshold", "model_name", "model_version", "request_id", "error_code", "error_message", "attempts"]
+    rows = []
+    for result in results:
+        answer = result.answer or {}
+        model = answer.get("model") or {}
+        row = {
+            "file": result.file,
+            "ok": str(result.ok).lower(),
+            "status": result.status if result.status is not None else "",
+            "label": answer.get("label", ""),
+            "verdict": answer.get("verdict", ""),
+            "suspicious": str(answer["suspicious"]).lower() if "suspicious" in answer else "",
+            "confidence": answer.get("confidence", ""),
+            "threshold": answer.get("threshold", ""),
+            "model_name": model.get("name", ""),
+            "model_version": model.get("version", ""),
+            "request_id": result.request_id or "",
+            "error_code": result.error_code or "",
+            "error_message": result.error_message or "",
+            "attempts": result.attempts,
+        }
+        for name in classes:
+            row[f"p_{name}"] = answer.get("probabilities", {}).get(name, "")
+        rows.append(row)
+    return columns, rows
+
+
+def write_results(results: list[ClassifyResult], output_format: str, stream) -> None:
+    if output_format == "json":
+        json.dump([result.to_dict() for result in results], stream, indent=2)
+        stream.write("\n")
+        return
+    columns, rows = csv_rows(results)
+    writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def summary(results: list[ClassifyResult], seconds: float) -> str:
+    classified = [result for result in results if result.ok]
+    suspicious = sum(1 for result in classified if (result.answer or {}).get("suspicious"))
+    failed = len(results) - len(classified)
+    noun = "file" if len(results) == 1 else "files"
+    return (
+        f"lungscan: {len(results)} {noun}: {len(classified)} classified ({suspicious} suspicious), "
+        f"{failed} failed in {seconds:.1f} s. {DISCLAIMER}"
+    )
+
+
+def classify_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.api:
+        parser.error(f"--api URL is required (or set ${API_URL_ENV})")
+    try:
+        url = predict_url(args.api)
+    except ValueError as error:
+        parser.error(str(error))
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        parser.error(f"--api must be an https:// URL, not {parts.scheme}://")
+    if parts.scheme == "http" and not is_loopback(parts.hostname or "") and not args.allow_http:
+        parser.error("--api is plain http:// to another machine: use https://, or pass --allow-http")
+
+    files = expand(args.files)
+    if not files:
+        parser.error("no files to classify")
+    lock = threading.Lock()
+
+    def report(result: ClassifyResult) -> None:
+        if not result.ok:
+            status = f" ({result.status})" if result.status else ""
+            request = f" [request {result.request_id}]" if result.request_id else ""
+            with lock:
+                print(
+                    f"lungscan: {result.file}: {result.error_code}{status}: {result.error_message}{request}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    started = time.monotonic()
+    results = classify_files(
+        files,
+        url,
+        model=args.model,
+        explain=args.explain,
+        concurrency=args.concurrency,
+        retry=RetryPolicy(attempts=args.retries + 1, backoff_base=args.backoff),
+        timeout=args.timeout,
+        max_bytes=args.max_bytes,
+        headers={"x-api-key": args.api_key} if args.api_key else None,
+        on_result=report,
+    )
+    write_results(results, args.format, sys.stdout)
+    sys.stdout.flush()
+    print(summary(results, time.monotonic() - started), file=sys.stderr, flush=True)
+    return 0 if all(result.ok for result in results) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "classify":
+            return classify_command(args, parser)
+    except KeyboardInterrupt:
+        print("lungscan: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
