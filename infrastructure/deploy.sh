@@ -48,7 +48,10 @@ echo "==> site -> s3://$SITE_BUCKET"
 STAGING="$(mktemp -d)"
 trap 'rm -rf "$STAGING"' EXIT
 cp -R frontend/. "$STAGING/"
-printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s"};\n' "$API_URL" > "$STAGING/config.js"
+# The upload limit comes from the core, so the page refuses exactly what the API would.
+MAX_UPLOAD_BYTES="$("$PYTHON" -c 'from lungscan.imaging import DEFAULT_LIMITS; print(DEFAULT_LIMITS.max_bytes)')"
+printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s", maxUploadBytes: %s};\n' "$API_URL" "$MAX_UPLOAD_BYTES" \
+  > "$STAGING/config.js"
 # Long-lived cache for assets; index.html and config.js are revalidated on every load.
 aws s3 sync "$STAGING/" "s3://$SITE_BUCKET/" --delete \
   --exclude index.html --exclude config.js \
