@@ -15,22 +15,16 @@ import base64
 import http.client
 import io
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infrastructure.local_stack import stack_subprocess
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request_mix() -> list[tuple[str, bytes, str, int]]:
@@ -75,30 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    port, s3_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     (REPO_ROOT / "build").mkdir(exist_ok=True)
-    log = open(REPO_ROOT / "build" / "load_test_stack.log", "wb")  # noqa: SIM115 (closed in finally)
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "infrastructure.local_stack", "--port", str(port), "--s3-port", str(s3_port)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/health")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise SystemExit("the local stack did not start; see build/load_test_stack.log")
-
+    with stack_subprocess(REPO_ROOT / "build" / "load_test_stack.log") as stack:
+        port = int(stack.base_url.rsplit(":", 1)[1])
         mix = request_mix()
         latencies: list[float] = []
         unexpected: dict[str, int] = {}
@@ -140,15 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             "throughput_rps": round(len(latencies) / wall, 1),
             "p50_ms": round(statistics.median(ordered), 2),
             "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1], 2),
-            "stack_peak_rss_mib": round(peak_rss_mib(stack.pid), 1),
+            "stack_peak_rss_mib": round(peak_rss_mib(stack.process.pid), 1),
             "unexpected": sum(unexpected.values()),
             "unexpected_by_kind": unexpected,
             "mix": [name for name, *_ in mix],
         }
-    finally:
-        stack.terminate()
-        stack.wait(timeout=30)
-        log.close()
     if args.json:
         print(json.dumps(figures))
     else:

@@ -16,10 +16,16 @@ import argparse
 import base64
 import mimetypes
 import os
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -193,6 +199,60 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
     server = ThreadingHTTPServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR))
     server.daemon_threads = True
     return server, s3_server
+
+
+@dataclass
+class StackProcess:
+    base_url: str
+    s3_port: int
+    process: subprocess.Popen
+    log_path: Path
+
+
+@contextmanager
+def stack_subprocess(log_path: Path, bundles: Sequence[Path] = (), timeout: float = 180) -> Iterator[StackProcess]:
+    """This stack in a child process on free ports, healthy on entry and stopped on exit (tests, load tests)."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    env = {**os.environ, "MODEL_CACHE_DIR": str(log_path.parent / "model-cache"), "PYTHONUNBUFFERED": "1"}
+    env.pop("MODEL_DIR", None)
+    command = [sys.executable, "-m", "infrastructure.local_stack", "--port", str(ports[0]), "--s3-port", str(ports[1])]
+    for bundle in bundles:
+        command += ["--bundle", str(bundle)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    stack = StackProcess(f"http://127.0.0.1:{ports[0]}", ports[1], process, log_path)
+    try:
+        _wait_until_healthy(stack, timeout)
+        yield stack
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_until_healthy(stack: StackProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if stack.process.poll() is not None:
+            raise RuntimeError(f"the local stack exited early:\n{stack.log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(stack.base_url + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the local stack did not start in {timeout:.0f} s:\n{stack.log_path.read_text()[-3000:]}"
+            )
+        time.sleep(0.3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from infrastructure.local_stack import stack_subprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,54 +44,12 @@ DEPLOYED_CSP = (
 INSTALL_HINT = "run `make install-browser` (Debian's chromium and axe-core from npm)"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
 @pytest.fixture(scope="session")
 def stack(model_bundle_dir, tmp_path_factory):
     """``make run``'s stack on free ports; yields its base URL."""
-    port, s3_port = free_port(), free_port()
-    work = tmp_path_factory.mktemp("browser-stack")
-    log_path = work / "stack.log"
-    env = {**os.environ, "MODEL_CACHE_DIR": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
-    env.pop("MODEL_DIR", None)
-    command = [sys.executable, "-m", "infrastructure.local_stack", "--port", str(port), "--s3-port", str(s3_port)]
-    command += ["--bundle", str(model_bundle_dir)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"local stack exited early:\n{log_path.read_text()[-3000:]}")
-            try:
-                if http_status(base + "/health") == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"local stack did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    log_path = tmp_path_factory.mktemp("browser-stack") / "stack.log"
+    with stack_subprocess(log_path, [model_bundle_dir]) as running:
+        yield running.base_url
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES_DIR, REPO_ROOT
 
+from infrastructure.local_stack import stack_subprocess
 from lungscan_client import DEFAULT_MAX_BYTES, RetryPolicy, classify_files
 from lungscan_client.cli import main
 
@@ -42,50 +40,11 @@ ANSWER = {
 }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(model_bundle_dir, tmp_path_factory):
-    """``make run``'s stack on free ports (as in test_local_stack.py); yields its base URL."""
-    port, s3_port = free_port(), free_port()
-    work = tmp_path_factory.mktemp("client-stack")
-    log_path = work / "stack.log"
-    env = {**os.environ, "MODEL_CACHE_DIR": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
-    env.pop("MODEL_DIR", None)
-    command = [sys.executable, "-m", "infrastructure.local_stack", "--port", str(port), "--s3-port", str(s3_port)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [*command, "--bundle", str(model_bundle_dir)], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"local stack exited early:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (OSError, urllib.error.HTTPError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"local stack did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    """``make run``'s stack on free ports; yields its base URL."""
+    with stack_subprocess(tmp_path_factory.mktemp("client-stack") / "stack.log", [model_bundle_dir]) as running:
+        yield running.base_url
 
 
 @pytest.fixture
@@ -321,7 +280,7 @@ def test_the_api_key_is_sent_and_never_printed(scans, capsys, monkeypatch):
 
 
 def test_connection_errors_are_retried_then_fail(scans, capsys):
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    url = "http://127.0.0.1:9"  # the discard port: nothing listens there
     code = main(["classify", str(scans[0]), "--api", url, "--retries", "1", "--backoff", "0", "--timeout", "5"])
     out, _err = capsys.readouterr()
     assert code == 1

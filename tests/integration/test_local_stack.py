@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
 import boto3
 import pytest
-from conftest import REPO_ROOT, ct_like_image, encode
+from conftest import ct_like_image, encode
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from infrastructure.local_stack import stack_subprocess
 
 
 def request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
@@ -36,34 +27,8 @@ def request(url: str, data: bytes | None = None, headers: dict | None = None, me
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    port, s3_port = free_port(), free_port()
-    log_path = tmp_path_factory.mktemp("stack") / "stack.log"
-    env = {**os.environ, "MODEL_CACHE_DIR": str(log_path.parent / "cache"), "PYTHONUNBUFFERED": "1"}
-    env.pop("MODEL_DIR", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "infrastructure.local_stack", "--port", str(port), "--s3-port", str(s3_port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"local stack exited early:\n{log_path.read_text()[-3000:]}")
-        try:
-            if request(base + "/health")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"local stack did not start:\n{log_path.read_text()[-3000:]}")
-    yield {"base": base, "process": process, "log": log_path, "s3_port": s3_port}
-    if process.poll() is None:
-        process.kill()
+    with stack_subprocess(tmp_path_factory.mktemp("stack") / "stack.log") as running:
+        yield {"base": running.base_url, "process": running.process, "s3_port": running.s3_port}
 
 
 def test_page_is_served(stack):
