@@ -150,6 +150,11 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
     return Handler
 
 
+class LocalServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 resets connections under 20 concurrent clients
+
+
 def start_s3(port: int):
     """Start moto's server as the local S3 and point boto3 at it."""
     from moto.server import ThreadedMotoServer
@@ -196,8 +201,7 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
     sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "functions" / "classifier")]
     import app  # loads the models from the local registry, as a cold start would
 
-    server = ThreadingHTTPServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR))
-    server.daemon_threads = True
+    server = LocalServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR))
     return server, s3_server
 
 
