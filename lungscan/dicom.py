@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from lungscan.errors import MalformedInputError, NotACTSliceError, UnsupportedFormatError
+from lungscan.errors import MalformedInputError, NotACTSliceError, PayloadTooLargeError, UnsupportedFormatError
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, check_dimensions, reject_blank
 
 # The lung window radiologists read parenchyma in: -1350 .. +150 HU.
@@ -138,11 +138,17 @@ def decode_dicom(
 
 
 def decode_dicom_frames(
-    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, options: DicomOptions | None = None
+    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, options: DicomOptions | None = None, max_frames: int = MAX_FRAMES
 ) -> list[DecodedImage]:
-    """Every frame of a (multi-frame) DICOM, each windowed like :func:`decode_dicom`."""
+    """Every frame of a (multi-frame) DICOM, each windowed like :func:`decode_dicom`.
+
+    Raises:
+        PayloadTooLargeError: more than ``max_frames`` frames (decided from the header).
+    """
     options = options or DicomOptions()
     dataset, frames = _read(data, limits, options)
+    if frames > max_frames:
+        raise PayloadTooLargeError(f"The DICOM holds {frames} frames; a study may hold at most {max_frames}.")
     window = dict(options.window or LUNG_WINDOW)
     return [
         DecodedImage(

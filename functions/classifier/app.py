@@ -40,7 +40,7 @@ from lungscan.errors import (
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, decode_base64
 from lungscan.predict import DISCLAIMER, VERDICT_CLEAR, Classifier, Prediction
 from lungscan.serving import ModelStore
-from lungscan.uploads import decode_all_frames, decode_upload
+from lungscan.uploads import MAX_STUDY_SLICES, decode_all_frames, decode_upload
 
 logger = Logger()
 tracer = Tracer()
@@ -51,7 +51,6 @@ app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # Lambda takes at most 6 MB per synchronous request, event envelope included.
 MAX_BODY_CHARS = 6 * 1024 * 1024 - 64 * 1024
-MAX_STUDY_SLICES = 64
 RAW_IMAGE_TYPES = {
     "image/png",
     "image/jpeg",

@@ -144,6 +144,14 @@ def test_multi_frame_dicom_as_a_study(app_module, lambda_context):
     assert [item["input"]["frame"] for item in answer["slices"]] == [0, 1, 2]
 
 
+def test_a_multi_frame_study_over_the_limit_is_refused_from_the_header(app_module, lambda_context):
+    data = dicom_bytes(ct_dataset([frame(-600 + index) for index in range(65)]))
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "all_frames": True})
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large")
+    status, answer = call(app_module, lambda_context, {"image": b64(data)})  # one frame of it is fine
+    assert (status, answer["input"]["frame"]) == (200, 32)
+
+
 def test_study_of_slices_summarises_the_most_suspicious(app_module, lambda_context):
     images = [b64(encode(ct_like_image(128, seed=seed))) for seed in range(4)]
     status, answer = call(app_module, lambda_context, {"images": images, "explain": True})
