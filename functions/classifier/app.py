@@ -25,6 +25,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config as BotocoreConfig
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lungscan.dicom import DicomOptions
@@ -69,6 +70,10 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {
 }
 
 
+# A slow or unreachable S3 must not eat the cold start: fail fast and serve the baked model.
+REGISTRY_CLIENT_CONFIG = BotocoreConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2})
+
+
 def _create_store() -> ModelStore:
     bucket = os.environ.get("MODEL_BUCKET")
     default_name = os.environ.get("MODEL_NAME", "iq-oth-3class")
@@ -76,7 +81,7 @@ def _create_store() -> ModelStore:
     store = ModelStore(
         default_name,
         baked_bundle=os.environ.get("MODEL_DIR") or None,
-        s3=boto3.client("s3") if bucket else None,
+        s3=boto3.client("s3", config=REGISTRY_CLIENT_CONFIG) if bucket else None,
         bucket=bucket,
         names=names,
         refresh_seconds=float(os.environ.get("MODEL_REFRESH_SECONDS", "300")),
