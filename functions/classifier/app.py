@@ -257,7 +257,8 @@ def predict(
     options = upload.options
     classifier = store.get(options.model)
     dicom = DicomOptions(
-        window=options.window.model_dump() if options.window else None,
+        # The request's window, else the one the model's bundle declares it was trained with.
+        window=options.window.model_dump() if options.window else classifier.metadata.preprocessing.dicom_window,
         frame=options.frame,
         allow_non_ct=options.allow_non_ct,
     )
