@@ -7,13 +7,15 @@ CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 PORT ?= 5001
 
-.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration lint format events bench train deploy clean
+.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration lint format events bench train evaluate publish deploy clean
 
 help:
 	@echo "make run    - install and serve page + API on http://127.0.0.1:$(PORT) (local S3, bundled model)"
 	@echo "make test   - install and run lint + every test (unit, integration, template, local stack, browser)"
 	@echo "make bench  - print latency / cold start / memory figures"
-	@echo "make train  - retrain the bundled default model from ../shared/data"
+	@echo "make train  - retrain both shipped models (models/iq-oth-3class, models/chest-ct-4class) from ../shared/data"
+	@echo "make evaluate BUNDLE=models/... - re-measure a bundle as served, rewrite its report/ and model card"
+	@echo "make publish BUNDLE=models/... MODEL_BUCKET=... - validate, upload, move latest.json"
 	@echo "make deploy - sam build + deploy + site sync + model publish (needs an AWS account and Docker)"
 
 $(VENV)/.installed-app: requirements.txt functions/classifier/requirements.txt pyproject.toml
@@ -84,8 +86,20 @@ events: install-sam
 bench: install-dev
 	$(PY) benchmarks/bench_predict.py
 
+# The shipped bundles, reproduced (python -m training train --help; each preset holds its dataset credit).
 train: install
-	$(PY) -m training.train_default
+	$(PY) -m training train --preset iq-oth-nccd --data-dir ../shared/data/iq-oth-nccd \
+		--output-dir models/iq-oth-3class --image-size 96 --epochs 40 --patience 0 --augment none --seed 42
+	$(PY) -m training train --preset chest-ct-scan --data-dir ../shared/data/chest-ct-scan \
+		--output-dir models/chest-ct-4class
+
+BUNDLE ?= models/iq-oth-3class
+evaluate: install
+	$(PY) -m training evaluate $(BUNDLE)
+
+# MODEL_BUCKET from the environment or the command line; AWS_ENDPOINT_URL_S3 for a local S3.
+publish: install
+	$(PY) -m training publish $(BUNDLE) $(if $(MODEL_BUCKET),--bucket $(MODEL_BUCKET))
 
 deploy: install install-sam
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" bash infrastructure/deploy.sh

@@ -64,7 +64,7 @@ aws cloudfront create-invalidation --distribution-id "$DISTRIBUTION_ID" --paths 
 # First model publish: validates the bundle, uploads models/<name>/<version>/, then moves
 # models/<name>/latest.json. (training/publish.py is the registry CLI; see DESIGN.md.)
 echo "==> model $MODEL_DIR -> s3://$MODEL_BUCKET"
-"$PYTHON" -m training.publish --bucket "$MODEL_BUCKET" "$MODEL_DIR"
+"$PYTHON" -m training publish --bucket "$MODEL_BUCKET" "$MODEL_DIR"
 
 echo "Site: $SITE_URL"
 echo "API:  $API_URL  (POST $API_URL/predict)"

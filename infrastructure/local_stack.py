@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRONTEND_DIR = REPO_ROOT / "frontend"
-DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class"]
+DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class", REPO_ROOT / "models" / "chest-ct-4class"]
 API_ROUTES = {"/predict", "/health", "/model", "/openapi.json"}
 # Must match BinaryMediaTypes in template.yaml: these bodies reach the function base64-encoded.
 BINARY_MEDIA_TYPES = {"image/png", "image/jpeg", "application/dicom", "multipart/form-data", "application/octet-stream"}

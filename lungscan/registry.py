@@ -4,24 +4,46 @@ Layout in the model bucket::
 
     models/<name>/<version>/model.h5
     models/<name>/<version>/model.json
-    models/<name>/latest.json          -> {"version": "<version>"}
+    models/<name>/<version>/report/*       (evaluation figures, smoke set; not needed to serve)
+    models/<name>/<version>/MODEL_CARD.md
+    models/<name>/history.json             -> [{"at", "action", "version", "previous"}, ...]
+    models/<name>/latest.json              -> {"version": "<version>"}
 
-Publishing writes the whole bundle first and moves the pointer last, so a reader sees
-either the old model or the complete new one, never half of it. The S3 client is passed
-in, so tests hand in a moto-backed one and the local stack one pointed at moto server.
+Publishing writes the whole bundle first (model.json last: a version folder with a model.json
+is complete), checks what landed, and moves the pointer last, so a reader sees either the old
+model or the complete new one, never half of it. Every pointer move is appended to
+``history.json`` *before* the pointer is written, so a rollback can always find where the
+pointer came from. Serving (:func:`download_bundle`) fetches only model.h5 and model.json.
+The S3 client is passed in, so tests hand in a moto-backed one and the local stack one
+pointed at moto server.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lungscan.bundle import METADATA_FILE, MODEL_FILE, BundleMetadata, file_sha256, read_metadata
-from lungscan.errors import InvalidBundleError
+from lungscan.errors import InvalidBundleError, LungScanError
 
 PREFIX = "models"
+POINTER_FILE = "latest.json"
+HISTORY_FILE = "history.json"
+REPORT_DIR = "report"
+CARD_FILE = "MODEL_CARD.md"
+# History actions that make a version current; "rollback" undoes the latest of them.
+FORWARD_ACTIONS = ("publish", "promote", "set")
+
+
+class RegistryError(LungScanError):
+    """A registry operation cannot be done (no such version, nothing to roll back to...)."""
+
+    code = "registry_error"
 
 
 def pointer_key(name: str) -> str:
@@ -32,26 +54,255 @@ def version_prefix(name: str, version: str) -> str:
     return f"{PREFIX}/{name}/{version}"
 
 
+def history_key(name: str) -> str:
+    return f"{PREFIX}/{name}/{HISTORY_FILE}"
+
+
 def publish_bundle(s3, bucket: str, bundle_dir: Path | str) -> BundleMetadata:
-    """Upload a bundle under its name/version, then point ``latest.json`` at it.
+    """Upload a bundle under its name/version, verify it, then point ``latest.json`` at it.
 
     Raises:
-        InvalidBundleError: the bundle is incomplete or its sha256 does not match.
+        InvalidBundleError: the bundle is incomplete, its sha256 does not match, or what
+            landed in S3 does not match what was sent (the pointer is then not moved).
     """
     bundle_dir = Path(bundle_dir)
     metadata = read_metadata(bundle_dir)
     if not (bundle_dir / METADATA_FILE).exists():
         raise InvalidBundleError("only a bundle with model.json can be published")
-    prefix = version_prefix(metadata.name, metadata.version)
-    s3.upload_file(str(bundle_dir / MODEL_FILE), bucket, f"{prefix}/{MODEL_FILE}")
-    s3.upload_file(str(bundle_dir / METADATA_FILE), bucket, f"{prefix}/{METADATA_FILE}")
-    set_latest(s3, bucket, metadata.name, metadata.version)
+    upload_bundle(s3, bucket, bundle_dir, metadata)
+    verify_published(s3, bucket, metadata.name, metadata.version)
+    move_pointer(s3, bucket, metadata.name, metadata.version, action="publish")
     return metadata
 
 
 def set_latest(s3, bucket: str, name: str, version: str) -> None:
+    """Point ``latest.json`` at ``version`` (recorded in history.json as a "set")."""
+    move_pointer(s3, bucket, name, version, action="set")
+
+
+# ---------------------------------------------------------------- bundle files
+
+
+def bundle_files(bundle_dir: Path | str) -> list[str]:
+    """Files of a local bundle that are published, relative to it: report/*, the card, model.h5, model.json last."""
+    bundle_dir = Path(bundle_dir)
+    report = sorted(
+        path.relative_to(bundle_dir).as_posix()
+        for path in (bundle_dir / REPORT_DIR).rglob("*")
+        if path.is_file() and not path.name.startswith(".")
+    )
+    card = [CARD_FILE] if (bundle_dir / CARD_FILE).is_file() else []
+    return [*report, *card, MODEL_FILE, METADATA_FILE]
+
+
+def declared_report_files(metadata: BundleMetadata) -> dict[str, str]:
+    """``model.json``'s ``report.files``: path -> sha256 of the report files evaluate wrote."""
+    report = getattr(metadata, "report", None) or {}
+    files = report.get("files", {}) if isinstance(report, dict) else {}
+    return {str(path): str(digest) for path, digest in files.items()}
+
+
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def upload_bundle(s3, bucket: str, bundle_dir: Path | str, metadata: BundleMetadata) -> list[str]:
+    """Upload a bundle's files under ``models/<name>/<version>/``; returns the keys, in upload order.
+
+    Each object goes up with its SHA-256 (``ChecksumSHA256``: S3 refuses a body that does not
+    match) and carries it as ``x-amz-meta-sha256``. model.json goes last.
+    """
+    bundle_dir = Path(bundle_dir)
+    prefix = version_prefix(metadata.name, metadata.version)
+    keys = []
+    for relative in bundle_files(bundle_dir):
+        data = (bundle_dir / relative).read_bytes()
+        content_type = {".json": "application/json", ".png": "image/png", ".md": "text/markdown"}.get(
+            Path(relative).suffix, "application/octet-stream"
+        )
+        key = f"{prefix}/{relative}"
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            ChecksumSHA256=_sha256_b64(data),
+            Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+        )
+        keys.append(key)
+    return keys
+
+
+def _object_sha256(s3, bucket: str, key: str) -> str:
+    digest = hashlib.sha256()
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_published_metadata(s3, bucket: str, name: str, version: str) -> BundleMetadata:
+    """A published version's model.json (botocore's ClientError when it is missing).
+
+    Raises:
+        InvalidBundleError: model.json is not valid.
+    """
+    body = s3.get_object(Bucket=bucket, Key=f"{version_prefix(name, version)}/{METADATA_FILE}")["Body"].read()
+    try:
+        return BundleMetadata.model_validate_json(body)
+    except ValueError as error:
+        raise InvalidBundleError(f"{version_prefix(name, version)}/{METADATA_FILE} is not valid: {error}") from error
+
+
+def verify_published(s3, bucket: str, name: str, version: str) -> BundleMetadata:
+    """Check a published version end to end: model.json valid, named as its folder, and the sha256
+    of model.h5 and of every report file it declares matching what S3 holds.
+
+    Raises:
+        InvalidBundleError: anything missing or mismatched.
+    """
+    prefix = version_prefix(name, version)
+    try:
+        metadata = read_published_metadata(s3, bucket, name, version)
+    except InvalidBundleError:
+        raise
+    except Exception as error:
+        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} cannot be read: {error}") from error
+    if (metadata.name, metadata.version) != (name, version):
+        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} describes {metadata.name}/{metadata.version}")
+    if not metadata.sha256:
+        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
+    expected = {MODEL_FILE: metadata.sha256} | declared_report_files(metadata)
+    for relative, digest in expected.items():
+        try:
+            actual = _object_sha256(s3, bucket, f"{prefix}/{relative}")
+        except Exception as error:
+            raise InvalidBundleError(f"{prefix}/{relative} cannot be read: {error}") from error
+        if actual != digest:
+            raise InvalidBundleError(f"sha256 of {prefix}/{relative} does not match its model.json")
+    return metadata
+
+
+def version_exists(s3, bucket: str, name: str, version: str) -> bool:
+    """True when ``models/<name>/<version>/model.json`` exists (a complete upload)."""
+    found = s3.list_objects_v2(Bucket=bucket, Prefix=f"{version_prefix(name, version)}/{METADATA_FILE}", MaxKeys=1)
+    return any(item["Key"].endswith(f"/{METADATA_FILE}") for item in found.get("Contents", []))
+
+
+# ---------------------------------------------------------------- pointer and history
+
+
+def _is_missing(error: Exception) -> bool:
+    response = getattr(error, "response", None) or {}
+    return response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
+def current_version(s3, bucket: str, name: str) -> str | None:
+    """The version ``latest.json`` points at, or None when there is no pointer yet."""
+    try:
+        return latest_version(s3, bucket, name)
+    except Exception as error:
+        if _is_missing(error):
+            return None
+        raise
+
+
+def read_history(s3, bucket: str, name: str) -> list[dict]:
+    """The pointer moves of ``name``, oldest first ([] when there are none yet)."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=history_key(name))["Body"].read()
+    except Exception as error:
+        if _is_missing(error):
+            return []
+        raise
+    try:
+        history = json.loads(body)
+    except ValueError as error:
+        raise RegistryError(f"{history_key(name)} is not valid JSON") from error
+    if not isinstance(history, list):
+        raise RegistryError(f"{history_key(name)} is not a list")
+    return history
+
+
+def move_pointer(s3, bucket: str, name: str, version: str, *, action: str, note: str | None = None) -> dict:
+    """Append the move to history.json, then point latest.json at ``version``; returns the entry.
+
+    History first: if the pointer write fails, the history names a move that may not have
+    happened, which a reader detects (its last version differs from the pointer); the other
+    order could leave a pointer that no history explains.
+    """
+    previous = current_version(s3, bucket, name)
+    entry = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "action": action,
+        "version": version,
+        "previous": previous,
+    }
+    if note:
+        entry["note"] = note
+    history = [*read_history(s3, bucket, name), entry]
+    s3.put_object(
+        Bucket=bucket,
+        Key=history_key(name),
+        Body=(json.dumps(history, indent=1) + "\n").encode(),
+        ContentType="application/json",
+    )
     body = json.dumps({"version": version}).encode()
     s3.put_object(Bucket=bucket, Key=pointer_key(name), Body=body, ContentType="application/json")
+    return entry
+
+
+def version_stack(history: list[dict]) -> list[str]:
+    """Which version each earlier move made current, as a stack: publish/promote/set push, rollback pops.
+
+    Rolling back twice after publishing v1, v2, v3 goes to v2, then v1.
+    """
+    stack: list[str] = []
+    for entry in history:
+        if entry.get("action") == "rollback":
+            if stack:
+                stack.pop()
+        elif entry.get("action") in FORWARD_ACTIONS and entry.get("version"):
+            stack.append(entry["version"])
+    return stack
+
+
+def rollback_target(history: list[dict], current: str | None) -> str:
+    """The version a rollback moves to.
+
+    Raises:
+        RegistryError: no pointer, a pointer the history does not explain, or nothing earlier.
+    """
+    if current is None:
+        raise RegistryError("there is no latest.json pointer: nothing to roll back")
+    stack = version_stack(history)
+    if not stack or stack[-1] != current:
+        raise RegistryError(
+            f"latest.json points at {current}, but history.json "
+            + (f"ends at {stack[-1]}" if stack else "is empty")
+            + ": the pointer was moved outside the registry tools; use promote to choose a version"
+        )
+    earlier = [version for version in stack[:-1] if version != current]
+    if not earlier:
+        raise RegistryError(f"{current} is the first version in history.json: there is nothing to roll back to")
+    return earlier[-1]
+
+
+def list_names(s3, bucket: str) -> list[str]:
+    """Model names that have a folder under ``models/``."""
+    names = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/", Delimiter="/"):
+        names += [item["Prefix"][len(PREFIX) + 1 : -1] for item in page.get("CommonPrefixes", [])]
+    return sorted(names)
+
+
+def list_versions(s3, bucket: str, name: str) -> list[str]:
+    """Versions of ``name`` with a complete upload (a model.json), oldest version string first."""
+    versions = []
+    prefix = f"{PREFIX}/{name}/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        versions += [item["Prefix"][len(prefix) : -1] for item in page.get("CommonPrefixes", [])]
+    return sorted(v for v in versions if version_exists(s3, bucket, name, v))
 
 
 def latest_version(s3, bucket: str, name: str) -> str:

@@ -1,4 +1,13 @@
-"""Loading the IQ-OTH/NCCD slices for training: scan, deduplicate, split by blocks, preprocess.
+"""Loading CT slices for training: scan, deduplicate, split without leaks, preprocess.
+
+Three layouts are read (see :func:`prepare_dataset`):
+
+- ``iq-oth``: the IQ-OTH/NCCD folders (``normal/ benign/ malignant/`` or the published
+  ``Normal cases/ Bengin cases/ Malignant cases/``), numbered ``Malignant case (17).jpg``;
+- ``folders``: any folder of class folders (class = folder name);
+- ``kaggle``: a split layout (``train/ valid/ [test/]``, each a folder of class folders) such
+  as Kaggle's *Chest CT-Scan images*, whose class folders carry staging suffixes
+  (``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib``): the class is the part before the first ``_``.
 
 Nothing here imports TensorFlow, so the split logic is cheap to test. Every image goes
 through the core package's :func:`lungscan.uploads.decode_upload` and
@@ -16,13 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from lungscan.transforms import Compose, preprocess_image
+from lungscan.transforms import Compose, build_preprocess, preprocess_image
 from lungscan.uploads import decode_upload
 
 CLASSES = ("normal", "benign", "malignant")
@@ -48,6 +57,7 @@ class Sample:
     label: str
     number: int
     sha256: str
+    origin: str = ""  # the dataset's own split folder (``train``, ``valid``, ``test``) where it has one
 
 
 @dataclass
@@ -57,6 +67,9 @@ class DedupReport:
     dropped: int = 0  # byte-identical copies of a kept file (same class)
     conflicting: int = 0  # files whose identical copies carry different classes: all dropped
     dropped_files: list[str] = field(default_factory=list)
+    # Of ``dropped``: copies found in a later split folder than the kept one (split layouts only),
+    # e.g. {"valid": 8}: eight validation files were byte-identical to a training file.
+    cross_split: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,13 +83,14 @@ class Split:
     blocks: dict[str, list[dict]]  # per class: [{"first", "last", "files", "split"}, ...]
     method: str
     near_duplicates_dropped: list[dict] = field(default_factory=list)
+    classes: tuple[str, ...] = CLASSES
 
     def by_name(self, name: str) -> list[Sample]:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
-            name: {label: sum(1 for s in self.by_name(name) if s.label == label) for label in CLASSES}
+            name: {label: sum(1 for s in self.by_name(name) if s.label == label) for label in self.classes}
             | {"total": len(self.by_name(name))}
             for name in SPLITS
         }
@@ -211,20 +225,36 @@ def block_split(
         f"adjacent blocks in different splits the {gap} files nearest the boundary are dropped, so "
         f"neighbouring slices never fall in two splits. No per-image random split."
     )
-    return Split(out["train"], out["validation"], out["test"], dropped, blocks_report, method)
+    return Split(out["train"], out["validation"], out["test"], dropped, blocks_report, method, classes=tuple(classes))
 
 
 def load_arrays(
-    samples: Sequence[Sample], preprocess: Compose, classes: Sequence[str] = CLASSES
+    samples: Sequence[Sample],
+    preprocess: Compose,
+    classes: Sequence[str] = CLASSES,
+    *,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and preprocess files with the core package; returns (N,H,W,C float32, N int labels)."""
+    """Decode and preprocess files with the core package; returns (N,H,W,C float32, N int labels).
+
+    Args:
+        progress: a label for a tqdm progress bar (on stderr); None loads silently.
+    """
     arrays = []
-    for sample in samples:
+    for sample in _progress(samples, progress):
         decoded = decode_upload(sample.path.read_bytes())
         array, _ = preprocess_image(decoded, preprocess)
         arrays.append(array)
     labels = np.array([classes.index(s.label) for s in samples], dtype=np.int64)
     return np.stack(arrays).astype(np.float32), labels
+
+
+def _progress(items: Sequence, label: str | None) -> Iterable:
+    if label is None:
+        return items
+    from tqdm import tqdm  # a training-only dependency: the core never imports it
+
+    return tqdm(items, desc=label, unit="img", leave=False, dynamic_ncols=True)
 
 
 def drop_near_duplicates(split: Split, preprocess: Compose, threshold: float = 0.02) -> Split:
@@ -236,7 +266,7 @@ def drop_near_duplicates(split: Split, preprocess: Compose, threshold: float = 0
     nearest training image, after ``preprocess`` (small, grayscale, x/255), is below
     ``threshold`` is dropped from its split: it would be a memory test, not a new patient.
     """
-    train, _ = load_arrays(split.train, preprocess)
+    train, _ = load_arrays(split.train, preprocess, split.classes)
     train = train.reshape(len(train), -1).astype(np.float64)
     train_sq = (train**2).sum(axis=1)
     kept: dict[str, list[Sample]] = {}
@@ -246,7 +276,7 @@ def drop_near_duplicates(split: Split, preprocess: Compose, threshold: float = 0
         kept[name] = list(samples)
         if not samples:
             continue
-        arrays, _ = load_arrays(samples, preprocess)
+        arrays, _ = load_arrays(samples, preprocess, split.classes)
         arrays = arrays.reshape(len(arrays), -1).astype(np.float64)
         squared = (arrays**2).sum(axis=1)[:, None] + train_sq[None, :] - 2.0 * arrays @ train.T
         rmse = np.sqrt(np.maximum(squared, 0.0) / arrays.shape[1])
@@ -263,3 +293,423 @@ def drop_near_duplicates(split: Split, preprocess: Compose, threshold: float = 0
             if rmse[i, nearest[i]] < threshold
         ]
     return replace(split, validation=kept["validation"], test=kept["test"], near_duplicates_dropped=dropped)
+
+
+# --------------------------------------------------------------------------- other layouts
+
+LAYOUTS = ("auto", "iq-oth", "folders", "kaggle")
+# The dataset's own split folders, in the order that decides which copy of a duplicate is kept.
+SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "valid": ("valid", "val", "validation"),
+    "test": ("test", "testing"),
+}
+# Near-duplicate checks compare images at this small size (grayscale, x/255): re-encoded or
+# resized copies of one picture land within a few grey levels of each other.
+NEAR_DUPLICATE_PREPROCESS = {
+    "colour": "grayscale",
+    "resize": {"height": 32, "width": 32, "method": "bilinear"},
+    "normalisation": {"scale": 1.0 / 255.0, "offset": 0.0},
+}
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+def near_duplicate_preprocess() -> Compose:
+    return build_preprocess(NEAR_DUPLICATE_PREPROCESS)
+
+
+def class_name_from_folder(folder_name: str) -> str:
+    """The class a folder holds: the part before the first ``_``, lower case, other separators as ``_``.
+
+    ``large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa`` -> ``large_cell_carcinoma`` (Kaggle's test
+    split uses the short names alone, so both spellings meet on the same class).
+    """
+    head = folder_name.strip().split("_", 1)[0]
+    name = re.sub(r"[^a-z0-9]+", "_", head.lower()).strip("_")
+    if not name:
+        raise ValueError(f"cannot derive a class name from folder {folder_name!r}")
+    return name
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> its folder(s) (two folders may normalise to one class)."""
+    found: dict[str, list[Path]] = {}
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            found.setdefault(class_name_from_folder(child.name), []).append(child)
+    return found
+
+
+def scan_class_folders(
+    data_dir: Path | str, classes: Sequence[str] | None = None, *, origin: str = ""
+) -> tuple[list[Sample], tuple[str, ...]]:
+    """Every image of a folder of class folders; returns (samples, classes).
+
+    A file's ``number`` is its ``(n)``, else the last number in its name, else its position in
+    name order: block splits need an order, and a name's number is the best guess at scan order.
+
+    Raises:
+        FileNotFoundError: a requested class has no folder, or there are no class folders.
+        ValueError: a class folder is not among ``classes``.
+    """
+    data_dir = Path(data_dir)
+    folders = _class_folders(data_dir)
+    if not folders:
+        raise FileNotFoundError(f"{data_dir} holds no class folders")
+    if classes is None:
+        classes = tuple(sorted(folders))
+    missing = [label for label in classes if label not in folders]
+    if missing:
+        raise FileNotFoundError(f"no folder for class(es) {missing} in {data_dir} (found {sorted(folders)})")
+    unknown = sorted(set(folders) - set(classes))
+    if unknown:
+        raise ValueError(f"{data_dir} has folders for classes {unknown} that are not in {list(classes)}")
+    samples: list[Sample] = []
+    for label in classes:
+        files = [path for folder in folders[label] for path in _image_files(folder)]
+        for position, path in enumerate(sorted(files, key=lambda p: p.name)):
+            number = file_number(path.name)
+            if number is None:
+                match = _LAST_NUMBER.search(path.stem)
+                number = int(match.group(1)) if match else position
+            samples.append(Sample(path=path, label=label, number=number, sha256=_sha256(path), origin=origin))
+    return samples, tuple(classes)
+
+
+def split_folders(data_dir: Path | str) -> dict[str, Path]:
+    """The split folders of a split layout (``train`` always, ``valid``/``test`` when present)."""
+    data_dir = Path(data_dir)
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (data_dir / name).is_dir():
+                found[split] = data_dir / name
+                break
+    return found
+
+
+def detect_layout(data_dir: Path | str) -> str:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir} is not a folder")
+    folders = split_folders(data_dir)
+    if "train" in folders and len(folders) > 1:
+        return "kaggle"
+    aliases = {alias for names in CLASS_FOLDERS.values() for alias in names}
+    children = {child.name for child in data_dir.iterdir() if child.is_dir()}
+    if all(any(alias in children for alias in CLASS_FOLDERS[label]) for label in CLASSES) and children <= aliases:
+        return "iq-oth"
+    return "folders"
+
+
+def scan_split_layout(
+    data_dir: Path | str, classes: Sequence[str] | None = None
+) -> tuple[dict[str, list[Sample]], tuple[str, ...]]:
+    """Samples per split folder (``train``, ``valid``, ``test``) of a split layout, and the classes.
+
+    Without ``classes``, the classes are those of ``train`` in name order.
+    """
+    folders = split_folders(data_dir)
+    if "train" not in folders:
+        raise FileNotFoundError(f"{data_dir} has no train/ folder")
+    train, classes = scan_class_folders(folders["train"], classes, origin="train")
+    by_origin = {"train": train}
+    for split in ("valid", "test"):
+        if split in folders:
+            by_origin[split], _ = scan_class_folders(folders[split], classes, origin=split)
+    return by_origin, classes
+
+
+def deduplicate_across_splits(
+    by_origin: dict[str, list[Sample]],
+) -> tuple[dict[str, list[Sample]], DedupReport]:
+    """Deduplicate by content hash over all split folders at once.
+
+    One copy of each image is kept, in the earliest split folder that has it (train, then
+    valid, then test), so a validation or test file byte-identical to a training file leaves
+    validation/test (it would be a memory test). Identical bytes under two classes have no
+    knowable label: every copy is dropped, in every split.
+    """
+    order = [split for split in SPLIT_FOLDERS if split in by_origin]
+    everything = [sample for split in order for sample in by_origin[split]]
+    by_hash: dict[str, list[Sample]] = {}
+    for sample in everything:
+        by_hash.setdefault(sample.sha256, []).append(sample)
+    report = DedupReport(files=len(everything), cross_split=dict.fromkeys(order[1:], 0))
+    keep: set[Sample] = set()
+    for copies in by_hash.values():
+        if len({s.label for s in copies}) > 1:
+            report.conflicting += len(copies)
+            report.dropped_files += [f"{s.origin}/{s.label}/{s.path.name}" for s in copies]
+            continue
+        copies = sorted(copies, key=lambda s: (order.index(s.origin), s.path.name))
+        kept = copies[0]
+        keep.add(kept)
+        for copy in copies[1:]:
+            report.dropped += 1
+            report.dropped_files.append(f"{copy.origin}/{copy.label}/{copy.path.name}")
+            if copy.origin != kept.origin:
+                report.cross_split[copy.origin] += 1
+    result = {split: [s for s in by_origin[split] if s in keep] for split in order}
+    report.kept = sum(len(samples) for samples in result.values())
+    return result, report
+
+
+def near_duplicate_groups(samples: Sequence[Sample], preprocess: Compose, threshold: float) -> list[int]:
+    """Group images that are near-copies (RMSE below ``threshold`` after ``preprocess``).
+
+    Returns one group id per sample: the connected components of the "near-copy" relation, so
+    a chain of resized/re-encoded copies of one picture is one group and never straddles a split.
+    """
+    if not samples:
+        return []
+    arrays, _ = load_arrays(samples, preprocess, sorted({s.label for s in samples}))
+    flat = arrays.reshape(len(arrays), -1).astype(np.float64)
+    squared = (flat**2).sum(axis=1)
+    distance = squared[:, None] + squared[None, :] - 2.0 * flat @ flat.T
+    rmse = np.sqrt(np.maximum(distance, 0.0) / flat.shape[1])
+    parent = list(range(len(samples)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(rmse < threshold, k=1)), strict=True):
+        parent[root(int(i))] = root(int(j))
+    roots: dict[int, int] = {}
+    return [roots.setdefault(root(i), len(roots)) for i in range(len(samples))]
+
+
+def group_holdout(
+    samples: Sequence[Sample],
+    groups: Sequence[int],
+    fraction: float,
+    seed: int,
+    classes: Sequence[str],
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out about ``fraction`` of each class, whole near-duplicate groups at a time.
+
+    Per class (stratified): the class's groups are shuffled with ``default_rng(seed + class
+    index)`` and taken in that order until the held-out share reaches ``round(fraction * n)``
+    images (a group that would overshoot is skipped). A group that spans classes stays in the
+    first part. Returns (kept, held_out), each in the input order.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), not {fraction}")
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    held: set[int] = set()
+    for class_index, label in enumerate(classes):
+        class_groups = sorted(
+            group for group, indices in members.items() if {samples[i].label for i in indices} == {label}
+        )
+        total = sum(1 for s in samples if s.label == label)
+        target = int(fraction * total + 0.5)
+        taken = 0
+        for position in np.random.default_rng(seed + class_index).permutation(len(class_groups)):
+            indices = members[class_groups[position]]
+            if taken >= target:
+                break
+            if taken + len(indices) > target and taken > 0:
+                continue
+            held.update(indices)
+            taken += len(indices)
+    kept = [s for i, s in enumerate(samples) if i not in held]
+    held_out = [s for i, s in enumerate(samples) if i in held]
+    return kept, held_out
+
+
+def split_layout_split(
+    by_origin: dict[str, list[Sample]],
+    classes: Sequence[str],
+    *,
+    seed: int = 42,
+    test_fraction: float = 0.2,
+    validation_fraction: float = 0.15,
+    near_duplicate_rmse: float = 0.02,
+) -> Split:
+    """Train/validation/test for a split layout, after :func:`deduplicate_across_splits`.
+
+    The dataset's own folders are used as given: ``valid`` is the validation split and ``test``
+    (when there is one) the test split. Without a ``test`` folder (the Kaggle download as shipped
+    here has only train/valid), a test split is carved out of ``train``: a seeded, stratified
+    hold-out of ``test_fraction`` of each class, by whole near-duplicate groups (images whose RMSE
+    at 32x32 is below ``near_duplicate_rmse``, chained), so that re-encoded or resized copies of
+    one picture never sit on both sides. Without a ``valid`` folder, validation is carved the same
+    way. Finally validation/test images that are near-copies of a training image are dropped.
+    """
+    chain = near_duplicate_preprocess()
+    train = list(by_origin["train"])
+    validation = list(by_origin.get("valid", []))
+    test = list(by_origin.get("test", []))
+    notes = []
+    if not test:
+        groups = near_duplicate_groups(train, chain, near_duplicate_rmse)
+        train, test = group_holdout(train, groups, test_fraction, seed, classes)
+        notes.append(
+            f"test: carved out of the dataset's train/ folder (there is no test/ folder here): a seeded "
+            f"(numpy default_rng(seed + class index), seed={seed}), per-class hold-out of {test_fraction:.0%} of "
+            f"the deduplicated images, by whole near-duplicate groups (RMSE < {near_duplicate_rmse} at 32x32 "
+            f"grayscale, chained), so near-copies never straddle train and test"
+        )
+    else:
+        notes.append("test: the dataset's own test/ folder")
+    if not validation:
+        groups = near_duplicate_groups(train, chain, near_duplicate_rmse)
+        train, validation = group_holdout(train, groups, validation_fraction, seed + 1000, classes)
+        notes.append(f"validation: carved out of train/ the same way ({validation_fraction:.0%}, seed {seed + 1000})")
+    else:
+        notes.append("validation: the dataset's own valid/ folder")
+    method = (
+        "Split layout (train/ valid/ [test/]): deduplicated by sha256 across all split folders first (a "
+        "valid/test file byte-identical to a train file is dropped from valid/test; an image under two "
+        "labels is dropped everywhere). The file names carry no usable patient or scan order, so there is "
+        "no block split. " + "; ".join(notes) + "; train: the rest of train/. Validation/test images that are "
+        f"near-copies of a training image (RMSE < {near_duplicate_rmse} at 32x32) are then dropped."
+    )
+    split = Split(train, validation, test, [], {}, method, classes=tuple(classes))
+    return drop_near_duplicates(split, chain, near_duplicate_rmse)
+
+
+def evaluation_fingerprint(samples: Iterable[Sample]) -> str:
+    """sha256 over the sorted content hashes of an evaluation set: equal fingerprints, same images."""
+    return hashlib.sha256("\n".join(sorted(s.sha256 for s in samples)).encode()).hexdigest()
+
+
+@dataclass
+class PreparedDataset:
+    """A dataset scanned, deduplicated and split, with everything a model card needs to say about it."""
+
+    layout: str
+    data_dir: Path
+    classes: tuple[str, ...]
+    split: Split
+    dedup: DedupReport
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """What ``model.json`` records about the data (file lists go to ``report/split.json``)."""
+        per_class_kept = {
+            label: sum(1 for name in SPLITS for s in self.split.by_name(name) if s.label == label)
+            for label in self.classes
+        }
+        return {
+            "layout": self.layout,
+            "deduplication": {
+                "method": "sha256 of file bytes, before splitting"
+                + (" and across the dataset's split folders" if self.layout == "kaggle" else ""),
+                "files": self.dedup.files,
+                "dropped": self.dedup.dropped,
+                "cross_split_dropped": self.dedup.cross_split,
+                "conflicting_labels_dropped": self.dedup.conflicting,
+                "kept": self.dedup.kept,
+            },
+            "split": {
+                "method": self.split.method,
+                "counts": self.split.counts(),
+                "per_class_used": per_class_kept,
+                "gap_dropped": len(self.split.gap_dropped),
+                "near_duplicates_dropped": len(self.split.near_duplicates_dropped),
+                "test_fingerprint": evaluation_fingerprint(self.split.test),
+                "validation_fingerprint": evaluation_fingerprint(self.split.validation),
+            },
+            "skipped_files": len(self.skipped),
+        }
+
+    def manifest(self) -> dict:
+        """Every file of every split (path relative to the data folder, label, sha256), for ``evaluate``."""
+
+        def entry(sample: Sample) -> dict:
+            return {
+                "file": sample.path.relative_to(self.data_dir).as_posix(),
+                "label": sample.label,
+                "sha256": sample.sha256,
+            }
+
+        return {
+            "layout": self.layout,
+            "classes": list(self.classes),
+            "splits": {name: [entry(s) for s in self.split.by_name(name)] for name in SPLITS},
+            "gap_dropped": [entry(s) for s in self.split.gap_dropped],
+            "near_duplicates_dropped": self.split.near_duplicates_dropped,
+            "deduplication_dropped": self.dedup.dropped_files,
+            "blocks": self.split.blocks,
+            "skipped": self.skipped,
+        }
+
+
+def prepare_dataset(
+    data_dir: Path | str,
+    *,
+    layout: str = "auto",
+    classes: Sequence[str] | None = None,
+    seed: int = 42,
+    blocks: int = 13,
+    gap: int = 2,
+    near_duplicate_rmse: float = 0.02,
+    test_fraction: float = 0.2,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+) -> PreparedDataset:
+    """Scan, deduplicate and split a dataset in any of :data:`LAYOUTS`.
+
+    ``iq-oth`` and ``folders`` are split per class by contiguous blocks of file numbers
+    (:func:`block_split`, then :func:`drop_near_duplicates`); ``kaggle`` by
+    :func:`split_layout_split`.
+    """
+    data_dir = Path(data_dir)
+    if layout == "auto":
+        layout = detect_layout(data_dir)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    skipped: list[str] = []
+    if layout == "kaggle":
+        by_origin, classes = scan_split_layout(data_dir, classes)
+        by_origin, report = deduplicate_across_splits(by_origin)
+        split = split_layout_split(
+            by_origin, classes, seed=seed, test_fraction=test_fraction, near_duplicate_rmse=near_duplicate_rmse
+        )
+        return PreparedDataset(layout, data_dir, tuple(classes), split, report, skipped)
+    if layout == "iq-oth":
+        classes = tuple(classes or CLASSES)
+        samples, unnumbered = scan_dataset(data_dir, classes)
+        skipped = [path.relative_to(data_dir).as_posix() for path in unnumbered]
+    else:
+        samples, classes = scan_class_folders(data_dir, classes)
+    unique, report = deduplicate(samples)
+    split = block_split(unique, n_blocks=blocks, gap=gap, seed=seed, fractions=fractions, classes=classes)
+    split = drop_near_duplicates(split, near_duplicate_preprocess(), near_duplicate_rmse)
+    return PreparedDataset(layout, data_dir, tuple(classes), split, report, skipped)
+
+
+def samples_from_manifest(manifest: dict, data_dir: Path | str) -> dict[str, list[Sample]]:
+    """The samples of each split a bundle's ``report/split.json`` lists, checked against the files.
+
+    Raises:
+        FileNotFoundError: a listed file is missing.
+        ValueError: a listed file's bytes changed since training.
+    """
+    data_dir = Path(data_dir)
+    result: dict[str, list[Sample]] = {}
+    for name, entries in manifest["splits"].items():
+        samples = []
+        for item in entries:
+            path = data_dir / item["file"]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} (listed in the bundle's split manifest) does not exist")
+            digest = _sha256(path)
+            if digest != item["sha256"]:
+                raise ValueError(f"{path} changed since training (sha256 differs from the split manifest)")
+            samples.append(Sample(path=path, label=item["label"], number=0, sha256=digest))
+        result[name] = samples
+    return result

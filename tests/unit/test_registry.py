@@ -44,7 +44,12 @@ class Clock:
 def test_publish_writes_bundle_then_moves_pointer(s3, tmp_path):
     published = registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
-    assert keys == {"models/tiny/v1/model.h5", "models/tiny/v1/model.json", "models/tiny/latest.json"}
+    assert keys == {
+        "models/tiny/v1/model.h5",
+        "models/tiny/v1/model.json",
+        "models/tiny/history.json",
+        "models/tiny/latest.json",
+    }
     assert registry.latest_version(s3, BUCKET, "tiny") == "v1" == published.version
     local = registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache")
     assert (local / "model.h5").read_bytes() == (tmp_path / "v1" / "model.h5").read_bytes()
@@ -118,3 +123,53 @@ def test_a_tampered_cached_copy_is_downloaded_again(s3, tmp_path):
     (local / "model.h5").write_bytes(b"tampered")
     assert registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache") == local
     assert (local / "model.h5").read_bytes() == (original / "model.h5").read_bytes()
+
+
+def test_every_pointer_move_is_recorded_before_the_pointer(s3, tmp_path):
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
+    registry.set_latest(s3, BUCKET, "tiny", "v1")
+    moves = [(e["action"], e["version"], e["previous"]) for e in registry.read_history(s3, BUCKET, "tiny")]
+    assert moves == [("publish", "v1", None), ("publish", "v2", "v1"), ("set", "v1", "v2")]
+    assert registry.list_versions(s3, BUCKET, "tiny") == ["v1", "v2"]
+    assert registry.list_names(s3, BUCKET) == ["tiny"]
+
+
+def test_history_is_written_before_the_pointer(s3, tmp_path):
+    order = []
+
+    class Recording:
+        def put_object(self, **kwargs):
+            order.append(kwargs["Key"])
+            return s3.put_object(**kwargs)
+
+        def __getattr__(self, name):
+            return getattr(s3, name)
+
+    registry.move_pointer(Recording(), BUCKET, "tiny", "v1", action="promote")
+    assert order == ["models/tiny/history.json", "models/tiny/latest.json"]
+
+
+def test_rollback_target_follows_the_stack_of_moves():
+    history = [
+        {"action": "publish", "version": "v1"},
+        {"action": "publish", "version": "v2"},
+        {"action": "promote", "version": "v1"},
+        {"action": "publish", "version": "v3"},
+        {"action": "rollback", "version": "v1"},
+    ]
+    assert registry.version_stack(history) == ["v1", "v2", "v1"]
+    assert registry.rollback_target(history, "v1") == "v2"
+    with pytest.raises(registry.RegistryError, match="nothing to roll back"):
+        registry.rollback_target(history[:1], "v1")
+    with pytest.raises(registry.RegistryError, match=r"no latest\.json"):
+        registry.rollback_target(history, None)
+    with pytest.raises(registry.RegistryError, match="outside the registry tools"):
+        registry.rollback_target(history, "v3")
+
+
+def test_a_missing_pointer_reads_as_none_and_an_empty_history(s3):
+    assert registry.current_version(s3, BUCKET, "tiny") is None
+    assert registry.read_history(s3, BUCKET, "tiny") == []
+    with pytest.raises(s3.exceptions.NoSuchKey):
+        registry.latest_version(s3, BUCKET, "tiny")

@@ -1,4 +1,4 @@
-"""The training data pipeline on tiny generated data: dedup, block split, no leaks.
+"""The training data pipeline on tiny generated data: dedup, block split, split layouts, no leaks.
 
 No TensorFlow, no ../shared/data: images are generated into a temporary folder.
 """
@@ -20,11 +20,22 @@ from training.datasets import (
     CLASSES,
     SPLITS,
     block_split,
+    class_name_from_folder,
     deduplicate,
+    deduplicate_across_splits,
+    detect_layout,
     drop_near_duplicates,
+    evaluation_fingerprint,
     file_number,
+    group_holdout,
     load_arrays,
+    near_duplicate_groups,
+    near_duplicate_preprocess,
+    prepare_dataset,
+    samples_from_manifest,
+    scan_class_folders,
     scan_dataset,
+    scan_split_layout,
 )
 
 FILE_PREFIX = {"normal": "Normal case", "benign": "Bengin case", "malignant": "Malignant case"}
@@ -192,3 +203,138 @@ def test_near_duplicates_of_training_images_leave_validation_and_test(dataset: P
     assert filtered.near_duplicates_dropped[0]["nearest_train_file"] == f"{twin.label}/{twin.path.name}"
     assert target not in filtered.test and len(filtered.test) == len(split.test) - 1
     assert filtered.validation == split.validation and filtered.train == split.train
+
+
+# --------------------------------------------------------------------------- split layouts (Kaggle)
+
+KAGGLE_FOLDERS = {
+    "adenocarcinoma": "adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib",
+    "large_cell_carcinoma": "large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa",
+    "squamous_cell_carcinoma": "squamous.cell.carcinoma_left.hilum_T1_N2_M0_IIIa",
+    "normal": "normal",
+}
+KAGGLE_CLASSES = ("adenocarcinoma", "large_cell_carcinoma", "squamous_cell_carcinoma", "normal")
+
+
+def test_class_names_are_the_folder_name_before_the_first_underscore() -> None:
+    assert class_name_from_folder("adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib") == "adenocarcinoma"
+    assert class_name_from_folder("large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa") == "large_cell_carcinoma"
+    assert class_name_from_folder("squamous.cell.carcinoma") == "squamous_cell_carcinoma"  # Kaggle's test/ names
+    assert class_name_from_folder("normal") == "normal"
+
+
+@pytest.fixture
+def kaggle(tmp_path: Path) -> Path:
+    """train/ (10 per class) and valid/ (3 per class) with the traps of the real download."""
+    seed = 500
+    for split, count in (("train", 10), ("valid", 3)):
+        for label in KAGGLE_CLASSES:
+            folder = tmp_path / split / KAGGLE_FOLDERS[label]
+            folder.mkdir(parents=True)
+            for index in range(count):
+                seed += 1
+                (folder / f"{index:06d}.png").write_bytes(_image_bytes(seed, "PNG"))
+    normal_train, normal_valid = tmp_path / "train" / "normal", tmp_path / "valid" / "normal"
+    shutil.copyfile(normal_train / "000001.png", normal_train / "1 - Copy.png")  # copy inside train
+    shutil.copyfile(normal_train / "000002.png", normal_valid / "000002 - Copy.png")  # valid copy of a train image
+    large = tmp_path / "train" / KAGGLE_FOLDERS["large_cell_carcinoma"]
+    squamous = tmp_path / "train" / KAGGLE_FOLDERS["squamous_cell_carcinoma"]
+    shutil.copyfile(large / "000003.png", squamous / "sq2.png")  # one image, two labels
+    return tmp_path
+
+
+def test_kaggle_layout_is_detected_and_classes_normalised(kaggle: Path) -> None:
+    assert detect_layout(kaggle) == "kaggle"
+    by_origin, classes = scan_split_layout(kaggle, KAGGLE_CLASSES)
+    assert classes == KAGGLE_CLASSES
+    assert {s.label for s in by_origin["valid"]} == set(KAGGLE_CLASSES)
+    assert {s.origin for s in by_origin["train"]} == {"train"}
+
+
+def test_deduplication_across_splits(kaggle: Path) -> None:
+    by_origin, _ = scan_split_layout(kaggle, KAGGLE_CLASSES)
+    deduplicated, report = deduplicate_across_splits(by_origin)
+    assert report.files == 4 * 10 + 4 * 3 + 3
+    assert report.conflicting == 2  # both copies of the two-label image, everywhere
+    assert report.dropped == 2 and report.cross_split == {"valid": 1}
+    assert report.kept == report.files - report.dropped - report.conflicting
+    names = {(s.origin, s.label, s.path.name) for split in deduplicated.values() for s in split}
+    assert ("valid", "normal", "000002 - Copy.png") not in names and ("train", "normal", "000002.png") in names
+    assert not any(n in {"sq2.png"} or (label, n) == ("large_cell_carcinoma", "000003.png") for _, label, n in names)
+    all_hashes = [s.sha256 for split in deduplicated.values() for s in split]
+    assert len(all_hashes) == len(set(all_hashes))
+
+
+def test_kaggle_split_uses_valid_and_carves_test_out_of_train(kaggle: Path) -> None:
+    prepared = prepare_dataset(kaggle, classes=KAGGLE_CLASSES, seed=3, test_fraction=0.2)
+    split = prepared.split
+    assert prepared.layout == "kaggle" and prepared.classes == KAGGLE_CLASSES
+    assert {s.origin for s in split.validation} == {"valid"}
+    assert {s.origin for s in split.train} == {s.origin for s in split.test} == {"train"}
+    counts = split.counts()
+    assert counts["test"]["adenocarcinoma"] == 2 and counts["train"]["adenocarcinoma"] == 8  # 20% of 10
+    hashes = {name: {s.sha256 for s in split.by_name(name)} for name in SPLITS}
+    assert not hashes["train"] & hashes["test"] and not hashes["train"] & hashes["validation"]
+    again = prepare_dataset(kaggle, classes=KAGGLE_CLASSES, seed=3, test_fraction=0.2)
+    assert [s.path for s in again.split.test] == [s.path for s in split.test]
+    summary = prepared.summary()
+    assert summary["deduplication"]["cross_split_dropped"] == {"valid": 1}
+    assert summary["split"]["test_fingerprint"] == evaluation_fingerprint(split.test)
+    manifest = prepared.manifest()
+    assert manifest["splits"]["validation"][0]["file"].startswith("valid/")
+
+
+def test_a_kaggle_test_folder_is_used_as_the_test_split(kaggle: Path) -> None:
+    for label in KAGGLE_CLASSES:  # Kaggle's test/ uses the short class names
+        folder = kaggle / "test" / label.replace("_", ".")
+        folder.mkdir(parents=True)
+        for index in range(2):
+            (folder / f"t{index}.png").write_bytes(_image_bytes(9000 + 10 * len(label) + index, "PNG"))
+    split = prepare_dataset(kaggle, classes=KAGGLE_CLASSES).split
+    assert {s.origin for s in split.test} == {"test"} and len(split.test) == 8
+    assert len(split.train) == 4 * 10 + 2 - 1 - 2  # all of train/, less one copy and the two-label pair
+
+
+def test_near_copies_stay_on_one_side_of_a_carved_split(tmp_path: Path) -> None:
+    """A chain of near-identical pictures (re-encoded, slightly changed) is one group."""
+    folder = tmp_path / "normal"
+    folder.mkdir()
+    base = np.asarray(Image.open(io.BytesIO(_image_bytes(1, "PNG"))), dtype=np.int16)
+    for index in range(6):
+        near = np.clip(base + index % 2, 0, 255).astype(np.uint8)  # 1 grey level apart: new bytes, same picture
+        Image.fromarray(near).save(folder / f"copy{index}.png" if index else folder / "copy0.png")
+    for index in range(6, 20):
+        (folder / f"other{index}.png").write_bytes(_image_bytes(100 + index, "PNG"))
+    samples, classes = scan_class_folders(tmp_path)
+    groups = near_duplicate_groups(samples, near_duplicate_preprocess(), 0.02)
+    copies = {groups[i] for i, s in enumerate(samples) if s.path.name.startswith("copy")}
+    assert len(copies) == 1 and len(set(groups)) == 1 + 14
+    for seed in range(5):
+        kept, held = group_holdout(samples, groups, 0.3, seed, classes)
+        sides = {"held" if s in held else "kept" for s in samples if s.path.name.startswith("copy")}
+        assert len(sides) == 1
+        assert len(kept) + len(held) == len(samples)
+
+
+def test_generic_class_folders_use_numbers_in_names(tmp_path: Path) -> None:
+    for label in ("b_class", "a"):
+        (tmp_path / label).mkdir()
+        for number in (3, 1, 2):
+            (tmp_path / label / f"slice_{number:03d}.png").write_bytes(_image_bytes(number + len(label), "PNG"))
+    samples, classes = scan_class_folders(tmp_path)
+    assert classes == ("a", "b")
+    assert sorted(s.number for s in samples if s.label == "a") == [1, 2, 3]
+    assert detect_layout(tmp_path) == "folders"
+    with pytest.raises(ValueError):
+        scan_class_folders(tmp_path, ["a"])  # an unexpected class folder is an error, not silently skipped
+
+
+def test_samples_from_manifest_refuse_changed_files(dataset: Path) -> None:
+    prepared = prepare_dataset(dataset, layout="iq-oth", blocks=6, gap=0)
+    manifest = prepared.manifest()
+    samples = samples_from_manifest(manifest, dataset)
+    assert [s.sha256 for s in samples["test"]] == [s.sha256 for s in prepared.split.test]
+    target = dataset / manifest["splits"]["test"][0]["file"]
+    target.write_bytes(_image_bytes(77_777, "PNG"))
+    with pytest.raises(ValueError, match="changed since training"):
+        samples_from_manifest(manifest, dataset)

@@ -1,0 +1,157 @@
+"""``python -m training`` end to end on a tiny generated dataset: train -> evaluate -> publish.
+
+3 classes x 12 generated 40x40 PNGs, a 32x32 input and 2 epochs: the real CLI, the real
+preprocessing and the real bundle, in a few seconds. No ../shared/data, no network (moto).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+from PIL import Image
+
+import lungscan.predict
+import lungscan.transforms
+import training.datasets
+from lungscan import registry
+from lungscan.predict import Classifier
+from lungscan.uploads import decode_upload
+from training.cli import build_parser, main
+
+CLASS_ROWS = {"alpha": 5, "beta": 15, "gamma": 25}  # each class: a bright bar at its own height
+CLASS_ORDER = sorted(CLASS_ROWS)
+BUCKET = "lungscan-models-test"
+
+
+def make_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for label, row in CLASS_ROWS.items():
+        (root / label).mkdir(parents=True)
+        for number in range(1, 13):
+            pixels = rng.integers(0, 60, (40, 40)).astype(np.uint8)
+            pixels[row : row + 10, 5:35] = 200
+            mode = "RGBA" if number % 4 == 0 else "L"  # screenshots arrive as RGBA: grayscale makes them alike
+            Image.fromarray(pixels).convert(mode).save(root / label / f"{label} ({number}).png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """Train once for the module, through the CLI, with a spy on the shared preprocessing function."""
+    root = tmp_path_factory.mktemp("training")
+    data = make_dataset(root / "data")
+    bundle = root / "bundle"
+    calls: list[str] = []
+    original = lungscan.transforms.preprocess_image
+
+    def spy(decoded, preprocess):
+        calls.append("call")
+        return original(decoded, preprocess)
+
+    patch = pytest.MonkeyPatch()
+    # Training (training.datasets) and serving (lungscan.predict) both bound the core function at import.
+    assert training.datasets.preprocess_image is original is lungscan.predict.preprocess_image
+    patch.setattr(training.datasets, "preprocess_image", spy)
+    patch.setattr(lungscan.predict, "preprocess_image", spy)
+    try:
+        argv = [
+            "train",
+            *("--data-dir", str(data), "--name", "tiny-cli", "--positive-classes", "gamma"),
+            *("--image-size", "32", "--epochs", "2", "--blocks", "6", "--gap", "0", "--seed", "7"),
+            *("--output-dir", str(bundle), "--runs-dir", str(root / "runs"), "--smoke-size", "6"),
+            *("--version", "v1"),
+        ]
+        code = main(argv)
+    finally:
+        patch.undo()
+    return {"code": code, "bundle": bundle, "data": data, "runs": root / "runs", "calls": len(calls)}
+
+
+def test_train_writes_a_bundle_that_the_classifier_serves(trained):
+    assert trained["code"] == 0
+    bundle = trained["bundle"]
+    classifier = Classifier(bundle)
+    meta = classifier.metadata
+    assert (meta.name, meta.version, meta.classes, meta.positive_classes) == ("tiny-cli", "v1", CLASS_ORDER, ["gamma"])
+    assert classifier.input_shape == (32, 32, 1)
+    assert meta.temperature > 0 and meta.metrics["calibration"]["temperature"] == meta.temperature
+    for key in ("accuracy", "macro_f1", "macro_roc_auc", "suspicious_sensitivity", "suspicious_specificity"):
+        assert key in meta.metrics
+    test = meta.metrics["test"]
+    assert set(test["per_class"]) == set(CLASS_ROWS)
+    assert {"precision", "recall", "roc_auc"} <= set(test["per_class"]["alpha"])
+    calibration = meta.metrics["calibration"]
+    assert {"test_ece_before", "test_ece_after", "validation_ece_before", "validation_ece_after"} <= set(calibration)
+    fingerprint = meta.metrics["evaluation_set"]["fingerprint"]
+    assert len(fingerprint) == 64 and fingerprint == meta.dataset["split"]["test_fingerprint"]
+    for name in ("confusion_matrix.png", "roc.png", "reliability.png", "smoke.npz", "split.json", "training.json"):
+        assert (bundle / "report" / name).is_file(), name
+    assert (bundle / "report" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "Not a diagnosis" in card and "macro-F1" in card and "Limitations" in card
+    assert set(registry.declared_report_files(meta)) >= {"report/smoke.npz", "MODEL_CARD.md"}
+    assert list(trained["runs"].glob("tiny-cli-v1/train/events.out.tfevents.*"))  # TensorBoard logs
+
+
+def test_training_and_serving_call_the_same_preprocessing(trained):
+    # Train loaded 24 + 6 images, evaluate served 6 + 6 through Classifier.prepare: all via one function.
+    assert trained["calls"] >= 24 + 6 + 6 + 6
+    manifest = json.loads((trained["bundle"] / "report" / "split.json").read_text())
+    files = [trained["data"] / item["file"] for item in manifest["splits"]["train"][:4]]
+    samples = training.datasets.samples_from_manifest(
+        {"splits": {"train": manifest["splits"]["train"][:4]}}, trained["data"]
+    )["train"]
+    classifier = Classifier(trained["bundle"])
+    trained_on, _ = training.datasets.load_arrays(samples, classifier.preprocess, CLASS_ORDER)
+    served = np.stack([classifier.prepare(decode_upload(path.read_bytes()))[0] for path in files])
+    assert np.array_equal(trained_on, served)
+
+
+def test_the_split_has_no_content_in_two_places(trained):
+    manifest = json.loads((trained["bundle"] / "report" / "split.json").read_text())
+    hashes = {name: {item["sha256"] for item in items} for name, items in manifest["splits"].items()}
+    assert not hashes["train"] & hashes["test"] and not hashes["train"] & hashes["validation"]
+    assert sum(len(items) for items in manifest["splits"].values()) == 36
+
+
+def test_evaluate_again_reproduces_the_metrics(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], copy)
+    before = json.loads((copy / "model.json").read_text())["metrics"]
+    assert main(["evaluate", str(copy), "--data-dir", str(trained["data"]), "--smoke-size", "6"]) == 0
+    after = json.loads((copy / "model.json").read_text())["metrics"]
+    assert after["test"] == before["test"] and after["calibration"] == before["calibration"]
+
+
+def test_publish_accepts_the_trained_bundle(trained, capsys):
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        assert main(["publish", str(trained["bundle"]), "--bucket", BUCKET], s3=s3) == 0
+        assert registry.latest_version(s3, BUCKET, "tiny-cli") == "v1"
+        assert main(["list", "--bucket", BUCKET], s3=s3) == 0
+    out = capsys.readouterr().out
+    assert "* v1" in out
+
+
+def test_train_without_data_fails_with_one_line(tmp_path, capsys):
+    code = main(["train", "--data-dir", str(tmp_path / "nowhere"), "--name", "x", "--positive-classes", "a"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+
+
+def test_every_subcommand_explains_itself(capsys):
+    parser = build_parser()
+    for command in ("train", "evaluate", "publish", "promote", "rollback", "list"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+        assert len(capsys.readouterr().out) > 300

@@ -1,0 +1,338 @@
+"""``python -m training evaluate BUNDLE``: measure a saved bundle exactly as it is served.
+
+The bundle is loaded with :class:`lungscan.predict.Classifier`; every validation and test image
+(the files ``report/split.json`` lists, checked against their sha256) goes through the serving
+path: ``decode_upload`` -> ``Classifier.prepare`` -> ``Classifier.predict_batch`` ->
+``Classifier.interpret`` for the suspicious flag. So the figures are the served artifact's.
+
+Calibration: a temperature is fitted on the validation split (negative log-likelihood) and
+stored in ``model.json`` (``temperature``), which ``predict_batch`` applies; the expected
+calibration error is reported before and after. Argmax labels do not change with it.
+
+Writes ``model.json`` ``metrics``, ``report/`` (confusion matrix, ROC and reliability PNGs,
+per-image test predictions, ``smoke.npz``) and ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lungscan.bundle import BundleMetadata, read_metadata, write_metadata
+from lungscan.uploads import decode_upload
+from training.datasets import Sample, evaluation_fingerprint, samples_from_manifest
+from training.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    reliability,
+    roc_curve,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPORT_DIR = "report"
+SMOKE_FILE = f"{REPORT_DIR}/smoke.npz"
+SMOKE_TOLERANCE = 1e-4  # max |probability difference| allowed when a bundle is re-checked at publish
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("bundle", type=Path, help="bundle folder (model.h5, model.json, report/split.json)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="dataset folder (default: the one recorded at training, report/split.json)"
+    )
+    parser.add_argument("--smoke-size", type=int, default=24, help="held-out images kept in report/smoke.npz")
+
+
+def load_split_manifest(bundle_dir: Path) -> dict:
+    path = bundle_dir / REPORT_DIR / "split.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: evaluate needs the split that `train` recorded")
+    return json.loads(path.read_text())
+
+
+def served_inputs(classifier, samples: list[Sample], label: str) -> np.ndarray:
+    """Preprocess files exactly as a request is: bytes -> decode_upload -> Classifier.prepare."""
+    from tqdm import tqdm
+
+    arrays = [
+        classifier.prepare(decode_upload(sample.path.read_bytes()))[0]
+        for sample in tqdm(samples, desc=label, unit="img", leave=False, dynamic_ncols=True)
+    ]
+    return np.stack(arrays).astype(np.float32)
+
+
+def evaluate_bundle(bundle_dir: Path | str, data_dir: Path | str | None = None, *, smoke_size: int = 24) -> dict:
+    """Evaluate, calibrate, write the report and the model card; returns ``model.json``'s metrics."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from lungscan.predict import Classifier
+
+    started = time.perf_counter()
+    bundle_dir = Path(bundle_dir)
+    manifest = load_split_manifest(bundle_dir)
+    if data_dir is None:
+        data_dir = Path(manifest["data_dir"])
+        data_dir = data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
+    samples = samples_from_manifest(manifest, data_dir)
+    validation, test = samples["validation"], samples["test"]
+    if not validation or not test:
+        raise ValueError("the split has an empty validation or test set: nothing to evaluate on")
+
+    # 1. The model as trained (temperature 1), to fit the temperature on validation.
+    metadata = read_metadata(bundle_dir)
+    metadata.temperature = 1.0
+    write_metadata(bundle_dir, metadata)
+    classifier = Classifier(bundle_dir)
+    classes = classifier.metadata.classes
+    x_val, x_test = served_inputs(classifier, validation, "validation"), served_inputs(classifier, test, "test")
+    y_val = np.array([classes.index(s.label) for s in validation])
+    y_test = np.array([classes.index(s.label) for s in test])
+    raw_val, raw_test = classifier.predict_batch(x_val), classifier.predict_batch(x_test)
+    temperature = fit_temperature(y_val, raw_val)
+
+    # 2. The bundle with its temperature, reloaded: from here on, what the function serves.
+    metadata.temperature = temperature
+    write_metadata(bundle_dir, metadata)
+    classifier = Classifier(bundle_dir)
+    p_val, p_test = classifier.predict_batch(x_val), classifier.predict_batch(x_test)
+    positives = classifier.metadata.positive_classes
+
+    def measure(labels: np.ndarray, probabilities: np.ndarray) -> dict:
+        flags = np.array([classifier.interpret(row).suspicious for row in probabilities])
+        return classification_metrics(labels, probabilities, classes, flags, positives)
+
+    val_metrics, test_metrics = measure(y_val, p_val), measure(y_test, p_test)
+    calibration = {
+        "method": "temperature scaling (one parameter, fitted on the validation split by negative log-likelihood)",
+        "temperature": temperature,
+        "ece_bins": 15,
+        "validation_ece_before": round(expected_calibration_error(y_val, raw_val), 4),
+        "validation_ece_after": round(expected_calibration_error(y_val, p_val), 4),
+        "test_ece_before": round(expected_calibration_error(y_test, raw_test), 4),
+        "test_ece_after": round(expected_calibration_error(y_test, p_test), 4),
+    }
+
+    report = bundle_dir / REPORT_DIR
+    report.mkdir(exist_ok=True)
+    plot_confusion(report / "confusion_matrix.png", test_metrics, metadata)
+    plot_roc(report / "roc.png", y_test, p_test, classes, metadata)
+    plot_reliability(report / "reliability.png", y_test, raw_test, p_test, temperature, metadata)
+    write_predictions(report / "test_predictions.csv", test, data_dir, p_test, classes)
+    smoke = write_smoke_set(bundle_dir / SMOKE_FILE, classifier, x_test, y_test, test, data_dir, smoke_size)
+
+    summary = test_metrics.get("suspicious_flag", {})
+    metrics = {
+        "evaluated_on": (
+            "held-out test split: never trained on, never used for early stopping, selection or calibration"
+        ),
+        "accuracy": test_metrics["accuracy"],
+        "macro_f1": test_metrics["macro_f1"],
+        "macro_roc_auc": test_metrics["macro_roc_auc"],
+        "suspicious_sensitivity": summary.get("sensitivity"),
+        "suspicious_specificity": summary.get("specificity"),
+        "evaluation_set": {
+            "split": "test",
+            "n": len(test),
+            "fingerprint": evaluation_fingerprint(test),
+            "fingerprint_method": "sha256 over the sorted sha256 of the test image files",
+        },
+        "calibration": calibration,
+        "test": test_metrics,
+        "validation": val_metrics,
+        "smoke": smoke,
+        "served_path": "Classifier(bundle): decode_upload -> prepare -> predict_batch (with temperature) -> interpret",
+    }
+    metadata = read_metadata(bundle_dir)
+    metadata.metrics = metrics
+    training = dict(getattr(metadata, "training", None) or {})
+    training["evaluate_wall_time_s"] = round(time.perf_counter() - started, 1)
+    metadata.training = training
+    from training.model_card import write_model_card
+
+    write_model_card(bundle_dir, metadata)
+    metadata.report = {"files": report_files(bundle_dir)}
+    write_metadata(bundle_dir, metadata)
+    Classifier(bundle_dir)  # the final bundle must load and verify
+    print_metrics(metadata)
+    return metrics
+
+
+def report_files(bundle_dir: Path) -> dict[str, str]:
+    """sha256 of every file under report/ and of the model card: publish uploads and checks them."""
+    files = sorted(p for p in (bundle_dir / REPORT_DIR).rglob("*") if p.is_file())
+    card = bundle_dir / "MODEL_CARD.md"
+    if card.is_file():
+        files.append(card)
+    return {p.relative_to(bundle_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def write_smoke_set(
+    path: Path,
+    classifier,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    samples: list[Sample],
+    data_dir: Path,
+    size: int,
+) -> dict:
+    """A few preprocessed held-out inputs with the probabilities the bundle gives them.
+
+    ``publish`` reloads the bundle and must reproduce these probabilities (and so the smoke
+    accuracy recorded in ``model.json``): a bundle whose weights or temperature drifted from
+    what was evaluated is refused. Picked round-robin over classes, in file order. The inputs
+    are stored as their 8-bit grey levels plus the bundle's scale/offset (4x smaller than
+    float32); the probabilities are computed on exactly the inputs :func:`smoke_inputs` rebuilds.
+    """
+    classes = classifier.metadata.classes
+    by_class = [[i for i in range(len(labels)) if labels[i] == k] for k in range(len(classes))]
+    chosen: list[int] = []
+    while len(chosen) < min(size, len(labels)):
+        for indices in by_class:
+            if indices and len(chosen) < size:
+                chosen.append(indices.pop(0))
+    chosen.sort()
+    normalisation = classifier.metadata.preprocessing.normalisation
+    levels = np.rint((inputs[chosen] - normalisation.offset) / normalisation.scale)
+    arrays = {
+        "levels": np.clip(levels, 0, 255).astype(np.uint8),
+        "scale": np.float64(normalisation.scale),
+        "offset": np.float64(normalisation.offset),
+        "labels": labels[chosen].astype(np.int64),
+        "files": np.array([_relative(samples[i].path, data_dir) for i in chosen]),
+    }
+    arrays["probabilities"] = classifier.predict_batch(smoke_inputs(arrays))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    predicted = arrays["probabilities"].argmax(axis=1)
+    return {
+        "file": path.relative_to(path.parent.parent).as_posix(),
+        "n": len(chosen),
+        "accuracy": round(float((predicted == arrays["labels"]).mean()), 4),
+        "tolerance": SMOKE_TOLERANCE,
+    }
+
+
+def smoke_inputs(smoke) -> np.ndarray:
+    """The float32 model inputs of a smoke set (``levels x scale + offset``)."""
+    levels = np.asarray(smoke["levels"], dtype=np.float32)
+    return levels * np.float32(smoke["scale"]) + np.float32(smoke["offset"])
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def write_predictions(
+    path: Path, samples: list[Sample], data_dir: Path, probabilities: np.ndarray, classes: list[str]
+) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["file", "label", "predicted", *(f"p_{c}" for c in classes)])
+        for sample, row in zip(samples, probabilities, strict=True):
+            writer.writerow(
+                [_relative(sample.path, data_dir), sample.label, classes[int(row.argmax())], *(f"{p:.4f}" for p in row)]
+            )
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _title(metadata: BundleMetadata, what: str) -> str:
+    return f"{metadata.name} {metadata.version}\n{what}"
+
+
+def plot_confusion(path: Path, metrics: dict, metadata: BundleMetadata) -> None:
+    plt = _pyplot()
+    classes = metadata.classes
+    matrix = np.array(metrics["confusion_matrix"]["matrix"])
+    fig, ax = plt.subplots(figsize=(1.3 * len(classes) + 2.5, 1.1 * len(classes) + 2.2), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), [c.replace("_", "\n") for c in classes], fontsize=8)
+    ax.set_yticks(range(len(classes)), [c.replace("_", "\n") for c in classes], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(_title(metadata, f"test confusion (n={metrics['n']}, macro-F1 {metrics['macro_f1']:.3f})"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_roc(path: Path, labels: np.ndarray, probabilities: np.ndarray, classes: list[str], metadata) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.6), dpi=100)
+    for k, name in enumerate(classes):
+        positive = labels == k
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr = roc_curve(positive, probabilities[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(_title(metadata, "test ROC, one class vs the rest"), fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, temperature: float, metadata) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.6), dpi=100)
+    for probabilities, name in ((before, "before (T=1)"), (after, f"after (T={temperature:.2f})")):
+        bins = reliability(labels, probabilities)
+        ece = expected_calibration_error(labels, probabilities)
+        ax.plot(
+            [b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=f"{name}, ECE {ece:.3f}"
+        )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(_title(metadata, "test reliability, temperature fitted on validation"), fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def print_metrics(metadata: BundleMetadata) -> None:
+    metrics = metadata.metrics
+    for name in ("validation", "test"):
+        m = metrics[name]
+        recalls = ", ".join(f"{c} {m['per_class'][c]['recall']:.3f}" for c in metadata.classes)
+        flag = m.get("suspicious_flag", {})
+        print(
+            f"{name:>10}: n={m['n']} accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
+            f"AUC {m['macro_roc_auc']}  recall [{recalls}]  suspicious sensitivity {flag.get('sensitivity')} "
+            f"specificity {flag.get('specificity')}",
+            flush=True,
+        )
+    c = metrics["calibration"]
+    print(
+        f"temperature {c['temperature']} (fitted on validation): test ECE {c['test_ece_before']} -> "
+        f"{c['test_ece_after']}, validation ECE {c['validation_ece_before']} -> {c['validation_ece_after']}",
+        flush=True,
+    )
+    print(f"test confusion (rows true {metadata.classes}): {metrics['test']['confusion_matrix']['matrix']}")

@@ -1,0 +1,226 @@
+"""Write ``MODEL_CARD.md`` from a bundle's ``model.json``: use, data and credit, split, metrics, limits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lungscan.bundle import MODEL_FILE, BundleMetadata
+from training.presets import PRESETS
+
+CARD_FILE = "MODEL_CARD.md"
+
+GENERIC_LIMITATIONS = (
+    "2D slices, not volumes: the model sees one slice and knows nothing of its neighbours.",
+    "Trained and measured on one small public dataset; performance on other scanners, windows, exports or "
+    "populations is unknown and probably lower.",
+)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (honest error bars for small test sets)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _interval(successes: int, n: int) -> str:
+    low, high = wilson_interval(successes, n)
+    return f"{100 * low:.0f}-{100 * high:.0f}%"
+
+
+def write_model_card(bundle_dir: Path, metadata: BundleMetadata) -> Path:
+    text = model_card(metadata, (Path(bundle_dir) / MODEL_FILE).stat().st_size)
+    path = Path(bundle_dir) / CARD_FILE
+    path.write_text(text)
+    return path
+
+
+def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
+    training = dict(getattr(metadata, "training", None) or {})
+    preset = PRESETS.get(training.get("preset") or "")
+    metrics = metadata.metrics
+    test, val = metrics["test"], metrics["validation"]
+    dataset = metadata.dataset
+    dedup, split = dataset["deduplication"], dataset["split"]
+    counts = split["counts"]
+    classes = metadata.classes
+    calibration = metrics["calibration"]
+    size = metadata.input.height
+    window = metadata.preprocessing.dicom_window
+    positives = ", ".join(f"`{c}`" for c in metadata.positive_classes)
+    rationale = preset.positive_rationale if preset else f"`positive_classes` is [{positives}]."
+    flag_test, flag_val = test.get("suspicious_flag", {}), val.get("suspicious_flag", {})
+
+    split_rows = "\n".join(
+        f"| {name} | " + " | ".join(str(counts[name][c]) for c in classes) + f" | {counts[name]['total']} |"
+        for name in ("train", "validation", "test")
+    )
+
+    def class_row(i: int, c: str) -> str:
+        t, v = test["per_class"][c], val["per_class"][c]
+        recall_ci = _interval(test["confusion_matrix"]["matrix"][i][i], t["support"])
+        return (
+            f"| {c} | {_pct(t['precision'])} | {_pct(t['recall'])} ({recall_ci}) | {_num(t['f1'])} "
+            f"| {_num(t['roc_auc'])} | {t['support']} | {_pct(v['recall'])} | {v['support']} |"
+        )
+
+    class_rows = "\n".join(class_row(i, c) for i, c in enumerate(classes))
+    matrix = test["confusion_matrix"]["matrix"]
+    matrix_rows = "\n".join(
+        f"| **{c}** | " + " | ".join(str(v) for v in matrix[i]) + " |" for i, c in enumerate(classes)
+    )
+    correct = sum(matrix[i][i] for i in range(len(classes)))
+    positives_n = flag_test.get("true_positive", 0) + flag_test.get("false_negative", 0)
+    negatives_n = flag_test.get("true_negative", 0) + flag_test.get("false_positive", 0)
+    cross = dedup.get("cross_split_dropped") or {}
+    cross_text = (
+        " Of these, "
+        + ", ".join(
+            f"{n} {name} file(s) were byte-identical to a file of an earlier split folder" for name, n in cross.items()
+        )
+        + " and left that split."
+        if cross
+        else ""
+    )
+    sensitivity_ci = _interval(flag_test.get("true_positive", 0), positives_n)
+    specificity_ci = _interval(flag_test.get("true_negative", 0), negatives_n)
+    sensitivity_row = f"{_pct(flag_test.get('sensitivity'))} ({sensitivity_ci}) | {_pct(flag_val.get('sensitivity'))}"
+    specificity_row = f"{_pct(flag_test.get('specificity'))} ({specificity_ci}) | {_pct(flag_val.get('specificity'))}"
+    ece_before = f"{calibration['test_ece_before']:.3f} | {calibration['validation_ece_before']:.3f}"
+    ece_after = f"{calibration['test_ece_after']:.3f} | {calibration['validation_ece_after']:.3f}"
+    calibration_note = ""
+    if calibration["test_ece_after"] > calibration["test_ece_before"]:
+        direction = "sharpens" if metadata.temperature < 1 else "softens"
+        calibration_note = (
+            f"\n\nCalibration did not carry over: the temperature fitted on validation ({metadata.temperature}, which "
+            f"{direction} the probabilities) made the test calibration worse (ECE {calibration['test_ece_before']:.3f} "
+            f"-> {calibration['test_ece_after']:.3f}). The validation split holds few patients and is not like the "
+            "test split; read the served probabilities as a ranking, not as calibrated chances."
+        )
+    gap_note = ""
+    if val["macro_f1"] - test["macro_f1"] > 0.1:
+        gap_note = (
+            f"\n\nValidation and test disagree (macro-F1 {val['macro_f1']:.3f} vs {test['macro_f1']:.3f}). Each split "
+            "holds few patients per class, so the figures depend on which patients fall where; the test figure is the "
+            "honest one, and neither is a reliable estimate for new patients."
+        )
+    recipe_section = ""
+    if preset and preset.recipe_selection:
+        applies = (
+            "This bundle was trained with exactly that recipe."
+            if training.get("matches_preset_recipe")
+            else "**This bundle was trained with other arguments than that recipe**: the evidence does not apply."
+        )
+        recipe_section = f"\n## Recipe selection\n\n{preset.recipe_selection}\n\n{applies}\n"
+    limitations = "\n".join(f"- {item}" for item in (preset.limitations if preset else GENERIC_LIMITATIONS))
+    framework = getattr(metadata, "framework", None) or {}
+    credit = dataset.get("attribution") or "No dataset attribution recorded (trained without a preset)."
+    link = f" Dataset page: <{dataset['url']}>." if dataset.get("url") else ""
+    description = preset.data_description if preset else ""
+
+    return f"""# Model card: {metadata.name} ({metadata.version})
+
+**Research tool. Not a diagnosis.** This model is a first-pass screening aid for research and
+triage experiments on 2D lung CT slices. It is not a medical device. A clinician must review every
+scan; the model's output never replaces a radiologist's reading.
+
+## Intended use
+
+- Research, teaching and first-pass triage experiments on single axial lung CT slices, with a
+  clinician reviewing every case. Not for diagnosis, treatment decisions or unsupervised screening.
+- Not validated on other hospitals, scanners, windows, paediatric patients or non-CT images.
+
+## What it does
+
+- Input: one CT slice (PNG, JPEG, BMP, TIFF or DICOM), converted to 8-bit grayscale, resized to
+  {size}x{size} (bilinear, aspect ratio ignored), scaled by 1/255: the `lungscan` core package's chain
+  declared in `model.json`, the same code in training and serving. DICOM input is windowed first
+  (center {window["center"]:g} HU, width {window["width"]:g} HU).
+- Output: softmax probabilities over `{classes}`, divided in logit space by a temperature of
+  {metadata.temperature} fitted on the validation split (calibration; the most probable class is unchanged).
+- Suspicious flag ("Cancer Detected"): raised when the summed probability of {positives} reaches
+  {metadata.threshold}, or when a positive class is the most probable one. {rationale}
+  The threshold is the default {metadata.threshold}, not tuned on validation or test data.
+- Architecture: {training.get("architecture", "")}; {training.get("parameters", 0):,} parameters,
+  `model.h5` {model_bytes / 1024:.0f} KiB.
+- Training: {training.get("optimizer", "")}, balanced class weights
+  ({", ".join(f"{k} {v}" for k, v in training.get("class_weight", {}).items())}), batch
+  {training.get("recipe", {}).get("batch_size")}, {training.get("epochs_run")} epochs (early stopping:
+  {training.get("early_stopping")}), augmentation: {training.get("augmentation")}; seed {training.get("seed")}.
+
+## Data and attribution
+
+{credit}{link}
+Licence: {dataset.get("licence", "see the dataset page")}. Source: {dataset.get("source", "")}.
+{description}
+
+- Deduplication by content (sha256 of the file bytes): {dedup["files"]} files, {dedup["dropped"]} byte-identical
+  copies dropped, {dedup["conflicting_labels_dropped"]} dropped because identical bytes carried two labels,
+  {dedup["kept"]} unique images.{cross_text}
+- Split: {split["method"]}
+- {split["gap_dropped"]} files dropped as gaps between blocks; {split["near_duplicates_dropped"]} validation/test
+  images dropped as near-copies of a training image. The full file lists are in `report/split.json`.
+
+| split | {" | ".join(classes)} | total |
+|---|{"---:|" * len(classes)}---:|
+{split_rows}
+{recipe_section}
+## Measured performance
+
+Measured on the held-out **test** split (never trained on, never used for early stopping,
+selection or calibration) by loading the saved bundle with `lungscan.predict.Classifier` and sending
+every image through the serving path (decode, preprocess, predict with the temperature, flag).
+Intervals are 95% Wilson intervals: the test split is small ({test["n"]} images), so every figure is
+uncertain.{gap_note}{calibration_note}
+
+| | test | validation |
+|---|---:|---:|
+| accuracy | {_pct(test["accuracy"])} ({_interval(correct, test["n"])}) | {_pct(val["accuracy"])} |
+| macro-F1 | {test["macro_f1"]:.3f} | {val["macro_f1"]:.3f} |
+| macro ROC-AUC (one vs rest) | {_num(test["macro_roc_auc"])} | {_num(val["macro_roc_auc"])} |
+| suspicious-flag sensitivity | {sensitivity_row} |
+| suspicious-flag specificity | {specificity_row} |
+| expected calibration error, T=1 | {ece_before} |
+| expected calibration error, T={metadata.temperature} | {ece_after} |
+
+| class | test precision | test recall (95% CI) | test F1 | test ROC-AUC | test n | validation recall | validation n |
+|---|---:|---:|---:|---:|---:|---:|---:|
+{class_rows}
+
+Test confusion matrix (rows: true class, columns: predicted class):
+
+| | {" | ".join(classes)} |
+|---|{"---:|" * len(classes)}
+{matrix_rows}
+
+Figures: `report/confusion_matrix.png`, `report/roc.png`, `report/reliability.png`; per-image test
+predictions: `report/test_predictions.csv`. Evaluation-set fingerprint (sha256 over the sorted test
+image hashes): `{metrics["evaluation_set"]["fingerprint"]}`; `publish` compares models only on equal fingerprints.
+
+## Limitations
+
+{limitations}
+- The metrics come from one split and one seed; they are not a clinical validation.
+
+## Reproduce
+
+```
+{training.get("command", "")}
+```
+
+Framework: TensorFlow {framework.get("tensorflow")}, Keras {framework.get("keras")}, Python {framework.get("python")},
+NumPy {framework.get("numpy")}. Training took {training.get("fit_wall_time_s")} s (fit) on the machine that made it.
+`model.h5` sha256: `{metadata.sha256}`.
+"""
