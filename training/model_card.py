@@ -163,7 +163,7 @@ scan; the model's output never replaces a radiologist's reading.
 ## Data and attribution
 
 {credit}{link}
-Licence: {dataset.get("licence", "see the dataset page")}. Source: {dataset.get("source", "")}.
+Licence: {dataset.get("licence", "see the dataset page").rstrip(".")}. Source: {dataset.get("source", "")}.
 {description}
 
 - Deduplication by content (sha256 of the file bytes): {dedup["files"]} files, {dedup["dropped"]} byte-identical

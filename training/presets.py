@@ -98,7 +98,11 @@ IQ_OTH = Preset(
         "0.94). The BatchNorm model trained erratically on these small sets (validation accuracy swinging "
         "0.16-0.92 between epochs, one seed collapsing to a single class) and measured test macro-F1 0.417 "
         "where its validation said 0.83. Fixed epochs, not early stopping: the validation split holds a "
-        "handful of patients, too few to stop on reliably."
+        "handful of patients, too few to stop on reliably. One variant was tried on this machine, selected on "
+        "the validation split only: the same recipe with light augmentation (flips, small rotations/zoom/shifts, "
+        "brightness/contrast jitter) reached validation macro-F1 0.558 against 0.697 without, so augmentation "
+        "stays off. (`train` evaluates every bundle it writes, so that variant's test macro-F1, 0.322, was "
+        "measured too; it played no part in the choice.)"
     ),
     limitations=(
         "Single source: one hospital, one scanner model, one export pipeline (JPEG screenshots of windowed "
