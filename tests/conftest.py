@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = REPO_ROOT / "models" / "iq-oth-3class"
 EVENTS_DIR = REPO_ROOT / "events"
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+MODEL_BUCKET = "lungscan-models-test"
 
 # The handler reads its configuration at import: set it before any test imports app.py.
 os.environ.setdefault("MODEL_DIR", str(BUNDLED_MODEL))
@@ -50,6 +51,18 @@ class FakeLambdaContext:
 @pytest.fixture
 def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
+
+
+@pytest.fixture
+def s3():
+    """moto's in-process S3 holding an empty model bucket, MODEL_BUCKET."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=MODEL_BUCKET)
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto import mock_aws
+from conftest import MODEL_BUCKET
 from test_core import metadata, tiny_cnn
 
 from lungscan import registry
 from lungscan.bundle import write_metadata
 from lungscan.serving import ModelStore
 
-BUCKET = "lungscan-faults"
+BUCKET = MODEL_BUCKET
 
 
 def bundle(path, version: str, outputs: int = 3, input_size: int = 32):
@@ -32,14 +32,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def s3():
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 @pytest.fixture

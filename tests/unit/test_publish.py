@@ -11,7 +11,7 @@ from pathlib import Path
 
 import boto3
 import numpy as np
-import pytest
+from conftest import MODEL_BUCKET
 from moto import mock_aws
 from test_core import metadata, tiny_cnn
 
@@ -22,7 +22,7 @@ from training.cli import EXIT_FAILED, EXIT_REFUSED, main
 from training.datasets import Sample
 from training.evaluate import SMOKE_FILE, report_files, write_smoke_set
 
-BUCKET = "lungscan-models-test"
+BUCKET = MODEL_BUCKET
 SAME_TEST_SET = "a" * 64
 
 
@@ -50,14 +50,6 @@ def evaluated_bundle(path: Path, version: str, macro_f1: float = 0.6, fingerprin
     meta.report = {"files": report_files(path)}
     write_metadata(path, meta)
     return path
-
-
-@pytest.fixture
-def s3():
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 class RecordingS3:

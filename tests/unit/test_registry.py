@@ -7,7 +7,7 @@ import json
 import boto3
 import botocore.config
 import pytest
-from moto import mock_aws
+from conftest import MODEL_BUCKET
 from test_core import metadata, tiny_cnn
 
 from lungscan import registry
@@ -15,7 +15,7 @@ from lungscan.bundle import write_metadata
 from lungscan.errors import InvalidBundleError
 from lungscan.serving import ModelStore
 
-BUCKET = "lungscan-models-test"
+BUCKET = MODEL_BUCKET
 
 
 def make_bundle(path, version: str):
@@ -23,14 +23,6 @@ def make_bundle(path, version: str):
     tiny_cnn((32, 32, 1), 3, "softmax").save(path / "model.h5")
     write_metadata(path, metadata(version=version))
     return path
-
-
-@pytest.fixture
-def s3():
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 class Clock:
