@@ -6,7 +6,8 @@
 # Needs Docker (sam build of the image), the AWS CLI and credentials for the target account.
 # First run (no samconfig.toml): `sam deploy --guided` asks for the stack settings and saves them.
 # Env: STACK_NAME (default lungscan), SAM_CLI (default: sam on PATH, else .venv-sam/bin/sam),
-#      PYTHON (default .venv/bin/python), MODEL_DIR (default models/iq-oth-3class).
+#      PYTHON (default .venv/bin/python), MODEL_DIR (default models/iq-oth-3class),
+#      MODEL_EXTRA_DIRS (default models/chest-ct-4class).
 # Docs: https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/sam-cli-command-reference-sam-deploy.html
 set -euo pipefail
 
@@ -16,6 +17,8 @@ shift || true
 SAM="${SAM_CLI:-$(command -v sam || echo .venv-sam/bin/sam)}"
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 MODEL_DIR="${MODEL_DIR:-models/iq-oth-3class}"
+# The other bundles the stack serves (template.yaml ModelNames), published after the default.
+MODEL_EXTRA_DIRS="${MODEL_EXTRA_DIRS:-models/chest-ct-4class}"
 export SAM_CLI_TELEMETRY="${SAM_CLI_TELEMETRY:-0}"
 
 echo "==> sam build"
@@ -63,8 +66,10 @@ aws cloudfront create-invalidation --distribution-id "$DISTRIBUTION_ID" --paths 
 
 # First model publish: validates the bundle, uploads models/<name>/<version>/, then moves
 # models/<name>/latest.json. (training/publish.py is the registry CLI; see DESIGN.md.)
-echo "==> model $MODEL_DIR -> s3://$MODEL_BUCKET"
-"$PYTHON" -m training publish --bucket "$MODEL_BUCKET" "$MODEL_DIR"
+for bundle in "$MODEL_DIR" $MODEL_EXTRA_DIRS; do
+  echo "==> model $bundle -> s3://$MODEL_BUCKET"
+  "$PYTHON" -m training publish --bucket "$MODEL_BUCKET" "$bundle"
+done
 
 echo "Site: $SITE_URL"
 echo "API:  $API_URL  (POST $API_URL/predict)"
