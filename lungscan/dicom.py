@@ -8,17 +8,48 @@ from __future__ import annotations
 
 import io
 import re
+import struct
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from lungscan.errors import MalformedInputError, NotACTSliceError, PayloadTooLargeError, UnsupportedFormatError
-from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, check_dimensions, reject_blank
+from lungscan.errors import (
+    LungScanError,
+    MalformedInputError,
+    NotACTSliceError,
+    UnsupportedFormatError,
+)
+from lungscan.imaging import (
+    CORRUPT_FILE_ERRORS,
+    DEFAULT_LIMITS,
+    DecodedImage,
+    ImageLimits,
+    check_dimensions,
+    check_jpeg_scans,
+    reject_blank,
+)
 
 # The lung window radiologists read parenchyma in: -1350 .. +150 HU.
 LUNG_WINDOW = {"center": -600.0, "width": 1500.0}
 MAX_FRAMES = 512
+DEFLATED_EXPLICIT_VR = "1.2.840.10008.1.2.1.99"
+# What pydicom raises on damaged files, at read time or later when a tag is first converted
+# (fuzzing found each of them): all mean the file is malformed, none is a server fault.
+DICOM_PARSE_ERRORS = (
+    AttributeError,
+    ValueError,
+    TypeError,
+    EOFError,
+    OSError,
+    LookupError,
+    struct.error,
+    OverflowError,
+    RecursionError,
+)
 
 
 @dataclass(frozen=True)
@@ -43,19 +74,47 @@ def looks_like_dicom(data: bytes) -> bool:
     return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[2:4] < b"\x10\x00"
 
 
+@contextmanager
+def _malformed_on_parse_errors() -> Iterator[None]:
+    """pydicom converts tags lazily, so a damaged tag can raise wherever it is first read."""
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    try:
+        yield
+    except LungScanError:
+        raise
+    except (InvalidDicomError, BytesLengthException, *DICOM_PARSE_ERRORS) as error:
+        raise MalformedInputError("The DICOM file is corrupt or has no image.", code="corrupt_image") from error
+
+
+def _refuse_deflated(data: bytes) -> None:
+    """Read the file meta alone, as ``dcmread`` would, and refuse a deflated dataset before
+    pydicom inflates it: ``zlib.decompress`` has no bound, and 1 MB inflates to 1 GB."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(data)
+    read_preamble(stream, True)  # after it, the stream is where dcmread looks for the file meta
+    syntax = str(_read_file_meta_info(stream).get("TransferSyntaxUID", "") or "").strip("\0 ")
+    if syntax == DEFLATED_EXPLICIT_VR:
+        raise UnsupportedFormatError(
+            "Deflated DICOM files are not accepted: send the file uncompressed or JPEG/JPEG 2000/RLE compressed.",
+            code="unsupported_format",
+        )
+
+
 def _read(data: bytes, limits: ImageLimits, options: DicomOptions):
     """Parse the header and check it describes a CT image we may decode."""
     import pydicom  # imported lazily: only DICOM uploads pay for it
     import pydicom.config
-    from pydicom.errors import InvalidDicomError
 
     # pydicom's validation warnings quote tag values, patient names included: never emit them.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    _refuse_deflated(data)
+    dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
         rows, columns = int(dataset.Rows), int(dataset.Columns)
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    except (InvalidDicomError, AttributeError, ValueError, TypeError, EOFError, OSError, KeyError) as error:
+    except (AttributeError, ValueError, TypeError) as error:
         raise MalformedInputError("The DICOM file is corrupt or has no image.", code="corrupt_image") from error
     if "PixelData" not in dataset:
         raise MalformedInputError("The DICOM file has no pixel data.", code="corrupt_image")
@@ -88,16 +147,47 @@ def _infer_transfer_syntax(dataset) -> None:
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
 
 
-def _pixels(dataset, index: int | None) -> np.ndarray:
+def _check_compressed_frame(dataset, index: int, frames: int) -> None:
+    """Read a JPEG or JPEG 2000 frame's own header (Pillow reads only the header on open) and
+    refuse it unless it matches Rows x Columns: the decoder would allocate what the codestream
+    says (13000x13000 in a file whose header says 512x512), not what the header says."""
+    from pydicom.encaps import get_frame
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGTransferSyntaxes
+
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax not in (*JPEGTransferSyntaxes, *JPEG2000TransferSyntaxes):
+        return  # uncompressed (sized by the header), RLE (pydicom checks the length) or refused as undecodable
+    try:
+        frame = get_frame(dataset.PixelData, index, number_of_frames=frames)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(frame), formats=("JPEG", "JPEG2000")) as codestream:
+                size = codestream.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, *CORRUPT_FILE_ERRORS) as error:
+        raise MalformedInputError("The DICOM's compressed pixel data is corrupt.", code="corrupt_image") from error
+    if size != (int(dataset.Columns), int(dataset.Rows)):
+        raise MalformedInputError(
+            "The DICOM's compressed pixel data does not match its declared Rows and Columns.",
+            code="dimensions_mismatch",
+        )
+    if frame[:2] == b"\xff\xd8":
+        check_jpeg_scans(frame)
+
+
+def _pixels(dataset, index: int | None, frames: int = 1) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
+    _check_compressed_frame(dataset, index or 0, frames)
     try:
         return pixel_array(dataset, index=index)
     except (NotImplementedError, RuntimeError) as error:
-        syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID", "unknown")
-        name = getattr(syntax, "name", str(syntax))
+        syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID", "")
+        name = getattr(syntax, "name", "")
+        known = bool(name) and name != str(syntax)  # pydicom's name for a UID it knows; never echo a raw UID
         raise UnsupportedFormatError(
             f"This DICOM uses the '{name}' transfer syntax, which this service cannot decode."
+            if known
+            else "This DICOM uses a transfer syntax this service cannot decode."
         ) from error
     except (ValueError, TypeError, AttributeError, EOFError, KeyError, IndexError) as error:
         raise MalformedInputError("The DICOM pixel data is corrupt.", code="corrupt_image") from error
@@ -107,7 +197,14 @@ def _window(pixels: np.ndarray, dataset, window: dict[str, float]) -> Image.Imag
     from pydicom.pixels import apply_modality_lut
 
     # Without RescaleSlope/Intercept the stored values are taken as HU already.
-    hounsfield = apply_modality_lut(pixels, dataset).astype(np.float32)
+    try:
+        hounsfield = apply_modality_lut(pixels, dataset).astype(np.float32)
+    except (*DICOM_PARSE_ERRORS, ArithmeticError) as error:
+        raise MalformedInputError(
+            "The DICOM's rescale or modality LUT tags are invalid.", code="corrupt_image"
+        ) from error
+    if not np.isfinite(hounsfield).all():
+        raise NotACTSliceError("The DICOM's pixel values are not finite numbers.", code="non_finite_pixels")
     low = window["center"] - window["width"] / 2
     scaled = (np.clip(hounsfield, low, low + window["width"]) - low) * (255.0 / window["width"])
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
@@ -128,34 +225,26 @@ def decode_dicom(
         NotACTSliceError: not CT, too small, too many pixels, or blank after windowing.
     """
     options = options or DicomOptions()
-    dataset, frames = _read(data, limits, options)
-    frame = frames // 2 if options.frame is None else options.frame
-    if not 0 <= frame < frames:
-        raise MalformedInputError(f"Frame {frame} does not exist; the file has {frames}.", code="frame_out_of_range")
-    window = dict(options.window or LUNG_WINDOW)
-    image = _window(_pixels(dataset, frame if frames > 1 else None), dataset, window)
+    with _malformed_on_parse_errors():
+        dataset, frames = _read(data, limits, options)
+        frame = frames // 2 if options.frame is None else options.frame
+        if not 0 <= frame < frames:
+            raise MalformedInputError(
+                f"Frame {frame} does not exist; the file has {frames}.", code="frame_out_of_range"
+            )
+        window = dict(options.window or LUNG_WINDOW)
+        image = _window(_pixels(dataset, frame if frames > 1 else None, frames), dataset, window)
     return DecodedImage(image=image, format="DICOM", window=window, meta={"frame": frame, "frames": frames})
 
 
-def decode_dicom_frames(
-    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, options: DicomOptions | None = None, max_frames: int = MAX_FRAMES
-) -> list[DecodedImage]:
-    """Every frame of a (multi-frame) DICOM, each windowed like :func:`decode_dicom`.
+def read_dicom_header(
+    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, options: DicomOptions | None = None
+) -> tuple[int, int, int]:
+    """``(width, height, frames)`` from the header alone, checked like :func:`decode_dicom`; no pixel is decoded.
 
     Raises:
-        PayloadTooLargeError: more than ``max_frames`` frames (decided from the header).
+        PayloadTooLargeError, MalformedInputError, UnsupportedFormatError, NotACTSliceError: as ``decode_dicom``.
     """
-    options = options or DicomOptions()
-    dataset, frames = _read(data, limits, options)
-    if frames > max_frames:
-        raise PayloadTooLargeError(f"The DICOM holds {frames} frames; a study may hold at most {max_frames}.")
-    window = dict(options.window or LUNG_WINDOW)
-    return [
-        DecodedImage(
-            image=_window(_pixels(dataset, frame if frames > 1 else None), dataset, window),
-            format="DICOM",
-            window=window,
-            meta={"frame": frame, "frames": frames},
-        )
-        for frame in range(frames)
-    ]
+    with _malformed_on_parse_errors():
+        dataset, frames = _read(data, limits, options or DicomOptions())
+        return int(dataset.Columns), int(dataset.Rows), frames

@@ -39,6 +39,11 @@ CORRUPT_FILE_ERRORS = (
 
 # Pillow formats we accept; anything else (GIF, WebP, PDF...) is refused with a 415.
 RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+# A progressive JPEG has about 10 scans; libjpeg walks every pixel once per scan, so thousands
+# of empty scans in a few KB cost seconds each. Counted from the bytes, before decoding.
+MAX_JPEG_SCANS = 100
+# 16-bit and float images are stretched between these percentiles, so one hot pixel cannot set the scale.
+ROBUST_PERCENTILES = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
@@ -107,13 +112,34 @@ def is_dicom(data: bytes) -> bool:
 
 
 def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
-    """Decode PNG, JPEG, BMP or TIFF bytes (8/16-bit, grey, RGB, RGBA, palette).
+    """Decode PNG, JPEG, BMP or TIFF bytes (8/16-bit, float, grey, RGB, RGBA, palette) to 8-bit.
 
     Raises:
         PayloadTooLargeError: more than ``limits.max_bytes``.
         MalformedInputError: empty or corrupt (e.g. truncated) image data.
         UnsupportedFormatError: any other format, DICOM included (decoded by ``decode_upload``).
-        NotACTSliceError: too small, too many pixels, or a blank image.
+        NotACTSliceError: too small, too many pixels, too many JPEG scans, non-finite or blank.
+    """
+    image = open_image(data, limits)
+    try:
+        image.load()
+    except CORRUPT_FILE_ERRORS as error:
+        raise MalformedInputError(f"The {image.format} file is corrupt or truncated.", code="corrupt_image") from error
+    source_mode = image.mode
+    reject_non_finite(image)
+    # The 8-bit image is what every later step sees; the blank check runs on it, since a
+    # 16-bit or float image can be non-constant yet convert to a single grey.
+    decoded = DecodedImage(image=to_8bit(image), format=image.format or "unknown")
+    decoded.meta["source_mode"] = source_mode
+    reject_blank(decoded.image)
+    return decoded
+
+
+def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Open an image and check everything its header tells, before any pixel is decoded.
+
+    Raises:
+        as :func:`decode_image`, except the checks that need the pixels.
     """
     if len(data) > limits.max_bytes:
         raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit.")
@@ -132,14 +158,28 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
     except CORRUPT_FILE_ERRORS as error:  # a recognised format whose header is damaged
         raise MalformedInputError("The image header is corrupt or truncated.", code="corrupt_image") from error
     check_dimensions(image.width, image.height, limits)
-    try:
-        image.load()
-    except CORRUPT_FILE_ERRORS as error:
-        raise MalformedInputError(f"The {image.format} file is corrupt or truncated.", code="corrupt_image") from error
-    decoded = DecodedImage(image=image, format=image.format or "unknown")
-    decoded.meta["source_mode"] = image.mode
-    reject_blank(decoded.image)
-    return decoded
+    if image.format == "JPEG":
+        check_jpeg_scans(data)
+    return image
+
+
+def check_jpeg_scans(data: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
+    """Refuse a JPEG with more start-of-scan markers than any real encoder writes.
+
+    Entropy-coded data stuffs every 0xFF with 0x00, so ``FF DA`` only appears as a marker
+    (or inside an embedded thumbnail, which at worst over-counts a few).
+    """
+    scans = data.count(b"\xff\xda")
+    if scans > max_scans:
+        raise NotACTSliceError(
+            f"The JPEG holds {scans} scans; at most {max_scans} are accepted.", code="too_many_scans"
+        )
+
+
+def reject_non_finite(image: Image.Image) -> None:
+    """A float image with NaN or infinity has no meaningful grey scale: refuse it, never guess."""
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+        raise NotACTSliceError("The image holds non-finite pixel values (NaN or infinity).", code="non_finite_pixels")
 
 
 def check_dimensions(width: int, height: int, limits: ImageLimits = DEFAULT_LIMITS) -> None:
@@ -173,15 +213,18 @@ def _extrema(image: Image.Image) -> tuple[float, float]:
 def to_8bit(image: Image.Image) -> Image.Image:
     """Bring any Pillow mode to 8-bit ``L`` or ``RGB``.
 
-    16-bit and float images are stretched from their own min..max to 0..255: their
-    absolute scale varies by exporter, and an 8-bit copy is what the models train on.
-    Alpha is dropped (CT screenshots carry an opaque alpha channel), palettes expanded.
+    16-bit and float images are stretched from their 0.5th to 99.5th percentile to 0..255
+    (clipped): their absolute scale varies by exporter, an 8-bit copy is what the models
+    train on, and percentiles keep a single hot pixel from setting the scale. An image
+    whose percentiles coincide (nearly constant) falls back to its min..max.
     """
     if image.mode in ("L", "RGB"):
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         pixels = np.asarray(image, dtype=np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
+        low, high = (float(value) for value in np.percentile(pixels, ROBUST_PERCENTILES))
+        if not high > low:
+            low, high = float(pixels.min()), float(pixels.max())
         scaled = (pixels - low) * (255.0 / max(high - low, 1e-6))
         return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))
     if image.mode in ("1", "LA", "La"):

@@ -6,6 +6,7 @@ the request path.
 """
 
 import base64
+import email.errors
 import email.parser
 import email.policy
 import io
@@ -41,7 +42,7 @@ from lungscan.errors import (
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, decode_base64
 from lungscan.predict import DISCLAIMER, VERDICT_CLEAR, Classifier, Prediction
 from lungscan.serving import ModelStore
-from lungscan.uploads import MAX_STUDY_SLICES, decode_all_frames, decode_upload
+from lungscan.uploads import MAX_STUDY_SLICES, StudySlice, decode_upload, plan_study
 
 logger = Logger()
 tracer = Tracer()
@@ -50,8 +51,13 @@ cors = CORSConfig(allow_origin=os.environ.get("ALLOWED_ORIGIN", "*"), max_age=30
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-# Lambda takes at most 6 MB per synchronous request, event envelope included.
+# Lambda takes at most 6 MB per synchronous request, event envelope included; the same for its answer.
 MAX_BODY_CHARS = 6 * 1024 * 1024 - 64 * 1024
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024 - 64 * 1024
+# Heatmaps and previews are shown, not measured: a 4096x4096 overlay alone would overflow the answer.
+MAX_IMAGE_SIDE = 1024
+# A form holds the files of one study and the options; counted before the parser runs.
+MAX_FORM_PARTS = MAX_STUDY_SLICES + 16
 RAW_IMAGE_TYPES = {
     "image/png",
     "image/jpeg",
@@ -263,21 +269,21 @@ def predict(
         allow_non_ct=options.allow_non_ct,
     )
     if upload.is_study or options.all_frames:
-        decoded = [image for data in upload.images for image in decode_all_frames(data, DEFAULT_LIMITS, dicom)]
-        if len(decoded) > MAX_STUDY_SLICES:
-            raise PayloadTooLargeError(f"A study may hold at most {MAX_STUDY_SLICES} slices.")
-        answer = _study_answer(classifier, decoded, options)
+        # Slice count and pixel budget come from the headers, before any slice is decoded.
+        answer = _study_answer(classifier, plan_study(upload.images, DEFAULT_LIMITS, dicom), dicom, options)
+        slices, input_format = answer.study.slices, answer.slices[0].input.format
     else:
-        decoded = [decode_upload(upload.images[0], DEFAULT_LIMITS, dicom)]
-        answer = _single_answer(classifier, decoded[0], options)
+        answer = _single_answer(classifier, decode_upload(upload.images[0], DEFAULT_LIMITS, dicom), options)
+        slices, input_format = 1, answer.input.format
+    _check_answer_size(answer)
     elapsed_ms = (time.perf_counter() - started) * 1000
     metrics.add_metric(name="PredictLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     logger.info(
         "classified",
         extra={
             "bytes": sum(len(data) for data in upload.images),
-            "slices": len(decoded),
-            "format": decoded[0].format,
+            "slices": slices,
+            "format": input_format,
             "explain": options.explain,
             "model_name": classifier.metadata.name,
             "model_version": classifier.metadata.version,
@@ -291,7 +297,7 @@ def _single_answer(classifier: Classifier, decoded: DecodedImage, options: Predi
     prediction = classifier.classify(decoded, explain=options.explain, explain_class=options.explain_class)
     _count(prediction.label)
     return PredictResponse(
-        **_slice_result(decoded, prediction, with_images=True).model_dump(),
+        **_slice_result(_input_info(decoded), prediction, images_from=decoded).model_dump(),
         prediction=prediction.verdict,
         threshold=prediction.threshold,
         model=_model_info(classifier),
@@ -300,14 +306,25 @@ def _single_answer(classifier: Classifier, decoded: DecodedImage, options: Predi
     )
 
 
-def _study_answer(classifier: Classifier, slices: list[DecodedImage], options: PredictOptions) -> StudyResponse:
-    predictions = [classifier.classify(decoded) for decoded in slices]
-    worst = max(range(len(predictions)), key=lambda index: predictions[index].suspicion)
+def _study_answer(
+    classifier: Classifier, plan: list[StudySlice], dicom: DicomOptions, options: PredictOptions
+) -> StudyResponse:
+    predictions: list[Prediction] = []
+    inputs: list[InputInfo] = []
+    worst, worst_decoded = 0, None
+    for index, item in enumerate(plan):
+        # Decode, classify, drop: at most this slice and the most suspicious so far are held.
+        decoded = item.decode(DEFAULT_LIMITS, dicom)
+        predictions.append(classifier.classify(decoded))
+        inputs.append(_input_info(decoded))
+        if worst_decoded is None or predictions[index].suspicion > predictions[worst].suspicion:
+            worst, worst_decoded = index, decoded
+        del decoded
     if options.explain:  # explain the slice that matters; all heatmaps would overflow the response
-        predictions[worst] = classifier.classify(slices[worst], explain=True, explain_class=options.explain_class)
+        predictions[worst] = classifier.classify(worst_decoded, explain=True, explain_class=options.explain_class)
     results = [
-        _slice_result(decoded, prediction, with_images=index == worst)
-        for index, (decoded, prediction) in enumerate(zip(slices, predictions, strict=True))
+        _slice_result(info, prediction, images_from=worst_decoded if index == worst else None)
+        for index, (info, prediction) in enumerate(zip(inputs, predictions, strict=True))
     ]
     for prediction in predictions:
         _count(prediction.label)
@@ -329,8 +346,20 @@ def _study_answer(classifier: Classifier, slices: list[DecodedImage], options: P
     )
 
 
-def _slice_result(decoded: DecodedImage, prediction: Prediction, with_images: bool) -> SliceResult:
-    show_preview = with_images and decoded.format == "DICOM"
+def _input_info(decoded: DecodedImage) -> InputInfo:
+    return InputInfo(
+        format=decoded.format,
+        width=decoded.width,
+        height=decoded.height,
+        window=decoded.window,
+        frame=decoded.meta.get("frame"),
+    )
+
+
+def _slice_result(info: InputInfo, prediction: Prediction, images_from: DecodedImage | None) -> SliceResult:
+    """``images_from``: the decoded slice whose heatmap and (DICOM) preview the answer carries, if any."""
+    with_images = images_from is not None
+    show_preview = with_images and images_from.format == "DICOM"
     return SliceResult(
         label=prediction.label,
         verdict=prediction.verdict,
@@ -338,17 +367,21 @@ def _slice_result(decoded: DecodedImage, prediction: Prediction, with_images: bo
         confidence=prediction.confidence,
         suspicion=prediction.suspicion,
         probabilities=prediction.probabilities,
-        input=InputInfo(
-            format=decoded.format,
-            width=decoded.width,
-            height=decoded.height,
-            window=decoded.window,
-            frame=decoded.meta.get("frame"),
-        ),
+        input=info,
         heatmap=_png_base64(prediction.heatmap) if with_images and prediction.heatmap is not None else None,
         explained_class=prediction.explained_class if with_images else None,
-        preview=_png_base64(decoded.image) if show_preview else None,
+        preview=_png_base64(images_from.image) if show_preview else None,
     )
+
+
+def _check_answer_size(answer: BaseModel) -> None:
+    """Lambda turns an answer over 6 MB into a bare 502: refuse it here, with a reason, instead."""
+    if len(answer.model_dump_json()) > MAX_RESPONSE_BYTES:
+        raise PayloadTooLargeError(
+            f"The answer would exceed the {MAX_RESPONSE_BYTES // 2**20} MB Lambda can return: "
+            "ask without explain, or send fewer slices.",
+            code="response_too_large",
+        )
 
 
 def _count(label: str) -> None:
@@ -416,18 +449,26 @@ def _read_json(raw: bytes, query: PredictOptions) -> Upload:
 def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upload:
     """The original Flask app's contract: ``multipart/form-data`` with a ``file`` field."""
     header = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", errors="replace")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + raw)
-    if not message.is_multipart():
-        raise MalformedInputError("The multipart body could not be parsed.", code="invalid_multipart")
-    files: list[bytes] = []
-    fields: dict[str, str] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
-        if name == "file":
-            files.append(payload)
-        elif name in PredictOptions.model_fields and name not in fields:
-            fields[str(name)] = payload.decode("utf-8", errors="replace").strip()
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    try:
+        boundary = parser.parsebytes(header, headersonly=True).get_boundary()
+        if boundary:
+            _check_part_count(raw, boundary.encode("latin-1", errors="replace"))
+        message = parser.parsebytes(header + raw)
+        if not message.is_multipart():
+            raise MalformedInputError("The multipart body could not be parsed.", code="invalid_multipart")
+        files: list[bytes] = []
+        fields: dict[str, str] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True) or b""
+            if name == "file":
+                files.append(payload)
+            elif name in PredictOptions.model_fields and name not in fields:
+                fields[str(name)] = payload.decode("utf-8", errors="replace").strip()
+    except (RecursionError, LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError) as error:
+        # The email package's header parser recurses on nested comments: "((((...".
+        raise MalformedInputError("The multipart body could not be parsed.", code="invalid_multipart") from error
     if not files:
         raise MalformedInputError("The form has no 'file' field.", code="missing_file")
     if len(files) > MAX_STUDY_SLICES:
@@ -437,6 +478,15 @@ def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upl
     except ValidationError as error:
         raise _invalid(error) from None
     return Upload(images=files, is_study=len(files) > 1, options=options)
+
+
+def _check_part_count(raw: bytes, boundary: bytes) -> None:
+    """Count the delimiter lines before the email parser sees the body: it takes seconds per
+    ten thousand parts, and a study needs at most ``MAX_STUDY_SLICES`` files plus the options."""
+    delimiter = b"--" + boundary
+    parts = raw.count(b"\n" + delimiter) + raw.startswith(delimiter) - 1  # the last delimiter closes the form
+    if parts > MAX_FORM_PARTS:
+        raise PayloadTooLargeError(f"A form may hold at most {MAX_FORM_PARTS} parts.", code="too_many_parts")
 
 
 def _invalid(error: ValidationError) -> MalformedInputError:
@@ -468,6 +518,9 @@ def _describe(classifier: Classifier, is_default: bool) -> ModelDescription:
 
 
 def _png_base64(image) -> str:
+    if max(image.size) > MAX_IMAGE_SIDE:
+        image = image.copy()
+        image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # keeps the aspect ratio
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # fast: level 6 costs ~100 ms on a 512x512 overlay
     return base64.b64encode(buffer.getvalue()).decode("ascii")
