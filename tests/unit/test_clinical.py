@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -194,13 +197,38 @@ def test_explain_returns_an_overlay_at_the_upload_size(app_module, lambda_contex
     assert answer["heatmap"]
 
 
-def test_patient_tags_never_leave_the_decoder(app_module, lambda_context, capfd):
+@contextmanager
+def every_log_line(app_module, caplog, capfd) -> Iterator[list[str]]:
+    """Everything the request logs, at DEBUG: the function's structured logger (as CloudWatch gets it),
+    any library logger through the root (pydicom, lungscan.*) and raw stdout/stderr. Filled on exit."""
+    caplog.set_level(logging.DEBUG)
+    structured = io.StringIO()
+    handler = logging.StreamHandler(structured)
+    handler.setFormatter(app_module.logger.registered_formatter)
+    previous_level = app_module.logger.log_level
+    app_module.logger.setLevel(logging.DEBUG)
+    app_module.logger.addHandler(handler)
+    lines: list[str] = []
+    try:
+        yield lines
+    finally:
+        app_module.logger.removeHandler(handler)
+        app_module.logger.setLevel(previous_level)
+        captured = capfd.readouterr()
+        lines.extend([structured.getvalue(), caplog.text, captured.out, captured.err])
+
+
+def test_patient_tags_never_leave_the_decoder(app_module, lambda_context, caplog, capfd):
     dataset = ct_dataset([frame(-700)], PatientName="DOE^JANE", PatientID="PID-4242", PatientBirthDate="19500101")
-    status, answer = call(app_module, lambda_context, {"image": b64(dicom_bytes(dataset)), "filename": "DOE_JANE.dcm"})
-    assert status == 200, answer
-    output = json.dumps(answer) + "".join(capfd.readouterr())
+    with every_log_line(app_module, caplog, capfd) as logs:
+        status, answer = call(
+            app_module, lambda_context, {"image": b64(dicom_bytes(dataset)), "filename": "DOE_JANE.dcm"}
+        )
+        assert status == 200, answer
+    output = json.dumps(answer) + "".join(logs)
+    assert '"message":"classified"' in output  # the logs were captured...
     for secret in ("DOE", "JANE", "PID-4242", "19500101"):
-        assert secret not in output
+        assert secret not in output  # ...and hold no patient tag
 
 
 def test_invalid_tag_values_are_not_quoted_in_warnings(app_module, lambda_context, capfd, recwarn):
