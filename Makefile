@@ -7,12 +7,13 @@ CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 PORT ?= 5001
 
-.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration lint format events bench train evaluate publish deploy clean
+.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration fuzz lint format events bench train evaluate publish deploy clean
 
 help:
 	@echo "make run    - install and serve page + API on http://127.0.0.1:$(PORT) (local S3, bundled model)"
 	@echo "make test   - install and run lint + every test (unit, integration, template, local stack, browser)"
 	@echo "make bench  - print latency / cold start / memory figures"
+	@echo "make fuzz   - long fuzz run with fresh random inputs (FUZZ_EXAMPLES per property, default 5000)"
 	@echo "make train  - retrain both shipped models (models/iq-oth-3class, models/chest-ct-4class) from ../shared/data"
 	@echo "make evaluate BUNDLE=models/... - re-measure a bundle as served, rewrite its report/ and model card"
 	@echo "make publish BUNDLE=models/... MODEL_BUCKET=... - validate, upload, move latest.json"
@@ -79,6 +80,12 @@ test-unit: install-dev
 
 test-integration: install-dev install-sam
 	$(PY) -m pytest tests/integration
+
+# Fresh random inputs each run (make test replays a fixed seed). A property that finds a 5xx leaves
+# its shrunk input in build/fuzz-findings/: move it into tests/fixtures/fuzz_regressions/ with the fix.
+FUZZ_EXAMPLES ?= 5000
+fuzz: install-dev
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(PY) -m pytest tests/unit/test_fuzz.py -p no:cacheprovider
 
 events: install-sam
 	$(PY) events/generate.py

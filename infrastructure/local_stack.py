@@ -35,7 +35,15 @@ FRONTEND_DIR = REPO_ROOT / "frontend"
 DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class", REPO_ROOT / "models" / "chest-ct-4class"]
 API_ROUTES = {"/predict", "/health", "/model", "/openapi.json"}
 # Must match BinaryMediaTypes in template.yaml: these bodies reach the function base64-encoded.
-BINARY_MEDIA_TYPES = {"image/png", "image/jpeg", "application/dicom", "multipart/form-data", "application/octet-stream"}
+BINARY_MEDIA_TYPES = {
+    "image/png",
+    "image/jpeg",
+    "image/tiff",
+    "image/bmp",
+    "application/dicom",
+    "multipart/form-data",
+    "application/octet-stream",
+}
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads before Lambda runs
 
 

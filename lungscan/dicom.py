@@ -49,6 +49,7 @@ DICOM_PARSE_ERRORS = (
     struct.error,
     OverflowError,
     RecursionError,
+    NotImplementedError,  # an unknown VR in a damaged header
 )
 
 

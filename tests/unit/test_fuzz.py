@@ -1,7 +1,9 @@
 """Property tests over the whole request path: whatever arrives, the answer is JSON, never a 500.
 
-Bounded for `make test` (FUZZ_EXAMPLES per property, default 150); a longer run:
-    FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/unit/test_fuzz.py
+Bounded and repeatable for `make test` (FUZZ_EXAMPLES per property, default 150, fixed seed).
+`make fuzz` runs long with fresh random inputs (FUZZ_RANDOM=1); a property that finds a 5xx
+leaves its shrunk input in build/fuzz-findings/<test>.json: move that file into
+tests/fixtures/fuzz_regressions/ (with the fix), and every run replays it from then on.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 
-from conftest import ct_like_image, encode, make_event
+import pytest
+from conftest import FIXTURES_DIR, REPO_ROOT, ct_like_image, encode, make_event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
@@ -20,9 +24,13 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=True,  # the same inputs every run: a failure in CI reproduces here
+    # The same inputs every run unless FUZZ_RANDOM=1: a failure in CI reproduces here.
+    derandomize=os.environ.get("FUZZ_RANDOM") != "1",
+    database=None,  # findings are kept as files (below), not in a local .hypothesis folder
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+REGRESSIONS_DIR = FIXTURES_DIR / "fuzz_regressions"
+FINDINGS_DIR = REPO_ROOT / "build" / "fuzz-findings"
 SEEDS = {
     "png": encode(ct_like_image(96)),
     "jpeg": encode(ct_like_image(96, mode="RGB"), "JPEG"),
@@ -48,6 +56,8 @@ ALLOWED_ERRORS = {400, 404, 413, 415, 422}
 def check_answer(app_module, lambda_context, event) -> None:
     result = app_module.lambda_handler(event, lambda_context)
     answer = json.loads(result["body"])
+    if result["statusCode"] >= 500:
+        keep_finding(event)
     assert result["statusCode"] == 200 or result["statusCode"] in ALLOWED_ERRORS, answer
     if result["statusCode"] != 200:
         assert answer["error"]["code"]
@@ -136,3 +146,38 @@ def test_multipart_edge_cases(app_module, lambda_context, parts, boundary):
     )
     event = make_event(body=body, content_type=f"multipart/form-data; boundary={boundary}", base64_body=True)
     check_answer(app_module, lambda_context, event)
+
+
+def keep_finding(event: dict) -> None:
+    """Write the event that found a 5xx; while Hypothesis shrinks, the smallest one is written last."""
+    test = re.sub(r"\W+", "-", os.environ.get("PYTEST_CURRENT_TEST", "finding").split(" ")[0].split("::")[-1])
+    FINDINGS_DIR.mkdir(parents=True, exist_ok=True)
+    finding = {key: event.get(key) for key in ("body", "isBase64Encoded", "queryStringParameters")}
+    finding["content_type"] = event["headers"].get("Content-Type")
+    (FINDINGS_DIR / f"{test}.json").write_text(json.dumps(finding))
+
+
+def regression_events(path: Path) -> list[dict]:
+    """A kept finding: a whole event (.json), or a file (.bin) sent in every framing."""
+    if path.suffix == ".json":
+        finding = json.loads(path.read_text())
+        event = make_event(
+            body=finding["body"], content_type=finding["content_type"], query=finding.get("queryStringParameters")
+        )
+        event["isBase64Encoded"] = finding["isBase64Encoded"]
+        return [event]
+    data = path.read_bytes()
+    encoded = base64.b64encode(data).decode()
+    form = b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + data + b"\r\n--xyz--\r\n"
+    return [
+        make_event(body=json.dumps({"image": encoded}), content_type="application/json"),
+        make_event(body=json.dumps({"images": [encoded]}), content_type="application/json"),
+        make_event(body=data, content_type="application/octet-stream", base64_body=True),
+        make_event(body=form, content_type="multipart/form-data; boundary=xyz", base64_body=True),
+    ]
+
+
+@pytest.mark.parametrize("path", sorted(REGRESSIONS_DIR.iterdir()), ids=lambda path: path.name)
+def test_every_input_that_once_found_a_5xx(app_module, lambda_context, path):
+    for event in regression_events(path):
+        check_answer(app_module, lambda_context, event)
