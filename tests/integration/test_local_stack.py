@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import signal
@@ -11,7 +12,8 @@ from urllib.parse import urlsplit
 
 import boto3
 import pytest
-from conftest import ct_like_image, encode
+from conftest import FIXTURES_DIR, ct_like_image, encode
+from PIL import Image
 
 from infrastructure.local_stack import stack_subprocess
 
@@ -91,6 +93,20 @@ def test_raw_bytes_and_errors_over_http(stack):
     )
     assert status == 204 and headers["Access-Control-Allow-Origin"] == stack["base"]
     assert request(stack["base"] + "/health")[0] == 200  # still serving
+
+
+@pytest.mark.parametrize(("content_type", "image_format"), [("image/tiff", "TIFF"), ("image/bmp", "BMP")])
+def test_raw_tiff_and_bmp_arrive_intact(stack, content_type, image_format):
+    """Raw bytes of a type API Gateway does not treat as binary arrive as mangled text."""
+    data = encode(Image.open(FIXTURES_DIR / "ct_malignant_256.jpg"), image_format)
+    status, _, raw_answer = request(stack["base"] + "/predict", data, {"Content-Type": content_type})
+    assert status == 200, raw_answer
+    payload = json.dumps({"image": base64.b64encode(data).decode()}).encode()
+    status, _, json_answer = request(stack["base"] + "/predict", payload, {"Content-Type": "application/json"})
+    assert status == 200, json_answer
+    raw_answer, json_answer = json.loads(raw_answer), json.loads(json_answer)
+    assert raw_answer["input"]["format"] == image_format
+    assert raw_answer["probabilities"] == json_answer["probabilities"]
 
 
 def too_large_status(base: str) -> int:
