@@ -12,6 +12,7 @@ import email.policy
 import io
 import json
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -58,6 +59,9 @@ MAX_RESPONSE_BYTES = 6 * 1024 * 1024 - 64 * 1024
 MAX_IMAGE_SIDE = 1024
 # A form holds the files of one study and the options; counted before the parser runs.
 MAX_FORM_PARTS = MAX_STUDY_SLICES + 16
+# A browser writes a few hundred bytes of headers per part; the email package's header parser
+# is quadratic in some shapes (1 MB of "()" takes a minute), so longer header blocks are refused.
+MAX_PART_HEADER_BYTES = 8 * 1024
 RAW_IMAGE_TYPES = {
     "image/png",
     "image/jpeg",
@@ -452,8 +456,10 @@ def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upl
     parser = email.parser.BytesParser(policy=email.policy.HTTP)
     try:
         boundary = parser.parsebytes(header, headersonly=True).get_boundary()
+        if len(content_type) > MAX_PART_HEADER_BYTES:
+            raise MalformedInputError("The Content-Type header is too long.", code="invalid_multipart")
         if boundary:
-            _check_part_count(raw, boundary.encode("latin-1", errors="replace"))
+            _check_form_shape(raw, boundary.encode("latin-1", errors="replace"))
         message = parser.parsebytes(header + raw)
         if not message.is_multipart():
             raise MalformedInputError("The multipart body could not be parsed.", code="invalid_multipart")
@@ -480,13 +486,19 @@ def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upl
     return Upload(images=files, is_study=len(files) > 1, options=options)
 
 
-def _check_part_count(raw: bytes, boundary: bytes) -> None:
-    """Count the delimiter lines before the email parser sees the body: it takes seconds per
-    ten thousand parts, and a study needs at most ``MAX_STUDY_SLICES`` files plus the options."""
-    delimiter = b"--" + boundary
-    parts = raw.count(b"\n" + delimiter) + raw.startswith(delimiter) - 1  # the last delimiter closes the form
-    if parts > MAX_FORM_PARTS:
-        raise PayloadTooLargeError(f"A form may hold at most {MAX_FORM_PARTS} parts.", code="too_many_parts")
+def _check_form_shape(raw: bytes, boundary: bytes) -> None:
+    """Count the parts and bound their header blocks before the email parser sees the body: it
+    takes seconds per ten thousand parts, and a study needs at most 64 files plus the options."""
+    delimiters = re.finditer(rb"(?:\A|\n)--" + re.escape(boundary), raw)
+    for count, delimiter in enumerate(delimiters):
+        if count > MAX_FORM_PARTS:  # the last delimiter closes the form: count + 1 delimiters, count parts
+            raise PayloadTooLargeError(f"A form may hold at most {MAX_FORM_PARTS} parts.", code="too_many_parts")
+        head = raw[delimiter.end() : delimiter.end() + MAX_PART_HEADER_BYTES]
+        ends_in_reach = b"\n\r\n" in head or b"\n\n" in head or len(head) < MAX_PART_HEADER_BYTES
+        if not head.startswith(b"--") and not ends_in_reach:
+            raise MalformedInputError(
+                f"A form part's headers are longer than {MAX_PART_HEADER_BYTES // 1024} KB.", code="invalid_multipart"
+            )
 
 
 def _invalid(error: ValidationError) -> MalformedInputError:

@@ -228,6 +228,18 @@ def test_nested_comments_in_a_header_are_a_400(app_module, lambda_context, ct_pn
     assert answer["error"]["code"] in ("invalid_multipart", "missing_file")
 
 
+@pytest.mark.parametrize(
+    "header_extra",
+    ["; x=" + "()" * 10_000, "; a=b" * 4_000, "\r\nX-Padding: y" * 3_000],
+    ids=["flat comments", "many parameters", "many header lines"],
+)
+def test_part_headers_longer_than_8_kb_are_refused_unparsed(app_module, lambda_context, ct_png, header_extra):
+    # 1 MB of "()" took the email parser 68 s, 100,000 parameters 17 s: refused by size, before parsing.
+    status, answer = call(app_module, lambda_context, multipart_event([("file", ct_png)], header_extra=header_extra))
+    assert_refused(status, answer, 400, "invalid_multipart")
+    assert "8 KB" in answer["error"]["message"]
+
+
 # ---------------------------------------------------------------- 5. studies
 
 
