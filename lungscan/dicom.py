@@ -10,6 +10,7 @@ import io
 import re
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from lungscan.errors import (
     LungScanError,
     MalformedInputError,
     NotACTSliceError,
+    PayloadTooLargeError,
     UnsupportedFormatError,
 )
 from lungscan.imaging import (
@@ -37,6 +39,8 @@ from lungscan.imaging import (
 LUNG_WINDOW = {"center": -600.0, "width": 1500.0}
 MAX_FRAMES = 512
 DEFLATED_EXPLICIT_VR = "1.2.840.10008.1.2.1.99"
+# A deflated dataset is inflated at most this far: a 4096x4096 16-bit slice is 32 MB.
+MAX_INFLATED_BYTES = 32 * 1024 * 1024
 # What pydicom raises on damaged files, at read time or later when a tag is first converted
 # (fuzzing found each of them): all mean the file is malformed, none is a server fault.
 DICOM_PARSE_ERRORS = (
@@ -88,19 +92,43 @@ def _malformed_on_parse_errors() -> Iterator[None]:
         raise MalformedInputError("The DICOM file is corrupt or has no image.", code="corrupt_image") from error
 
 
-def _refuse_deflated(data: bytes) -> None:
-    """Read the file meta alone, as ``dcmread`` would, and refuse a deflated dataset before
-    pydicom inflates it: ``zlib.decompress`` has no bound, and 1 MB inflates to 1 GB."""
+def _inflate_if_deflated(data: bytes) -> bytes:
+    """A deflated dataset, inflated with a bound and re-labelled Explicit VR Little Endian.
+
+    pydicom inflates a Deflated Explicit VR file whole, with no bound (1 MB inflates to 1 GB), at
+    read time: so the file meta is read alone first, as ``dcmread`` would, and the rest inflated here.
+
+    Raises:
+        PayloadTooLargeError: the dataset inflates to more than ``MAX_INFLATED_BYTES``.
+        MalformedInputError: the deflate stream is corrupt.
+    """
+    from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ExplicitVRLittleEndian
 
     stream = io.BytesIO(data)
     read_preamble(stream, True)  # after it, the stream is where dcmread looks for the file meta
-    syntax = str(_read_file_meta_info(stream).get("TransferSyntaxUID", "") or "").strip("\0 ")
-    if syntax == DEFLATED_EXPLICIT_VR:
-        raise UnsupportedFormatError(
-            "Deflated DICOM files are not accepted: send the file uncompressed or JPEG/JPEG 2000/RLE compressed.",
-            code="unsupported_format",
+    meta = _read_file_meta_info(stream)
+    if str(meta.get("TransferSyntaxUID", "") or "").strip("\0 ") != DEFLATED_EXPLICIT_VR:
+        return data
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        dataset = inflater.decompress(data[stream.tell() :], MAX_INFLATED_BYTES)
+    except zlib.error as error:
+        raise MalformedInputError("The deflated DICOM dataset is corrupt.", code="corrupt_image") from error
+    if inflater.unconsumed_tail:
+        raise PayloadTooLargeError(
+            f"The deflated DICOM inflates to more than {MAX_INFLATED_BYTES // 2**20} MB; at most that is read."
         )
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if "FileMetaInformationGroupLength" in meta:
+        del meta.FileMetaInformationGroupLength  # no longer true; pydicom reads the group without it
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    header.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(header, meta, enforce_standard=False)
+    return header.getvalue() + dataset
 
 
 def _read(data: bytes, limits: ImageLimits, options: DicomOptions):
@@ -110,8 +138,7 @@ def _read(data: bytes, limits: ImageLimits, options: DicomOptions):
 
     # pydicom's validation warnings quote tag values, patient names included: never emit them.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    _refuse_deflated(data)
-    dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    dataset = pydicom.dcmread(io.BytesIO(_inflate_if_deflated(data)), force=True)
     try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
@@ -160,19 +187,26 @@ def _check_compressed_frame(dataset, index: int, frames: int) -> None:
         return  # uncompressed (sized by the header), RLE (pydicom checks the length) or refused as undecodable
     try:
         frame = get_frame(dataset.PixelData, index, number_of_frames=frames)
+    except DICOM_PARSE_ERRORS:
+        return  # pydicom finds the same fault and names it
+    if frame[:2] == b"\xff\xd8":
+        check_jpeg_scans(frame)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(frame), formats=("JPEG", "JPEG2000")) as codestream:
                 size = codestream.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, *CORRUPT_FILE_ERRORS) as error:
-        raise MalformedInputError("The DICOM's compressed pixel data is corrupt.", code="corrupt_image") from error
+    except Image.DecompressionBombError:
+        size = None  # billions of pixels: it cannot match a header that passed check_dimensions
+    except (UnidentifiedImageError, *CORRUPT_FILE_ERRORS):
+        # A header Pillow cannot read (12-bit JPEG, damaged codestream): Pillow is the only decoder
+        # installed, so pydicom cannot decode it either and answers 415 or 400 itself.
+        return
     if size != (int(dataset.Columns), int(dataset.Rows)):
         raise MalformedInputError(
             "The DICOM's compressed pixel data does not match its declared Rows and Columns.",
             code="dimensions_mismatch",
         )
-    if frame[:2] == b"\xff\xd8":
-        check_jpeg_scans(frame)
 
 
 def _pixels(dataset, index: int | None, frames: int = 1) -> np.ndarray:

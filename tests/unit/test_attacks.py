@@ -90,17 +90,23 @@ def deflated_dicom_bomb(inflated_bytes: int) -> bytes:
     return header.getvalue() + b"".join(chunks)
 
 
-def test_deflated_dicom_is_refused_before_it_is_inflated(app_module, lambda_context, monkeypatch):
+@pytest.fixture
+def pydicom_inflations(monkeypatch) -> list[int]:
+    """Records every time pydicom itself inflates a dataset (unbounded): it never should."""
     import pydicom.filereader
 
-    inflated = []
+    inflated: list[int] = []
     real_decompress = zlib.decompress
     monkeypatch.setattr(
         pydicom.filereader.zlib,
         "decompress",
         lambda *args, **kwargs: inflated.append(1) or real_decompress(*args, **kwargs),
     )
-    bomb = deflated_dicom_bomb(64 * 2**20)  # 64 KB on the wire, 64 MB inflated
+    return inflated
+
+
+def test_deflated_dicom_bomb_is_inflated_only_up_to_the_cap(app_module, lambda_context, pydicom_inflations):
+    bomb = deflated_dicom_bomb(64 * 2**20)  # 64 KB on the wire, 64 MB inflated; the cap is 32 MB
     assert len(bomb) < 100_000
     for event in (
         json_event({"image": b64(bomb)}),
@@ -108,10 +114,23 @@ def test_deflated_dicom_is_refused_before_it_is_inflated(app_module, lambda_cont
         json_event({"images": [b64(bomb)]}),
     ):
         status, answer = call(app_module, lambda_context, event)
-        assert_refused(status, answer, 415, "unsupported_format")
-        assert "Deflated" in answer["error"]["message"]
+        assert_refused(status, answer, 413, "payload_too_large")
+        assert "deflated" in answer["error"]["message"]
         assert DeflatedExplicitVRLittleEndian not in answer["error"]["message"]  # named, not echoed
-    assert inflated == []
+    assert pydicom_inflations == []
+
+
+def test_an_honest_deflated_dicom_reads_like_its_uncompressed_twin(app_module, lambda_context, pydicom_inflations):
+    dataset = pydicom.dcmread(CT_SMALL)
+    plain = dicom_bytes(dataset)
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = dicom_bytes(dataset)
+    assert len(deflated) < len(plain)
+    answers = [call(app_module, lambda_context, json_event({"image": b64(data)})) for data in (plain, deflated)]
+    assert [status for status, _ in answers] == [200, 200], answers
+    assert answers[0][1]["probabilities"] == answers[1][1]["probabilities"]
+    assert answers[0][1]["preview"] == answers[1][1]["preview"]
+    assert pydicom_inflations == []
 
 
 def test_unknown_transfer_syntax_uid_is_not_echoed(app_module, lambda_context):
