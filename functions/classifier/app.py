@@ -40,7 +40,7 @@ from lungscan.errors import (
 )
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, decode_base64
 from lungscan.predict import DISCLAIMER, VERDICT_CLEAR, Classifier, Prediction
-from lungscan.serving import ModelStore
+from lungscan.serving import DEFAULT_REGISTRY_DEADLINE, ModelStore
 from lungscan.uploads import MAX_STUDY_SLICES, decode_all_frames, decode_upload
 
 logger = Logger()
@@ -70,7 +70,8 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {
 }
 
 
-# A slow or unreachable S3 must not eat the cold start: fail fast and serve the baked model.
+# The registry is read in a background thread (lungscan.serving): these timeouts only bound how long
+# that thread hangs on a slow S3; requests never wait for it, and cold start waits at most the deadline.
 REGISTRY_CLIENT_CONFIG = BotocoreConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2})
 
 
@@ -85,6 +86,7 @@ def _create_store() -> ModelStore:
         bucket=bucket,
         names=names,
         refresh_seconds=float(os.environ.get("MODEL_REFRESH_SECONDS", "300")),
+        registry_deadline=float(os.environ.get("MODEL_REGISTRY_DEADLINE_SECONDS", str(DEFAULT_REGISTRY_DEADLINE))),
         cache_dir=os.environ.get("MODEL_CACHE_DIR", "/tmp/lungscan-models"),
         logger=logger,
     )
@@ -258,7 +260,9 @@ def predict(
     classifier = store.get(options.model)
     dicom = DicomOptions(
         # The request's window, else the one the model's bundle declares it was trained with.
-        window=options.window.model_dump() if options.window else classifier.metadata.preprocessing.dicom_window,
+        window=options.window.model_dump()
+        if options.window
+        else classifier.metadata.preprocessing.dicom_window.model_dump(),
         frame=options.frame,
         allow_non_ct=options.allow_non_ct,
     )
