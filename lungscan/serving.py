@@ -89,6 +89,11 @@ class ModelStore:
     def models(self) -> dict[str, Classifier]:
         return self.snapshot.models
 
+    @models.setter
+    def models(self, models: dict[str, Classifier]) -> None:
+        """Replace what is served (tests, tools); models not loaded from the registry count as baked."""
+        self.snapshot = Snapshot(dict(models), {name: self.sources.get(name, SOURCE_BAKED) for name in models})
+
     @property
     def sources(self) -> dict[str, str]:
         return self.snapshot.sources

@@ -46,7 +46,35 @@ from lungscan.uploads import MAX_STUDY_SLICES, decode_all_frames, decode_upload
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "LungScan"))
-cors = CORSConfig(allow_origin=os.environ.get("ALLOWED_ORIGIN", "*"), max_age=300)
+
+
+class StackCORS(CORSConfig):
+    """Cross-origin access for ``ALLOWED_ORIGIN`` (the local page, or a hospital's own page) and for the
+    origin the API Gateway stage names in its ``allowedOrigin`` stage variable: the deployed site's
+    CloudFront origin, which the template cannot put in this function's environment (the site's CSP
+    names this API, so that would be a dependency cycle). Stage variables come from the API's
+    configuration, never from the caller. Neither set: no cross-origin access at all, never "*".
+    """
+
+    @staticmethod
+    def _stage_origin() -> str | None:
+        try:
+            return (app.current_event.stage_variables or {}).get("allowedOrigin") or None
+        except (AttributeError, KeyError, TypeError):  # no current event (outside a request)
+            return None
+
+    def allowed_origin(self, extracted_origin: str) -> str | None:
+        if extracted_origin and extracted_origin == self._stage_origin():
+            return extracted_origin
+        return super().allowed_origin(extracted_origin)
+
+    def to_dict(self, origin: str | None) -> dict[str, str]:
+        if origin and origin == self._stage_origin():
+            return CORSConfig(allow_origin=origin, max_age=self.max_age).to_dict(origin)
+        return super().to_dict(origin)
+
+
+cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -205,6 +233,7 @@ class ModelDescription(BaseModel):
     dataset: dict[str, Any]
     intended_use: str
     sha256: str | None
+    source: str = Field(description="Where the served copy came from: 'registry' (S3) or 'baked' (the image)")
 
 
 class ModelsResponse(BaseModel):
@@ -231,7 +260,11 @@ def health() -> dict:
 @app.get("/model")
 def describe_models() -> ModelsResponse:
     default = store.get()  # 503 when nothing is loaded
-    descriptions = [_describe(classifier, classifier is default) for classifier in store.models.values()]
+    snapshot = store.snapshot  # one consistent view, even while a refresh swaps models in
+    descriptions = [
+        _describe(classifier, name == default.metadata.name, snapshot.sources.get(name, "baked"))
+        for name, classifier in snapshot.models.items()
+    ]
     return ModelsResponse(default=default.metadata.name, models=descriptions, disclaimer=DISCLAIMER)
 
 
@@ -454,7 +487,7 @@ def _invalid(error: ValidationError) -> MalformedInputError:
 # ---------------------------------------------------------------- answers
 
 
-def _describe(classifier: Classifier, is_default: bool) -> ModelDescription:
+def _describe(classifier: Classifier, is_default: bool, source: str) -> ModelDescription:
     metadata = classifier.metadata
     return ModelDescription(
         name=metadata.name,
@@ -468,6 +501,7 @@ def _describe(classifier: Classifier, is_default: bool) -> ModelDescription:
         dataset=metadata.dataset,
         intended_use=metadata.intended_use,
         sha256=metadata.sha256,
+        source=source,
     )
 
 
