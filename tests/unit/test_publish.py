@@ -348,3 +348,14 @@ def test_promote_refuses_an_invalid_version_before_reading_s3(s3, tmp_path, caps
     code, _, err = cli(s3, capsys, "promote", "tiny", version)
     assert code == EXIT_FAILED and "invalid version" in err
     assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+
+
+def test_rollback_refuses_a_history_entry_with_an_invalid_version(s3, tmp_path, capsys):
+    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1", macro_f1=0.6)))
+    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v2", "v2", macro_f1=0.7)))
+    entries = history(s3)
+    entries[0]["version"] = ".."  # history.json edited by hand (or by someone hostile)
+    s3.put_object(Bucket=BUCKET, Key="models/tiny/history.json", Body=json.dumps(entries).encode())
+    code, _, err = cli(s3, capsys, "rollback", "tiny")
+    assert code == EXIT_FAILED and "invalid version" in err
+    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
