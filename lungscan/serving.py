@@ -204,7 +204,10 @@ class ModelStore:
             UnknownModelError: ``name`` is not among the served models.
         """
         if self.refresh_due():
-            self.refresh_in_background()
+            try:
+                self.refresh_in_background()
+            except RuntimeError as error:  # no thread to be had: serve now, refresh another time
+                self.logger.warning("model refresh not started", extra={"reason": str(error)})
         models = self.models  # one snapshot for the whole lookup
         if not models:
             raise ModelUnavailableError("No model is loaded; try again shortly.")
