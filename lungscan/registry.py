@@ -346,7 +346,7 @@ def list_names(s3, bucket: str) -> list[str]:
     names = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/", Delimiter="/"):
         names += [item["Prefix"][len(PREFIX) + 1 : -1] for item in page.get("CommonPrefixes", [])]
-    return sorted(names)
+    return sorted(name for name in names if re.fullmatch(NAME_PATTERN, name))  # others were not published here
 
 
 def list_versions(s3, bucket: str, name: str) -> list[str]:
@@ -355,7 +355,8 @@ def list_versions(s3, bucket: str, name: str) -> list[str]:
     prefix = f"{PREFIX}/{name}/"
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
         versions += [item["Prefix"][len(prefix) : -1] for item in page.get("CommonPrefixes", [])]
-    return sorted(v for v in versions if version_exists(s3, bucket, name, v))
+    valid = [v for v in versions if re.fullmatch(VERSION_PATTERN, v)]  # a stray folder is not a version
+    return sorted(v for v in valid if version_exists(s3, bucket, name, v))
 
 
 def latest_version(s3, bucket: str, name: str) -> str:

@@ -333,3 +333,11 @@ def test_history_is_written_only_if_unchanged(s3):
     history, pointer = calls[0::2], calls[1::2]
     assert history == [{"IfNoneMatch": "*"}, {"IfMatch": first}]  # created once, then only over what was read
     assert pointer == [{}, {}]
+
+
+def test_listing_skips_folders_that_are_not_valid_names_or_versions(s3, tmp_path):
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    for key in ("models/Not A Name/v1/model.json", "models/tiny/-stray/model.json"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
+    assert registry.list_names(s3, BUCKET) == ["tiny"]
+    assert registry.list_versions(s3, BUCKET, "tiny") == ["v1"]
