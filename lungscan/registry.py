@@ -23,9 +23,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import re
 import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -275,7 +277,9 @@ def move_pointer(s3, bucket: str, name: str, version: str, *, action: str, note:
         RegistryError: history.json kept changing under us (``HISTORY_WRITE_ATTEMPTS`` times).
     """
     check_name(name), check_version(version)
-    for _ in range(HISTORY_WRITE_ATTEMPTS):
+    for attempt in range(HISTORY_WRITE_ATTEMPTS):
+        if attempt:
+            time.sleep(random.uniform(0, 0.1 * attempt))  # let the other writer finish its pointer too
         previous = current_version(s3, bucket, name)
         history, etag = _read_history(s3, bucket, name)
         entry = {
