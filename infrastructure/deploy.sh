@@ -5,9 +5,13 @@
 #
 # Needs Docker (sam build of the image), the AWS CLI and credentials for the target account.
 # First run (no samconfig.toml): `sam deploy --guided` asks for the stack settings and saves them.
+# The guided deploy's defaults are the safe ones (template.yaml): an API key on every stage, 10 reserved
+# executions, the account-wide API Gateway logging role left alone. Opening the API is explicit:
+#   infrastructure/deploy.sh lungscan-dev --parameter-overrides RequireApiKey=false
 # Env: STACK_NAME (default lungscan), SAM_CLI (default: sam on PATH, else .venv-sam/bin/sam),
 #      PYTHON (default .venv/bin/python), MODEL_DIR (default models/iq-oth-3class),
-#      MODEL_EXTRA_DIRS (default models/chest-ct-4class).
+#      MODEL_EXTRA_DIRS (default models/chest-ct-4class),
+#      PAGE_API_KEY=1 to put the API key in the page's config.js (anyone who loads the page can read it).
 # Docs: https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/sam-cli-command-reference-sam-deploy.html
 set -euo pipefail
 
@@ -41,9 +45,13 @@ SITE_URL="$(output SiteUrl)"
 SITE_BUCKET="$(output SiteBucketName)"
 MODEL_BUCKET="$(output ModelBucketName)"
 DISTRIBUTION_ID="$(output DistributionId)"
-# Present only when the stack requires an API key (RequireApiKey; auto = every stage but dev).
+# Present only when the stack requires an API key (RequireApiKey, "true" unless set to "false").
 API_KEY_ID="$(output ApiKeyId)"
 if [ "$API_KEY_ID" = "None" ]; then API_KEY_ID=""; fi
+PAGE_KEY=""
+if [ -n "$API_KEY_ID" ] && [ "${PAGE_API_KEY:-0}" = "1" ]; then
+  PAGE_KEY="$(aws apigateway get-api-key --api-key "$API_KEY_ID" --include-value --query value --output text)"
+fi
 
 # The committed frontend/config.js stays empty (same origin, for `make run`); the deployed
 # copy is written into a staging folder so the working tree is not modified.
@@ -53,8 +61,13 @@ trap 'rm -rf "$STAGING"' EXIT
 cp -R frontend/. "$STAGING/"
 # The upload limit comes from the core, so the page refuses exactly what the API would.
 MAX_UPLOAD_BYTES="$("$PYTHON" -c 'from lungscan.imaging import DEFAULT_LIMITS; print(DEFAULT_LIMITS.max_bytes)')"
-printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s", maxUploadBytes: %s};\n' "$API_URL" "$MAX_UPLOAD_BYTES" \
-  > "$STAGING/config.js"
+if [ -n "$PAGE_KEY" ]; then
+  printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s", maxUploadBytes: %s, apiKey: "%s"};\n' \
+    "$API_URL" "$MAX_UPLOAD_BYTES" "$PAGE_KEY" > "$STAGING/config.js"
+else
+  printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s", maxUploadBytes: %s};\n' "$API_URL" "$MAX_UPLOAD_BYTES" \
+    > "$STAGING/config.js"
+fi
 # Long-lived cache for assets; index.html and config.js are revalidated on every load.
 aws s3 sync "$STAGING/" "s3://$SITE_BUCKET/" --delete \
   --exclude index.html --exclude config.js \
@@ -77,6 +90,11 @@ if [ -n "$API_KEY_ID" ]; then
   # The key's value is a secret: never print it here (CI logs keep it). Fetch it when needed:
   echo "API key required on every route (header x-api-key). Its value, for the hospital system:"
   echo "  aws apigateway get-api-key --api-key $API_KEY_ID --include-value --query value --output text"
-  echo "The page on $SITE_URL calls the API without a key: on this stage it needs the key in config.js"
-  echo "(readable by anyone who can load the page) or a login in front of it."
+  if [ -n "$PAGE_KEY" ]; then
+    echo "PAGE_API_KEY=1: the page on $SITE_URL sends the key (anyone who loads the page can read it)."
+  else
+    echo "The page on $SITE_URL has no key, so the API refuses it: redeploy with PAGE_API_KEY=1 (the key"
+    echo "becomes readable by anyone who loads the page), put a login in front, or, for a throwaway dev stack"
+    echo "only, open the API with --parameter-overrides RequireApiKey=false."
+  fi
 fi

@@ -17,6 +17,9 @@ from lungscan.errors import InvalidBundleError
 
 MODEL_FILE = "model.h5"
 METADATA_FILE = "model.json"
+# Registry names and versions become S3 keys and local folders: no "/", no "." or ".." alone.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 INTENDED_USE = "Research and first-pass triage only. Not a diagnosis: a clinician must review every scan."
 
 
@@ -40,11 +43,18 @@ class NormalisationSpec(BaseModel):
     offset: float = 0.0
 
 
+class DicomWindowSpec(BaseModel):
+    """The HU window a bundle was trained with (JSON: {"center": HU, "width": HU})."""
+
+    center: float = Field(allow_inf_nan=False)
+    width: float = Field(gt=0, allow_inf_nan=False)
+
+
 class PreprocessingSpec(BaseModel):
     colour: Literal["grayscale", "rgb"]
     resize: ResizeSpec
     normalisation: NormalisationSpec = NormalisationSpec()
-    dicom_window: dict[str, float] = {"center": -600.0, "width": 1500.0}
+    dicom_window: DicomWindowSpec = DicomWindowSpec(center=-600.0, width=1500.0)
 
 
 class BundleMetadata(BaseModel):
@@ -52,8 +62,8 @@ class BundleMetadata(BaseModel):
 
     model_config = {"extra": "allow", "protected_namespaces": ()}
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
-    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=VERSION_PATTERN)
     created_at: str | None = None
     classes: list[str] = Field(min_length=2)
     positive_classes: list[str] = Field(min_length=1)

@@ -216,14 +216,11 @@ def _pixels(dataset, index: int | None, frames: int = 1) -> np.ndarray:
     try:
         return pixel_array(dataset, index=index)
     except (NotImplementedError, RuntimeError) as error:
-        syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID", "")
-        name = getattr(syntax, "name", "")
-        known = bool(name) and name != str(syntax)  # pydicom's name for a UID it knows; never echo a raw UID
-        raise UnsupportedFormatError(
-            f"This DICOM uses the '{name}' transfer syntax, which this service cannot decode."
-            if known
-            else "This DICOM uses a transfer syntax this service cannot decode."
-        ) from error
+        syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID")
+        # Name a transfer syntax the DICOM standard registers; never echo what the file wrote there.
+        known = getattr(syntax, "type", "") == "Transfer Syntax"  # pydicom's UID: registered in the standard
+        name = f"the '{syntax.name}' transfer syntax" if known else "a transfer syntax"
+        raise UnsupportedFormatError(f"This DICOM uses {name}, which this service cannot decode.") from error
     except (ValueError, TypeError, AttributeError, EOFError, KeyError, IndexError) as error:
         raise MalformedInputError("The DICOM pixel data is corrupt.", code="corrupt_image") from error
 

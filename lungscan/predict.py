@@ -110,7 +110,7 @@ class Classifier:
         """
         if explain_class is not None and explain_class not in self.metadata.classes:
             raise MalformedInputError(
-                f"Unknown class '{explain_class}'; this model knows {', '.join(self.metadata.classes)}.",
+                f"explain_class is not one of this model's classes: {', '.join(self.metadata.classes)}.",
                 code="invalid_request",
             )
         array, operations = self.prepare(decoded)

@@ -23,12 +23,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
+import re
 import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lungscan.bundle import METADATA_FILE, MODEL_FILE, BundleMetadata, file_sha256, read_metadata
+from lungscan.bundle import (
+    METADATA_FILE,
+    MODEL_FILE,
+    NAME_PATTERN,
+    VERSION_PATTERN,
+    BundleMetadata,
+    file_sha256,
+    read_metadata,
+)
 from lungscan.errors import InvalidBundleError, LungScanError
 
 PREFIX = "models"
@@ -38,6 +49,8 @@ REPORT_DIR = "report"
 CARD_FILE = "MODEL_CARD.md"
 # History actions that make a version current; "rollback" undoes the latest of them.
 FORWARD_ACTIONS = ("publish", "promote", "set")
+# Conditional writes of history.json: how often to re-read and append again when someone else wrote first.
+HISTORY_WRITE_ATTEMPTS = 8
 
 
 class RegistryError(LungScanError):
@@ -46,16 +59,30 @@ class RegistryError(LungScanError):
     code = "registry_error"
 
 
+def check_name(name: object) -> str:
+    """``name`` when it is a valid model name (it becomes an S3 key and a folder)."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise RegistryError("invalid model name: use lower-case letters, digits, '.', '_', '-' (at most 64)")
+    return name
+
+
+def check_version(version: object) -> str:
+    """``version`` when it is a valid version (the pattern of model.json's version: never "." or "..")."""
+    if not isinstance(version, str) or not re.fullmatch(VERSION_PATTERN, version):
+        raise RegistryError("invalid version: use letters, digits, '.', '_', '-', starting with a letter or digit")
+    return version
+
+
 def pointer_key(name: str) -> str:
-    return f"{PREFIX}/{name}/latest.json"
+    return f"{PREFIX}/{check_name(name)}/{POINTER_FILE}"
 
 
 def version_prefix(name: str, version: str) -> str:
-    return f"{PREFIX}/{name}/{version}"
+    return f"{PREFIX}/{check_name(name)}/{check_version(version)}"
 
 
 def history_key(name: str) -> str:
-    return f"{PREFIX}/{name}/{HISTORY_FILE}"
+    return f"{PREFIX}/{check_name(name)}/{HISTORY_FILE}"
 
 
 def publish_bundle(s3, bucket: str, bundle_dir: Path | str) -> BundleMetadata:
@@ -192,7 +219,7 @@ def version_exists(s3, bucket: str, name: str, version: str) -> bool:
 # ---------------------------------------------------------------- pointer and history
 
 
-def _is_missing(error: Exception) -> bool:
+def is_missing(error: Exception) -> bool:
     response = getattr(error, "response", None) or {}
     return response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
 
@@ -202,26 +229,37 @@ def current_version(s3, bucket: str, name: str) -> str | None:
     try:
         return latest_version(s3, bucket, name)
     except Exception as error:
-        if _is_missing(error):
+        if is_missing(error):
             return None
         raise
 
 
 def read_history(s3, bucket: str, name: str) -> list[dict]:
     """The pointer moves of ``name``, oldest first ([] when there are none yet)."""
+    return _read_history(s3, bucket, name)[0]
+
+
+def _read_history(s3, bucket: str, name: str) -> tuple[list[dict], str | None]:
+    """history.json and its ETag (None when it does not exist yet)."""
     try:
-        body = s3.get_object(Bucket=bucket, Key=history_key(name))["Body"].read()
+        response = s3.get_object(Bucket=bucket, Key=history_key(name))
     except Exception as error:
-        if _is_missing(error):
-            return []
+        if is_missing(error):
+            return [], None
         raise
     try:
-        history = json.loads(body)
+        history = json.loads(response["Body"].read())
     except ValueError as error:
         raise RegistryError(f"{history_key(name)} is not valid JSON") from error
     if not isinstance(history, list):
         raise RegistryError(f"{history_key(name)} is not a list")
-    return history
+    return history, response.get("ETag")
+
+
+def _is_write_conflict(error: Exception) -> bool:
+    """S3 refused a conditional write: the object changed (412) or another write raced ours (409)."""
+    response = getattr(error, "response", None) or {}
+    return response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 def move_pointer(s3, bucket: str, name: str, version: str, *, action: str, note: str | None = None) -> dict:
@@ -230,26 +268,45 @@ def move_pointer(s3, bucket: str, name: str, version: str, *, action: str, note:
     History first: if the pointer write fails, the history names a move that may not have
     happened, which a reader detects (its last version differs from the pointer); the other
     order could leave a pointer that no history explains.
+
+    history.json is written only if it is still the one read (``IfMatch`` its ETag, or
+    ``IfNoneMatch: *`` when there was none), so two people publishing at once never drop
+    each other's entry: the one who loses re-reads and appends again.
+
+    Raises:
+        RegistryError: history.json kept changing under us (``HISTORY_WRITE_ATTEMPTS`` times).
     """
-    previous = current_version(s3, bucket, name)
-    entry = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "action": action,
-        "version": version,
-        "previous": previous,
-    }
-    if note:
-        entry["note"] = note
-    history = [*read_history(s3, bucket, name), entry]
-    s3.put_object(
-        Bucket=bucket,
-        Key=history_key(name),
-        Body=(json.dumps(history, indent=1) + "\n").encode(),
-        ContentType="application/json",
-    )
-    body = json.dumps({"version": version}).encode()
-    s3.put_object(Bucket=bucket, Key=pointer_key(name), Body=body, ContentType="application/json")
-    return entry
+    check_name(name), check_version(version)
+    for attempt in range(HISTORY_WRITE_ATTEMPTS):
+        if attempt:
+            time.sleep(random.uniform(0, 0.1 * attempt))  # let the other writer finish its pointer too
+        previous = current_version(s3, bucket, name)
+        history, etag = _read_history(s3, bucket, name)
+        entry = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "action": action,
+            "version": version,
+            "previous": previous,
+        }
+        if note:
+            entry["note"] = note
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            s3.put_object(
+                Bucket=bucket,
+                Key=history_key(name),
+                Body=(json.dumps([*history, entry], indent=1) + "\n").encode(),
+                ContentType="application/json",
+                **condition,
+            )
+        except Exception as error:
+            if _is_write_conflict(error):
+                continue  # someone else moved the pointer meanwhile: read again
+            raise
+        body = json.dumps({"version": version}).encode()
+        s3.put_object(Bucket=bucket, Key=pointer_key(name), Body=body, ContentType="application/json")
+        return entry
+    raise RegistryError(f"{history_key(name)} kept changing while this move was recorded; try again")
 
 
 def version_stack(history: list[dict]) -> list[str]:
@@ -293,7 +350,7 @@ def list_names(s3, bucket: str) -> list[str]:
     names = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/", Delimiter="/"):
         names += [item["Prefix"][len(PREFIX) + 1 : -1] for item in page.get("CommonPrefixes", [])]
-    return sorted(names)
+    return sorted(name for name in names if re.fullmatch(NAME_PATTERN, name))  # others were not published here
 
 
 def list_versions(s3, bucket: str, name: str) -> list[str]:
@@ -302,7 +359,8 @@ def list_versions(s3, bucket: str, name: str) -> list[str]:
     prefix = f"{PREFIX}/{name}/"
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
         versions += [item["Prefix"][len(prefix) : -1] for item in page.get("CommonPrefixes", [])]
-    return sorted(v for v in versions if version_exists(s3, bucket, name, v))
+    valid = [v for v in versions if re.fullmatch(VERSION_PATTERN, v)]  # a stray folder is not a version
+    return sorted(v for v in valid if version_exists(s3, bucket, name, v))
 
 
 def latest_version(s3, bucket: str, name: str) -> str:
@@ -312,9 +370,10 @@ def latest_version(s3, bucket: str, name: str) -> str:
         version = json.loads(body)["version"]
     except (ValueError, KeyError, TypeError) as error:
         raise InvalidBundleError(f"{pointer_key(name)} is not a valid pointer") from error
-    if not isinstance(version, str) or "/" in version or not version:
-        raise InvalidBundleError(f"{pointer_key(name)} names an invalid version")
-    return version
+    try:
+        return check_version(version)
+    except RegistryError as error:
+        raise InvalidBundleError(f"{pointer_key(name)} names an invalid version") from error
 
 
 def download_bundle(s3, bucket: str, name: str, version: str, destination_root: Path | str) -> Path:
@@ -324,23 +383,32 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
     model.json parses and the sha256 of model.h5 matches it.
 
     Raises:
-        InvalidBundleError: missing sha256, mismatch, or invalid metadata.
+        RegistryError: ``name`` or ``version`` is not valid (checked before any file is touched).
+        InvalidBundleError: missing sha256, mismatch, invalid metadata, or a model.json that
+            describes another name or version than the folder it was published under.
     """
+    prefix = version_prefix(name, version)  # checks name and version: they become folders below
     destination_root = Path(destination_root)
     destination_root.mkdir(parents=True, exist_ok=True)
     final = destination_root / name / version
     if final.is_dir():
         try:
-            read_metadata(final)  # a cached copy is used only while its sha256 still matches
-            return final
+            cached = read_metadata(final)  # a cached copy is used only while its sha256 still matches
+            if (cached.name, cached.version) == (name, version):
+                return final
         except InvalidBundleError:
-            shutil.rmtree(final, ignore_errors=True)
-    prefix = version_prefix(name, version)
+            pass
+        shutil.rmtree(final, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=destination_root))
     try:
         s3.download_file(bucket, f"{prefix}/{METADATA_FILE}", str(staging / METADATA_FILE))
         s3.download_file(bucket, f"{prefix}/{MODEL_FILE}", str(staging / MODEL_FILE))
-        metadata = BundleMetadata.model_validate_json((staging / METADATA_FILE).read_text())
+        try:
+            metadata = BundleMetadata.model_validate_json((staging / METADATA_FILE).read_text())
+        except ValueError as error:
+            raise InvalidBundleError(f"{prefix}/{METADATA_FILE} is not valid: {error}") from error
+        if (metadata.name, metadata.version) != (name, version):
+            raise InvalidBundleError(f"{prefix}/{METADATA_FILE} describes {metadata.name} {metadata.version}")
         if not metadata.sha256:
             raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
         if file_sha256(staging / MODEL_FILE) != metadata.sha256:

@@ -58,7 +58,7 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
     classes = metadata.classes
     calibration = metrics["calibration"]
     size = metadata.input.height
-    window = metadata.preprocessing.dicom_window
+    window = metadata.preprocessing.dicom_window.model_dump()
     positives = ", ".join(f"`{c}`" for c in metadata.positive_classes)
     rationale = preset.positive_rationale if preset else f"`positive_classes` is [{positives}]."
     flag_test, flag_val = test.get("suspicious_flag", {}), val.get("suspicious_flag", {})

@@ -13,7 +13,9 @@
    the test macro-F1 and a fingerprint of their test set (sha256 over the sorted test image
    hashes). On equal fingerprints a lower macro-F1 is refused; on different (or missing)
    fingerprints the figures are not comparable, and the bundle is refused too. ``--force``
-   overrides this check only, and the override is written to history.json.
+   overrides this check only, and the override is written to history.json. When ``latest.json``
+   points at a version whose model.json is missing there is nothing to compare with: the publish
+   goes ahead and history.json records why.
 
 Then it uploads ``models/<name>/<version>/`` (report/*, card, model.h5, model.json last; each
 object with its SHA-256), downloads what landed and checks every sha256, appends the move to
@@ -199,7 +201,17 @@ def publish(s3, bucket: str, bundle_dir: Path | str, *, force: bool = False, out
         return metadata
     note = None
     if current is not None:
-        reason = compare_with_current(metadata, registry.read_published_metadata(s3, bucket, name, current))
+        try:
+            reason = compare_with_current(metadata, registry.read_published_metadata(s3, bucket, name, current))
+        except InvalidBundleError as error:
+            reason = f"the current version's model.json is not valid, so the new model cannot be compared ({error})"
+        except Exception as error:
+            if not registry.is_missing(error):
+                raise
+            # Nothing is served from a pointer to a missing version: any valid bundle is better.
+            reason = None
+            note = f"latest.json pointed at {current}, whose model.json is missing"
+            out(f"warning: {note}; publishing without comparison")
         if reason and not force:
             raise PublishRefusedError(f"{reason}. Nothing was uploaded; pass --force to publish anyway.")
         if reason:

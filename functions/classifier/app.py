@@ -42,13 +42,41 @@ from lungscan.errors import (
 )
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, decode_base64
 from lungscan.predict import DISCLAIMER, VERDICT_CLEAR, Classifier, Prediction
-from lungscan.serving import ModelStore
+from lungscan.serving import DEFAULT_REGISTRY_DEADLINE, ModelStore
 from lungscan.uploads import MAX_STUDY_SLICES, StudySlice, decode_upload, plan_study
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "LungScan"))
-cors = CORSConfig(allow_origin=os.environ.get("ALLOWED_ORIGIN", "*"), max_age=300)
+
+
+class StackCORS(CORSConfig):
+    """Cross-origin access for ``ALLOWED_ORIGIN`` (the local page, or a hospital's own page) and for the
+    origin the API Gateway stage names in its ``allowedOrigin`` stage variable: the deployed site's
+    CloudFront origin, which the template cannot put in this function's environment (the site's CSP
+    names this API, so that would be a dependency cycle). Stage variables come from the API's
+    configuration, never from the caller. Neither set: no cross-origin access at all, never "*".
+    """
+
+    @staticmethod
+    def _stage_origin() -> str | None:
+        try:
+            return (app.current_event.stage_variables or {}).get("allowedOrigin") or None
+        except (AttributeError, KeyError, TypeError):  # no current event (outside a request)
+            return None
+
+    def allowed_origin(self, extracted_origin: str) -> str | None:
+        if extracted_origin and extracted_origin == self._stage_origin():
+            return extracted_origin
+        return super().allowed_origin(extracted_origin)
+
+    def to_dict(self, origin: str | None) -> dict[str, str]:
+        if origin and origin == self._stage_origin():
+            return CORSConfig(allow_origin=origin, max_age=self.max_age).to_dict(origin)
+        return super().to_dict(origin)
+
+
+cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -80,7 +108,8 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {
 }
 
 
-# A slow or unreachable S3 must not eat the cold start: fail fast and serve the baked model.
+# The registry is read in a background thread (lungscan.serving): these timeouts only bound how long
+# that thread hangs on a slow S3; requests never wait for it, and cold start waits at most the deadline.
 REGISTRY_CLIENT_CONFIG = BotocoreConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2})
 
 
@@ -95,6 +124,7 @@ def _create_store() -> ModelStore:
         bucket=bucket,
         names=names,
         refresh_seconds=float(os.environ.get("MODEL_REFRESH_SECONDS", "300")),
+        registry_deadline=float(os.environ.get("MODEL_REGISTRY_DEADLINE_SECONDS", str(DEFAULT_REGISTRY_DEADLINE))),
         cache_dir=os.environ.get("MODEL_CACHE_DIR", "/tmp/lungscan-models"),
         logger=logger,
     )
@@ -213,6 +243,7 @@ class ModelDescription(BaseModel):
     dataset: dict[str, Any]
     intended_use: str
     sha256: str | None
+    source: str = Field(description="Where the served copy came from: 'registry' (S3) or 'baked' (the image)")
 
 
 class ModelsResponse(BaseModel):
@@ -239,7 +270,11 @@ def health() -> dict:
 @app.get("/model")
 def describe_models() -> ModelsResponse:
     default = store.get()  # 503 when nothing is loaded
-    descriptions = [_describe(classifier, classifier is default) for classifier in store.models.values()]
+    snapshot = store.snapshot  # one consistent view, even while a refresh swaps models in
+    descriptions = [
+        _describe(classifier, name == default.metadata.name, snapshot.sources.get(name, "baked"))
+        for name, classifier in snapshot.models.items()
+    ]
     return ModelsResponse(default=default.metadata.name, models=descriptions, disclaimer=DISCLAIMER)
 
 
@@ -268,7 +303,9 @@ def predict(
     classifier = store.get(options.model)
     dicom = DicomOptions(
         # The request's window, else the one the model's bundle declares it was trained with.
-        window=options.window.model_dump() if options.window else classifier.metadata.preprocessing.dicom_window,
+        window=options.window.model_dump()
+        if options.window
+        else classifier.metadata.preprocessing.dicom_window.model_dump(),
         frame=options.frame,
         allow_non_ct=options.allow_non_ct,
     )
@@ -512,7 +549,7 @@ def _invalid(error: ValidationError) -> MalformedInputError:
 # ---------------------------------------------------------------- answers
 
 
-def _describe(classifier: Classifier, is_default: bool) -> ModelDescription:
+def _describe(classifier: Classifier, is_default: bool, source: str) -> ModelDescription:
     metadata = classifier.metadata
     return ModelDescription(
         name=metadata.name,
@@ -526,6 +563,7 @@ def _describe(classifier: Classifier, is_default: bool) -> ModelDescription:
         dataset=metadata.dataset,
         intended_use=metadata.intended_use,
         sha256=metadata.sha256,
+        source=source,
     )
 
 

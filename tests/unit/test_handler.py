@@ -250,13 +250,17 @@ def test_health_model_and_openapi(app_module, lambda_context):
 
 
 def test_cors_preflight_and_headers(app_module, lambda_context, ct_png):
-    preflight = {"Origin": "https://site.example", "Access-Control-Request-Method": "POST"}
-    event = make_event("OPTIONS", "/predict", headers=preflight)
-    result = app_module.lambda_handler(event, lambda_context)
-    assert result["statusCode"] == 204
-    headers = {key.lower(): value for key, value in (result.get("multiValueHeaders") or {}).items()}
-    assert "POST" in ",".join(headers["access-control-allow-methods"])
-    assert "Content-Type" in ",".join(headers["access-control-allow-headers"])
+    """The site's origin comes from the stage's allowedOrigin variable (template.yaml); any other gets nothing."""
+    for origin, allowed in [("https://site.example", True), ("https://elsewhere.example", False)]:
+        preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        event = make_event("OPTIONS", "/predict", headers=preflight)
+        event["stageVariables"] = {"allowedOrigin": "https://site.example"}
+        result = app_module.lambda_handler(event, lambda_context)
+        assert result["statusCode"] == 204
+        headers = {key.lower(): value for key, value in (result.get("multiValueHeaders") or {}).items()}
+        assert "POST" in ",".join(headers["access-control-allow-methods"])
+        assert ("Content-Type" in ",".join(headers.get("access-control-allow-headers", []))) is allowed
+        assert headers.get("access-control-allow-origin") == ([origin] if allowed else None)
 
 
 def test_logs_hold_no_image_bytes_or_file_names(app_module, lambda_context, ct_png, capfd, caplog):

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import boto3
 import numpy as np
+import pytest
 from conftest import MODEL_BUCKET
 from moto import mock_aws
 from test_core import metadata, tiny_cnn
 
 from lungscan import registry
 from lungscan.bundle import write_metadata
+from lungscan.errors import InvalidBundleError
 from lungscan.predict import Classifier
 from training.cli import EXIT_FAILED, EXIT_REFUSED, main
 from training.datasets import Sample
@@ -299,3 +301,61 @@ def test_s3_errors_are_one_line(tmp_path, capsys):
         assert main(["list", "--bucket", "missing-bucket"], s3=client) == EXIT_FAILED
     err = capsys.readouterr().err
     assert err.startswith("error: S3:") and "NoSuchBucket" in err and "Traceback" not in err
+
+
+def test_publish_gets_past_a_pointer_to_a_missing_version_and_records_it(s3, tmp_path, capsys):
+    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1", macro_f1=0.6)))
+    s3.put_object(Bucket=BUCKET, Key="models/tiny/latest.json", Body=json.dumps({"version": "gone"}).encode())
+    worse = evaluated_bundle(tmp_path / "v2", "v2", macro_f1=0.1)  # nothing to compare with: not a refusal
+    code, out, err = cli(s3, capsys, "publish", str(worse))
+    assert code == 0, err
+    assert "gone" in out and "missing" in out
+    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
+    last = history(s3)[-1]
+    assert (last["action"], last["version"], last["previous"]) == ("publish", "v2", "gone")
+    assert "gone" in last["note"] and "missing" in last["note"]
+    v3 = evaluated_bundle(tmp_path / "v3", "v3", macro_f1=0.2)
+    s3.put_object(Bucket=BUCKET, Key="models/tiny/latest.json", Body=json.dumps({"version": "gone"}).encode())
+    assert cli(s3, capsys, "publish", str(v3), "--force")[0] == 0  # and so does --force
+    assert registry.latest_version(s3, BUCKET, "tiny") == "v3"
+
+
+@pytest.mark.parametrize(
+    "window", [{"center": -600, "width": 0}, {"width": 1500}, {"center": -600, "width": -5}], ids=str
+)
+def test_a_bundle_with_an_unusable_dicom_window_is_refused_at_publish_and_at_load(s3, tmp_path, capsys, window):
+    bundle = evaluated_bundle(tmp_path / "v1", "v1")
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["preprocessing"]["dicom_window"] = window
+    (bundle / "model.json").write_text(json.dumps(meta))
+    code, _, err = cli(s3, capsys, "publish", str(bundle))
+    assert code == EXIT_FAILED and "dicom_window" in err
+    assert keys(s3) == set()
+    with pytest.raises(InvalidBundleError, match="dicom_window"):
+        Classifier(bundle)
+
+
+def test_the_dicom_window_keeps_its_json_shape(tmp_path):
+    bundle = evaluated_bundle(tmp_path / "v1", "v1")
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["preprocessing"]["dicom_window"] == {"center": -600.0, "width": 1500.0}
+    assert Classifier(bundle).metadata.preprocessing.dicom_window.width == 1500.0
+
+
+@pytest.mark.parametrize("version", ["..", ".", "a/b"])
+def test_promote_refuses_an_invalid_version_before_reading_s3(s3, tmp_path, capsys, version):
+    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1")))
+    code, _, err = cli(s3, capsys, "promote", "tiny", version)
+    assert code == EXIT_FAILED and "invalid version" in err
+    assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+
+
+def test_rollback_refuses_a_history_entry_with_an_invalid_version(s3, tmp_path, capsys):
+    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1", macro_f1=0.6)))
+    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v2", "v2", macro_f1=0.7)))
+    entries = history(s3)
+    entries[0]["version"] = ".."  # history.json edited by hand (or by someone hostile)
+    s3.put_object(Bucket=BUCKET, Key="models/tiny/history.json", Body=json.dumps(entries).encode())
+    code, _, err = cli(s3, capsys, "rollback", "tiny")
+    assert code == EXIT_FAILED and "invalid version" in err
+    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 
 import boto3
 import botocore.config
@@ -10,7 +12,7 @@ import pytest
 from conftest import MODEL_BUCKET
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry
+from lungscan import registry, serving
 from lungscan.bundle import write_metadata
 from lungscan.errors import InvalidBundleError
 from lungscan.serving import ModelStore
@@ -31,6 +33,14 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def version_after_refresh(store: ModelStore, clock: Clock, at: float) -> str:
+    """Move the clock to ``at``, let a request start the refresh, wait for it, and say what is served."""
+    clock.now = at
+    store.get()  # starts the refresh, if due, in the background and answers at once
+    assert store.wait_for_refresh(timeout=60)
+    return store.get().metadata.version
 
 
 def test_publish_writes_bundle_then_moves_pointer(s3, tmp_path):
@@ -63,13 +73,11 @@ def test_store_swaps_in_a_new_version_after_the_refresh_interval(s3, tmp_path):
     store.load()
     assert store.get().metadata.version == "v1"
     registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
-    clock.now = 59
-    assert store.get().metadata.version == "v1"  # not yet due
-    clock.now = 61
-    assert store.get().metadata.version == "v2"
+    assert version_after_refresh(store, clock, 59) == "v1"  # not yet due
+    assert version_after_refresh(store, clock, 61) == "v2"
+    assert store.sources == {"tiny": "registry"}
     registry.set_latest(s3, BUCKET, "tiny", "v1")  # rollback
-    clock.now = 200
-    assert store.get().metadata.version == "v1"
+    assert version_after_refresh(store, clock, 200) == "v1"
 
 
 def test_store_keeps_serving_the_last_good_model(s3, tmp_path):
@@ -80,16 +88,14 @@ def test_store_keeps_serving_the_last_good_model(s3, tmp_path):
     )
     store.load()  # no pointer yet: the baked model serves
     assert store.get().metadata.version == "baked"
+    assert store.sources == {"tiny": "baked"}
     registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
     s3.put_object(Bucket=BUCKET, Key="models/tiny/v2/model.h5", Body=b"corrupt")  # sha mismatch
-    clock.now = 5
-    assert store.get().metadata.version == "baked"
+    assert version_after_refresh(store, clock, 5) == "baked"
     s3.put_object(Bucket=BUCKET, Key="models/tiny/latest.json", Body=json.dumps({"version": "missing"}).encode())
-    clock.now = 10
-    assert store.get().metadata.version == "baked"
+    assert version_after_refresh(store, clock, 10) == "baked"
     s3.put_object(Bucket=BUCKET, Key="models/tiny/latest.json", Body=b"{not json")
-    clock.now = 15
-    assert store.get().metadata.version == "baked"
+    assert version_after_refresh(store, clock, 15) == "baked"
 
 
 def test_unreachable_s3_at_cold_start_falls_back_to_the_baked_model(tmp_path):
@@ -165,3 +171,173 @@ def test_a_missing_pointer_reads_as_none_and_an_empty_history(s3):
     assert registry.read_history(s3, BUCKET, "tiny") == []
     with pytest.raises(s3.exceptions.NoSuchKey):
         registry.latest_version(s3, BUCKET, "tiny")
+
+
+# ---------------------------------------------------------------- refresh in the background
+
+
+class BlockingS3:
+    """A moto client whose get_object waits until ``release`` is set (a slow S3 on demand)."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.block = False
+        self.release = threading.Event()
+        self.gets = 0
+
+    def get_object(self, **kwargs):
+        self.gets += 1
+        if self.block:
+            self.release.wait(timeout=60)
+        return self._client.get_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_a_request_never_waits_for_a_refresh(s3, tmp_path):
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    slow = BlockingS3(s3)
+    clock = Clock()
+    store = ModelStore("tiny", s3=slow, bucket=BUCKET, refresh_seconds=60, cache_dir=tmp_path / "cache", clock=clock)
+    store.load()
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
+    slow.block = True
+    clock.now = 61
+    answered = []
+    request = threading.Thread(target=lambda: answered.append(store.get().metadata.version), daemon=True)
+    request.start()
+    request.join(timeout=30)  # S3 stays blocked all that time: only a request that does not wait answers
+    assert answered == ["v1"]
+    assert not store.wait_for_refresh(timeout=0)  # the refresh is still waiting on S3
+    assert store.get().metadata.version == "v1"  # later requests do not start a second one either
+    slow.release.set()
+    assert store.wait_for_refresh(timeout=60)
+    assert store.get().metadata.version == "v2"
+
+
+def test_zero_refresh_seconds_reads_the_registry_at_cold_start_only(s3, tmp_path):
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    counting = BlockingS3(s3)
+    clock = Clock()
+    store = ModelStore("tiny", s3=counting, bucket=BUCKET, refresh_seconds=0, cache_dir=tmp_path / "cache", clock=clock)
+    store.load()
+    assert store.get().metadata.version == "v1"
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
+    reads = counting.gets
+    for now in (1, 1000, 10**6):
+        assert version_after_refresh(store, clock, now) == "v1"
+    assert counting.gets == reads  # no request touched S3
+
+
+def test_a_bundle_published_under_another_version_is_refused_once(s3, tmp_path, monkeypatch):
+    """latest.json says v9 but its model.json says v1: refused, and not loaded again at every refresh."""
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    for file in ("model.h5", "model.json"):
+        s3.copy_object(Bucket=BUCKET, Key=f"models/tiny/v9/{file}", CopySource=f"{BUCKET}/models/tiny/v1/{file}")
+    s3.put_object(Bucket=BUCKET, Key=registry.pointer_key("tiny"), Body=json.dumps({"version": "v9"}).encode())
+    baked = make_bundle(tmp_path / "baked", "baked")
+    loads = []
+    real_classifier = serving.Classifier
+    monkeypatch.setattr(serving, "Classifier", lambda path: loads.append(Path(path).name) or real_classifier(path))
+    clock = Clock()
+    store = ModelStore("tiny", baked, s3=s3, bucket=BUCKET, refresh_seconds=1, cache_dir=tmp_path / "c", clock=clock)
+    store.load()
+    assert store.wait_for_refresh(timeout=60)
+    downloads = []
+    real_download = s3.download_file
+    monkeypatch.setattr(
+        s3, "download_file", lambda *args, **kw: downloads.append(args[1]) or real_download(*args, **kw)
+    )
+    for now in (5, 10, 15):
+        assert version_after_refresh(store, clock, now) == "baked"
+    assert loads == ["baked"]  # v9 was never loaded as a model, let alone once per refresh
+    assert downloads == []  # nor downloaded again: the pointer has not moved since it was refused
+    monkeypatch.setattr(s3, "download_file", real_download)
+    with pytest.raises(InvalidBundleError, match="describes tiny v1"):
+        registry.download_bundle(s3, BUCKET, "tiny", "v9", tmp_path / "other")
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))  # the pointer moves: tried again
+    assert version_after_refresh(store, clock, 20) == "v2"
+
+
+# ---------------------------------------------------------------- names and versions
+
+
+@pytest.mark.parametrize("version", ["..", ".", "a/b", "", "-v1", "v1\n"])
+def test_a_pointer_with_an_invalid_version_touches_nothing(s3, tmp_path, version):
+    cache = tmp_path / "parent" / "cache"
+    (cache / "tiny").mkdir(parents=True)
+    sentinels = [tmp_path / "parent" / "keep", cache / "keep", cache / "tiny" / "keep"]
+    for sentinel in sentinels:
+        sentinel.write_text("x")
+    s3.put_object(Bucket=BUCKET, Key=registry.pointer_key("tiny"), Body=json.dumps({"version": version}).encode())
+    with pytest.raises(InvalidBundleError, match="invalid version"):
+        registry.latest_version(s3, BUCKET, "tiny")
+    with pytest.raises(registry.RegistryError, match="invalid version"):
+        registry.download_bundle(s3, BUCKET, "tiny", version, cache)
+    store = ModelStore("tiny", make_bundle(tmp_path / "baked", "baked"), s3=s3, bucket=BUCKET, cache_dir=cache)
+    store.load()
+    assert store.wait_for_refresh(timeout=60)
+    assert store.get().metadata.version == "baked"
+    assert all(sentinel.read_text() == "x" for sentinel in sentinels)
+
+
+@pytest.mark.parametrize(("name", "version"), [("tiny", ".."), ("..", "v1"), ("Tiny", "v1"), ("tiny", "v/1")])
+def test_keys_are_built_only_from_valid_names_and_versions(name, version):
+    with pytest.raises(registry.RegistryError):
+        registry.version_prefix(name, version)
+    with pytest.raises(registry.RegistryError):
+        registry.move_pointer(None, BUCKET, name, version, action="set")
+
+
+# ---------------------------------------------------------------- concurrent publishers
+
+
+def test_concurrent_pointer_moves_never_lose_a_history_entry(s3, tmp_path):
+    """Another publisher writes history.json between our read and our write: S3 refuses ours, we append again."""
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+
+    class RacingS3:
+        raced = False
+
+        def put_object(self, **kwargs):
+            if kwargs["Key"] == registry.history_key("tiny") and not self.raced:
+                self.raced = True
+                registry.move_pointer(s3, BUCKET, "tiny", "v1", action="promote", note="the other publisher")
+            return s3.put_object(**kwargs)
+
+        def __getattr__(self, name):
+            return getattr(s3, name)
+
+    racing = RacingS3()
+    registry.move_pointer(racing, BUCKET, "tiny", "v1", action="set", note="us")
+    assert racing.raced
+    notes = [entry.get("note") for entry in registry.read_history(s3, BUCKET, "tiny")]
+    assert notes == [None, "the other publisher", "us"]
+
+
+def test_history_is_written_only_if_unchanged(s3):
+    calls = []
+
+    class Recording:
+        def put_object(self, **kwargs):
+            calls.append({key: value for key, value in kwargs.items() if key.startswith("If")})
+            return s3.put_object(**kwargs)
+
+        def __getattr__(self, name):
+            return getattr(s3, name)
+
+    registry.move_pointer(Recording(), BUCKET, "tiny", "v1", action="set")
+    first = s3.head_object(Bucket=BUCKET, Key=registry.history_key("tiny"))["ETag"]
+    registry.move_pointer(Recording(), BUCKET, "tiny", "v2", action="set")
+    history, pointer = calls[0::2], calls[1::2]
+    assert history == [{"IfNoneMatch": "*"}, {"IfMatch": first}]  # created once, then only over what was read
+    assert pointer == [{}, {}]
+
+
+def test_listing_skips_folders_that_are_not_valid_names_or_versions(s3, tmp_path):
+    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    for key in ("models/Not A Name/v1/model.json", "models/tiny/-stray/model.json"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
+    assert registry.list_names(s3, BUCKET) == ["tiny"]
+    assert registry.list_versions(s3, BUCKET, "tiny") == ["v1"]

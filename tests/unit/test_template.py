@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_checkov_reports_no_failed_check() -> None:
     assert result.returncode == 0, result.stderr
     summary = report["summary"]
     assert summary["parsing_errors"] == 0
-    assert summary["passed"] >= 40, summary  # it really read the resources
+    assert summary["passed"] >= 30, summary  # it really read the resources
     # Every suppression says why (Metadata: checkov: skip: [{id, comment}] on the resource itself).
     for check in report["results"]["skipped_checks"]:
         assert len(check["check_result"].get("suppress_comment", "")) > 40, check["check_id"]
@@ -263,24 +264,78 @@ def test_alarms_watch_5xx_and_p99_latency(template: dict, resources: dict) -> No
     assert any(s["Principal"] == {"Service": "cloudwatch.amazonaws.com"} for s in key_statements)
 
 
-@pytest.mark.parametrize(
-    ("stage", "require_api_key", "expected"),
-    [
-        ("dev", "auto", False),
-        ("staging", "auto", True),
-        ("prod", "auto", True),
-        ("dev", "true", True),
-        ("prod", "false", False),
-    ],
-)
-def test_api_key_is_required_by_default_outside_dev(
-    template: dict, stage: str, require_api_key: str, expected: bool
-) -> None:
-    parameters = {name: spec.get("Default") for name, spec in template["Parameters"].items()}
-    assert parameters["RequireApiKey"] == "auto"
-    assert set(template["Parameters"]["RequireApiKey"]["AllowedValues"]) == {"auto", "true", "false"}
-    parameters.update(Stage=stage, RequireApiKey=require_api_key)
-    assert _condition(template, "UseApiKey", parameters) is expected
+@pytest.mark.parametrize("stage", ["dev", "staging", "prod"])
+def test_api_key_is_required_unless_explicitly_opted_out(template: dict, stage: str) -> None:
+    """A guided deploy that accepts every default gets a key on every stage, dev included."""
+    spec = template["Parameters"]["RequireApiKey"]
+    assert spec["Default"] == "true"
+    assert set(spec["AllowedValues"]) == {"true", "false"}  # no "auto" that opens dev by stage name
+    parameters = {name: spec.get("Default") for name, spec in template["Parameters"].items()} | {"Stage": stage}
+    assert _condition(template, "UseApiKey", parameters) is True
+    assert _condition(template, "UseApiKey", parameters | {"RequireApiKey": "false"}) is False
+
+
+def test_function_stops_before_api_gateway_gives_up(template: dict, resources: dict) -> None:
+    """API Gateway answers 504 at 29 s (cold start included) while Lambda bills on: stop well before."""
+    timeout = resources["ClassifierFunction"]["Properties"].get("Timeout", template["Globals"]["Function"]["Timeout"])
+    variables = resources["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
+    deadline = float(variables["MODEL_REGISTRY_DEADLINE_SECONDS"])
+    assert 0 < deadline <= 5
+    assert timeout + deadline < 29
+
+
+def test_concurrency_is_reserved_and_capped_by_default(template: dict, resources: dict) -> None:
+    spec = template["Parameters"]["ReservedConcurrency"]
+    assert 0 < spec["Default"] <= 50
+    parameters = {name: value.get("Default") for name, value in template["Parameters"].items()}
+    assert _condition(template, "HasReservedConcurrency", parameters) is True
+    reserved = resources["ClassifierFunction"]["Properties"]["ReservedConcurrentExecutions"]
+    assert reserved == {"Fn::If": ["HasReservedConcurrency", {"Ref": "ReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+
+
+def test_the_account_wide_api_gateway_role_is_left_alone_by_default(template: dict, resources: dict) -> None:
+    assert template["Parameters"]["ConfigureApiGatewayAccount"]["Default"] == "false"
+    parameters = {name: value.get("Default") for name, value in template["Parameters"].items()}
+    assert _condition(template, "CreateApiGatewayLogsRole", parameters) is False
+    for name in ("ApiGatewayCloudWatchRole", "ApiGatewayAccount"):
+        assert resources[name]["Condition"] == "CreateApiGatewayLogsRole"
+
+
+def test_cross_origin_access_is_only_the_site_or_an_explicit_origin(template: dict, resources: dict) -> None:
+    api = resources["ClassifierApi"]["Properties"]
+    assert api["Variables"]["allowedOrigin"] == {
+        "Fn::If": ["UseSiteOrigin", {"Fn::Sub": "https://${SiteDistribution.DomainName}"}, {"Ref": "AllowedOrigin"}]
+    }
+    assert api["Cors"]["AllowOrigin"] == "stageVariables.allowedOrigin"  # the preflight answers the stage's origin
+    variables = resources["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["ALLOWED_ORIGIN"] == {"Ref": "AllowedOrigin"}  # the site's origin comes from the stage
+    pattern = template["Parameters"]["AllowedOrigin"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "https://scan.example.org") and re.fullmatch(pattern, "")
+    assert not re.fullmatch(pattern, "*") and not re.fullmatch(pattern, "http://scan.example.org")
+
+
+def test_the_site_may_connect_only_to_this_stacks_api(resources: dict) -> None:
+    config = resources["SiteResponseHeadersPolicy"]["Properties"]["ResponseHeadersPolicyConfig"]
+    csp = config["SecurityHeadersConfig"]["ContentSecurityPolicy"]["ContentSecurityPolicy"]["Fn::Sub"]
+    (connect,) = [d.strip() for d in csp.split(";") if d.strip().startswith("connect-src")]
+    assert connect.split() == [
+        "connect-src",
+        "'self'",
+        "https://${ClassifierApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}",
+    ]
+
+
+def test_the_translated_template_has_no_dependency_cycle(tmp_path: Path) -> None:
+    """template.yaml silences cfn-lint's E3004 on SiteDistribution (a cycle only before the SAM transform):
+    the CloudFormation that SAM really produces must lint clean, cycles included."""
+    python = Path(sam_cli()).with_name("python")
+    result = run([str(python), "-c", SAM_TRANSLATE, str(TEMPLATE)])
+    assert result.returncode == 0, result.stderr
+    translated = tmp_path / "translated.json"
+    translated.write_text(result.stdout)
+    result = run([sys.executable, "-c", "from cfnlint.runner import main; main()", str(translated)])
+    assert "E3004" not in result.stdout, result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_api_key_guards_every_route_but_the_preflight(template: dict, resources: dict) -> None:
