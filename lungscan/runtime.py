@@ -128,6 +128,9 @@ class OnnxRuntime:
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about shape merging are noise here
+        # One request at a time per function instance and a ~1 ms graph: a thread pool only adds wake-ups.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
         try:
             self.session = onnxruntime.InferenceSession(
                 str(model_path), sess_options=options, providers=["CPUExecutionProvider"]

@@ -333,3 +333,12 @@ def test_a_plain_scene_is_plain(evidence_bundle):
         image[int(row - 2.5) : int(row + 3.5), int(col - 2.5) : int(col + 3.5)] = 0.4  # flat patch instead
         decoded = DecodedImage(image=Image.fromarray(np.uint8(image * 255)), format="PNG")
         assert classifier.classify(decoded).label == "plain"
+
+
+def test_the_image_bakes_the_twin_beside_model_h5():
+    """The Dockerfile copies the baked bundle's model.onnx, and every file it copies exists."""
+    lines = (REPO_ROOT / "functions" / "classifier" / "Dockerfile").read_text().splitlines()
+    sources = [source for line in lines if line.startswith("COPY ") for source in line.split()[1:-1]]
+    assert {"models/iq-oth-3class/model.onnx", "models/iq-oth-3class/model.h5"} <= set(sources)
+    assert all((REPO_ROOT / source).exists() for source in sources)
+    assert "onnxruntime==" in (REPO_ROOT / "functions" / "classifier" / "requirements.txt").read_text()
