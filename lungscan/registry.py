@@ -336,15 +336,19 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
     destination_root = Path(destination_root)
     destination_root.mkdir(parents=True, exist_ok=True)
     final = destination_root / name / version
+    prefix = version_prefix(name, version)
     if final.is_dir():
         try:
             cached = read_metadata(final)  # a cached copy is used only while its sha256 still matches
             if cached.twin is not None:
                 verify_twin(final, cached.twin)
-            return final
+            # ...and only while it is what the registry holds (a cache from before a twin was added is not).
+            remote = s3.get_object(Bucket=bucket, Key=f"{prefix}/{METADATA_FILE}")["Body"].read()
+            if (final / METADATA_FILE).read_bytes() == remote:
+                return final
         except InvalidBundleError:
-            shutil.rmtree(final, ignore_errors=True)
-    prefix = version_prefix(name, version)
+            pass
+        shutil.rmtree(final, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=destination_root))
     try:
         s3.download_file(bucket, f"{prefix}/{METADATA_FILE}", str(staging / METADATA_FILE))

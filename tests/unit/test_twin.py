@@ -243,6 +243,19 @@ def test_the_registry_verifies_the_twin_it_serves(s3, twin_bundle, tmp_path):
     assert not (tmp_path / "bad" / meta.name / meta.version).exists()
 
 
+def test_a_cached_copy_from_before_the_twin_is_downloaded_again(s3, twin_bundle, tmp_path):
+    meta = registry.publish_bundle(s3, MODEL_BUCKET, twin_bundle)
+    cached = tmp_path / "cache" / meta.name / meta.version
+    cached.mkdir(parents=True)
+    (cached / "model.h5").write_bytes((twin_bundle / "model.h5").read_bytes())
+    without_twin = json.loads((twin_bundle / "model.json").read_text())
+    del without_twin["twin"]
+    (cached / "model.json").write_text(json.dumps(without_twin))
+    assert Classifier(cached).runtime.name == "keras"
+    local = registry.download_bundle(s3, MODEL_BUCKET, meta.name, meta.version, tmp_path / "cache")
+    assert local == cached and Classifier(local).runtime.name == "onnxruntime"
+
+
 # ---------------------------------------------------------------- Grad-CAM follows the evidence, not the brightness
 
 SIZE, PATCH, SQUARE = 32, 6, 8
