@@ -93,7 +93,7 @@ class KerasRuntime:
 
         self.model = load_keras_model(model_path)
         self.sigmoid_output = sigmoid_output
-        self.input_shape = tuple(int(d) for d in self.model.inputs[0].shape[1:])
+        self.input_shape = tuple(self.model.inputs[0].shape[1:])  # may hold None: the shape check refuses it
         self.output_width = int(self.model.outputs[0].shape[-1])
         self._forward = tf.function(
             lambda batch: self.model(batch, training=False),
