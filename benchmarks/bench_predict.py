@@ -1,16 +1,22 @@
-"""How fast does a prediction come back, warm and cold, and against the original Flask app's pipeline?
+"""How fast does a prediction come back, cold and warm, served by the runtime twin and by model.h5?
 
-Measured on one 512x512 CT slice sent as a PNG:
+One run measures, side by side, the same bundle served two ways: with its runtime twin
+(``model.onnx`` under onnxruntime, no TensorFlow) and as ``model.h5`` through Keras (a copy of
+the bundle without the twin: what a bare ``.h5`` or an older published version gets). For each,
+on one 512x512 CT slice sent as a PNG:
 
-- warm latency through ``lambda_handler`` in this process (JSON base64 event, after a warm-up),
-- warm latency through the real entry point (awslambdaric subprocess + local Runtime API),
-- cold start: spawn the runtime and ``python -m awslambdaric app.lambda_handler``, time to the first
-  200 (median of several), with the init phase (until the function first polls for an event),
-- peak RSS of this process after the handler run, and of the function process,
-- the original app's per-request pipeline in the same run: upload saved to disk,
-  ``keras.utils.load_img(path, target_size=(64, 64))``, ``/255``, ``model.predict`` on a 64x64x3
-  sigmoid CNN (random weights unless ``--legacy-model``),
-- the ratio original p50 / handler p50.
+- cold start: spawn the local Runtime API and ``python -m awslambdaric app.lambda_handler``,
+  time to the first 200 (median of ``--cold-starts``, the two ways alternating), with the init
+  phase (spawn -> first poll for an event) and the function process's peak RSS (VmHWM);
+- warm p50/p99 through the real entry point (awslambdaric + Runtime API);
+- warm p50/p99 through ``lambda_handler`` in a fresh worker process (JSON base64 event), with
+  and without ``explain=true`` (the heatmap's overhead), and that process's peak RSS;
+- parity: the two ways' unrounded probabilities for the image, and the twin's recorded parity
+  on the bundle's smoke set (model.json ``twin.parity``).
+
+Then the original Flask app's per-request pipeline in this process: upload saved to disk,
+``keras.utils.load_img(path, target_size=(64, 64))``, ``/255``, ``model.predict`` on a 64x64x3
+sigmoid CNN (random weights unless ``--legacy-model``), and the speed-ups over it.
 
 Targets are printed beside the figures, never asserted (wall-clock times vary with the machine).
 
@@ -27,7 +33,9 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +46,20 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASK_ROOT = REPO_ROOT / "functions" / "classifier"
-DEFAULT_IMAGE = REPO_ROOT.parent / "shared" / "data" / "iq-oth-nccd" / "malignant" / "Malignant case (1).jpg"
+# The shared data folder sits beside the checkout (or beside the folder of worktrees).
+_SLICE = Path("shared") / "data" / "iq-oth-nccd" / "malignant" / "Malignant case (1).jpg"
+DEFAULT_IMAGE = next((p / _SLICE for p in REPO_ROOT.parents[:2] if (p / _SLICE).is_file()), REPO_ROOT.parent / _SLICE)
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "iq-oth-3class"
 
-TARGET_WARM_P50_MS = 10.0
-TARGET_SPEEDUP = 10.0
-TARGET_COLD_START_S = 5.0
+TARGET_COLD_START_S = 1.0  # twin, median
+TARGET_COLD_SPEEDUP = 5.0  # .h5 cold start / twin cold start
+TARGET_WARM_P50_MS = 6.0  # twin, through the handler
+TARGET_PEAK_RSS_MIB = 300.0  # twin, function process
+TARGET_PARITY = 1e-5  # max |probability difference|, twin vs model.h5
+TARGET_EXPLAIN_OVERHEAD_MS = 60.0  # warm p50 with explain=true minus without
+
+VARIANTS = ("twin", "h5")
+VARIANT_TITLES = {"twin": "twin (onnxruntime)", "h5": "model.h5 (Keras)"}
 
 
 def log(message: str) -> None:
@@ -108,51 +124,28 @@ def load_png(image_path: Path | None) -> tuple[bytes, str]:
     return buffer.getvalue(), f"synthetic 512x512 L ({DEFAULT_IMAGE} not found)"
 
 
-def resolve_model_dir(model_dir: Path, scratch: Path) -> tuple[Path, str]:
-    """The bundle to serve; a tiny untrained stand-in when the default bundle is not there yet."""
-    if (model_dir / "model.h5").is_file():
-        metadata = model_dir / "model.json"
-        if metadata.is_file():
-            info = json.loads(metadata.read_text())
-            return model_dir, f"{info['name']} version {info['version']} ({model_dir})"
-        return model_dir, f"legacy bare model.h5 ({model_dir})"
-    if model_dir != DEFAULT_MODEL_DIR:
-        raise SystemExit(f"--model-dir {model_dir} has no model.h5")
-    log(f"{model_dir} not found: building a tiny untrained stand-in bundle (64x64 grayscale, 3 classes)")
-    import keras
-
-    from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
-
-    bundle = scratch / "iq-oth-3class"
-    bundle.mkdir(parents=True)
-    model = keras.Sequential(
-        [
-            keras.Input((64, 64, 1)),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(3, activation="softmax"),
-        ]
-    )
-    model.save(bundle / "model.h5")
-    write_metadata(
-        bundle,
-        BundleMetadata(
-            name="iq-oth-3class",
-            version="stand-in",
-            classes=["normal", "benign", "malignant"],
-            positive_classes=["malignant"],
-            input=InputSpec(height=64, width=64, channels=1, colour="grayscale"),
-            preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=64, width=64)),
-        ),
-    )
-    return bundle, "STAND-IN: tiny untrained Conv2D(4)-GAP-Dense(3) bundle (models/iq-oth-3class absent)"
+def bundle_variants(model_dir: Path, scratch: Path) -> tuple[dict[str, Path], dict]:
+    """The bundle as it is (with its twin) and a copy without the twin (served from model.h5)."""
+    metadata_path = model_dir / "model.json"
+    if not metadata_path.is_file():
+        raise SystemExit(f"{model_dir} has no model.json")
+    info = json.loads(metadata_path.read_text())
+    if not info.get("twin") or not (model_dir / "model.onnx").is_file():
+        raise SystemExit(f"{model_dir} has no runtime twin: run `python -m training twin {model_dir}` first")
+    h5_only = scratch / "h5-only" / model_dir.name
+    h5_only.mkdir(parents=True)
+    shutil.copy2(model_dir / "model.h5", h5_only / "model.h5")
+    (h5_only / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "twin"}, indent=2))
+    return {"twin": model_dir, "h5": h5_only}, info
 
 
-def predict_event(png: bytes) -> dict:
+def predict_event(png: bytes, explain: bool = False) -> dict:
     from infrastructure.runtime_api import proxy_event
 
-    body = json.dumps({"image": base64.b64encode(png).decode("ascii"), "filename": "slice.png"})
-    return proxy_event("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+    body = {"image": base64.b64encode(png).decode("ascii"), "filename": "slice.png"}
+    if explain:
+        body["explain"] = True
+    return proxy_event("POST", "/predict", body=json.dumps(body), headers={"Content-Type": "application/json"})
 
 
 # ---------------------------------------------------------------- measurements
@@ -183,49 +176,68 @@ def time_calls(call: Callable[[], Any], warmup: int, requests: int) -> list[floa
     return samples
 
 
-def bench_cold_start(model_dir: Path, event: dict, runs: int, warm_requests: int, scratch: Path) -> dict:
-    """Spawn runtime + awslambdaric, time to the first 200; then a few warm requests through it."""
+def cold_start_once(model_dir: Path, event: dict, log_path: Path, warm_requests: int) -> dict:
+    """Spawn runtime + awslambdaric, time to the first 200; optionally a few warm requests through it."""
     from infrastructure.runtime_api import InvocationError, InvocationTimeoutError, local_function
 
-    totals, inits, rss, warm = [], [], [], []
-    for run in range(runs):
-        log_path = scratch / f"function-{run}.log"
-        started = time.monotonic()
-        with local_function(model_dir, log_path) as function:
-            try:
-                response = function.invoke(event, timeout=600)
-            except (InvocationError, InvocationTimeoutError) as error:
-                raise SystemExit(f"cold start run {run} failed: {error}\n{function.log_tail()}") from None
-            answered = time.monotonic()
-            if response["statusCode"] != 200:
-                raise SystemExit(f"cold start run {run}: status {response['statusCode']}: {response['body'][:300]}")
-            totals.append(answered - started)
-            inits.append((function.runtime.init_done_at or answered) - started)
-            if run == 0 and warm_requests:
-                warm = time_calls(lambda: function.invoke(event, timeout=60), warmup=3, requests=warm_requests)
-            peak = function.peak_rss_kib()
-            if peak is not None:
-                rss.append(peak / 1024)
-        log(f"  cold start {run + 1}/{runs}: {totals[-1]:.2f} s (init {inits[-1]:.2f} s)")
-    children = max_rss_mib(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    with local_function(model_dir, log_path) as function:
+        try:
+            response = function.invoke(event, timeout=600)
+        except (InvocationError, InvocationTimeoutError) as error:
+            raise SystemExit(f"cold start failed: {error}\n{function.log_tail()}") from None
+        answered = time.monotonic()
+        if response["statusCode"] != 200:
+            raise SystemExit(f"cold start: status {response['statusCode']}: {response['body'][:300]}")
+        warm = time_calls(lambda: function.invoke(event, timeout=60), warmup=3, requests=warm_requests)
+        peak = function.peak_rss_kib()
     return {
-        "cold_start_s": totals,
-        "cold_start_median_s": statistics.median(totals),
-        "init_median_s": statistics.median(inits),
-        "function_peak_rss_mib": max(rss) if rss else children,
-        "function_peak_rss_source": "/proc VmHWM" if rss else "getrusage(RUSAGE_CHILDREN)",
-        "runtime_warm_ms": warm,
+        "total_s": answered - started,
+        "init_s": (function.runtime.init_done_at or answered) - started,
+        "peak_rss_mib": peak / 1024 if peak is not None else None,
+        "warm_ms": warm,
     }
 
 
-def bench_handler(model_dir: Path, event: dict, requests: int, scratch: Path) -> dict:
-    """Warm latency of lambda_handler in this process (the model loads at import, as in the init phase)."""
+def bench_cold_starts(bundles: dict[str, Path], event: dict, runs: int, warm_requests: int, scratch: Path) -> dict:
+    """Cold starts of both ways, alternating (twin, h5, twin, h5...) so machine load hits both alike."""
+    results: dict[str, dict] = {
+        variant: {"cold_start_s": [], "init_s": [], "rss": [], "runtime_warm_ms": []} for variant in bundles
+    }
+    for run in range(runs):
+        for variant, model_dir in bundles.items():
+            log_path = scratch / f"function-{variant}-{run}.log"
+            once = cold_start_once(model_dir, event, log_path, warm_requests if run == 0 else 0)
+            result = results[variant]
+            result["cold_start_s"].append(once["total_s"])
+            result["init_s"].append(once["init_s"])
+            if once["peak_rss_mib"] is not None:
+                result["rss"].append(once["peak_rss_mib"])
+            result["runtime_warm_ms"] += once["warm_ms"]
+            log(f"  cold start {run + 1}/{runs} {variant:>4}: {once['total_s']:.2f} s (init {once['init_s']:.2f} s)")
+    for result in results.values():
+        result["cold_start_median_s"] = statistics.median(result["cold_start_s"])
+        result["init_median_s"] = statistics.median(result["init_s"])
+        result["function_peak_rss_mib"] = max(result.pop("rss")) if result.get("rss") else None
+        warm = result.pop("runtime_warm_ms")
+        if warm:
+            result["runtime_warm_p50_ms"] = percentile(warm, 50)
+            result["runtime_warm_p99_ms"] = percentile(warm, 99)
+    return results
+
+
+def handler_worker(model_dir: Path, png_path: Path, requests: int, explain_requests: int, log_path: Path) -> dict:
+    """In a fresh process: import app (the init phase), time lambda_handler warm, with and without explain."""
+    import numpy as np
+
     os.environ["MODEL_DIR"] = str(model_dir)
     os.environ.pop("MODEL_BUCKET", None)
     for path in (REPO_ROOT, TASK_ROOT):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
-    with stdout_to(scratch / "handler.log"):
+    png = png_path.read_bytes()
+    event, explain_event = predict_event(png), predict_event(png, explain=True)
+    with stdout_to(log_path):
         started = time.perf_counter()
         import app  # the import is the init phase (model load) of the in-process run
 
@@ -235,14 +247,46 @@ def bench_handler(model_dir: Path, event: dict, requests: int, scratch: Path) ->
         if first["statusCode"] != 200:
             raise SystemExit(f"handler answered {first['statusCode']}: {first['body'][:300]}")
         samples = time_calls(lambda: app.lambda_handler(event, context), warmup=30, requests=requests)
+        explained = time_calls(lambda: app.lambda_handler(explain_event, context), warmup=5, requests=explain_requests)
+        from lungscan.uploads import decode_upload
+
+        classifier = app.store.get()
+        array, _ = classifier.prepare(decode_upload(png))
+        probabilities = classifier.predict_batch(array[np.newaxis])[0]
     body = json.loads(first["body"])
     return {
+        "runtime": classifier.runtime.name,
         "import_s": import_s,
-        "samples_ms": samples,
+        "p50_ms": percentile(samples, 50),
+        "p99_ms": percentile(samples, 99),
+        "explain_p50_ms": percentile(explained, 50),
+        "explain_p99_ms": percentile(explained, 99),
         "label": body["label"],
-        "probabilities": body["probabilities"],
+        "probabilities": [float(p) for p in probabilities],
         "peak_rss_mib": max_rss_mib(),
+        "tensorflow_imported": "tensorflow" in sys.modules,
     }
+
+
+def bench_handler(variant: str, model_dir: Path, png_path: Path, args, scratch: Path) -> dict:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--handler-worker",
+        str(model_dir),
+        "--image",
+        str(png_path),
+        "--requests",
+        str(args.requests),
+        "--explain-requests",
+        str(args.explain_requests),
+        "--worker-log",
+        str(scratch / f"handler-{variant}.log"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode != 0:
+        raise SystemExit(f"handler worker ({variant}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def bench_original(png: bytes, legacy_model: Path | None, requests: int, scratch: Path) -> dict:
@@ -281,7 +325,12 @@ def bench_original(png: bytes, legacy_model: Path | None, requests: int, scratch
 
     with stdout_to(scratch / "original.log"):  # model.predict prints a progress bar per call
         samples = time_calls(request, warmup=5, requests=requests)
-    return {"samples_ms": samples, "model": model_source, "peak_rss_mib": max_rss_mib()}
+    return {
+        "p50_ms": percentile(samples, 50),
+        "p99_ms": percentile(samples, 99),
+        "model": model_source,
+        "peak_rss_mib": max_rss_mib(),
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -292,70 +341,119 @@ def verdict(ok: bool) -> str:
 
 
 def render_table(report: dict) -> str:
-    handler, original, cold = report["handler"], report["original"], report["cold_start"]
+    cold, handler, original = report["cold_start"], report["handler"], report["original"]
+    twin_cold, h5_cold = cold["twin"]["cold_start_median_s"], cold["h5"]["cold_start_median_s"]
+    twin_rss = cold["twin"]["function_peak_rss_mib"]
+    overhead = handler["twin"]["explain_p50_ms"] - handler["twin"]["p50_ms"]
+    parity = report["parity"]
+
+    def both(fmt: Callable[[dict], str], source: dict) -> tuple[str, str]:
+        return fmt(source["twin"]), fmt(source["h5"])
+
+    def ms(key: str) -> Callable[[dict], str]:
+        return lambda r: f"{r[key]:.2f} ms" if r.get(key) is not None else "-"
+
+    def mib(key: str) -> Callable[[dict], str]:
+        return lambda r: f"{r[key]:.0f} MiB" if r.get(key) is not None else "-"
+
+    runs = both(lambda r: "/".join(f"{s:.2f}" for s in r["cold_start_s"]), cold)
     rows = [
         (
-            "warm p50, lambda_handler in-process",
-            f"{handler['p50_ms']:.2f} ms",
-            f"< {TARGET_WARM_P50_MS:g} ms",
-            verdict(handler["p50_ms"] < TARGET_WARM_P50_MS),
+            f"cold start median, spawn -> first 200 (n={len(cold['twin']['cold_start_s'])})",
+            *both(lambda r: f"{r['cold_start_median_s']:.2f} s", cold),
+            f"<= {TARGET_COLD_START_S:g} s",
+            verdict(twin_cold <= TARGET_COLD_START_S),
         ),
-        ("warm p99, lambda_handler in-process", f"{handler['p99_ms']:.2f} ms", "", ""),
-    ]
-    if cold.get("runtime_warm_p50_ms") is not None:
-        rows += [
-            ("warm p50, via awslambdaric + Runtime API", f"{cold['runtime_warm_p50_ms']:.2f} ms", "", ""),
-            ("warm p99, via awslambdaric + Runtime API", f"{cold['runtime_warm_p99_ms']:.2f} ms", "", ""),
-        ]
-    runs = ", ".join(f"{s:.2f}" for s in cold["cold_start_s"])
-    rows += [
+        ("  runs (s)", *runs, "", ""),
+        ("  of which init phase (spawn -> first poll)", *both(lambda r: f"{r['init_median_s']:.2f} s", cold), "", ""),
         (
-            f"cold start median, spawn -> first 200 (n={len(cold['cold_start_s'])})",
-            f"{cold['cold_start_median_s']:.2f} s",
-            f"< {TARGET_COLD_START_S:g} s",
-            verdict(cold["cold_start_median_s"] < TARGET_COLD_START_S),
+            "  .h5 cold start / twin cold start",
+            f"{h5_cold / twin_cold:.1f}x",
+            "",
+            f">= {TARGET_COLD_SPEEDUP:g}x",
+            verdict(h5_cold / twin_cold >= TARGET_COLD_SPEEDUP),
         ),
-        ("  runs", f"{runs} s", "", ""),
-        ("  of which init phase (spawn -> first poll)", f"{cold['init_median_s']:.2f} s", "", ""),
-        ("peak RSS, this process after handler run", f"{handler['peak_rss_mib']:.0f} MiB", "", ""),
-        ("peak RSS, function process", f"{cold['function_peak_rss_mib']:.0f} MiB", "", ""),
-        ("original pipeline p50", f"{original['p50_ms']:.2f} ms", "", ""),
-        ("original pipeline p99", f"{original['p99_ms']:.2f} ms", "", ""),
+        (
+            "warm p50, lambda_handler in-process",
+            *both(ms("p50_ms"), handler),
+            f"<= {TARGET_WARM_P50_MS:g} ms",
+            verdict(handler["twin"]["p50_ms"] <= TARGET_WARM_P50_MS),
+        ),
+        ("warm p99, lambda_handler in-process", *both(ms("p99_ms"), handler), "", ""),
+        ("warm p50, via awslambdaric + Runtime API", *both(ms("runtime_warm_p50_ms"), cold), "", ""),
+        ("warm p99, via awslambdaric + Runtime API", *both(ms("runtime_warm_p99_ms"), cold), "", ""),
+        ("warm p50 with explain=true (heatmap)", *both(ms("explain_p50_ms"), handler), "", ""),
+        (
+            "  explain overhead at p50",
+            f"{overhead:.2f} ms",
+            f"{handler['h5']['explain_p50_ms'] - handler['h5']['p50_ms']:.2f} ms",
+            f"<= {TARGET_EXPLAIN_OVERHEAD_MS:g} ms",
+            verdict(overhead <= TARGET_EXPLAIN_OVERHEAD_MS),
+        ),
+        (
+            "peak RSS, function process (VmHWM)",
+            *both(mib("function_peak_rss_mib"), cold),
+            f"<= {TARGET_PEAK_RSS_MIB:g} MiB",
+            verdict(twin_rss is not None and twin_rss <= TARGET_PEAK_RSS_MIB),
+        ),
+        ("peak RSS, handler worker process", *both(mib("peak_rss_mib"), handler), "", ""),
+        ("TensorFlow imported by the function", *both(lambda r: str(r["tensorflow_imported"]), handler), "", ""),
+        (
+            "parity, max |p twin - p .h5|, this image",
+            f"{parity['image_max_abs_diff']:.1e}",
+            "",
+            f"<= {TARGET_PARITY:g}",
+            verdict(parity["image_max_abs_diff"] <= TARGET_PARITY and parity["labels_equal"]),
+        ),
+        (
+            "parity on the smoke set (model.json twin.parity)",
+            f"{parity['smoke_max_abs_diff']:.1e}",
+            "",
+            f"<= {TARGET_PARITY:g}",
+            verdict(parity["smoke_max_abs_diff"] <= TARGET_PARITY and parity["smoke_labels_equal"]),
+        ),
+        ("original pipeline p50 / p99", f"{original['p50_ms']:.2f} / {original['p99_ms']:.2f} ms", "", "", ""),
         (
             "speed-up, original p50 / handler p50",
-            f"{report['speedup']:.1f}x",
-            f">= {TARGET_SPEEDUP:g}x",
-            verdict(report["speedup"] >= TARGET_SPEEDUP),
+            *both(lambda r: f"{original['p50_ms'] / r['p50_ms']:.1f}x", handler),
+            "",
+            "",
         ),
     ]
-    width = max(len(row[0]) for row in rows)
-    value_width = max(len(row[1]) for row in rows)
+    name_width = max(len(row[0]) for row in rows)
+    widths = [max(len(row[i]) for row in [*rows, ("", *VARIANT_TITLES.values(), "target", "")]) for i in (1, 2, 3)]
+    header = ("metric", VARIANT_TITLES["twin"], VARIANT_TITLES["h5"], "target", "status")
     lines = [
-        "LungScan prediction benchmark",
+        "LungScan prediction benchmark: the runtime twin and model.h5, side by side",
         f"image:    {report['image']} , PNG {report['image_bytes'] / 1024:.0f} KiB",
         f"model:    {report['model']}",
         f"original: {original['model']}",
-        f"answer:   {handler['label']} {handler['probabilities']}",
-        f"requests: {report['requests']} handler, {report['legacy_requests']} original; machine: {report['machine']}",
+        f"answer:   {handler['twin']['label']} (twin), {handler['h5']['label']} (.h5)",
+        f"requests: {report['requests']} handler (+{report['explain_requests']} with explain) per way, "
+        f"{report['legacy_requests']} original; machine: {report['machine']}",
         "",
-        f"{'metric':<{width}}  {'value':>{value_width}}  {'target':<9} status",
-        "-" * (width + value_width + 22),
     ]
-    for name, value, target, status in rows:
-        lines.append(f"{name:<{width}}  {value:>{value_width}}  {target:<9} {status}".rstrip())
+    for row in [header, tuple("-" * len(h) for h in header), *rows]:
+        name, twin, h5, target, status = row
+        lines.append(
+            f"{name:<{name_width}}  {twin:>{widths[0]}}  {h5:>{widths[1]}}  {target:<{widths[2]}}  {status}".rstrip()
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="bundle folder to serve")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="bundle folder (with its twin)")
     parser.add_argument("--image", type=Path, default=None, help=f"CT slice (default: {DEFAULT_IMAGE})")
-    parser.add_argument("--requests", type=int, default=300, help="timed handler requests (after warm-up)")
+    parser.add_argument("--requests", type=int, default=300, help="timed handler requests per way (after warm-up)")
+    parser.add_argument("--explain-requests", type=int, default=100, help="timed explain=true requests per way")
     parser.add_argument("--legacy-requests", type=int, default=100, help="timed original-pipeline requests")
     parser.add_argument("--legacy-model", type=Path, default=None, help="the original app's model.h5")
-    parser.add_argument("--cold-starts", type=int, default=3, help="cold starts to time (median reported)")
+    parser.add_argument("--cold-starts", type=int, default=5, help="cold starts per way (median reported)")
     parser.add_argument("--runtime-requests", type=int, default=50, help="warm requests through awslambdaric")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (table on stderr)")
+    parser.add_argument("--handler-worker", type=Path, help=argparse.SUPPRESS)  # internal: one way, in-process
+    parser.add_argument("--worker-log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -365,44 +463,60 @@ def main(argv: list[str] | None = None) -> int:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
 
+    if args.handler_worker is not None:
+        result = handler_worker(args.handler_worker, args.image, args.requests, args.explain_requests, args.worker_log)
+        print(json.dumps(result))
+        return 0
+
     with tempfile.TemporaryDirectory(prefix="lungscan-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         png, image_source = load_png(args.image)
-        model_dir, model_source = resolve_model_dir(args.model_dir.resolve(), scratch)
+        png_path = scratch / "slice.png"
+        png_path.write_bytes(png)
+        bundles, info = bundle_variants(args.model_dir.resolve(), scratch)
         event = predict_event(png)
 
-        # Cold starts first, while this process has not imported TensorFlow (unless the stand-in needed it).
-        log(f"cold start x{args.cold_starts} (runtime + awslambdaric subprocess), logs in {scratch}")
-        cold = bench_cold_start(model_dir, event, args.cold_starts, args.runtime_requests, scratch)
-        if cold["runtime_warm_ms"]:
-            cold["runtime_warm_p50_ms"] = percentile(cold["runtime_warm_ms"], 50)
-            cold["runtime_warm_p99_ms"] = percentile(cold["runtime_warm_ms"], 99)
-        log(f"lambda_handler in-process x{args.requests}")
-        handler = bench_handler(model_dir, event, args.requests, scratch)
-        handler["p50_ms"] = percentile(handler["samples_ms"], 50)
-        handler["p99_ms"] = percentile(handler["samples_ms"], 99)
+        # Cold starts first, while this process has not imported TensorFlow.
+        log(f"cold start x{args.cold_starts} per way (runtime + awslambdaric subprocess), logs in {scratch}")
+        cold = bench_cold_starts(bundles, event, args.cold_starts, args.runtime_requests, scratch)
+        handler = {}
+        for variant, model_dir in bundles.items():
+            log(f"lambda_handler in a worker process, {variant}: x{args.requests}, explain x{args.explain_requests}")
+            handler[variant] = bench_handler(variant, model_dir, png_path, args, scratch)
         log(f"original Flask pipeline x{args.legacy_requests}")
         original = bench_original(png, args.legacy_model, args.legacy_requests, scratch)
-        original["p50_ms"] = percentile(original["samples_ms"], 50)
-        original["p99_ms"] = percentile(original["samples_ms"], 99)
 
+    import numpy as np
     import tensorflow as tf
 
+    twin_p, h5_p = (np.asarray(handler[v]["probabilities"]) for v in VARIANTS)
     report = {
         "image": image_source,
         "image_bytes": len(png),
-        "model": model_source,
+        "model": f"{info['name']} version {info['version']} ({args.model_dir})",
         "requests": args.requests,
+        "explain_requests": args.explain_requests,
         "legacy_requests": args.legacy_requests,
         "machine": f"Python {platform.python_version()}, TensorFlow {tf.__version__}, {os.cpu_count()} CPUs",
-        "handler": {k: v for k, v in handler.items() if k != "samples_ms"},
-        "original": {k: v for k, v in original.items() if k != "samples_ms"},
-        "cold_start": {k: v for k, v in cold.items() if k != "runtime_warm_ms"},
-        "speedup": original["p50_ms"] / handler["p50_ms"],
+        "cold_start": cold,
+        "handler": handler,
+        "original": original,
+        "parity": {
+            "image_max_abs_diff": float(np.abs(twin_p - h5_p).max()),
+            "labels_equal": handler["twin"]["label"] == handler["h5"]["label"],
+            "smoke_max_abs_diff": info["twin"]["parity"]["max_abs_diff"],
+            "smoke_labels_equal": info["twin"]["parity"]["labels_equal"],
+            "smoke_on": info["twin"]["parity"]["on"],
+        },
+        "speedup_over_original": {v: original["p50_ms"] / handler[v]["p50_ms"] for v in VARIANTS},
+        "cold_start_speedup": cold["h5"]["cold_start_median_s"] / cold["twin"]["cold_start_median_s"],
         "targets": {
-            "warm_p50_ms": TARGET_WARM_P50_MS,
-            "speedup": TARGET_SPEEDUP,
             "cold_start_s": TARGET_COLD_START_S,
+            "cold_start_speedup": TARGET_COLD_SPEEDUP,
+            "warm_p50_ms": TARGET_WARM_P50_MS,
+            "peak_rss_mib": TARGET_PEAK_RSS_MIB,
+            "parity": TARGET_PARITY,
+            "explain_overhead_ms": TARGET_EXPLAIN_OVERHEAD_MS,
         },
     }
     table = render_table(report)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lungscan.errors import InvalidBundleError
+from lungscan.runtime import TwinSpec
 
 MODEL_FILE = "model.h5"
 METADATA_FILE = "model.json"
@@ -77,6 +78,7 @@ class BundleMetadata(BaseModel):
     framework: dict = {}
     intended_use: str = INTENDED_USE
     sha256: str | None = None
+    twin: TwinSpec | None = None  # model.onnx derived from model.h5 (lungscan/runtime.py)
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:

@@ -3,6 +3,11 @@
 Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
 Localization" (ICCV 2017): weight the last convolutional feature maps by the spatial mean
 of the class score's gradient, keep the positive part, upsample to the image.
+
+Two ways to the same map: :class:`GradCam` differentiates a Keras model with TensorFlow;
+a runtime twin (``lungscan.runtime``) outputs the feature maps and the channel weights
+itself, and :func:`gradcam_from_weights` finishes in numpy. This module imports neither
+TensorFlow nor Keras at import time: the serving path must not pay for them.
 """
 
 from __future__ import annotations
@@ -52,6 +57,13 @@ def gradient_model(model):
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     conv_layer = layers[last_conv_layer_index(layers)]
     return keras.Model(model.inputs, [conv_layer.output, model.outputs[0]])
+
+
+def gradcam_from_weights(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Grad-CAM from one input's feature maps (h, w, K) and its channel weights (K,): ReLU of
+    the weighted sum, scaled to [0, 1] (the same arithmetic as :class:`GradCam`)."""
+    cam = np.maximum(np.asarray(features, np.float32) @ np.asarray(weights, np.float32), 0.0)
+    return cam / (cam.max() + np.float32(1e-8))
 
 
 class GradCam:

@@ -1,22 +1,22 @@
 """Load a bundle and classify images with it.
 
-Inference goes through one traced ``tf.function`` (~1 ms for a small CNN); Keras'
-``model.predict`` costs ~50 ms of per-call overhead and is never used per request.
+The model runs on the bundle's runtime twin (onnxruntime) when it has one, else on
+``model.h5`` through Keras (``lungscan.runtime``); this module does not know which.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from lungscan.bundle import MODEL_FILE, BundleMetadata, read_metadata
+from lungscan.bundle import BundleMetadata, read_metadata
 from lungscan.errors import InvalidBundleError, MalformedInputError
-from lungscan.explain import GradCam, heatmap_overlay
+from lungscan.explain import heatmap_overlay
 from lungscan.imaging import DecodedImage
+from lungscan.runtime import ModelRuntime, load_runtime
 from lungscan.transforms import build_preprocess, preprocess_image
 
 VERDICT_SUSPICIOUS = "Cancer Detected"
@@ -41,50 +41,40 @@ class Prediction:
         return VERDICT_SUSPICIOUS if self.suspicious else VERDICT_CLEAR
 
 
-def load_keras_model(model_path: Path):
-    """Load a Keras ``.h5`` for inference only (no optimizer state, no compile)."""
-    import keras  # deferred: importing TensorFlow takes seconds
-
-    try:
-        return keras.models.load_model(model_path, compile=False)
-    except Exception as error:  # h5py/keras raise many types for a bad file
-        raise InvalidBundleError(f"{model_path} could not be loaded as a Keras model: {error}") from error
-
-
 class Classifier:
     """A loaded model with its metadata and preprocessing, ready to answer."""
 
-    def __init__(self, bundle_dir: Path | str) -> None:
-        import tensorflow as tf
-
+    def __init__(self, bundle_dir: Path | str, *, runtime: str = "twin") -> None:
+        """
+        Args:
+            runtime: "twin" serves the bundle's runtime twin when it has a current one (else
+                model.h5 with Keras); "keras" always serves model.h5 (parity checks).
+        """
         self.bundle_dir = Path(bundle_dir)
         self.metadata: BundleMetadata = read_metadata(self.bundle_dir)
-        self.model = load_keras_model(self.bundle_dir / MODEL_FILE)
+        self.runtime: ModelRuntime = load_runtime(self.bundle_dir, self.metadata, prefer=runtime)
         spec = self.metadata.input
         self.input_shape = (spec.height, spec.width, spec.channels)
         self._check_shapes()
         self.preprocess = build_preprocess(self.metadata.preprocessing.model_dump())
-        self._forward = tf.function(
-            lambda batch: self.model(batch, training=False),
-            input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)],
-            reduce_retracing=True,
-        )
-        self.predict_batch(np.zeros((1, *self.input_shape), np.float32))  # trace once, at load
-        self._gradcam: GradCam | None = None  # traced on first use: cold starts stay short
-        self._gradcam_lock = threading.Lock()
+        self.predict_batch(np.zeros((1, *self.input_shape), np.float32))  # warm up at load, not on a request
 
     def _check_shapes(self) -> None:
-        model_input = tuple(self.model.inputs[0].shape[1:])
+        model_input = self.runtime.input_shape
         if model_input != self.input_shape:
             raise InvalidBundleError(f"model input {model_input} does not match model.json {self.input_shape}")
-        outputs = int(self.model.outputs[0].shape[-1])
+        outputs = self.runtime.output_width
         expected = 1 if self.metadata.output == "sigmoid" else len(self.metadata.classes)
         if outputs != expected:
             raise InvalidBundleError(f"model has {outputs} outputs; model.json implies {expected}")
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (N, len(classes)), for preprocessed inputs."""
-        raw = self._forward(np.asarray(batch, dtype=np.float32)).numpy().astype(np.float64)
+        return self.probabilities_from(self.runtime.forward(np.asarray(batch, dtype=np.float32)))
+
+    def probabilities_from(self, raw: np.ndarray) -> np.ndarray:
+        """The served class probabilities from the model's raw outputs (sigmoid expanded, temperature applied)."""
+        raw = np.asarray(raw, dtype=np.float64)
         if self.metadata.output == "sigmoid":
             positive = raw[:, :1]  # P(classes[1]); the original app's P(no cancer)
             return np.concatenate([1.0 - positive, positive], axis=1)
@@ -124,10 +114,7 @@ class Classifier:
 
     def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
         """Grad-CAM map (values in [0, 1], feature-map resolution) for one preprocessed image."""
-        with self._gradcam_lock:
-            if self._gradcam is None:
-                self._gradcam = GradCam(self.model, self.input_shape, self.metadata.output == "sigmoid")
-        return self._gradcam(array, class_index)
+        return self.runtime.gradcam(array, class_index)
 
     def interpret(self, probabilities: np.ndarray, operations: list[dict] | None = None) -> Prediction:
         classes = self.metadata.classes

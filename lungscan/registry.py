@@ -3,6 +3,7 @@
 Layout in the model bucket::
 
     models/<name>/<version>/model.h5
+    models/<name>/<version>/model.onnx      (the runtime twin, when model.json declares one)
     models/<name>/<version>/model.json
     models/<name>/<version>/report/*       (evaluation figures, smoke set; not needed to serve)
     models/<name>/<version>/MODEL_CARD.md
@@ -13,7 +14,8 @@ Publishing writes the whole bundle first (model.json last: a version folder with
 is complete), checks what landed, and moves the pointer last, so a reader sees either the old
 model or the complete new one, never half of it. Every pointer move is appended to
 ``history.json`` *before* the pointer is written, so a rollback can always find where the
-pointer came from. Serving (:func:`download_bundle`) fetches only model.h5 and model.json.
+pointer came from. Serving (:func:`download_bundle`) fetches only model.h5, model.json and
+the twin model.json declares.
 The S3 client is passed in, so tests hand in a moto-backed one and the local stack one
 pointed at moto server.
 """
@@ -41,6 +43,7 @@ from lungscan.bundle import (
     read_metadata,
 )
 from lungscan.errors import InvalidBundleError, LungScanError
+from lungscan.runtime import TWIN_FILE, verify_twin
 
 PREFIX = "models"
 POINTER_FILE = "latest.json"
@@ -111,7 +114,8 @@ def set_latest(s3, bucket: str, name: str, version: str) -> None:
 
 
 def bundle_files(bundle_dir: Path | str) -> list[str]:
-    """Files of a local bundle that are published, relative to it: report/*, the card, model.h5, model.json last."""
+    """Files of a local bundle that are published, relative to it: report/*, the card, model.h5, the twin
+    (model.onnx, when there), model.json last."""
     bundle_dir = Path(bundle_dir)
     report = sorted(
         path.relative_to(bundle_dir).as_posix()
@@ -119,7 +123,8 @@ def bundle_files(bundle_dir: Path | str) -> list[str]:
         if path.is_file() and not path.name.startswith(".")
     )
     card = [CARD_FILE] if (bundle_dir / CARD_FILE).is_file() else []
-    return [*report, *card, MODEL_FILE, METADATA_FILE]
+    twin = [TWIN_FILE] if (bundle_dir / TWIN_FILE).is_file() else []
+    return [*report, *card, MODEL_FILE, *twin, METADATA_FILE]
 
 
 def declared_report_files(metadata: BundleMetadata) -> dict[str, str]:
@@ -183,7 +188,7 @@ def read_published_metadata(s3, bucket: str, name: str, version: str) -> BundleM
 
 def verify_published(s3, bucket: str, name: str, version: str) -> BundleMetadata:
     """Check a published version end to end: model.json valid, named as its folder, and the sha256
-    of model.h5 and of every report file it declares matching what S3 holds.
+    of model.h5, of its twin and of every report file it declares matching what S3 holds.
 
     Raises:
         InvalidBundleError: anything missing or mismatched.
@@ -200,6 +205,8 @@ def verify_published(s3, bucket: str, name: str, version: str) -> BundleMetadata
     if not metadata.sha256:
         raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
     expected = {MODEL_FILE: metadata.sha256} | declared_report_files(metadata)
+    if metadata.twin is not None:
+        expected[metadata.twin.file] = metadata.twin.sha256
     for relative, digest in expected.items():
         try:
             actual = _object_sha256(s3, bucket, f"{prefix}/{relative}")
@@ -380,7 +387,7 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
     """Download a published bundle and verify it; returns the local bundle folder.
 
     The files land in a temporary folder first and are moved into place only once
-    model.json parses and the sha256 of model.h5 matches it.
+    model.json parses and the sha256 of model.h5 (and of the twin it declares) match it.
 
     Raises:
         RegistryError: ``name`` or ``version`` is not valid (checked before any file is touched).
@@ -394,7 +401,11 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
     if final.is_dir():
         try:
             cached = read_metadata(final)  # a cached copy is used only while its sha256 still matches
-            if (cached.name, cached.version) == (name, version):
+            if cached.twin is not None:
+                verify_twin(final, cached.twin)
+            # ...and only while it is what the registry holds (a cache from before a twin was added is not).
+            remote = s3.get_object(Bucket=bucket, Key=f"{prefix}/{METADATA_FILE}")["Body"].read()
+            if (cached.name, cached.version) == (name, version) and (final / METADATA_FILE).read_bytes() == remote:
                 return final
         except InvalidBundleError:
             pass
@@ -413,6 +424,9 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
             raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
         if file_sha256(staging / MODEL_FILE) != metadata.sha256:
             raise InvalidBundleError(f"sha256 of {prefix}/{MODEL_FILE} does not match its model.json")
+        if metadata.twin is not None:
+            s3.download_file(bucket, f"{prefix}/{metadata.twin.file}", str(staging / metadata.twin.file))
+            verify_twin(staging, metadata.twin)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(final)
     except Exception:

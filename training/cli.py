@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from lungscan.errors import LungScanError
-from training import evaluate, publish, train
+from training import evaluate, publish, train, twin
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
@@ -45,6 +45,13 @@ HELP = {
         "the expected calibration error before/after a temperature fitted on validation (stored in "
         "model.json, applied by the server). Writes report/*.png, report/test_predictions.csv, "
         "report/smoke.npz (checked by publish) and MODEL_CARD.md.",
+    ),
+    "twin": (
+        "derive model.onnx, the runtime twin that serves without TensorFlow",
+        "Convert model.h5 with tf2onnx (opset 17) into model.onnx with three outputs: probabilities, the last "
+        "feature maps and their Grad-CAM channel weights. Check it against Keras on report/smoke.npz (served "
+        "probabilities within 1e-5, same labels; Grad-CAM within 1e-2), then write it and record its sha256, "
+        "opset and parity in model.json's `twin`. publish runs this when a bundle has no current twin.",
     ),
     "publish": (
         "validate a bundle, upload it, then move latest.json",
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     adders = {
         "train": train.add_arguments,
         "evaluate": evaluate.add_arguments,
+        "twin": twin.add_arguments,
         "publish": publish.add_publish_arguments,
         "promote": publish.add_promote_arguments,
         "rollback": publish.add_rollback_arguments,
@@ -98,6 +106,9 @@ def run(args: argparse.Namespace, argv: list[str], s3=None) -> int:
         return 0
     if args.command == "evaluate":
         evaluate.evaluate_bundle(args.bundle, args.data_dir, smoke_size=args.smoke_size)
+        return 0
+    if args.command == "twin":
+        twin.derive_twin(args.bundle)
         return 0
     bucket = publish.resolve_bucket(args.bucket)
     s3 = s3 or publish.s3_client()

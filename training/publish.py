@@ -1,6 +1,8 @@
 """Registry commands: ``publish``, ``promote``, ``rollback``, ``list`` (``python -m training ...``).
 
-``publish BUNDLE`` validates the bundle before anything is uploaded:
+``publish BUNDLE`` first derives the runtime twin ``model.onnx`` when the bundle has no current one
+(``training/twin.py``; skipped, with a note, for a model whose head it cannot reproduce), then
+validates the bundle before anything is uploaded:
 
 1. ``model.json`` is valid and the sha256 of ``model.h5`` matches it;
 2. :class:`lungscan.predict.Classifier` loads it and the model's input/output shapes match
@@ -38,6 +40,7 @@ import numpy as np
 from lungscan import registry
 from lungscan.bundle import METADATA_FILE, BundleMetadata, file_sha256, read_metadata
 from lungscan.errors import InvalidBundleError, LungScanError
+from training import twin
 from training.evaluate import SMOKE_FILE, SMOKE_TOLERANCE, smoke_inputs
 
 Printer = Callable[[str], None]
@@ -183,6 +186,11 @@ def publish(s3, bucket: str, bundle_dir: Path | str, *, force: bool = False, out
         PublishRefusedError: worse/incomparable without ``force``, or the version exists with other content.
     """
     bundle_dir = Path(bundle_dir)
+    if (bundle_dir / METADATA_FILE).is_file() and not twin.has_current_twin(bundle_dir):
+        try:
+            twin.derive_twin(bundle_dir, out=out)
+        except twin.TwinUnsupportedError as error:
+            out(f"no runtime twin ({error}): the function will serve model.h5 with Keras")
     metadata = validate_bundle(bundle_dir)
     name, version = metadata.name, metadata.version
     out(f"validated {bundle_dir}: {name} {version} (test macro-F1 {metadata.metrics.get('macro_f1')})")

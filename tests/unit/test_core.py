@@ -92,7 +92,7 @@ def test_classifier_uses_the_same_preprocessing_as_training(tiny_bundle):
     trained, _ = preprocess_image(decoded, build_preprocess(read_metadata(tiny_bundle).preprocessing.model_dump()))
     np.testing.assert_array_equal(served, trained)
     # ...and the tf.function answers exactly what the Keras model answers.
-    expected = classifier.model(served[np.newaxis], training=False).numpy()[0]
+    expected = classifier.runtime.model(served[np.newaxis], training=False).numpy()[0]
     np.testing.assert_allclose(classifier.predict_batch(served[np.newaxis])[0], expected, rtol=1e-5)
 
 

@@ -111,11 +111,13 @@ def test_publish_uploads_the_bundle_then_history_then_moves_the_pointer(s3, tmp_
     assert head["Metadata"]["sha256"] == registry.read_published_metadata(s3, BUCKET, "tiny", "v1").sha256
 
 
-def test_serving_downloads_only_model_and_metadata(s3, tmp_path, capsys):
-    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1")))
+def test_serving_downloads_only_model_twin_and_metadata(s3, tmp_path, capsys):
+    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1")))  # publish derives the twin
     local = registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache")
-    assert sorted(p.name for p in local.iterdir()) == ["model.h5", "model.json"]
-    assert Classifier(local).metadata.version == "v1"
+    assert sorted(p.name for p in local.iterdir()) == ["model.h5", "model.json", "model.onnx"]
+    classifier = Classifier(local)
+    assert classifier.metadata.version == "v1"
+    assert classifier.runtime.name == "onnxruntime"
 
 
 def test_a_better_model_moves_the_pointer(s3, tmp_path, capsys):
