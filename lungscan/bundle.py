@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lungscan.errors import InvalidBundleError
+from lungscan.gate import GateSpec
 
 MODEL_FILE = "model.h5"
 METADATA_FILE = "model.json"
@@ -67,6 +68,7 @@ class BundleMetadata(BaseModel):
     framework: dict = {}
     intended_use: str = INTENDED_USE
     sha256: str | None = None
+    gate: GateSpec | None = None  # the not-CT gate (lungscan.gate); None: served without one (legacy)
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:

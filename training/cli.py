@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from lungscan.errors import LungScanError
-from training import evaluate, publish, train
+from training import evaluate, gate, publish, train
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
@@ -45,6 +45,16 @@ HELP = {
         "the expected calibration error before/after a temperature fitted on validation (stored in "
         "model.json, applied by the server). Writes report/*.png, report/test_predictions.csv, "
         "report/smoke.npz (checked by publish) and MODEL_CARD.md.",
+    ),
+    "gate": (
+        "fit the not-CT gate on training data and store it in model.json",
+        "Fit the gate that refuses images that are not CT slices (422 not_ct_like): CT positives from the "
+        "training split of every bundle (report/split.json; no validation or test file is read), negatives "
+        "from generated non-CT images (noise, charts, text, drawings, screenshots, synthetic X-ray and MR...). "
+        "Thresholds refuse at most 1% of training CT (out of fold). Prints and stores in model.json's gate the "
+        "refusal rates on held-out CT (test splits, valid/ folders) and on a separate non-CT evaluation set "
+        "(other seeds, scikit-image sample images, pydicom's non-CT test files). Example: python -m training "
+        "gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data",
     ),
     "publish": (
         "validate a bundle, upload it, then move latest.json",
@@ -81,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     adders = {
         "train": train.add_arguments,
         "evaluate": evaluate.add_arguments,
+        "gate": gate.add_arguments,
         "publish": publish.add_publish_arguments,
         "promote": publish.add_promote_arguments,
         "rollback": publish.add_rollback_arguments,
@@ -98,6 +109,9 @@ def run(args: argparse.Namespace, argv: list[str], s3=None) -> int:
         return 0
     if args.command == "evaluate":
         evaluate.evaluate_bundle(args.bundle, args.data_dir, smoke_size=args.smoke_size)
+        return 0
+    if args.command == "gate":
+        gate.run(args)
         return 0
     bucket = publish.resolve_bucket(args.bucket)
     s3 = s3 or publish.s3_client()
