@@ -186,8 +186,15 @@ def is_ct_like(features: np.ndarray, spec: GateSpec) -> np.ndarray:
 def check_ct_like(decoded: DecodedImage, spec: GateSpec) -> None:
     """Refuse an image that does not look like a CT slice.
 
+    A DICOM whose header says CT (its pixels calibrated to Hounsfield units and shown through
+    the requested window) answers the question itself: the gate judges images whose origin is
+    unknown (PNG, JPEG...) and DICOMs of other modalities let in with ``allow_non_ct``. It would
+    refuse some real CT files otherwise, e.g. pydicom's 128x128 small-field-of-view crop.
+
     Raises:
         NotCTLikeError: (HTTP 422, ``not_ct_like``) with what to send instead.
     """
+    if decoded.format == "DICOM" and decoded.meta.get("modality") == "CT":
+        return
     if not bool(is_ct_like(gate_features(decoded.image), spec)[0]):
         raise NotCTLikeError(NOT_CT_MESSAGE)

@@ -2,8 +2,8 @@
 
 Positives are CT slices from the training split of EVERY bundle at hand (each bundle's
 ``report/split.json``; their validation and test files are never read for fitting), plus
-mildly augmented copies (crop, rotation, gamma, contrast, noise, JPEG) so that CT from other
-scanners and exporters is not mistaken for something else. Negatives come from
+augmented copies (crop, rotation, display window, gamma, contrast, noise, annotations, frames,
+JPEG) so that CT from other scanners and exporters is not mistaken for something else. Negatives come from
 ``training.non_ct.training_negatives``. Thresholds are set on out-of-fold scores of the training
 CT (grouped so augmented copies stay with their original): at most ``REFUSE_TRAINING_CT`` of it
 is refused. The evaluation reports refusal rates on held-out CT of every bundle (test split, and
@@ -34,7 +34,7 @@ AUGMENTED_COPIES = 2
 NEGATIVES_PER_KIND = 60
 FOLDS = 5
 SEED = 0
-HIDDEN = 16  # a linear classifier let grey photos and MR through; 16 ReLU units do not (measured)
+HIDDEN = 64  # a linear classifier let grey photos and MR through; 64 ReLU units refuse the most (measured)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         help="folder holding the datasets (e.g. ../shared/data); default: the parent of each split.json's data_dir",
+    )
+    parser.add_argument(
+        "--negatives-per-kind", type=int, default=NEGATIVES_PER_KIND, help="generated non-CT images per kind"
+    )
+    parser.add_argument(
+        "--augmented-copies", type=int, default=AUGMENTED_COPIES, help="augmented copies of each training CT slice"
     )
     parser.add_argument(
         "--ct-bundles",
@@ -100,16 +106,18 @@ def held_out_ct(bundle_dirs: list[Path], data_dir: Path | None) -> dict[str, lis
     return sources
 
 
-def augment(image: Image.Image, rng: np.random.Generator, zoom_chance: float = 0.25) -> Image.Image:
+def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A CT slice as another scanner or exporter might give it: cropped, rotated, re-windowed, noisier."""
     image = image.convert("L") if image.mode not in ("L", "RGB") else image
     width, height = image.size
-    # A small field of view (pydicom's CT_small is such a crop around the spine) or a slight crop.
-    keep = rng.uniform(0.3, 0.6) if rng.random() < zoom_chance else rng.uniform(0.8, 1.0)
+    keep = rng.uniform(0.8, 1.0)
     left, top = rng.uniform(0, 1 - keep) * width, rng.uniform(0, 1 - keep) * height
     image = image.crop((int(left), int(top), int(left + keep * width), int(top + keep * height)))
     image = image.rotate(rng.uniform(-10, 10), resample=Image.Resampling.BILINEAR)
     pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if rng.random() < 0.5:  # another display window: exports range from dark bone-like to a saturated lung window
+        low, high = rng.uniform(0.0, 0.1), float(np.quantile(pixels, rng.uniform(0.4, 0.99)))
+        pixels = np.clip((pixels - low) / max(high - low, 0.05), 0, 1)
     pixels = np.clip(pixels ** rng.uniform(0.7, 1.4) * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1)
     pixels = np.clip(pixels + rng.normal(0, rng.uniform(0, 0.02), pixels.shape), 0, 1)
     image = Image.fromarray((pixels * 255 + 0.5).astype(np.uint8))
@@ -264,7 +272,14 @@ def evaluate_gate(spec: GateSpec, held_out: dict[str, list[Path]], per_kind: int
     }
 
 
-def build_gate(ct_bundles: list[Path], data_dir: Path | None, *, log=print) -> GateSpec:
+def build_gate(
+    ct_bundles: list[Path],
+    data_dir: Path | None,
+    *,
+    negatives_per_kind: int = NEGATIVES_PER_KIND,
+    augmented_copies: int = AUGMENTED_COPIES,
+    log=print,
+) -> GateSpec:
     """Load the training CT of every bundle and the generated negatives, fit, and evaluate."""
     rng = np.random.default_rng(SEED)
     ct_images, ct_groups, sources = [], [], {}
@@ -276,12 +291,12 @@ def build_gate(ct_bundles: list[Path], data_dir: Path | None, *, log=print) -> G
             group = len(sources) * 100_000 + len(ct_groups)
             ct_images.append(image)
             ct_groups.append(group)
-            for _ in range(AUGMENTED_COPIES):
+            for _ in range(augmented_copies):
                 ct_images.append(augment(image, rng))
                 ct_groups.append(group)
-    log(f"gate: {len(ct_images)} training CT images ({sources} originals, {AUGMENTED_COPIES} augmented copies each)")
+    log(f"gate: {len(ct_images)} training CT images ({sources} originals, {augmented_copies} augmented copies each)")
     ct = features_of(ct_images)
-    negatives_list = non_ct.training_negatives(NEGATIVES_PER_KIND, seed=SEED)
+    negatives_list = non_ct.training_negatives(negatives_per_kind, seed=SEED)
     negatives = features_of(image for _, image in negatives_list)
     kinds = sorted({kind for kind, _ in negatives_list})
     log(f"gate: {len(negatives)} generated non-CT images of {len(kinds)} kinds")
@@ -289,8 +304,8 @@ def build_gate(ct_bundles: list[Path], data_dir: Path | None, *, log=print) -> G
         ct, np.asarray(ct_groups), negatives, np.asarray([kinds.index(k) for k, _ in negatives_list])
     )
     spec.fitted_on = {
-        "ct": {"bundles": sources, "split": "train", "augmented_copies": AUGMENTED_COPIES},
-        "non_ct": {"kinds": kinds, "per_kind": NEGATIVES_PER_KIND, "seed": SEED},
+        "ct": {"bundles": sources, "split": "train", "augmented_copies": augmented_copies},
+        "non_ct": {"kinds": kinds, "per_kind": negatives_per_kind, "seed": SEED},
         "thresholds": f"out-of-fold ({FOLDS} folds) training CT scores: at most {REFUSE_TRAINING_CT:.0%} refused",
         "out_of_fold": out_of_fold,
         "fitted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -332,7 +347,12 @@ def run(args: argparse.Namespace) -> None:
         if not (bundle / METADATA_FILE).is_file():
             raise FileNotFoundError(f"{bundle / METADATA_FILE} is missing: the gate is stored in a bundle's model.json")
     ct_bundles = args.ct_bundles or sorted(p.parent for p in bundles[0].parent.glob(f"*/{METADATA_FILE}"))
-    spec = build_gate([Path(b) for b in ct_bundles], args.data_dir)
+    spec = build_gate(
+        [Path(b) for b in ct_bundles],
+        args.data_dir,
+        negatives_per_kind=args.negatives_per_kind,
+        augmented_copies=args.augmented_copies,
+    )
     print_evaluation(spec)
     for bundle in bundles:
         store_gate(bundle, spec)

@@ -311,6 +311,31 @@ def sparse_points(rng):
     return _to_image(stretched + rng.normal(0, rng.uniform(0, 0.03), stretched.shape))
 
 
+def ultrasound(rng):
+    """A synthetic ultrasound frame: a speckled fan on black, labels, sometimes a colour Doppler box."""
+    width, height = int(rng.integers(320, 800)), int(rng.integers(240, 600))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    apex_x, apex_y = width / 2, height * rng.uniform(-0.1, 0.08)
+    depth = np.hypot(xx - apex_x, yy - apex_y)
+    angle = np.arctan2(xx - apex_x, yy - apex_y)
+    spread, reach = rng.uniform(0.4, 0.8), height * rng.uniform(0.75, 0.95)
+    fan = (np.abs(angle) < spread) & (depth < reach) & (depth > height * 0.05)
+    speckle = rng.rayleigh(0.3, (height, width)).astype(np.float32)
+    tissue = _smooth_field(rng, height, width, rng.uniform(4, 15))
+    pixels = np.where(fan, np.clip(speckle * (0.3 + tissue) * np.exp(-depth / (reach * 1.5)), 0, 1), 0.0)
+    image = _to_image(pixels).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2))).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for row, line in enumerate(_text_lines(rng, 4)):
+        draw.text((6, 6 + row * 14), line, fill=(230, 230, 230), font=_font(11))
+    if rng.random() < 0.5:  # colour Doppler
+        x, y = int(width * rng.uniform(0.35, 0.5)), int(height * rng.uniform(0.3, 0.5))
+        for _ in range(int(rng.integers(3, 12))):
+            cx, cy = x + int(rng.integers(0, 80)), y + int(rng.integers(0, 60))
+            r = int(rng.integers(3, 14))
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(220, 40, 20) if rng.random() < 0.5 else (30, 80, 230))
+    return image if rng.random() < 0.6 else image.convert("L")
+
+
 def photo_like(rng):
     """Smooth multi-scale textures with a few blurred objects: a stand-in for photographs."""
     width, height = _size(rng)
@@ -393,6 +418,7 @@ GENERATORS: dict[str, Generator] = {
     "mr": mr_slice,
     "photo_like": photo_like,
     "mask": mask,
+    "ultrasound": ultrasound,
     "sparse_points": sparse_points,
     "package_photo": package_photo,
     "package_mr": package_mr,

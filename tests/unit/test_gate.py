@@ -128,6 +128,19 @@ def test_a_dicom_of_another_modality_keeps_its_own_refusal(app_module, lambda_co
     assert (status, answer["error"]["code"]) == (422, "not_ct_modality")
 
 
+def test_a_ct_dicom_is_taken_at_its_header_and_other_modalities_face_the_gate():
+    refusing = hand_made_spec(probability_threshold=0.99)
+    image = ct_like_image(128)
+    check_ct_like(DecodedImage(image=image, format="DICOM", meta={"modality": "CT"}), refusing)
+    for decoded in (
+        DecodedImage(image=image, format="DICOM", meta={"modality": "MR"}),  # let in with allow_non_ct
+        DecodedImage(image=image, format="DICOM", meta={"modality": ""}),  # no modality tag
+        DecodedImage(image=image, format="PNG", meta={"modality": "CT"}),  # only the DICOM decoder sets it
+    ):
+        with pytest.raises(NotCTLikeError):
+            check_ct_like(decoded, refusing)
+
+
 # ---------------------------------------------------------------- the feature and score functions
 
 
@@ -141,9 +154,11 @@ def test_features_are_finite_and_see_colour():
     assert grey[chroma] == 0.0
     assert gate_features(ct_like_image(256, mode="RGB"))[chroma] == 0.0  # grey pixels stored as RGB
     assert colour[chroma] > 0.05
-    # a 16-bit export of the same slice looks the same to the gate as its 8-bit copy
-    image16 = Image.fromarray(np.asarray(ct_like_image(256), dtype=np.uint16) * 257)
-    np.testing.assert_allclose(gate_features(image16), grey, atol=0.02)
+    # a 16-bit export of a slice looks the same to the gate as its 8-bit copy
+    pixels = np.asarray(ct_like_image(256)).copy()
+    pixels[0, 0], pixels[-1, -1] = 0, 255  # full range: the 16-bit copy is stretched from its own min..max
+    image16 = Image.fromarray(pixels.astype(np.uint16) * 257)
+    np.testing.assert_allclose(gate_features(image16), gate_features(Image.fromarray(pixels)), atol=1e-6)
 
 
 def hand_made_spec(probability_threshold: float = 0.5, distance_threshold: float = 10.0) -> GateSpec:
