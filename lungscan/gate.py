@@ -45,7 +45,7 @@ def _feature_names() -> list[str]:
     names += [f"layout_{row}_{col}" for row in range(THUMBNAIL) for col in range(THUMBNAIL)]
     names += [f"dark_{row}_{col}" for row in range(DARK_GRID) for col in range(DARK_GRID)]
     names += [f"orientation_{i}" for i in range(ORIENTATIONS)]
-    names += ["gradient_mean", "flat_fraction", "edge_fraction", "fine_texture", "symmetry"]
+    names += ["gradient_mean", "flat_fraction", "edge_fraction", "fine_texture", "centre_noise", "symmetry"]
     return names
 
 
@@ -58,7 +58,8 @@ def gate_features(image: Image.Image) -> np.ndarray:
     Colour (CT has none), the intensity histogram (a large dark mode of air), the dark
     border around the body, the body's layout on an 8x8 grid and by ring from the centre,
     gradient orientations (charts and screenshots are axis-aligned), flat areas (drawings),
-    fine texture (CT has quantum noise) and left-right symmetry.
+    fine texture and noise in the middle of the picture (CT has quantum noise; drawings have
+    none) and left-right symmetry.
     """
     image = to_8bit(image)
     features: list[float] = []
@@ -124,6 +125,8 @@ def gate_features(image: Image.Image) -> np.ndarray:
         float((magnitude < 0.002).mean()),
         float((magnitude > 0.15).mean()),
         float((grey - blurred).std()),
+        # robust to edges: scanner noise inside the picture (drawings and cartoons have none)
+        float(np.median(np.abs(grey - blurred)[quarter:-quarter, quarter:-quarter])),
         symmetry,
     ]
     return np.asarray(features, dtype=np.float64)
