@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help="folder holding the datasets (e.g. ../shared/data); default: the parent of each split.json's data_dir",
+        help="folder holding the datasets (e.g. ../shared/data); default: each split.json's data_dir as recorded",
     )
     parser.add_argument(
         "--negatives-per-kind", type=int, default=NEGATIVES_PER_KIND, help="generated non-CT images per kind"
