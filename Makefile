@@ -99,6 +99,7 @@ train: install
 		--output-dir models/iq-oth-3class --image-size 96 --epochs 40 --patience 0 --augment none --seed 42
 	$(PY) -m training train --preset chest-ct-scan --data-dir ../shared/data/chest-ct-scan \
 		--output-dir models/chest-ct-4class
+	$(PY) -m training gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
 
 BUNDLE ?= models/iq-oth-3class
 evaluate: install

@@ -124,11 +124,18 @@
     503: "The model is not available right now. Try again in a minute.",
   };
 
+  // Refusals whose code says more than their status does.
+  const PLAIN_ERRORS_BY_CODE = {
+    not_ct_like:
+      "This does not look like a CT slice of the chest, so no verdict was given. Add one chest CT slice (DICOM, PNG or JPEG).",
+  };
+
   function describeHttpError(status, body) {
     const error = body && typeof body === "object" ? body.error : null;
     const detail = error && typeof error.message === "string" ? error.message : "";
     const requestId = error && typeof error.request_id === "string" ? error.request_id : "";
-    let title = PLAIN_ERRORS[status];
+    const code = error && typeof error.code === "string" ? error.code : "";
+    let title = PLAIN_ERRORS_BY_CODE[code] || PLAIN_ERRORS[status];
     if (!title) {
       title =
         status >= 500

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from lungscan.errors import InvalidBundleError
+from lungscan.gate import GateSpec
 from lungscan.runtime import TwinSpec
 
 MODEL_FILE = "model.h5"
@@ -79,6 +80,7 @@ class BundleMetadata(BaseModel):
     intended_use: str = INTENDED_USE
     sha256: str | None = None
     twin: TwinSpec | None = None  # model.onnx derived from model.h5 (lungscan/runtime.py)
+    gate: GateSpec | None = None  # the not-CT gate (lungscan.gate); None: served without one (legacy)
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:

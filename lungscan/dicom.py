@@ -147,7 +147,7 @@ def _read(data: bytes, limits: ImageLimits, options: DicomOptions):
     if "PixelData" not in dataset:
         raise MalformedInputError("The DICOM file has no pixel data.", code="corrupt_image")
     _infer_transfer_syntax(dataset)
-    modality = str(dataset.get("Modality", "") or "").upper()
+    modality = _modality(dataset)
     if modality and modality != "CT" and not options.allow_non_ct:
         shown = modality if re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality) else "non-CT"  # echo only a valid code
         raise NotACTSliceError(f"This DICOM is a {shown} image; the models read CT only.", code="not_ct_modality")
@@ -157,6 +157,11 @@ def _read(data: bytes, limits: ImageLimits, options: DicomOptions):
     if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
         raise UnsupportedFormatError("Only single-channel (grayscale) DICOM images are supported.")
     return dataset, frames
+
+
+def _modality(dataset) -> str:
+    """The declared modality (``CT``...), for the not-CT gate; never echoed to the user."""
+    return str(dataset.get("Modality", "") or "").upper()
 
 
 def _infer_transfer_syntax(dataset) -> None:
@@ -266,7 +271,12 @@ def decode_dicom(
             )
         window = dict(options.window or LUNG_WINDOW)
         image = _window(_pixels(dataset, frame if frames > 1 else None, frames), dataset, window)
-    return DecodedImage(image=image, format="DICOM", window=window, meta={"frame": frame, "frames": frames})
+    return DecodedImage(
+        image=image,
+        format="DICOM",
+        window=window,
+        meta={"frame": frame, "frames": frames, "modality": _modality(dataset)},
+    )
 
 
 def read_dicom_header(

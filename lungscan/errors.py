@@ -43,6 +43,12 @@ class NotACTSliceError(LungScanError):
     code = "not_a_ct_slice"
 
 
+class NotCTLikeError(NotACTSliceError):
+    """A readable image that the not-CT gate says is no CT slice at all (photo, chart, X-ray, MR...)."""
+
+    code = "not_ct_like"
+
+
 class ModelUnavailableError(LungScanError):
     """No model could be loaded, or the requested model is not served."""
 

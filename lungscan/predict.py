@@ -15,6 +15,7 @@ from PIL import Image
 from lungscan.bundle import BundleMetadata, read_metadata
 from lungscan.errors import InvalidBundleError, MalformedInputError
 from lungscan.explain import heatmap_overlay
+from lungscan.gate import check_ct_like
 from lungscan.imaging import DecodedImage
 from lungscan.runtime import ModelRuntime, load_runtime
 from lungscan.transforms import build_preprocess, preprocess_image
@@ -97,12 +98,15 @@ class Classifier:
 
         Raises:
             MalformedInputError: ``explain_class`` is not one of the model's classes.
+            NotCTLikeError: the bundle's gate says the image is not a CT slice (no verdict).
         """
         if explain_class is not None and explain_class not in self.metadata.classes:
             raise MalformedInputError(
                 f"explain_class is not one of this model's classes: {', '.join(self.metadata.classes)}.",
                 code="invalid_request",
             )
+        if self.metadata.gate is not None:  # a bare legacy model.h5 has none and is served as before
+            check_ct_like(decoded, self.metadata.gate)
         array, operations = self.prepare(decoded)
         probabilities = self.predict_batch(array[np.newaxis])[0]
         prediction = self.interpret(probabilities, operations)

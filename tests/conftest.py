@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageFilter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = REPO_ROOT / "models" / "iq-oth-3class"
@@ -74,15 +74,35 @@ def app_module():
 
 
 def ct_like_image(size: int = 256, seed: int = 0, mode: str = "L") -> Image.Image:
-    """A synthetic chest-CT-like slice: dark background, bright body, two dark lungs."""
+    """A synthetic axial chest CT slice in a soft-tissue window: black air, the table, a body with a
+    fat layer, ribs, spine and mediastinum, two dark lungs with vessels, and scanner noise.
+
+    Realistic enough for the not-CT gate (flat ellipses with uniform noise are refused as drawings).
+    """
     rng = np.random.default_rng(seed)
-    image = Image.new("L", (size, size), 10)
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((size * 0.08, size * 0.2, size * 0.92, size * 0.85), fill=170)
-    draw.ellipse((size * 0.18, size * 0.3, size * 0.46, size * 0.75), fill=40)
-    draw.ellipse((size * 0.54, size * 0.3, size * 0.82, size * 0.75), fill=40)
-    noisy = np.asarray(image, dtype=np.int16) + rng.integers(-8, 8, (size, size))
-    image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), mode="L")
+    yy, xx = np.mgrid[0:size, 0:size] / size
+
+    def ellipse(cx, cy, rx, ry):
+        return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
+
+    pixels = np.full((size, size), 4.0)
+    pixels[np.abs(yy - 0.9 - 0.15 * (xx - 0.5) ** 2) < 0.012] = 120  # the table
+    pixels[ellipse(0.5, 0.52, 0.44, 0.33)] = 85  # subcutaneous fat
+    pixels[ellipse(0.5, 0.52, 0.41, 0.3)] = 135  # muscle
+    for angle in np.linspace(0.25, np.pi - 0.25, 8):  # ribs along the chest wall
+        for side in (-1, 1):
+            pixels[ellipse(0.5 + side * 0.37 * np.cos(angle), 0.52 - 0.27 * np.sin(angle) + 0.05, 0.02, 0.025)] = 225
+    for cx in (0.3, 0.7):  # lungs, with vessels
+        pixels[ellipse(cx, 0.5, 0.15, 0.22)] = 22
+        for _ in range(int(rng.integers(15, 30))):
+            vx, vy = cx + rng.uniform(-0.11, 0.11), 0.5 + rng.uniform(-0.17, 0.17)
+            pixels[ellipse(vx, vy, rng.uniform(0.004, 0.012), rng.uniform(0.004, 0.012))] = rng.uniform(90, 150)
+    pixels[ellipse(0.52, 0.47, 0.1, 0.13)] = 150  # heart and mediastinum
+    pixels[ellipse(0.47, 0.4, 0.03, 0.03)] = 175  # aorta
+    pixels[ellipse(0.5, 0.77, 0.045, 0.045)] = 230  # vertebra
+    pixels[ellipse(0.5, 0.77, 0.025, 0.025)] = 140
+    pixels += rng.normal(0, 7, pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L").filter(ImageFilter.GaussianBlur(0.6))
     return image.convert(mode) if mode != "L" else image
 
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from lungscan.errors import LungScanError
-from training import evaluate, publish, train, twin
+from training import evaluate, gate, publish, train, twin
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
@@ -53,6 +53,16 @@ HELP = {
         "probabilities within 1e-5, same labels; Grad-CAM within 1e-2), then write it and record its sha256, "
         "opset and parity in model.json's `twin`. publish runs this when a bundle has no current twin.",
     ),
+    "gate": (
+        "fit the not-CT gate on training data and store it in model.json",
+        "Fit the gate that refuses images that are not CT slices (422 not_ct_like): CT positives from the "
+        "training split of every bundle (report/split.json; no validation or test file is read), negatives "
+        "from generated non-CT images (noise, charts, text, drawings, screenshots, synthetic X-ray and MR...). "
+        "Thresholds refuse at most 1% of training CT (out of fold). Prints and stores in model.json's gate the "
+        "refusal rates on held-out CT (test splits, valid/ folders) and on a separate non-CT evaluation set "
+        "(other seeds, scikit-image sample images, pydicom's non-CT test files). Example: python -m training "
+        "gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data",
+    ),
     "publish": (
         "validate a bundle, upload it, then move latest.json",
         "Validate (sha256, loads with Classifier, shapes match model.json, reproduces report/smoke.npz), "
@@ -89,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train": train.add_arguments,
         "evaluate": evaluate.add_arguments,
         "twin": twin.add_arguments,
+        "gate": gate.add_arguments,
         "publish": publish.add_publish_arguments,
         "promote": publish.add_promote_arguments,
         "rollback": publish.add_rollback_arguments,
@@ -109,6 +120,9 @@ def run(args: argparse.Namespace, argv: list[str], s3=None) -> int:
         return 0
     if args.command == "twin":
         twin.derive_twin(args.bundle)
+        return 0
+    if args.command == "gate":
+        gate.run(args)
         return 0
     bucket = publish.resolve_bucket(args.bucket)
     s3 = s3 or publish.s3_client()

@@ -4,7 +4,7 @@
 (``training/twin.py``; skipped, with a note, for a model whose head it cannot reproduce), then
 validates the bundle before anything is uploaded:
 
-1. ``model.json`` is valid and the sha256 of ``model.h5`` matches it;
+1. ``model.json`` is valid, the sha256 of ``model.h5`` matches it, and it carries the not-CT gate;
 2. :class:`lungscan.predict.Classifier` loads it and the model's input/output shapes match
    ``model.json`` (the function would refuse it otherwise);
 3. the report files ``model.json`` declares are there, with their sha256;
@@ -111,6 +111,11 @@ def validate_bundle(bundle_dir: Path | str) -> BundleMetadata:
     if not (bundle_dir / METADATA_FILE).is_file():
         raise InvalidBundleError(f"{bundle_dir} has no model.json: only a full bundle can be published")
     metadata = read_metadata(bundle_dir)
+    if metadata.gate is None:
+        raise InvalidBundleError(
+            f"{bundle_dir} has no not-CT gate: run `python -m training gate {bundle_dir}` first "
+            "(a bundle without one would give verdicts on photos and charts)"
+        )
     classifier = Classifier(bundle_dir)  # loads, checks shapes against model.json, warms up
     for relative, digest in registry.declared_report_files(metadata).items():
         path = bundle_dir / relative

@@ -322,6 +322,16 @@ def test_api_errors_network_failures_and_timeouts_read_plainly(open_page):
         page.unroute("**/predict")
     expect(card(page, "503.png").locator(".error-detail")).to_contain_text("No model could be loaded. Request id: r-1.")
 
+    not_ct = {"error": {"code": "not_ct_like", "message": "Send a chest CT slice.", "request_id": "r-2"}}
+    page.route("**/predict", lambda route: route.fulfill(status=422, json=not_ct))
+    classify(page, upload("photo.png", png, "image/png"), expect_state="failed")
+    expect(card(page, "photo.png").locator(".error-title")).to_have_text(
+        "This does not look like a CT slice of the chest, so no verdict was given. "
+        "Add one chest CT slice (DICOM, PNG or JPEG)."
+    )
+    expect(card(page, "photo.png").locator(".error-detail")).to_contain_text("Send a chest CT slice.")
+    page.unroute("**/predict")
+
     answer = {
         "label": "benign",
         "verdict": "No Cancer Detected",

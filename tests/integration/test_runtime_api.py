@@ -16,9 +16,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from conftest import ct_like_image
+from PIL import Image
 
 from infrastructure.runtime_api import (
     InitError,
@@ -40,14 +40,8 @@ INVOKE_TIMEOUT_S = 60.0
 
 
 def synthetic_ct(size: int = 256) -> Image.Image:
-    """A vertical gradient with a bright body ellipse and two dark lung ellipses."""
-    gradient = np.linspace(0, 60, size, dtype=np.float32)[:, None].repeat(size, axis=1)
-    image = Image.fromarray(gradient.astype(np.uint8), mode="L")
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((size * 0.1, size * 0.2, size * 0.9, size * 0.85), fill=180)
-    draw.ellipse((size * 0.2, size * 0.3, size * 0.45, size * 0.75), fill=35)
-    draw.ellipse((size * 0.55, size * 0.3, size * 0.8, size * 0.75), fill=45)
-    return image
+    """conftest's synthetic chest CT slice: realistic enough for the not-CT gate (a cartoon is refused)."""
+    return ct_like_image(size)
 
 
 def image_bytes(image_format: str) -> bytes:

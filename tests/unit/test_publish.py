@@ -12,12 +12,12 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from conftest import MODEL_BUCKET
+from conftest import BUNDLED_MODEL, MODEL_BUCKET
 from moto import mock_aws
 from test_core import metadata, tiny_cnn
 
 from lungscan import registry
-from lungscan.bundle import write_metadata
+from lungscan.bundle import read_metadata, write_metadata
 from lungscan.errors import InvalidBundleError
 from lungscan.predict import Classifier
 from training.cli import EXIT_FAILED, EXIT_REFUSED, main
@@ -50,6 +50,7 @@ def evaluated_bundle(path: Path, version: str, macro_f1: float = 0.6, fingerprin
     }
     (path / "MODEL_CARD.md").write_text(f"# tiny {version}\n")
     meta.report = {"files": report_files(path)}
+    meta.gate = read_metadata(BUNDLED_MODEL).gate  # publish refuses a bundle without a not-CT gate
     write_metadata(path, meta)
     return path
 

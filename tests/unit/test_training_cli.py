@@ -130,7 +130,14 @@ def test_evaluate_again_reproduces_the_metrics(trained, tmp_path):
     assert after["test"] == before["test"] and after["calibration"] == before["calibration"]
 
 
-def test_publish_accepts_the_trained_bundle(trained, capsys):
+def test_gate_then_publish_accepts_the_trained_bundle(trained, capsys):
+    # publish refuses a bundle without the not-CT gate; `gate` fits it on the bundle's training split.
+    argv = ["gate", str(trained["bundle"]), "--negatives-per-kind", "3", "--augmented-copies", "1"]
+    assert main(argv) == 0
+    gate = Classifier(trained["bundle"]).metadata.gate
+    assert gate is not None and gate.fitted_on["ct"]["bundles"] == {"bundle": 24}
+    assert set(gate.evaluation["held_out_ct"]) == {"data/test"} and "photo" in gate.evaluation["non_ct"]
+    assert "held-out CT refused" in capsys.readouterr().out
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
@@ -150,7 +157,7 @@ def test_train_without_data_fails_with_one_line(tmp_path, capsys):
 
 def test_every_subcommand_explains_itself(capsys):
     parser = build_parser()
-    for command in ("train", "evaluate", "publish", "promote", "rollback", "list"):
+    for command in ("train", "evaluate", "gate", "publish", "promote", "rollback", "list"):
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0
