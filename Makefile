@@ -100,6 +100,9 @@ train: install
 	$(PY) -m training train --preset chest-ct-scan --data-dir ../shared/data/chest-ct-scan \
 		--output-dir models/chest-ct-4class
 	$(PY) -m training gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
+	# The runtime twins the function serves without TensorFlow (after the gate: both rewrite model.json).
+	$(PY) -m training twin models/iq-oth-3class
+	$(PY) -m training twin models/chest-ct-4class
 
 BUNDLE ?= models/iq-oth-3class
 evaluate: install
