@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError
 
 MODEL_FILE = "model.h5"
@@ -40,9 +41,19 @@ class NormalisationSpec(BaseModel):
     offset: float = 0.0
 
 
+class IntensitySpec(BaseModel):
+    """``fixed``: ``x * scale + offset`` (normalisation); ``percentile``: low/high percentiles to 0/1."""
+
+    method: Literal["fixed", "percentile"] = "fixed"
+    low: float = Field(default=1.0, ge=0.0, le=100.0)
+    high: float = Field(default=99.0, ge=0.0, le=100.0)
+
+
 class PreprocessingSpec(BaseModel):
     colour: Literal["grayscale", "rgb"]
+    pad_to_square: bool = False  # pad to a square before resizing (keeps the aspect ratio)
     resize: ResizeSpec
+    intensity: IntensitySpec = IntensitySpec()
     normalisation: NormalisationSpec = NormalisationSpec()
     dicom_window: dict[str, float] = {"center": -600.0, "width": 1500.0}
 
@@ -67,6 +78,7 @@ class BundleMetadata(BaseModel):
     framework: dict = {}
     intended_use: str = INTENDED_USE
     sha256: str | None = None
+    conformal: ConformalSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
@@ -79,6 +91,8 @@ class BundleMetadata(BaseModel):
             raise ValueError("preprocessing.resize must match the input size")
         if self.input.colour != self.preprocessing.colour:
             raise ValueError("preprocessing.colour must match input.colour")
+        if self.conformal is not None:
+            self.conformal.check_classes(self.classes)
         return self
 
 
