@@ -61,6 +61,8 @@ DEFAULTS = {
     "label_smoothing": 0.0,
     "ensemble": 1,
     "lr_schedule": "constant",
+    "architecture": "cnn",
+    "hog_cell": 16,
     "batch_norm": False,
     "filters": "16,32,64",
     "last_filters": 96,
@@ -147,6 +149,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning rate over the epochs")
     model.add_argument(
+        "--architecture",
+        choices=("cnn", "hog"),
+        help="cnn: conv/pool stages, global average pooling, softmax; hog: a fixed histogram-of-oriented-gradients "
+        "front end built from Keras layers (frozen) with a trained softmax (logistic regression) head",
+    )
+    model.add_argument("--hog-cell", type=int, help="hog: cell size in pixels (16)")
+    model.add_argument(
         "--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="BatchNormalization after convs"
     )
     model.add_argument("--filters", help="filters of the conv/pool stages, comma-separated (16,32,64)")
@@ -183,6 +192,8 @@ class TrainConfig:
     label_smoothing: float
     ensemble: int
     lr_schedule: str
+    architecture: str
+    hog_cell: int
     batch_norm: bool
     filters: list[int]
     last_filters: int
@@ -210,6 +221,8 @@ class TrainConfig:
             "label_smoothing": self.label_smoothing,
             "ensemble": self.ensemble,
             "lr_schedule": self.lr_schedule,
+            "architecture": self.architecture,
+            "hog_cell": self.hog_cell,
             "batch_norm": self.batch_norm,
             "filters": ",".join(str(f) for f in self.filters),
             "last_filters": self.last_filters,
@@ -248,6 +261,8 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     if not positive:
         raise ValueError("--positive-classes is required without --preset (which classes make a case suspicious)")
     now = datetime.now(UTC)
+    if pick("architecture") == "hog" and int(pick("image_size")) % int(pick("hog_cell")):
+        raise ValueError(f"--image-size {pick('image_size')} is not a multiple of --hog-cell {pick('hog_cell')}")
     if int(pick("ensemble")) < 1:
         raise ValueError(f"--ensemble must be at least 1, not {pick('ensemble')}")
     image_size = int(pick("image_size"))
@@ -275,6 +290,8 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         label_smoothing=float(pick("label_smoothing")),
         ensemble=int(pick("ensemble")),
         lr_schedule=pick("lr_schedule"),
+        architecture=pick("architecture"),
+        hog_cell=int(pick("hog_cell")),
         batch_norm=bool(pick("batch_norm")),
         filters=[int(f) for f in str(pick("filters")).split(",")],
         last_filters=int(pick("last_filters")),
@@ -306,6 +323,11 @@ def build_model(config: TrainConfig, n_classes: int, prefix: str = ""):
     from keras import layers
 
     size = config.image_size
+    if config.architecture == "hog":
+        inputs = keras.Input((size, size, 1), name="image")
+        features = layers.Dropout(config.dropout, name=prefix + "dropout")(hog_features(inputs, config))
+        outputs = hog_head(n_classes, prefix)(features)
+        return keras.Model(inputs, outputs, name=f"{prefix}{config.name.replace('-', '_').replace('.', '_')}_hog")
     inputs = keras.Input((size, size, 1), name="image")
     x = inputs
     stages = [*config.filters, config.last_filters]
@@ -322,6 +344,88 @@ def build_model(config: TrainConfig, n_classes: int, prefix: str = ""):
     x = layers.Dropout(config.dropout, name=prefix + "dropout")(x)
     outputs = layers.Dense(n_classes, activation="softmax", name=prefix + "probabilities")(x)
     return keras.Model(inputs, outputs, name=f"{prefix}{config.name.replace('-', '_').replace('.', '_')}_{size}")
+
+
+HOG_BINS = 9  # unsigned orientations over 180 degrees, as in Dalal & Triggs
+HISTOGRAM_BINS = 16  # intensity histogram bins over [0, 1]
+HOG_EPSILON = 1e-3  # block normalisation floor: flat regions stay near zero instead of amplifying noise
+HOG_L2 = 1e-3  # L2 penalty of the logistic-regression head
+
+
+def hog_features(inputs, config: TrainConfig):
+    """A histogram of oriented gradients (Dalal & Triggs) plus an intensity histogram, in frozen Keras layers.
+
+    Sobel derivatives along 18 directions (one fixed 3x3 conv), rectified and folded to 9 unsigned
+    orientations, averaged over ``hog_cell`` pixel cells, grouped in 2x2-cell blocks that are L2
+    normalised, clipped at 0.2 and normalised again (L2-Hys); plus a 16-bin soft intensity histogram.
+    All weights are constants: only the head that follows is trained. Standard layers only, so the
+    bundle stays one plain ``model.h5``. The block map is ``last_conv``, Grad-CAM's target.
+    """
+    import keras
+    from keras import layers
+
+    def fixed(layer_type, weights, **kwargs):
+        initialisers = [keras.initializers.Constant(w) for w in weights]
+        extra = {"kernel_initializer": initialisers[0]}
+        if len(weights) > 1:
+            extra["bias_initializer"] = initialisers[1]
+        else:
+            extra["use_bias"] = False
+        return layer_type(trainable=False, **kwargs, **extra)
+
+    n = HISTOGRAM_BINS
+    centres = (np.arange(n) + 0.5) / n
+    signed = np.concatenate([np.full(n, n), np.full(n, -n)]).astype(np.float32).reshape(1, 1, 1, 2 * n)
+    signed_bias = np.concatenate([-n * centres, n * centres]).astype(np.float32)
+    fold = np.zeros((1, 1, 2 * n, n), np.float32)
+    fold[0, 0, np.arange(n), np.arange(n)] = -1.0
+    fold[0, 0, n + np.arange(n), np.arange(n)] = -1.0
+    # Triangular bins: relu(1 - |n x - (k + 0.5)|), from two rectified ramps.
+    x = fixed(layers.Conv2D, [signed, signed_bias], filters=2 * n, kernel_size=1, name="histogram_ramps")(inputs)
+    x = layers.ReLU(name="histogram_relu")(x)
+    x = fixed(layers.Conv2D, [fold, np.ones(n, np.float32)], filters=n, kernel_size=1, name="histogram_bins")(x)
+    x = layers.ReLU(name="histogram_triangles")(x)
+    histogram = layers.GlobalAveragePooling2D(name="histogram")(x)
+
+    sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32) / 8.0
+    directions = np.stack(
+        [np.cos(a) * sobel_x + np.sin(a) * sobel_x.T for a in 2 * np.pi * np.arange(2 * HOG_BINS) / (2 * HOG_BINS)],
+        axis=-1,
+    )[:, :, None, :]
+    unsigned = np.zeros((1, 1, 2 * HOG_BINS, HOG_BINS), np.float32)
+    unsigned[0, 0, np.arange(2 * HOG_BINS), np.arange(2 * HOG_BINS) % HOG_BINS] = 1.0
+    blocks = np.zeros((2, 2, HOG_BINS, 4 * HOG_BINS), np.float32)
+    for i in range(2):
+        for j in range(2):
+            blocks[i, j, np.arange(HOG_BINS), (2 * i + j) * HOG_BINS + np.arange(HOG_BINS)] = 1.0
+    g = fixed(layers.Conv2D, [directions], filters=2 * HOG_BINS, kernel_size=3, padding="same", name="gradients")(
+        inputs
+    )
+    g = layers.ReLU(name="gradients_relu")(g)
+    g = fixed(layers.Conv2D, [unsigned], filters=HOG_BINS, kernel_size=1, name="orientations")(g)
+    g = layers.AveragePooling2D(config.hog_cell, name="cells")(g)
+    g = fixed(layers.Conv2D, [blocks], filters=4 * HOG_BINS, kernel_size=2, name="blocks")(g)
+    floor = fixed(
+        layers.Conv2D,
+        [np.zeros((1, 1, 4 * HOG_BINS, 1), np.float32), np.full(1, HOG_EPSILON, np.float32)],
+        filters=1,
+        kernel_size=1,
+        name="block_floor",
+    )(g)
+    g = layers.Concatenate(name="blocks_with_floor")([g, floor])
+    g = layers.UnitNormalization(axis=-1, name="block_l2")(g)
+    g = layers.ReLU(max_value=0.2, name="block_clip")(g)
+    g = layers.UnitNormalization(axis=-1, name="last_conv")(g)
+    return layers.Concatenate(name="features")([layers.Flatten(name="hog")(g), histogram])
+
+
+def hog_head(n_classes: int, prefix: str = ""):
+    import keras
+    from keras import layers
+
+    return layers.Dense(
+        n_classes, activation="softmax", kernel_regularizer=keras.regularizers.L2(HOG_L2), name=prefix + "probabilities"
+    )
 
 
 def make_datasets(x_train, y_train, x_val, y_val, config: TrainConfig, n_classes: int, seed: int):
@@ -416,6 +520,17 @@ def assemble_ensemble(members: list, config: TrainConfig, n_classes: int):
         return members[0]
     size = config.image_size
     inputs = keras.Input((size, size, 1), name="image")
+    if config.architecture == "hog":  # one frozen front end is every member's: only the heads differ
+        features = hog_features(inputs, config)
+        outputs = []
+        for k, member in enumerate(members):
+            head = layers.Dense(n_classes, activation="softmax", name=f"member{k + 1}_probabilities")
+            outputs.append(head(features))
+            head.set_weights(member.get_layer(f"m{k + 1}_probabilities").get_weights())
+        averaged = layers.Average(name="probabilities")(outputs)
+        return keras.Model(
+            inputs, averaged, name=f"{config.name.replace('-', '_').replace('.', '_')}_hog_x{len(members)}"
+        )
     maps, heads = [], []
     for k, member in enumerate(members):
         x = inputs
@@ -630,6 +745,21 @@ def repo_relative(path: Path) -> str:
 
 
 def describe_architecture(config: TrainConfig) -> str:
+    if config.architecture == "hog":
+        cells = config.image_size // config.hog_cell
+        one = (
+            f"{config.image_size}x{config.image_size}x1 input; frozen histogram-of-oriented-gradients front end in "
+            f"Keras layers ({HOG_BINS} unsigned orientations from Sobel derivatives, {config.hog_cell}-pixel cells "
+            f"({cells}x{cells}), 2x2-cell blocks L2-Hys normalised, block map `last_conv` for Grad-CAM) plus a "
+            f"{HISTOGRAM_BINS}-bin intensity histogram; dropout {config.dropout}; trained dense softmax head "
+            f"(multinomial logistic regression, L2 {HOG_L2})"
+        )
+        if config.ensemble == 1:
+            return one
+        return (
+            f"{one}; {config.ensemble} heads, head k trained without fold k of the training split (contiguous "
+            "chunks of each class), averaged inside the one model (mean of their softmax outputs)"
+        )
     norm = "Conv2D(no bias)+BatchNorm+ReLU" if config.batch_norm else "Conv2D(with bias)+ReLU"
     stages = "/".join(str(f) for f in config.filters)
     one = (
