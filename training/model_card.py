@@ -144,8 +144,8 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
     )
     intensity = preprocessing.intensity
     scale_text = (
-        f"intensities scaled so that the image's {intensity.low:g}th/{intensity.high:g}th percentiles map to 0/1 "
-        "(clipped)"
+        f"intensities scaled so that the image's {intensity.low:g} and {intensity.high:g} percentiles map to 0 "
+        "and 1 (clipped)"
         if intensity.method == "percentile"
         else "scaled by 1/255"
     )

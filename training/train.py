@@ -712,7 +712,10 @@ def run(config: TrainConfig) -> Path:
             if config.patience > 0
             else f"none: fixed {config.epochs} epochs, last epoch's weights"
         ),
-        "optimizer": f"Adam(learning_rate={config.learning_rate}), sparse categorical cross-entropy",
+        "optimizer": (
+            f"Adam(learning_rate={config.learning_rate}, {config.lr_schedule}), categorical cross-entropy"
+            + (f" with label smoothing {config.label_smoothing}" if config.label_smoothing else "")
+        ),
         "class_weight": {classes[i]: round(w, 4) for i, w in class_weight.items()},
         "augmentation": AUGMENTATIONS[config.augment],
         "seed": config.seed,
