@@ -87,7 +87,7 @@ bench: install-dev
 	$(PY) benchmarks/bench_predict.py
 
 # The shipped bundles, reproduced (python -m training train --help; each preset holds its dataset credit).
-# Each preset holds its recipe (HOG front end + 5 fold heads, 128x128 padded, percentile-scaled): ~10 min each.
+# Each preset holds its recipe (see the model cards' Recipe selection); about 5 minutes each on 2 CPU cores.
 train: install
 	$(PY) -m training train --preset iq-oth-nccd --data-dir ../shared/data/iq-oth-nccd --output-dir models/iq-oth-3class
 	$(PY) -m training train --preset chest-ct-scan --data-dir ../shared/data/chest-ct-scan --output-dir models/chest-ct-4class
