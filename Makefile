@@ -94,11 +94,10 @@ bench: install-dev
 	$(PY) benchmarks/bench_predict.py
 
 # The shipped bundles, reproduced (python -m training train --help; each preset holds its dataset credit).
+# Each preset holds its recipe (see the model cards' Recipe selection); about 5 minutes each on 2 CPU cores.
 train: install
-	$(PY) -m training train --preset iq-oth-nccd --data-dir ../shared/data/iq-oth-nccd \
-		--output-dir models/iq-oth-3class --image-size 96 --epochs 40 --patience 0 --augment none --seed 42
-	$(PY) -m training train --preset chest-ct-scan --data-dir ../shared/data/chest-ct-scan \
-		--output-dir models/chest-ct-4class
+	$(PY) -m training train --preset iq-oth-nccd --data-dir ../shared/data/iq-oth-nccd --output-dir models/iq-oth-3class
+	$(PY) -m training train --preset chest-ct-scan --data-dir ../shared/data/chest-ct-scan --output-dir models/chest-ct-4class
 	$(PY) -m training gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
 	# The runtime twins the function serves without TensorFlow (after the gate: both rewrite model.json).
 	$(PY) -m training twin models/iq-oth-3class

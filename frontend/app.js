@@ -69,7 +69,12 @@
   }
 
   function percent(probability) {
-    return (Math.max(0, Math.min(1, Number(probability) || 0)) * 100).toFixed(1) + "%";
+    // A model's probability is never certainty: shown values stop at 99.9% (the API caps them too).
+    return (Math.max(0, Math.min(0.999, Number(probability) || 0)) * 100).toFixed(1) + "%";
+  }
+
+  function predictionSetText(answer) {
+    return Array.isArray(answer.prediction_set) ? answer.prediction_set.join(", ") : "";
   }
 
   function announce(message) {
@@ -209,6 +214,9 @@
       result: find(".scan-result"),
       verdict: find(".verdict"),
       label: find(".label-value"),
+      uncertainNote: find(".uncertain-note"),
+      setLine: find(".set-line"),
+      setValue: find(".set-value"),
       confidenceValue: find(".confidence-value"),
       confidenceFill: find(".bar-fill"),
       probabilities: find(".probabilities tbody"),
@@ -437,6 +445,13 @@
     element.verdict.classList.toggle("clear", !suspicious);
     element.card.classList.toggle("is-suspicious", suspicious);
     element.label.textContent = answer.label;
+    // The conformal prediction set: every finding the model cannot rule out (about 9 cases in 10 hold the
+    // true one). More than one means the answer needs a clinician's review.
+    const uncertain = answer.uncertain === true;
+    element.card.classList.toggle("is-uncertain", uncertain);
+    element.uncertainNote.hidden = !uncertain;
+    element.setLine.hidden = !Array.isArray(answer.prediction_set);
+    element.setValue.textContent = predictionSetText(answer);
     element.confidenceValue.textContent = percent(answer.confidence);
     element.confidenceFill.style.setProperty("--value", String(Number(answer.confidence) || 0));
 
@@ -531,7 +546,7 @@
     const cells = [
       entry.time.toLocaleTimeString(),
       entry.file,
-      answer.verdict || "",
+      (answer.verdict || "") + (answer.uncertain === true ? " (uncertain — needs review)" : ""),
       answer.label,
       percent(answer.confidence),
       ((answer.model || {}).name || "") + " " + ((answer.model || {}).version || ""),
@@ -570,7 +585,7 @@
       }
     }
     const header = ["time", "file", "size_bytes", "format", "width", "height", "verdict", "suspicious", "label",
-      "confidence"]
+      "confidence", "prediction_set", "uncertain"]
       .concat(classes.map((name) => "p_" + name))
       .concat(["threshold", "model_name", "model_version", "model_sha256", "request_id"]);
     const lines = [header.map(csvField).join(",")];
@@ -589,6 +604,8 @@
         answer.suspicious ? "true" : "false",
         answer.label,
         answer.confidence,
+        predictionSetText(answer).replace(/, /g, "|"),
+        answer.uncertain === undefined || answer.uncertain === null ? "" : String(answer.uncertain),
       ]
         .concat(classes.map((name) => (answer.probabilities || {})[name]))
         .concat([answer.threshold, model.name, model.version, model.sha256, answer.request_id]);

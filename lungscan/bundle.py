@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError
 from lungscan.gate import GateSpec
 from lungscan.runtime import TwinSpec
@@ -52,9 +53,19 @@ class DicomWindowSpec(BaseModel):
     width: float = Field(gt=0, allow_inf_nan=False)
 
 
+class IntensitySpec(BaseModel):
+    """``fixed``: ``x * scale + offset`` (normalisation); ``percentile``: low/high percentiles to 0/1."""
+
+    method: Literal["fixed", "percentile"] = "fixed"
+    low: float = Field(default=1.0, ge=0.0, le=100.0)
+    high: float = Field(default=99.0, ge=0.0, le=100.0)
+
+
 class PreprocessingSpec(BaseModel):
     colour: Literal["grayscale", "rgb"]
+    pad_to_square: bool = False  # pad to a square before resizing (keeps the aspect ratio)
     resize: ResizeSpec
+    intensity: IntensitySpec = IntensitySpec()
     normalisation: NormalisationSpec = NormalisationSpec()
     dicom_window: DicomWindowSpec = DicomWindowSpec(center=-600.0, width=1500.0)
 
@@ -81,6 +92,7 @@ class BundleMetadata(BaseModel):
     sha256: str | None = None
     twin: TwinSpec | None = None  # model.onnx derived from model.h5 (lungscan/runtime.py)
     gate: GateSpec | None = None  # the not-CT gate (lungscan.gate); None: served without one (legacy)
+    conformal: ConformalSpec | None = None  # conformal prediction sets (lungscan.conformal)
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
@@ -93,6 +105,8 @@ class BundleMetadata(BaseModel):
             raise ValueError("preprocessing.resize must match the input size")
         if self.input.colour != self.preprocessing.colour:
             raise ValueError("preprocessing.colour must match input.colour")
+        if self.conformal is not None:
+            self.conformal.check_classes(self.classes)
         return self
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from lungscan.bundle import BundleMetadata, read_metadata
+from lungscan.conformal import prediction_set
 from lungscan.errors import InvalidBundleError, MalformedInputError
 from lungscan.explain import heatmap_overlay
 from lungscan.gate import check_ct_like
@@ -23,6 +24,8 @@ from lungscan.transforms import build_preprocess, preprocess_image
 VERDICT_SUSPICIOUS = "Cancer Detected"
 VERDICT_CLEAR = "No Cancer Detected"
 DISCLAIMER = "Research tool. Not a diagnosis. A clinician must review every scan."
+# A calibrated probability is never certainty: shown confidences stop short of 100%.
+MAX_SHOWN_PROBABILITY = 0.999
 
 
 @dataclass
@@ -36,6 +39,10 @@ class Prediction:
     applied_operations: list[dict] = field(default_factory=list)
     heatmap: Image.Image | None = None  # Grad-CAM overlay at the input's size, when asked for
     explained_class: str | None = None
+    # The conformal prediction set (classes, most probable first) and whether it holds more than one
+    # class; None for a bundle without conformal calibration.
+    prediction_set: list[str] | None = None
+    uncertain: bool | None = None
 
     @property
     def verdict(self) -> str:
@@ -121,18 +128,31 @@ class Classifier:
         return self.runtime.gradcam(array, class_index)
 
     def interpret(self, probabilities: np.ndarray, operations: list[dict] | None = None) -> Prediction:
-        classes = self.metadata.classes
-        by_class = {name: round(float(p), 4) for name, p in zip(classes, probabilities, strict=True)}
+        metadata = self.metadata
+        classes = metadata.classes
+        by_class = {
+            name: min(round(float(p), 4), MAX_SHOWN_PROBABILITY) for name, p in zip(classes, probabilities, strict=True)
+        }
         best = int(np.argmax(probabilities))
-        suspicion = float(sum(probabilities[classes.index(name)] for name in self.metadata.positive_classes))
+        suspicion = float(sum(probabilities[classes.index(name)] for name in metadata.positive_classes))
+        conformal_set = prediction_set(probabilities, classes, metadata.conformal) if metadata.conformal else None
+        positives = set(metadata.positive_classes)
+        # Screening favours sensitivity: each rule can only flag more cases. A positive class on top
+        # always flags (label and verdict never contradict); so does a positive class anywhere in the
+        # conformal set (it could not be ruled out at the set's coverage).
+        suspicious = (
+            suspicion >= metadata.threshold
+            or classes[best] in positives
+            or bool(conformal_set and positives.intersection(conformal_set))
+        )
         return Prediction(
             label=classes[best],
             probabilities=by_class,
-            confidence=round(float(probabilities[best]), 4),
-            # A positive class on top always flags the case, so label and verdict never contradict;
-            # the threshold can only flag more cases (screening favours sensitivity).
-            suspicious=suspicion >= self.metadata.threshold or classes[best] in self.metadata.positive_classes,
-            suspicion=round(suspicion, 4),
-            threshold=self.metadata.threshold,
+            confidence=min(round(float(probabilities[best]), 4), MAX_SHOWN_PROBABILITY),
+            suspicious=suspicious,
+            suspicion=min(round(suspicion, 4), MAX_SHOWN_PROBABILITY),
+            threshold=metadata.threshold,
             applied_operations=operations or [],
+            prediction_set=conformal_set,
+            uncertain=None if conformal_set is None else len(conformal_set) > 1,
         )

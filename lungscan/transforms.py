@@ -44,8 +44,29 @@ class ToColour:
         return data
 
 
+class PadToSquare:
+    """Pad the shorter side with black (centred) so that resizing keeps the aspect ratio.
+
+    Stretching makes elongated screenshots and square exports look different to the model, a
+    shortcut that does not carry to new sources; CT backgrounds are black, so black padding is
+    what a wider field of view would show.
+    """
+
+    def __call__(self, data: dict) -> dict:
+        image = data["image"]
+        width, height = image.size
+        side = max(width, height)
+        if width != height:
+            fill = 0 if image.mode == "L" else (0, 0, 0)
+            canvas = Image.new(image.mode, (side, side), fill)
+            canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+            data["image"] = canvas
+        _record(data, "PadToSquare", side=side)
+        return data
+
+
 class Resize:
-    """Resize to the model's input size, ignoring aspect ratio (as the original app did)."""
+    """Resize to the model's input size (ignoring aspect ratio unless :class:`PadToSquare` ran first)."""
 
     def __init__(self, height: int, width: int, method: str = "bilinear") -> None:
         self.size = (int(width), int(height))
@@ -74,6 +95,29 @@ class ScaleIntensity:
         return data
 
 
+class PercentileScale:
+    """Float32 HxWxC array with the ``low``/``high`` percentiles of the image mapped to 0 and 1, clipped.
+
+    Robust to the window/level and brightness of the export (another scanner, another viewer),
+    where a fixed ``x/255`` passes those differences straight to the model.
+    """
+
+    def __init__(self, low: float = 1.0, high: float = 99.0) -> None:
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, not {low}, {high}")
+        self.low, self.high = float(low), float(high)
+
+    def __call__(self, data: dict) -> dict:
+        pixels = np.asarray(data["image"], dtype=np.float32)
+        if pixels.ndim == 2:
+            pixels = pixels[..., np.newaxis]
+        low, high = np.percentile(pixels, [self.low, self.high])
+        span = max(float(high - low), 1.0)  # a flat image stays flat instead of dividing by ~0
+        data["array"] = np.clip((pixels - low) / span, 0.0, 1.0).astype(np.float32)
+        _record(data, "PercentileScale", low=self.low, high=self.high)
+        return data
+
+
 class Compose:
     def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
@@ -88,18 +132,23 @@ def build_preprocess(config: dict) -> Compose:
     """Build the preprocessing chain a bundle declares.
 
     Args:
-        config: ``{"colour": "grayscale"|"rgb", "resize": {"height", "width", "method"},
-            "normalisation": {"scale", "offset"}}`` (``model.json``'s ``preprocessing``).
+        config: ``{"colour": "grayscale"|"rgb", "pad_to_square": bool, "resize": {"height", "width",
+            "method"}, "intensity": {"method": "fixed"|"percentile", "low", "high"},
+            "normalisation": {"scale", "offset"}}`` (``model.json``'s ``preprocessing``). The defaults
+            (no padding, fixed ``x * scale + offset``) are what bundles meant before those keys existed.
     """
     resize = config["resize"]
-    normalisation = config.get("normalisation", {})
-    return Compose(
-        [
-            ToColour(config.get("colour", "grayscale")),
-            Resize(resize["height"], resize["width"], resize.get("method", "bilinear")),
-            ScaleIntensity(normalisation.get("scale", 1.0 / 255.0), normalisation.get("offset", 0.0)),
-        ]
-    )
+    normalisation = config.get("normalisation") or {}
+    intensity = config.get("intensity") or {}
+    steps: list[Transform] = [ToColour(config.get("colour", "grayscale"))]
+    if config.get("pad_to_square", False):
+        steps.append(PadToSquare())
+    steps.append(Resize(resize["height"], resize["width"], resize.get("method", "bilinear")))
+    if intensity.get("method", "fixed") == "percentile":
+        steps.append(PercentileScale(intensity.get("low", 1.0), intensity.get("high", 99.0)))
+    else:
+        steps.append(ScaleIntensity(normalisation.get("scale", 1.0 / 255.0), normalisation.get("offset", 0.0)))
+    return Compose(steps)
 
 
 def preprocess_image(decoded: DecodedImage, preprocess: Compose) -> tuple[np.ndarray, dict]:

@@ -145,7 +145,7 @@ def csv_rows(results: list[ClassifyResult]) -> tuple[list[str], list[dict]]:
         for name in (result.answer or {}).get("probabilities", {}):
             if name not in classes:
                 classes.append(name)
-    columns = ["file", "ok", "status", "label", "verdict", "suspicious", "confidence"]
+    columns = ["file", "ok", "status", "label", "verdict", "suspicious", "confidence", "prediction_set", "uncertain"]
     columns += [f"p_{name}" for name in classes]
     columns += ["threshold", "model_name", "model_version", "request_id", "error_code", "error_message", "attempts"]
     rows = []
@@ -160,6 +160,9 @@ def csv_rows(results: list[ClassifyResult]) -> tuple[list[str], list[dict]]:
             "verdict": answer.get("verdict", ""),
             "suspicious": str(answer["suspicious"]).lower() if "suspicious" in answer else "",
             "confidence": answer.get("confidence", ""),
+            # The conformal set as one cell (classes joined by "|"); uncertain when it holds more than one.
+            "prediction_set": "|".join(answer.get("prediction_set") or []),
+            "uncertain": str(answer["uncertain"]).lower() if answer.get("uncertain") is not None else "",
             "threshold": answer.get("threshold", ""),
             "model_name": model.get("name", ""),
             "model_version": model.get("version", ""),

@@ -166,6 +166,7 @@ def build_standin_bundle(bundle_dir: Path) -> Path:
     import keras
 
     from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
+    from lungscan.conformal import ConformalSpec
 
     bundle_dir.mkdir(parents=True, exist_ok=True)
     model = keras.Sequential(
@@ -186,6 +187,7 @@ def build_standin_bundle(bundle_dir: Path) -> Path:
             positive_classes=["malignant"],
             input=InputSpec(height=64, width=64, channels=1, colour="grayscale"),
             preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=64, width=64)),
+            conformal=ConformalSpec(coverage=0.9, thresholds={"normal": 0.7, "benign": 0.7, "malignant": 0.8}),
         ),
     )
     return bundle_dir

@@ -35,7 +35,8 @@ from lungscan.transforms import Compose, build_preprocess, preprocess_image
 from lungscan.uploads import decode_upload
 
 CLASSES = ("normal", "benign", "malignant")
-SPLITS = ("train", "validation", "test")
+# calibration: fits the temperature and the conformal thresholds; never trained on, never used to select.
+SPLITS = ("train", "validation", "calibration", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
 
 # Folder names as this repository's data README lays them out, and as the dataset
@@ -84,9 +85,15 @@ class Split:
     method: str
     near_duplicates_dropped: list[dict] = field(default_factory=list)
     classes: tuple[str, ...] = CLASSES
+    calibration: list[Sample] = field(default_factory=list)
 
     def by_name(self, name: str) -> list[Sample]:
-        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+        return {
+            "train": self.train,
+            "validation": self.validation,
+            "calibration": self.calibration,
+            "test": self.test,
+        }[name]
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -156,15 +163,18 @@ def deduplicate(samples: Sequence[Sample]) -> tuple[list[Sample], DedupReport]:
     return kept, report
 
 
-def _block_counts(n_blocks: int, fractions: Sequence[float]) -> tuple[int, int, int]:
-    """Blocks for (train, validation, test): validation and test each get round-half-up of
-    their share, at least one; train gets the rest (at least one)."""
-    n_val = max(1, int(fractions[1] * n_blocks + 0.5))
-    n_test = max(1, int(fractions[2] * n_blocks + 0.5))
-    n_train = n_blocks - n_val - n_test
-    if n_train < 1:
+def _block_counts(n_blocks: int, fractions: Sequence[float]) -> dict[str, int]:
+    """Blocks per split for fractions (train, validation, test) or (train, validation, calibration,
+    test): every held-out split gets round-half-up of its share, at least one; train gets the rest
+    (at least one)."""
+    names = ("train", "validation", "test") if len(fractions) == 3 else SPLITS
+    if len(fractions) not in (3, 4):
+        raise ValueError(f"fractions are (train, validation, [calibration,] test), not {tuple(fractions)}")
+    counts = {name: max(1, int(share * n_blocks + 0.5)) for name, share in zip(names, fractions, strict=True)}
+    counts["train"] = n_blocks - sum(v for k, v in counts.items() if k != "train")
+    if counts["train"] < 1:
         raise ValueError(f"{n_blocks} blocks are too few for fractions {tuple(fractions)}")
-    return n_train, n_val, n_test
+    return counts
 
 
 def block_split(
@@ -173,19 +183,23 @@ def block_split(
     n_blocks: int = 13,
     gap: int = 2,
     seed: int = 42,
-    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    fractions: Sequence[float] = (0.6, 0.1, 0.15, 0.15),
     classes: Sequence[str] = CLASSES,
 ) -> Split:
     """Split each class into contiguous blocks of file numbers and assign whole blocks.
 
     Per class: sort by file number, cut into ``n_blocks`` contiguous blocks of (nearly) equal
     file count, shuffle the block indices with ``numpy.random.default_rng(seed + class index)``,
-    and give the first blocks of that order to test, the next to validation, the rest to train.
+    and give the first blocks of that order to test, the next to validation, then (with four
+    fractions) to calibration, the rest to train.
     At every boundary between two adjacent blocks that landed in different splits, the ``gap``
     files nearest the boundary are dropped (``ceil(gap/2)`` from the end of the earlier block,
     ``floor(gap/2)`` from the start of the later one).
     """
-    n_train, n_val, n_test = _block_counts(n_blocks, fractions)
+    counts = _block_counts(n_blocks, fractions)
+    # Held-out splits take the first shuffled blocks (test, validation, calibration), train the rest.
+    ranks = [name for name in ("test", "validation", "calibration") if name in counts]
+    plan = [name for name in ranks for _ in range(counts[name])]
     out: dict[str, list[Sample]] = {name: [] for name in SPLITS}
     dropped: list[Sample] = []
     blocks_report: dict[str, list[dict]] = {}
@@ -197,7 +211,7 @@ def block_split(
         order = np.random.default_rng(seed + class_index).permutation(n_blocks)
         assignment = [""] * n_blocks
         for rank, block_index in enumerate(order):
-            assignment[block_index] = "test" if rank < n_test else "validation" if rank < n_test + n_val else "train"
+            assignment[block_index] = plan[rank] if rank < len(plan) else "train"
         drop: set[int] = set()
         for b in range(n_blocks - 1):
             if assignment[b] != assignment[b + 1]:
@@ -217,15 +231,25 @@ def block_split(
                     "split": assignment[b],
                 }
             )
+    shares = ", ".join(f"{counts[name]} to {name}" for name in (*ranks, "train"))
+    targets = "/".join(f"{share:.0%}" for share in fractions)
     method = (
         f"Per class: after deduplication by sha256, files sorted by their scan-order number and cut into "
         f"{n_blocks} contiguous blocks of near-equal size; block order shuffled with numpy default_rng(seed + "
-        f"class index, seed={seed}); {n_test} blocks to test, {n_val} to validation, {n_train} to train "
-        f"(target {fractions[0]:.0%}/{fractions[1]:.0%}/{fractions[2]:.0%}). At every boundary between "
+        f"class index, seed={seed}); {shares} (target {targets}). At every boundary between "
         f"adjacent blocks in different splits the {gap} files nearest the boundary are dropped, so "
         f"neighbouring slices never fall in two splits. No per-image random split."
     )
-    return Split(out["train"], out["validation"], out["test"], dropped, blocks_report, method, classes=tuple(classes))
+    return Split(
+        out["train"],
+        out["validation"],
+        out["test"],
+        dropped,
+        blocks_report,
+        method,
+        classes=tuple(classes),
+        calibration=out["calibration"],
+    )
 
 
 def load_arrays(
@@ -260,7 +284,7 @@ def _progress(items: Sequence, label: str | None) -> Iterable:
 def drop_near_duplicates(split: Split, preprocess: Compose, threshold: float = 0.02) -> Split:
     """Remove validation/test images that are near-copies of a training image.
 
-    Byte-identical copies are gone after :func:`deduplicate`, but the same patient's slices can
+    Calibration images too. Byte-identical copies are gone after :func:`deduplicate`, but the same patient's slices can
     still be on both sides (a block boundary inside a patient, or a patient's run of slices
     repeated under other numbers). An evaluation image whose root-mean-square difference to its
     nearest training image, after ``preprocess`` (small, grayscale, x/255), is below
@@ -271,7 +295,7 @@ def drop_near_duplicates(split: Split, preprocess: Compose, threshold: float = 0
     train_sq = (train**2).sum(axis=1)
     kept: dict[str, list[Sample]] = {}
     dropped: list[dict] = []
-    for name in ("validation", "test"):
+    for name in ("validation", "calibration", "test"):
         samples = split.by_name(name)
         kept[name] = list(samples)
         if not samples:
@@ -292,7 +316,13 @@ def drop_near_duplicates(split: Split, preprocess: Compose, threshold: float = 0
             for i, s in enumerate(samples)
             if rmse[i, nearest[i]] < threshold
         ]
-    return replace(split, validation=kept["validation"], test=kept["test"], near_duplicates_dropped=dropped)
+    return replace(
+        split,
+        validation=kept["validation"],
+        calibration=kept["calibration"],
+        test=kept["test"],
+        near_duplicates_dropped=dropped,
+    )
 
 
 # --------------------------------------------------------------------------- other layouts
@@ -537,48 +567,53 @@ def split_layout_split(
     seed: int = 42,
     test_fraction: float = 0.2,
     validation_fraction: float = 0.15,
+    calibration_fraction: float = 0.2,
     near_duplicate_rmse: float = 0.02,
 ) -> Split:
-    """Train/validation/test for a split layout, after :func:`deduplicate_across_splits`.
+    """Train/validation/calibration/test for a split layout, after :func:`deduplicate_across_splits`.
 
-    The dataset's own folders are used as given: ``valid`` is the validation split and ``test``
-    (when there is one) the test split. Without a ``test`` folder (the Kaggle download as shipped
-    here has only train/valid), a test split is carved out of ``train``: a seeded, stratified
-    hold-out of ``test_fraction`` of each class, by whole near-duplicate groups (images whose RMSE
-    at 32x32 is below ``near_duplicate_rmse``, chained), so that re-encoded or resized copies of
-    one picture never sit on both sides. Without a ``valid`` folder, validation is carved the same
-    way. Finally validation/test images that are near-copies of a training image are dropped.
+    Source-disjoint: the dataset's own ``valid``/``test`` folders come from other sources than
+    ``train`` (other patients, other image sizes), so together they are the test split, the honest
+    measure of how the model does on new sources. Validation (selection) and calibration
+    (temperature, conformal thresholds) are carved out of ``train``: seeded, stratified hold-outs of
+    ``validation_fraction`` and ``calibration_fraction`` of each class, by whole near-duplicate groups
+    (images whose RMSE at 32x32 is below ``near_duplicate_rmse``, chained), so re-encoded or resized
+    copies of one picture never sit on both sides. Without ``valid``/``test`` folders the test split is
+    carved the same way (``test_fraction``). Finally held-out images that are near-copies of a training
+    image are dropped.
     """
     chain = near_duplicate_preprocess()
     train = list(by_origin["train"])
-    validation = list(by_origin.get("valid", []))
-    test = list(by_origin.get("test", []))
-    notes = []
-    if not test:
-        groups = near_duplicate_groups(train, chain, near_duplicate_rmse)
-        train, test = group_holdout(train, groups, test_fraction, seed, classes)
-        notes.append(
-            f"test: carved out of the dataset's train/ folder (there is no test/ folder here): a seeded "
-            f"(numpy default_rng(seed + class index), seed={seed}), per-class hold-out of {test_fraction:.0%} of "
-            f"the deduplicated images, by whole near-duplicate groups (RMSE < {near_duplicate_rmse} at 32x32 "
-            f"grayscale, chained), so near-copies never straddle train and test"
+    test = [*by_origin.get("valid", []), *by_origin.get("test", [])]
+    if test:
+        folders = " and ".join(f"{name}/" for name in ("valid", "test") if by_origin.get(name))
+        notes = [f"test: the dataset's own {folders} folder(s), other sources than train/ (source-disjoint)"]
+    else:
+        train, test = group_holdout(
+            train, near_duplicate_groups(train, chain, near_duplicate_rmse), test_fraction, seed, classes
         )
-    else:
-        notes.append("test: the dataset's own test/ folder")
-    if not validation:
-        groups = near_duplicate_groups(train, chain, near_duplicate_rmse)
-        train, validation = group_holdout(train, groups, validation_fraction, seed + 1000, classes)
-        notes.append(f"validation: carved out of train/ the same way ({validation_fraction:.0%}, seed {seed + 1000})")
-    else:
-        notes.append("validation: the dataset's own valid/ folder")
+        notes = [f"test: carved out of train/ ({test_fraction:.0%}, seed {seed}), there being no valid/ or test/"]
+    share = validation_fraction
+    train, validation = group_holdout(
+        train, near_duplicate_groups(train, chain, near_duplicate_rmse), share, seed + 1000, classes
+    )
+    share = calibration_fraction / (1.0 - validation_fraction)  # of what is left after validation
+    train, calibration = group_holdout(
+        train, near_duplicate_groups(train, chain, near_duplicate_rmse), share, seed + 2000, classes
+    )
+    notes.append(
+        f"validation ({validation_fraction:.0%}) and calibration ({calibration_fraction:.0%}): carved out of "
+        f"train/ by seeded (numpy default_rng(seed + 1000/2000 + class index), seed={seed}), per-class hold-outs "
+        f"of whole near-duplicate groups (RMSE < {near_duplicate_rmse} at 32x32 grayscale, chained)"
+    )
     method = (
         "Split layout (train/ valid/ [test/]): deduplicated by sha256 across all split folders first (a "
         "valid/test file byte-identical to a train file is dropped from valid/test; an image under two "
         "labels is dropped everywhere). The file names carry no usable patient or scan order, so there is "
-        "no block split. " + "; ".join(notes) + "; train: the rest of train/. Validation/test images that are "
+        "no block split. " + "; ".join(notes) + "; train: the rest of train/. Held-out images that are "
         f"near-copies of a training image (RMSE < {near_duplicate_rmse} at 32x32) are then dropped."
     )
-    split = Split(train, validation, test, [], {}, method, classes=tuple(classes))
+    split = Split(train, validation, test, [], {}, method, classes=tuple(classes), calibration=calibration)
     return drop_near_duplicates(split, chain, near_duplicate_rmse)
 
 
@@ -623,6 +658,7 @@ class PreparedDataset:
                 "near_duplicates_dropped": len(self.split.near_duplicates_dropped),
                 "test_fingerprint": evaluation_fingerprint(self.split.test),
                 "validation_fingerprint": evaluation_fingerprint(self.split.validation),
+                "calibration_fingerprint": evaluation_fingerprint(self.split.calibration),
             },
             "skipped_files": len(self.skipped),
         }
@@ -659,7 +695,7 @@ def prepare_dataset(
     gap: int = 2,
     near_duplicate_rmse: float = 0.02,
     test_fraction: float = 0.2,
-    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    fractions: Sequence[float] = (0.6, 0.1, 0.15, 0.15),
 ) -> PreparedDataset:
     """Scan, deduplicate and split a dataset in any of :data:`LAYOUTS`.
 

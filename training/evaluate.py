@@ -1,16 +1,18 @@
 """``python -m training evaluate BUNDLE``: measure a saved bundle exactly as it is served.
 
-The bundle is loaded with :class:`lungscan.predict.Classifier`; every validation and test image
-(the files ``report/split.json`` lists, checked against their sha256) goes through the serving
-path: ``decode_upload`` -> ``Classifier.prepare`` -> ``Classifier.predict_batch`` ->
+The bundle is loaded with :class:`lungscan.predict.Classifier`; every validation, calibration and
+test image (the files ``report/split.json`` lists, checked against their sha256) goes through the
+serving path: ``decode_upload`` -> ``Classifier.prepare`` -> ``Classifier.predict_batch`` ->
 ``Classifier.interpret`` for the suspicious flag. So the figures are the served artifact's.
 
-Calibration: a temperature is fitted on the validation split (negative log-likelihood) and
-stored in ``model.json`` (``temperature``), which ``predict_batch`` applies; the expected
-calibration error is reported before and after. Argmax labels do not change with it.
+Calibration, on the calibration split only (never trained on, never used to select a recipe):
+a temperature (negative log-likelihood) stored in ``model.json`` (``temperature``) and applied by
+``predict_batch``, then split-conformal thresholds (``training.calibrate``, Mondrian per class)
+stored as ``conformal``. The expected calibration error is reported before and after, the sets'
+empirical coverage and size per class on the test split. Argmax labels do not change with them.
 
-Writes ``model.json`` ``metrics``, ``report/`` (confusion matrix, ROC and reliability PNGs,
-per-image test predictions, ``smoke.npz``) and ``MODEL_CARD.md``.
+Writes ``model.json`` ``metrics`` and ``conformal``, ``report/`` (confusion matrix, ROC and
+reliability PNGs, per-image test predictions, ``smoke.npz``) and ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from lungscan.bundle import BundleMetadata, read_metadata, write_metadata
 from lungscan.uploads import decode_upload
+from training.calibrate import fit_conformal, set_report
 from training.datasets import Sample, evaluation_fingerprint, samples_from_manifest
 from training.metrics import (
     classification_metrics,
@@ -40,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REPORT_DIR = "report"
 SMOKE_FILE = f"{REPORT_DIR}/smoke.npz"
 SMOKE_TOLERANCE = 1e-4  # max |probability difference| allowed when a bundle is re-checked at publish
+COVERAGE = 0.9  # conformal target: the true class in the set for 9 cases in 10
 
 
 def add_arguments(parser) -> None:
@@ -68,6 +72,16 @@ def served_inputs(classifier, samples: list[Sample], label: str) -> np.ndarray:
     return np.stack(arrays).astype(np.float32)
 
 
+def majority_baseline(train_labels: list[str], test_labels: np.ndarray, classes: list[str]) -> dict:
+    """Always answering the training split's commonest class: the floor a model must beat."""
+    commonest = max(classes, key=train_labels.count)
+    return {
+        "class": commonest,
+        "accuracy": round(float((test_labels == classes.index(commonest)).mean()), 4),
+        "method": "always answer the commonest class of the training split, scored on the test split",
+    }
+
+
 def evaluate_bundle(bundle_dir: Path | str, data_dir: Path | str | None = None, *, smoke_size: int = 24) -> dict:
     """Evaluate, calibrate, write the report and the model card; returns ``model.json``'s metrics."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -80,42 +94,67 @@ def evaluate_bundle(bundle_dir: Path | str, data_dir: Path | str | None = None, 
         data_dir = Path(manifest["data_dir"])
         data_dir = data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
     samples = samples_from_manifest(manifest, data_dir)
-    validation, test = samples["validation"], samples["test"]
+    validation, calibration, test = samples["validation"], samples.get("calibration", []), samples["test"]
     if not validation or not test:
         raise ValueError("the split has an empty validation or test set: nothing to evaluate on")
+    if not calibration:
+        raise ValueError(
+            "the split has no calibration set: temperature and conformal sets need images that training and "
+            "selection never used (retrain: `python -m training train` splits off a calibration set)"
+        )
 
-    # 1. The model as trained (temperature 1), to fit the temperature on validation.
+    # 1. The model as trained (temperature 1, no conformal sets) gives the raw probabilities.
     metadata = read_metadata(bundle_dir)
     metadata.temperature = 1.0
+    metadata.conformal = None
     write_metadata(bundle_dir, metadata)
     classifier = Classifier(bundle_dir)
     classes = classifier.metadata.classes
-    x_val, x_test = served_inputs(classifier, validation, "validation"), served_inputs(classifier, test, "test")
-    y_val = np.array([classes.index(s.label) for s in validation])
-    y_test = np.array([classes.index(s.label) for s in test])
-    raw_val, raw_test = classifier.predict_batch(x_val), classifier.predict_batch(x_test)
-    temperature = fit_temperature(y_val, raw_val)
+    x_val = served_inputs(classifier, validation, "validation")
+    x_cal = served_inputs(classifier, calibration, "calibration")
+    x_test = served_inputs(classifier, test, "test")
+    y_val, y_cal, y_test = (
+        np.array([classes.index(s.label) for s in split]) for split in (validation, calibration, test)
+    )
+    raw_val, raw_cal, raw_test = (classifier.predict_batch(x) for x in (x_val, x_cal, x_test))
+    # The calibration split was never seen by training or selection: its temperature is trusted either way.
+    temperature = fit_temperature(y_cal, raw_cal)
 
     # 2. The bundle with its temperature, reloaded: from here on, what the function serves.
     metadata.temperature = temperature
     write_metadata(bundle_dir, metadata)
     classifier = Classifier(bundle_dir)
-    p_val, p_test = classifier.predict_batch(x_val), classifier.predict_batch(x_test)
+    p_val, p_cal, p_test = (classifier.predict_batch(x) for x in (x_val, x_cal, x_test))
+    conformal = fit_conformal(y_cal, p_cal, classes, COVERAGE)
+    conformal.calibration["fingerprint"] = evaluation_fingerprint(calibration)
+    conformal.evaluation = {
+        "test": set_report(y_test, p_test, classes, conformal),
+        "validation": set_report(y_val, p_val, classes, conformal),
+        "calibration": set_report(y_cal, p_cal, classes, conformal),
+    }
+    classifier.metadata.conformal = conformal  # the served flag includes the prediction-set rule
     positives = classifier.metadata.positive_classes
 
     def measure(labels: np.ndarray, probabilities: np.ndarray) -> dict:
-        flags = np.array([classifier.interpret(row).suspicious for row in probabilities])
-        return classification_metrics(labels, probabilities, classes, flags, positives)
+        predictions = [classifier.interpret(row) for row in probabilities]
+        flags = np.array([prediction.suspicious for prediction in predictions])
+        result = classification_metrics(labels, probabilities, classes, flags, positives)
+        result["uncertain_share"] = round(float(np.mean([prediction.uncertain for prediction in predictions])), 4)
+        return result
 
-    val_metrics, test_metrics = measure(y_val, p_val), measure(y_test, p_test)
-    calibration = {
-        "method": "temperature scaling (one parameter, fitted on the validation split by negative log-likelihood)",
+    val_metrics, cal_metrics, test_metrics = measure(y_val, p_val), measure(y_cal, p_cal), measure(y_test, p_test)
+    calibration_report = {
+        "method": "temperature scaling (one parameter, fitted on the calibration split by negative log-likelihood)",
         "temperature": temperature,
+        "fitted_on": "calibration",
         "ece_bins": 15,
+        "calibration_ece_before": round(expected_calibration_error(y_cal, raw_cal), 4),
+        "calibration_ece_after": round(expected_calibration_error(y_cal, p_cal), 4),
         "validation_ece_before": round(expected_calibration_error(y_val, raw_val), 4),
         "validation_ece_after": round(expected_calibration_error(y_val, p_val), 4),
         "test_ece_before": round(expected_calibration_error(y_test, raw_test), 4),
         "test_ece_after": round(expected_calibration_error(y_test, p_test), 4),
+        "displayed_confidence_cap": 0.999,
     }
 
     report = bundle_dir / REPORT_DIR
@@ -123,36 +162,50 @@ def evaluate_bundle(bundle_dir: Path | str, data_dir: Path | str | None = None, 
     plot_confusion(report / "confusion_matrix.png", test_metrics, metadata)
     plot_roc(report / "roc.png", y_test, p_test, classes, metadata)
     plot_reliability(report / "reliability.png", y_test, raw_test, p_test, temperature, metadata)
-    write_predictions(report / "test_predictions.csv", test, data_dir, p_test, classes)
+    write_predictions(report / "test_predictions.csv", test, data_dir, p_test, classes, conformal)
     smoke = write_smoke_set(bundle_dir / SMOKE_FILE, classifier, x_test, y_test, test, data_dir, smoke_size)
 
+    train_labels = [entry["label"] for entry in manifest["splits"]["train"]]
     summary = test_metrics.get("suspicious_flag", {})
+    conformal_test = conformal.evaluation["test"]
     metrics = {
         "evaluated_on": (
-            "held-out test split: never trained on, never used for early stopping, selection or calibration"
+            "held-out test split: never trained on, never used for selection or calibration"
+            + (" (source-disjoint: the dataset's own valid/ folder)" if manifest.get("layout") == "kaggle" else "")
         ),
         "accuracy": test_metrics["accuracy"],
         "macro_f1": test_metrics["macro_f1"],
         "macro_roc_auc": test_metrics["macro_roc_auc"],
+        "ece": test_metrics["ece"],
         "suspicious_sensitivity": summary.get("sensitivity"),
         "suspicious_specificity": summary.get("specificity"),
+        "majority_baseline": majority_baseline(train_labels, y_test, classes),
+        "conformal_coverage": conformal_test["coverage"],
+        "conformal_mean_set_size": conformal_test["mean_set_size"],
         "evaluation_set": {
             "split": "test",
             "n": len(test),
             "fingerprint": evaluation_fingerprint(test),
             "fingerprint_method": "sha256 over the sorted sha256 of the test image files",
         },
-        "calibration": calibration,
+        "calibration": calibration_report,
         "test": test_metrics,
         "validation": val_metrics,
+        "calibration_split": cal_metrics,
         "smoke": smoke,
-        "served_path": "Classifier(bundle): decode_upload -> prepare -> predict_batch (with temperature) -> interpret",
+        "served_path": (
+            "Classifier(bundle): decode_upload -> prepare -> predict_batch (with temperature) -> interpret "
+            "(with the conformal set)"
+        ),
     }
     metadata = read_metadata(bundle_dir)
     metadata.metrics = metrics
+    metadata.conformal = conformal
     training = dict(getattr(metadata, "training", None) or {})
     training["evaluate_wall_time_s"] = round(time.perf_counter() - started, 1)
     metadata.training = training
+    # Other per-bundle derivations (the not-CT gate, the ONNX twin) belong here: they add their own
+    # fields to `metadata` before the card is written and the single final write below.
     from training.model_card import write_model_card
 
     write_model_card(bundle_dir, metadata)
@@ -234,14 +287,22 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def write_predictions(
-    path: Path, samples: list[Sample], data_dir: Path, probabilities: np.ndarray, classes: list[str]
+    path: Path, samples: list[Sample], data_dir: Path, probabilities: np.ndarray, classes: list[str], conformal
 ) -> None:
+    from lungscan.conformal import prediction_set
+
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["file", "label", "predicted", *(f"p_{c}" for c in classes)])
+        writer.writerow(["file", "label", "predicted", "prediction_set", *(f"p_{c}" for c in classes)])
         for sample, row in zip(samples, probabilities, strict=True):
             writer.writerow(
-                [_relative(sample.path, data_dir), sample.label, classes[int(row.argmax())], *(f"{p:.4f}" for p in row)]
+                [
+                    _relative(sample.path, data_dir),
+                    sample.label,
+                    classes[int(row.argmax())],
+                    "|".join(prediction_set(row, classes, conformal)),
+                    *(f"{p:.4f}" for p in row),
+                ]
             )
 
 
@@ -310,7 +371,7 @@ def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, 
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("confidence (top class)")
     ax.set_ylabel("accuracy")
-    ax.set_title(_title(metadata, "test reliability, temperature fitted on validation"), fontsize=9)
+    ax.set_title(_title(metadata, "test reliability, temperature fitted on the calibration split"), fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
@@ -319,7 +380,7 @@ def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, 
 
 def print_metrics(metadata: BundleMetadata) -> None:
     metrics = metadata.metrics
-    for name in ("validation", "test"):
+    for name in ("validation", "calibration_split", "test"):
         m = metrics[name]
         recalls = ", ".join(f"{c} {m['per_class'][c]['recall']:.3f}" for c in metadata.classes)
         flag = m.get("suspicious_flag", {})
@@ -331,8 +392,18 @@ def print_metrics(metadata: BundleMetadata) -> None:
         )
     c = metrics["calibration"]
     print(
-        f"temperature {c['temperature']} (fitted on validation): test ECE {c['test_ece_before']} -> "
+        f"temperature {c['temperature']} (fitted on calibration): test ECE {c['test_ece_before']} -> "
         f"{c['test_ece_after']}, validation ECE {c['validation_ece_before']} -> {c['validation_ece_after']}",
+        flush=True,
+    )
+    print(f"majority baseline on test: {metrics['majority_baseline']}", flush=True)
+    sets = metadata.conformal.evaluation["test"]
+    per_class = ", ".join(
+        f"{name} {v['coverage']}/{v['mean_set_size']}" for name, v in sets["per_class"].items() if v["n"]
+    )
+    print(
+        f"conformal sets on test ({metadata.conformal.coverage:.0%} target): coverage {sets['coverage']}, "
+        f"mean size {sets['mean_set_size']}; per class coverage/size: {per_class}",
         flush=True,
     )
     print(f"test confusion (rows true {metadata.classes}): {metrics['test']['confusion_matrix']['matrix']}")

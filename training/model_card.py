@@ -65,7 +65,8 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
 
     split_rows = "\n".join(
         f"| {name} | " + " | ".join(str(counts[name][c]) for c in classes) + f" | {counts[name]['total']} |"
-        for name in ("train", "validation", "test")
+        for name in ("train", "validation", "calibration", "test")
+        if name in counts
     )
 
     def class_row(i: int, c: str) -> str:
@@ -104,10 +105,16 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
     if calibration["test_ece_after"] > calibration["test_ece_before"]:
         direction = "sharpens" if metadata.temperature < 1 else "softens"
         calibration_note = (
-            f"\n\nCalibration did not carry over: the temperature fitted on validation ({metadata.temperature}, which "
-            f"{direction} the probabilities) made the test calibration worse (ECE {calibration['test_ece_before']:.3f} "
-            f"-> {calibration['test_ece_after']:.3f}). The validation split holds few patients and is not like the "
-            "test split; read the served probabilities as a ranking, not as calibrated chances."
+            f"\n\nCalibration did not carry over: the temperature fitted on the calibration split "
+            f"({metadata.temperature}, which {direction} the probabilities) made the test calibration worse (ECE "
+            f"{calibration['test_ece_before']:.3f} -> {calibration['test_ece_after']:.3f}). The calibration split "
+            "holds few patients and is not like the test split; read the served probabilities as a ranking, not as "
+            "calibrated chances."
+        )
+    elif calibration["test_ece_after"] > 0.05:
+        calibration_note = (
+            f"\n\nThe test ECE after calibration is {calibration['test_ece_after']:.3f}, above the 0.05 target: "
+            "on patients or sources like the test split the confidence is only approximately a probability."
         )
     gap_note = ""
     if val["macro_f1"] - test["macro_f1"] > 0.1:
@@ -129,6 +136,26 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
     credit = dataset.get("attribution") or "No dataset attribution recorded (trained without a preset)."
     link = f" Dataset page: <{dataset['url']}>." if dataset.get("url") else ""
     description = preset.data_description if preset else ""
+    preprocessing = metadata.preprocessing
+    resize_text = (
+        f"padded with black to a square (aspect ratio kept), resized to {size}x{size} (bilinear)"
+        if preprocessing.pad_to_square
+        else f"resized to {size}x{size} (bilinear, aspect ratio ignored)"
+    )
+    intensity = preprocessing.intensity
+    scale_text = (
+        f"intensities scaled so that the image's {intensity.low:g} and {intensity.high:g} percentiles map to 0 "
+        "and 1 (clipped)"
+        if intensity.method == "percentile"
+        else "scaled by 1/255"
+    )
+    conformal_section = _conformal_section(metadata)
+    baseline = metrics.get("majority_baseline")
+    baseline_row = (
+        f"| majority-class baseline (always `{baseline['class']}`) | {_pct(baseline['accuracy'])} | |\n"
+        if baseline
+        else ""
+    )
 
     return f"""# Model card: {metadata.name} ({metadata.version})
 
@@ -144,14 +171,17 @@ scan; the model's output never replaces a radiologist's reading.
 
 ## What it does
 
-- Input: one CT slice (PNG, JPEG, BMP, TIFF or DICOM), converted to 8-bit grayscale, resized to
-  {size}x{size} (bilinear, aspect ratio ignored), scaled by 1/255: the `lungscan` core package's chain
-  declared in `model.json`, the same code in training and serving. DICOM input is windowed first
+- Input: one CT slice (PNG, JPEG, BMP, TIFF or DICOM), converted to 8-bit grayscale, {resize_text},
+  {scale_text}: the `lungscan` core package's chain declared in `model.json`, the same code in training
+  and serving. DICOM input is windowed first
   (center {window["center"]:g} HU, width {window["width"]:g} HU).
 - Output: softmax probabilities over `{classes}`, divided in logit space by a temperature of
-  {metadata.temperature} fitted on the validation split (calibration; the most probable class is unchanged).
+  {metadata.temperature} fitted on the calibration split (the most probable class is unchanged); shown
+  confidences are capped at 99.9%. With them, a conformal **prediction set** (below) and `uncertain`
+  when it holds more than one class.
 - Suspicious flag ("Cancer Detected"): raised when the summed probability of {positives} reaches
-  {metadata.threshold}, or when a positive class is the most probable one. {rationale}
+  {metadata.threshold}, when a positive class is the most probable one, or when a positive class is in
+  the prediction set (it could not be ruled out). {rationale}
   The threshold is the default {metadata.threshold}, not tuned on validation or test data.
 - Architecture: {training.get("architecture", "")}; {training.get("parameters", 0):,} parameters,
   `model.h5` {model_bytes / 1024:.0f} KiB.
@@ -170,8 +200,9 @@ Licence: {dataset.get("licence", "see the dataset page").rstrip(".")}. Source: {
   copies dropped, {dedup["conflicting_labels_dropped"]} dropped because identical bytes carried two labels,
   {dedup["kept"]} unique images.{cross_text}
 - Split: {split["method"]}
-- {split["gap_dropped"]} files dropped as gaps between blocks; {split["near_duplicates_dropped"]} validation/test
-  images dropped as near-copies of a training image. The full file lists are in `report/split.json`.
+- {split["gap_dropped"]} files dropped as gaps between blocks; {split["near_duplicates_dropped"]} held-out
+  images dropped as near-copies of a training image. Validation selects recipes; calibration fits the
+  temperature and the conformal thresholds; test is only measured. The full file lists are in `report/split.json`.
 
 | split | {" | ".join(classes)} | total |
 |---|{"---:|" * len(classes)}---:|
@@ -179,21 +210,22 @@ Licence: {dataset.get("licence", "see the dataset page").rstrip(".")}. Source: {
 {recipe_section}
 ## Measured performance
 
-Measured on the held-out **test** split (never trained on, never used for early stopping,
-selection or calibration) by loading the saved bundle with `lungscan.predict.Classifier` and sending
-every image through the serving path (decode, preprocess, predict with the temperature, flag).
+Measured on the held-out **test** split ({metrics["evaluated_on"]}) by loading the saved
+bundle with `lungscan.predict.Classifier` and sending every image through the serving path (decode,
+preprocess, predict with the temperature, flag, prediction set).
 Intervals are 95% Wilson intervals: the test split is small ({test["n"]} images), so every figure is
 uncertain.{gap_note}{calibration_note}
 
 | | test | validation |
 |---|---:|---:|
 | accuracy | {_pct(test["accuracy"])} ({_interval(correct, test["n"])}) | {_pct(val["accuracy"])} |
-| macro-F1 | {test["macro_f1"]:.3f} | {val["macro_f1"]:.3f} |
+{baseline_row}| macro-F1 | {test["macro_f1"]:.3f} | {val["macro_f1"]:.3f} |
 | macro ROC-AUC (one vs rest) | {_num(test["macro_roc_auc"])} | {_num(val["macro_roc_auc"])} |
 | suspicious-flag sensitivity | {sensitivity_row} |
 | suspicious-flag specificity | {specificity_row} |
 | expected calibration error, T=1 | {ece_before} |
 | expected calibration error, T={metadata.temperature} | {ece_after} |
+| share of answers marked uncertain | {_pct(test.get("uncertain_share"))} | {_pct(val.get("uncertain_share"))} |
 
 | class | test precision | test recall (95% CI) | test F1 | test ROC-AUC | test n | validation recall | validation n |
 |---|---:|---:|---:|---:|---:|---:|---:|
@@ -205,6 +237,10 @@ Test confusion matrix (rows: true class, columns: predicted class):
 |---|{"---:|" * len(classes)}
 {matrix_rows}
 
+Reliability (test split, before and after the temperature): `report/reliability.png`.
+
+![reliability](report/reliability.png)
+{conformal_section}
 Figures: `report/confusion_matrix.png`, `report/roc.png`, `report/reliability.png`; per-image test
 predictions: `report/test_predictions.csv`. Evaluation-set fingerprint (sha256 over the sorted test
 image hashes): `{metrics["evaluation_set"]["fingerprint"]}`; `publish` compares models only on equal fingerprints.
@@ -223,4 +259,37 @@ image hashes): `{metrics["evaluation_set"]["fingerprint"]}`; `publish` compares 
 Framework: TensorFlow {framework.get("tensorflow")}, Keras {framework.get("keras")}, Python {framework.get("python")},
 NumPy {framework.get("numpy")}. Training took {training.get("fit_wall_time_s")} s (fit) on the machine that made it.
 `model.h5` sha256: `{metadata.sha256}`.
+"""
+
+
+def _conformal_section(metadata: BundleMetadata) -> str:
+    spec = metadata.conformal
+    if spec is None:
+        return "\nNo conformal calibration: answers carry no prediction set.\n"
+    rows = []
+    for name in metadata.classes:
+        cells = []
+        for split in ("test", "validation", "calibration"):
+            entry = spec.evaluation.get(split, {}).get("per_class", {}).get(name, {})
+            cells.append(f"{_pct(entry.get('coverage'))} / {_num(entry.get('mean_set_size'))} (n={entry.get('n', 0)})")
+        rows.append(f"| {name} | {spec.thresholds[name]:.4f} | " + " | ".join(cells) + " |")
+    overall = " | ".join(
+        f"{_pct(spec.evaluation.get(split, {}).get('coverage'))} / "
+        f"{_num(spec.evaluation.get(split, {}).get('mean_set_size'))}"
+        for split in ("test", "validation", "calibration")
+    )
+    table = "\n".join(rows)
+    return f"""
+## Prediction sets (conformal)
+
+Each answer carries `prediction_set`: the classes that could not be ruled out at {spec.coverage:.0%}
+coverage, and `uncertain: true` when it holds more than one class ("Uncertain — needs review").
+Method: {spec.method}. Calibration images per class: {spec.calibration.get("per_class")}.
+Coverage is a guarantee only for cases exchangeable with the calibration split; on other sources
+(the test split of a source-disjoint evaluation) it is measured below, not promised.
+
+| class | threshold (max 1 - p) | test coverage / mean set size | validation | calibration |
+|---|---:|---:|---:|---:|
+{table}
+| **all** | | {overall} |
 """

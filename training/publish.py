@@ -7,7 +7,8 @@ validates the bundle before anything is uploaded:
 1. ``model.json`` is valid, the sha256 of ``model.h5`` matches it, and it carries the not-CT gate;
 2. :class:`lungscan.predict.Classifier` loads it and the model's input/output shapes match
    ``model.json`` (the function would refuse it otherwise);
-3. the report files ``model.json`` declares are there, with their sha256;
+3. the report files ``model.json`` declares are there, with their sha256, and it carries
+   evaluation metrics and conformal calibration (``conformal``: answers need prediction sets);
 4. it reproduces its smoke set: ``report/smoke.npz`` holds preprocessed held-out inputs and
    the probabilities evaluate measured; the reloaded bundle must give the same probabilities
    (within ``1e-4``) and so the same smoke accuracy ``model.json`` records;
@@ -126,6 +127,11 @@ def validate_bundle(bundle_dir: Path | str) -> BundleMetadata:
     metrics = metadata.metrics or {}
     if metrics.get("macro_f1") is None or "smoke" not in metrics:
         raise InvalidBundleError(f"{bundle_dir} has no evaluation metrics: run `python -m training evaluate` first")
+    if metadata.conformal is None:
+        raise InvalidBundleError(
+            f"{bundle_dir} has no conformal calibration (model.json `conformal`): answers would carry no prediction "
+            "set; run `python -m training evaluate` on a bundle trained with a calibration split"
+        )
     smoke_path = bundle_dir / SMOKE_FILE
     if not smoke_path.is_file():
         raise InvalidBundleError(f"{smoke_path} is missing: run `python -m training evaluate` first")

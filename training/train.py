@@ -30,13 +30,14 @@ from lungscan.bundle import (
     MODEL_FILE,
     BundleMetadata,
     InputSpec,
+    IntensitySpec,
     NormalisationSpec,
     PreprocessingSpec,
     ResizeSpec,
     write_metadata,
 )
 from lungscan.transforms import build_preprocess
-from training.datasets import LAYOUTS, PreparedDataset, load_arrays, prepare_dataset
+from training.datasets import LAYOUTS, SPLITS, PreparedDataset, load_arrays, prepare_dataset
 from training.metrics import balanced_class_weights
 from training.presets import PRESETS, Preset
 
@@ -55,6 +56,13 @@ DEFAULTS = {
     "batch_size": 32,
     "learning_rate": 1e-3,
     "augment": "none",
+    "pad_to_square": False,
+    "intensity": "fixed",
+    "label_smoothing": 0.0,
+    "ensemble": 1,
+    "lr_schedule": "constant",
+    "architecture": "cnn",
+    "hog_cell": 16,
     "batch_norm": False,
     "filters": "16,32,64",
     "last_filters": 96,
@@ -73,6 +81,13 @@ AUGMENTATIONS = {
     "light": (
         "training batches only, in the tf.data pipeline (not saved in the model): random horizontal flip, "
         "rotation +-0.03 turn (~11 degrees), zoom +-10%, translation +-5%, brightness +-0.05 and contrast +-15%, "
+        "clipped to [0, 1]"
+    ),
+    "strong": (
+        "training batches only, in the tf.data pipeline (not saved in the model): geometric (horizontal flip, "
+        "rotation +-0.04 turn, zoom +-12%, translation +-6%, black fill) and intensity (gamma exp(U(-0.4, 0.4)), "
+        "window/level jitter: black point U(-0.1, 0.15) and white point U(0.85, 1.1) rescaled to [0, 1], "
+        "Gaussian blur (sigma 0.8) on a random third of the images, Gaussian noise sigma U(0, 0.04)), "
         "clipped to [0, 1]"
     ),
 }
@@ -113,7 +128,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--warmup-epochs", type=int, help="epochs before early stopping may act (10)")
     model.add_argument("--batch-size", type=int)
     model.add_argument("--learning-rate", type=float)
-    model.add_argument("--augment", choices=sorted(AUGMENTATIONS), help="training augmentation (none | light)")
+    model.add_argument("--augment", choices=sorted(AUGMENTATIONS), help="training augmentation (none | light | strong)")
+    model.add_argument(
+        "--pad-to-square",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pad to a square before resizing instead of stretching (declared in model.json)",
+    )
+    model.add_argument(
+        "--intensity",
+        choices=("fixed", "percentile"),
+        help="fixed: x/255; percentile: the 1st/99th percentiles of each image to 0/1 (declared in model.json)",
+    )
+    model.add_argument("--label-smoothing", type=float, help="label smoothing of the cross-entropy (0)")
+    model.add_argument(
+        "--ensemble",
+        type=int,
+        help="members averaged inside one model: member k trains without fold k of the training split (1 = one "
+        "network on all of it)",
+    )
+    model.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning rate over the epochs")
+    model.add_argument(
+        "--architecture",
+        choices=("cnn", "hog"),
+        help="cnn: conv/pool stages, global average pooling, softmax; hog: a fixed histogram-of-oriented-gradients "
+        "front end built from Keras layers (frozen) with a trained softmax (logistic regression) head",
+    )
+    model.add_argument("--hog-cell", type=int, help="hog: cell size in pixels (16)")
     model.add_argument(
         "--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="BatchNormalization after convs"
     )
@@ -146,6 +187,13 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     augment: str
+    pad_to_square: bool
+    intensity: str
+    label_smoothing: float
+    ensemble: int
+    lr_schedule: str
+    architecture: str
+    hog_cell: int
     batch_norm: bool
     filters: list[int]
     last_filters: int
@@ -168,6 +216,13 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
             "augment": self.augment,
+            "pad_to_square": self.pad_to_square,
+            "intensity": self.intensity,
+            "label_smoothing": self.label_smoothing,
+            "ensemble": self.ensemble,
+            "lr_schedule": self.lr_schedule,
+            "architecture": self.architecture,
+            "hog_cell": self.hog_cell,
             "batch_norm": self.batch_norm,
             "filters": ",".join(str(f) for f in self.filters),
             "last_filters": self.last_filters,
@@ -206,6 +261,10 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     if not positive:
         raise ValueError("--positive-classes is required without --preset (which classes make a case suspicious)")
     now = datetime.now(UTC)
+    if pick("architecture") == "hog" and int(pick("image_size")) % int(pick("hog_cell")):
+        raise ValueError(f"--image-size {pick('image_size')} is not a multiple of --hog-cell {pick('hog_cell')}")
+    if int(pick("ensemble")) < 1:
+        raise ValueError(f"--ensemble must be at least 1, not {pick('ensemble')}")
     image_size = int(pick("image_size"))
     if not 16 <= image_size <= 512:
         raise ValueError(f"--image-size must be between 16 and 512, not {image_size}")
@@ -226,6 +285,13 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         batch_size=int(pick("batch_size")),
         learning_rate=float(pick("learning_rate")),
         augment=pick("augment"),
+        pad_to_square=bool(pick("pad_to_square")),
+        intensity=pick("intensity"),
+        label_smoothing=float(pick("label_smoothing")),
+        ensemble=int(pick("ensemble")),
+        lr_schedule=pick("lr_schedule"),
+        architecture=pick("architecture"),
+        hog_cell=int(pick("hog_cell")),
         batch_norm=bool(pick("batch_norm")),
         filters=[int(f) for f in str(pick("filters")).split(",")],
         last_filters=int(pick("last_filters")),
@@ -245,43 +311,130 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
 # --------------------------------------------------------------------------- model
 
 
-def build_model(config: TrainConfig, n_classes: int):
+def build_model(config: TrainConfig, n_classes: int, prefix: str = ""):
     """A small grayscale CNN: conv/pool stages, one last conv (Grad-CAM's target), GAP, dropout, softmax.
 
     Without BatchNormalization by default: on these small datasets (a few hundred images, a
     handful of patients per validation split) BatchNorm made training erratic, and the plain
     network won a block-grouped cross-validation (see the IQ-OTH preset's recipe selection).
+    ``prefix`` keeps layer names unique when ensemble members are assembled into one model.
     """
     import keras
     from keras import layers
 
     size = config.image_size
+    if config.architecture == "hog":
+        inputs = keras.Input((size, size, 1), name="image")
+        features = layers.Dropout(config.dropout, name=prefix + "dropout")(hog_features(inputs, config))
+        outputs = hog_head(n_classes, prefix)(features)
+        return keras.Model(inputs, outputs, name=f"{prefix}{config.name.replace('-', '_').replace('.', '_')}_hog")
     inputs = keras.Input((size, size, 1), name="image")
     x = inputs
     stages = [*config.filters, config.last_filters]
     for stage, filters in enumerate(stages, start=1):
         last = stage == len(stages)
         name = "last_conv" if last else f"conv{stage}"
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=not config.batch_norm, name=name)(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not config.batch_norm, name=prefix + name)(x)
         if config.batch_norm:
-            x = layers.BatchNormalization(name=f"bn{stage}")(x)
-        x = layers.ReLU(name=f"relu{stage}")(x)
+            x = layers.BatchNormalization(name=f"{prefix}bn{stage}")(x)
+        x = layers.ReLU(name=f"{prefix}relu{stage}")(x)
         if not last:
-            x = layers.MaxPooling2D(name=f"pool{stage}")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(config.dropout, name="dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"{config.name.replace('-', '_').replace('.', '_')}_{size}")
+            x = layers.MaxPooling2D(name=f"{prefix}pool{stage}")(x)
+    x = layers.GlobalAveragePooling2D(name=prefix + "gap")(x)
+    x = layers.Dropout(config.dropout, name=prefix + "dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name=prefix + "probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"{prefix}{config.name.replace('-', '_').replace('.', '_')}_{size}")
 
 
-def make_datasets(x_train, y_train, x_val, y_val, config: TrainConfig, n_classes: int):
-    """tf.data pipelines: shuffled (and augmented) training batches; class-weighted validation."""
+HOG_BINS = 9  # unsigned orientations over 180 degrees, as in Dalal & Triggs
+HISTOGRAM_BINS = 16  # intensity histogram bins over [0, 1]
+HOG_EPSILON = 1e-3  # block normalisation floor: flat regions stay near zero instead of amplifying noise
+HOG_L2 = 1e-3  # L2 penalty of the logistic-regression head
+
+
+def hog_features(inputs, config: TrainConfig):
+    """A histogram of oriented gradients (Dalal & Triggs) plus an intensity histogram, in frozen Keras layers.
+
+    Sobel derivatives along 18 directions (one fixed 3x3 conv), rectified and folded to 9 unsigned
+    orientations, averaged over ``hog_cell`` pixel cells, grouped in 2x2-cell blocks that are L2
+    normalised, clipped at 0.2 and normalised again (L2-Hys); plus a 16-bin soft intensity histogram.
+    All weights are constants: only the head that follows is trained. Standard layers only, so the
+    bundle stays one plain ``model.h5``. The block map is ``last_conv``, Grad-CAM's target.
+    """
+    import keras
+    from keras import layers
+
+    def fixed(layer_type, weights, **kwargs):
+        initialisers = [keras.initializers.Constant(w) for w in weights]
+        extra = {"kernel_initializer": initialisers[0]}
+        if len(weights) > 1:
+            extra["bias_initializer"] = initialisers[1]
+        else:
+            extra["use_bias"] = False
+        return layer_type(trainable=False, **kwargs, **extra)
+
+    n = HISTOGRAM_BINS
+    centres = (np.arange(n) + 0.5) / n
+    signed = np.concatenate([np.full(n, n), np.full(n, -n)]).astype(np.float32).reshape(1, 1, 1, 2 * n)
+    signed_bias = np.concatenate([-n * centres, n * centres]).astype(np.float32)
+    fold = np.zeros((1, 1, 2 * n, n), np.float32)
+    fold[0, 0, np.arange(n), np.arange(n)] = -1.0
+    fold[0, 0, n + np.arange(n), np.arange(n)] = -1.0
+    # Triangular bins: relu(1 - |n x - (k + 0.5)|), from two rectified ramps.
+    x = fixed(layers.Conv2D, [signed, signed_bias], filters=2 * n, kernel_size=1, name="histogram_ramps")(inputs)
+    x = layers.ReLU(name="histogram_relu")(x)
+    x = fixed(layers.Conv2D, [fold, np.ones(n, np.float32)], filters=n, kernel_size=1, name="histogram_bins")(x)
+    x = layers.ReLU(name="histogram_triangles")(x)
+    histogram = layers.GlobalAveragePooling2D(name="histogram")(x)
+
+    sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32) / 8.0
+    directions = np.stack(
+        [np.cos(a) * sobel_x + np.sin(a) * sobel_x.T for a in 2 * np.pi * np.arange(2 * HOG_BINS) / (2 * HOG_BINS)],
+        axis=-1,
+    )[:, :, None, :]
+    unsigned = np.zeros((1, 1, 2 * HOG_BINS, HOG_BINS), np.float32)
+    unsigned[0, 0, np.arange(2 * HOG_BINS), np.arange(2 * HOG_BINS) % HOG_BINS] = 1.0
+    blocks = np.zeros((2, 2, HOG_BINS, 4 * HOG_BINS), np.float32)
+    for i in range(2):
+        for j in range(2):
+            blocks[i, j, np.arange(HOG_BINS), (2 * i + j) * HOG_BINS + np.arange(HOG_BINS)] = 1.0
+    g = fixed(layers.Conv2D, [directions], filters=2 * HOG_BINS, kernel_size=3, padding="same", name="gradients")(
+        inputs
+    )
+    g = layers.ReLU(name="gradients_relu")(g)
+    g = fixed(layers.Conv2D, [unsigned], filters=HOG_BINS, kernel_size=1, name="orientations")(g)
+    g = layers.AveragePooling2D(config.hog_cell, name="cells")(g)
+    g = fixed(layers.Conv2D, [blocks], filters=4 * HOG_BINS, kernel_size=2, name="blocks")(g)
+    floor = fixed(
+        layers.Conv2D,
+        [np.zeros((1, 1, 4 * HOG_BINS, 1), np.float32), np.full(1, HOG_EPSILON, np.float32)],
+        filters=1,
+        kernel_size=1,
+        name="block_floor",
+    )(g)
+    g = layers.Concatenate(name="blocks_with_floor")([g, floor])
+    g = layers.UnitNormalization(axis=-1, name="block_l2")(g)
+    g = layers.ReLU(max_value=0.2, name="block_clip")(g)
+    g = layers.UnitNormalization(axis=-1, name="last_conv")(g)
+    return layers.Concatenate(name="features")([layers.Flatten(name="hog")(g), histogram])
+
+
+def hog_head(n_classes: int, prefix: str = ""):
+    import keras
+    from keras import layers
+
+    return layers.Dense(
+        n_classes, activation="softmax", kernel_regularizer=keras.regularizers.L2(HOG_L2), name=prefix + "probabilities"
+    )
+
+
+def make_datasets(x_train, y_train, x_val, y_val, config: TrainConfig, n_classes: int, seed: int):
+    """tf.data pipelines: shuffled (and augmented) one-hot training batches; class-weighted validation."""
     import keras
     import tensorflow as tf
     from keras import layers
 
-    seed = config.seed
-    train = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
+    train = tf.data.Dataset.from_tensor_slices((x_train, np.eye(n_classes, dtype=np.float32)[y_train])).shuffle(
         len(x_train), seed=seed, reshuffle_each_iteration=True
     )
     train = train.batch(config.batch_size)
@@ -302,12 +455,123 @@ def make_datasets(x_train, y_train, x_val, y_val, config: TrainConfig, n_classes
             return tf.clip_by_value(augment(images, training=True), 0.0, 1.0), labels
 
         train = train.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    elif config.augment == "strong":
+        train = train.map(strong_augmentation(seed), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     train = train.prefetch(tf.data.AUTOTUNE)
-    # Validation loss weighted per class, so early stopping follows the balanced objective.
+    # Validation loss weighted per class, so its curve follows the balanced objective.
     weights = balanced_class_weights(y_val, n_classes)
     val_weights = np.array([weights[int(y)] for y in y_val], dtype=np.float32)
-    validation = tf.data.Dataset.from_tensor_slices((x_val, y_val, val_weights)).batch(128)
+    validation = tf.data.Dataset.from_tensor_slices(
+        (x_val, np.eye(n_classes, dtype=np.float32)[y_val], val_weights)
+    ).batch(128)
     return train, validation
+
+
+def strong_augmentation(seed: int):
+    """Geometric plus intensity augmentation: what another scanner, window or export changes."""
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    geometry = keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.04, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom(0.12, fill_mode="constant", seed=seed + 2),
+            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 3),
+        ],
+        name="augment_geometry",
+    )
+    blur_kernel = np.exp(-0.5 * (np.arange(-2, 3) / 0.8) ** 2)
+    blur_kernel = np.outer(blur_kernel, blur_kernel) / np.outer(blur_kernel, blur_kernel).sum()
+    blur_kernel = tf.constant(blur_kernel[:, :, None, None], tf.float32)
+    generator = tf.random.Generator.from_seed(seed + 10)
+
+    def apply(images, labels):
+        images = geometry(images, training=True)
+        batch = tf.shape(images)[0]
+        gamma = tf.exp(generator.uniform((batch, 1, 1, 1), -0.4, 0.4))
+        images = tf.clip_by_value(images, 0.0, 1.0) ** gamma
+        black = generator.uniform((batch, 1, 1, 1), -0.1, 0.15)
+        white = generator.uniform((batch, 1, 1, 1), 0.85, 1.1)
+        images = (images - black) / (white - black)
+        blurred = tf.nn.conv2d(images, blur_kernel, strides=1, padding="SAME")
+        images = tf.where(generator.uniform((batch, 1, 1, 1)) < 1.0 / 3.0, blurred, images)
+        sigma = generator.uniform((batch, 1, 1, 1), 0.0, 0.04)
+        images = images + sigma * generator.normal(tf.shape(images))
+        return tf.clip_by_value(images, 0.0, 1.0), labels
+
+    return apply
+
+
+def assemble_ensemble(members: list, config: TrainConfig, n_classes: int):
+    """One inference model that averages the members' softmax outputs.
+
+    Each member's conv layers run on the shared input; their last conv maps are concatenated into
+    one 4D layer ``last_conv`` (Grad-CAM's target, so a heatmap covers every member), pooled, and
+    member k's dense head sees only its own channels (zero weights elsewhere). Only standard layers:
+    the bundle stays one ``model.h5`` that any Keras (or converter) loads. A single member is
+    returned unchanged.
+    """
+    import keras
+    from keras import layers
+
+    if len(members) == 1:
+        return members[0]
+    size = config.image_size
+    inputs = keras.Input((size, size, 1), name="image")
+    if config.architecture == "hog":  # one frozen front end is every member's: only the heads differ
+        features = hog_features(inputs, config)
+        outputs = []
+        for k, member in enumerate(members):
+            head = layers.Dense(n_classes, activation="softmax", name=f"member{k + 1}_probabilities")
+            outputs.append(head(features))
+            head.set_weights(member.get_layer(f"m{k + 1}_probabilities").get_weights())
+        averaged = layers.Average(name="probabilities")(outputs)
+        return keras.Model(
+            inputs, averaged, name=f"{config.name.replace('-', '_').replace('.', '_')}_hog_x{len(members)}"
+        )
+    maps, heads = [], []
+    for k, member in enumerate(members):
+        x = inputs
+        for layer in member.layers:
+            if isinstance(layer, layers.InputLayer):
+                continue
+            if layer.name == f"m{k + 1}_gap":
+                break
+            x = layer(x)
+        maps.append(x)
+        heads.append(member.get_layer(f"m{k + 1}_probabilities").get_weights())
+    features = layers.Concatenate(axis=-1, name="last_conv")(maps)
+    pooled = layers.GlobalAveragePooling2D(name="gap")(features)
+    width = config.last_filters
+    outputs = []
+    for k, (kernel, bias) in enumerate(heads):
+        head = layers.Dense(n_classes, activation="softmax", name=f"member{k + 1}_probabilities")
+        head.build((None, width * len(members)))
+        full = np.zeros((width * len(members), n_classes), np.float32)
+        full[k * width : (k + 1) * width] = kernel
+        head.set_weights([full, bias])
+        outputs.append(head(pooled))
+    averaged = layers.Average(name="probabilities")(outputs)
+    name = f"{config.name.replace('-', '_').replace('.', '_')}_{size}_x{len(members)}"
+    return keras.Model(inputs, averaged, name=name)
+
+
+def member_folds(labels: np.ndarray, members: int) -> list[np.ndarray]:
+    """Training indices of each member: all but fold k, folds being contiguous chunks of each class.
+
+    The training split is ordered by class and file number, so a contiguous chunk holds whole runs of
+    neighbouring slices (patients, approximately) and members see different patients.
+    """
+    if members == 1:
+        return [np.arange(len(labels))]
+    folds = np.zeros(len(labels), int)
+    for label in np.unique(labels):
+        indices = np.flatnonzero(labels == label)
+        for k, chunk in enumerate(np.array_split(indices, members)):
+            folds[chunk] = k
+    return [np.flatnonzero(folds != k) for k in range(members)]
 
 
 def make_metadata(config: TrainConfig, classes: list[str]) -> BundleMetadata:
@@ -324,7 +588,9 @@ def make_metadata(config: TrainConfig, classes: list[str]) -> BundleMetadata:
         input=InputSpec(height=size, width=size, channels=1, colour="grayscale"),
         preprocessing=PreprocessingSpec(
             colour="grayscale",
+            pad_to_square=config.pad_to_square,
             resize=ResizeSpec(height=size, width=size, method="bilinear"),
+            intensity=IntensitySpec(method=config.intensity, low=1.0, high=99.0),
             normalisation=NormalisationSpec(scale=1.0 / 255.0, offset=0.0),
         ),
         intended_use=INTENDED_USE,
@@ -375,37 +641,53 @@ def run(config: TrainConfig) -> Path:
     x_val, y_val = load_arrays(prepared.split.validation, chain, classes, progress="validation images")
     print(f"preprocessed {len(x_train)} train + {len(x_val)} validation images", flush=True)
 
-    model = build_model(config, len(classes))
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     class_weight = balanced_class_weights(y_train, len(classes))
-    train_ds, val_ds = make_datasets(x_train, y_train, x_val, y_val, config, len(classes))
     log_dir = config.runs_dir / f"{config.name}-{config.version}"
-    callbacks = [cb for cb in [_tensorboard_callback(log_dir)] if cb is not None]
-    if config.patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=config.patience,
-                restore_best_weights=True,
-                start_from_epoch=config.warmup_epochs,
-            )
-        )
+    members, histories = [], []
     fit_started = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        class_weight=class_weight,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles, seeded
-        verbose=1 if sys.stdout.isatty() else 2,  # Keras' own progress bar on a terminal, one line per epoch in logs
-    )
+    for k, indices in enumerate(member_folds(y_train, config.ensemble)):
+        seed = config.seed + k
+        keras.utils.set_random_seed(seed)
+        member = build_model(config, len(classes), prefix=f"m{k + 1}_" if config.ensemble > 1 else "")
+        steps = config.epochs * int(np.ceil(len(indices) / config.batch_size))
+        rate = (
+            keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
+            if config.lr_schedule == "cosine"
+            else config.learning_rate
+        )
+        member.compile(
+            optimizer=keras.optimizers.Adam(rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+        )
+        train_ds, val_ds = make_datasets(x_train[indices], y_train[indices], x_val, y_val, config, len(classes), seed)
+        member_log = log_dir / f"member{k + 1}" if config.ensemble > 1 else log_dir
+        callbacks = [cb for cb in [_tensorboard_callback(member_log)] if cb is not None]
+        if config.patience > 0:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=config.patience,
+                    restore_best_weights=True,
+                    start_from_epoch=config.warmup_epochs,
+                )
+            )
+        if config.ensemble > 1:
+            print(f"member {k + 1}/{config.ensemble}: {len(indices)} training images, seed {seed}", flush=True)
+        history = member.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles, seeded
+            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, one line per epoch in logs
+        )
+        members.append(member)
+        histories.append(history.history)
+    model = assemble_ensemble(members, config, len(classes))
     fit_wall = time.perf_counter() - fit_started
-    val_loss = history.history["val_loss"]
+    val_loss = histories[-1]["val_loss"]
     best_epoch = int(np.argmin(val_loss)) + 1 if config.patience > 0 else len(val_loss)
 
     bundle_dir = write_bundle(config, prepared, model, metadata)
@@ -430,7 +712,10 @@ def run(config: TrainConfig) -> Path:
             if config.patience > 0
             else f"none: fixed {config.epochs} epochs, last epoch's weights"
         ),
-        "optimizer": f"Adam(learning_rate={config.learning_rate}), sparse categorical cross-entropy",
+        "optimizer": (
+            f"Adam(learning_rate={config.learning_rate}, {config.lr_schedule}), categorical cross-entropy"
+            + (f" with label smoothing {config.label_smoothing}" if config.label_smoothing else "")
+        ),
         "class_weight": {classes[i]: round(w, 4) for i, w in class_weight.items()},
         "augmentation": AUGMENTATIONS[config.augment],
         "seed": config.seed,
@@ -439,7 +724,9 @@ def run(config: TrainConfig) -> Path:
         "tensorboard_log_dir": repo_relative(log_dir),
         "command": config.command,
     }
-    history_log = {key: [round(float(v), 5) for v in values] for key, values in history.history.items()}
+    history_log = [
+        {key: [round(float(v), 5) for v in values] for key, values in history.items()} for history in histories
+    ]
     (bundle_dir / TRAINING_LOG).write_text(json.dumps({"history": history_log}, indent=1) + "\n")
     write_metadata(bundle_dir, metadata)
     print(
@@ -461,12 +748,34 @@ def repo_relative(path: Path) -> str:
 
 
 def describe_architecture(config: TrainConfig) -> str:
+    if config.architecture == "hog":
+        cells = config.image_size // config.hog_cell
+        one = (
+            f"{config.image_size}x{config.image_size}x1 input; frozen histogram-of-oriented-gradients front end in "
+            f"Keras layers ({HOG_BINS} unsigned orientations from Sobel derivatives, {config.hog_cell}-pixel cells "
+            f"({cells}x{cells}), 2x2-cell blocks L2-Hys normalised, block map `last_conv` for Grad-CAM) plus a "
+            f"{HISTOGRAM_BINS}-bin intensity histogram; dropout {config.dropout}; trained dense softmax head "
+            f"(multinomial logistic regression, L2 {HOG_L2})"
+        )
+        if config.ensemble == 1:
+            return one
+        return (
+            f"{one}; {config.ensemble} heads, head k trained without fold k of the training split (contiguous "
+            "chunks of each class), averaged inside the one model (mean of their softmax outputs)"
+        )
     norm = "Conv2D(no bias)+BatchNorm+ReLU" if config.batch_norm else "Conv2D(with bias)+ReLU"
     stages = "/".join(str(f) for f in config.filters)
-    return (
+    one = (
         f"{config.image_size}x{config.image_size}x1 input; {len(config.filters)} stages of 3x3 {norm}+MaxPool "
-        f"({stages} filters); last 3x3 conv `last_conv` ({config.last_filters} filters, Grad-CAM's target); "
-        f"global average pooling; dropout {config.dropout}; dense softmax"
+        f"({stages} filters); last 3x3 conv ({config.last_filters} filters); global average pooling; dropout "
+        f"{config.dropout}; dense softmax"
+    )
+    if config.ensemble == 1:
+        return one + " (the last conv is `last_conv`, Grad-CAM's target)"
+    return (
+        f"ensemble of {config.ensemble} members averaged inside one Keras model (mean of their softmax outputs); "
+        f"member k trained on the training split without fold k (contiguous chunks of each class); each member: "
+        f"{one}; the members' last conv maps concatenated as `last_conv` (Grad-CAM's target)"
     )
 
 
@@ -502,8 +811,8 @@ def print_dataset(prepared: PreparedDataset) -> None:
         print(f"skipped {len(prepared.skipped)} files without a '(number)' in their name", flush=True)
     split = prepared.split
     counts = split.counts()
-    for name in ("train", "validation", "test"):
-        print(f"  {name:<10} {counts[name]}", flush=True)
+    for name in SPLITS:
+        print(f"  {name:<11} {counts[name]}", flush=True)
     if split.gap_dropped:
         print(f"  {len(split.gap_dropped)} files dropped as gaps between blocks", flush=True)
     if split.near_duplicates_dropped:

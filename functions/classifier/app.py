@@ -41,7 +41,7 @@ from lungscan.errors import (
     UnsupportedFormatError,
 )
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, decode_base64
-from lungscan.predict import DISCLAIMER, VERDICT_CLEAR, Classifier, Prediction
+from lungscan.predict import DISCLAIMER, VERDICT_CLEAR, VERDICT_SUSPICIOUS, Classifier, Prediction
 from lungscan.serving import DEFAULT_REGISTRY_DEADLINE, ModelStore
 from lungscan.uploads import MAX_STUDY_SLICES, StudySlice, decode_upload, plan_study
 
@@ -196,6 +196,14 @@ class SliceResult(BaseModel):
     confidence: float
     suspicion: float = Field(description="Summed probability of the model's positive classes")
     probabilities: dict[str, float]
+    prediction_set: list[str] | None = Field(
+        default=None,
+        description="Conformal prediction set: the classes that could not be ruled out at the model's calibrated "
+        "coverage (90%: the true class is in the set for about 9 cases in 10), most probable first",
+    )
+    uncertain: bool | None = Field(
+        default=None, description="True when the prediction set holds more than one class: needs review"
+    )
     input: InputInfo
     heatmap: str | None = Field(default=None, description="Grad-CAM overlay (PNG, base64) at the input's size")
     explained_class: str | None = None
@@ -217,6 +225,8 @@ class StudySummary(BaseModel):
     most_suspicious_slice: int = Field(description="Index of the slice with the highest suspicion")
     max_suspicion: float
     label_counts: dict[str, int]
+    uncertain: bool | None = Field(default=None, description="True when any slice's answer is uncertain")
+    uncertain_slices: list[int] = Field(default=[], description="Indices of the slices whose answer is uncertain")
 
 
 class StudyResponse(BaseModel):
@@ -374,10 +384,12 @@ def _study_answer(
         study=StudySummary(
             slices=len(predictions),
             suspicious=suspicious,
-            verdict=predictions[worst].verdict if suspicious else VERDICT_CLEAR,
+            verdict=VERDICT_SUSPICIOUS if suspicious else VERDICT_CLEAR,
             most_suspicious_slice=worst,
             max_suspicion=predictions[worst].suspicion,
             label_counts=dict(Counter(prediction.label for prediction in predictions)),
+            uncertain=None if predictions[0].uncertain is None else any(p.uncertain for p in predictions),
+            uncertain_slices=[index for index, prediction in enumerate(predictions) if prediction.uncertain],
         ),
         slices=results,
         threshold=classifier.metadata.threshold,
@@ -408,6 +420,8 @@ def _slice_result(info: InputInfo, prediction: Prediction, images_from: DecodedI
         confidence=prediction.confidence,
         suspicion=prediction.suspicion,
         probabilities=prediction.probabilities,
+        prediction_set=prediction.prediction_set,
+        uncertain=prediction.uncertain,
         input=info,
         heatmap=_png_base64(prediction.heatmap) if with_images and prediction.heatmap is not None else None,
         explained_class=prediction.explained_class if with_images else None,

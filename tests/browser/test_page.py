@@ -196,6 +196,10 @@ def test_several_files_dropped_at_once_are_queued_classified_and_exported(open_p
         assert row["verdict"] in VERDICTS and row["label"] in CLASSES
         assert abs(sum(float(row[f"p_{name}"]) for name in CLASSES) - 1) < 1e-3
         assert row["model_name"] == "iq-oth-3class" and row["request_id"]
+        assert row["uncertain"] in ("true", "false")
+        assert row["prediction_set"].split("|")[0] == row["label"]
+        assert set(row["prediction_set"].split("|")) <= CLASSES
+        assert (row["uncertain"] == "true") is (len(row["prediction_set"].split("|")) > 1)
 
     page.click("#clear-history-button")
     expect(page.locator("#history-body tr")).to_have_count(0)
@@ -339,6 +343,8 @@ def test_api_errors_network_failures_and_timeouts_read_plainly(open_page):
         "suspicious": False,
         "confidence": 0.7,
         "probabilities": {"normal": 0.2, "benign": 0.7, "malignant": 0.1},
+        "prediction_set": ["benign", "normal"],
+        "uncertain": True,
         "threshold": 0.5,
         "model": {"name": "iq-oth-3class", "version": "canned", "sha256": None},
         "input": {"format": "PNG", "width": 256, "height": 256, "window": None},
@@ -352,6 +358,11 @@ def test_api_errors_network_failures_and_timeouts_read_plainly(open_page):
     expect(card(page, "slow.png")).to_have_attribute("data-state", "done")
     expect(card(page, "slow.png").locator(".error-title")).to_be_hidden()
     expect(card(page, "slow.png").locator(".verdict")).to_have_text("No Cancer Detected")
+    # The conformal set in plain words, and the uncertainty said, not hidden in a number.
+    expect(card(page, "slow.png").locator(".uncertain-note")).to_be_visible()
+    expect(card(page, "slow.png").locator(".uncertain-note")).to_contain_text("Uncertain — needs review")
+    expect(card(page, "slow.png").locator(".set-value")).to_have_text("benign, normal")
+    expect(page.locator("#history-body tr").first).to_contain_text("uncertain — needs review")
     expect(page.locator("#status")).to_contain_text("Finished: 1 scan classified")
 
 

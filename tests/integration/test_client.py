@@ -169,6 +169,8 @@ def test_several_files_with_a_bad_one_exit_1_with_a_summary(stack, scans, capsys
         assert result["result"]["label"] in CLASSES
         assert set(result["result"]["probabilities"]) == CLASSES
         assert result["result"]["verdict"] in ("Cancer Detected", "No Cancer Detected")
+        assert result["result"]["prediction_set"][0] == result["result"]["label"]
+        assert result["result"]["uncertain"] is (len(result["result"]["prediction_set"]) > 1)
     bad = results[2]
     assert not bad["ok"] and bad["status"] == 415 and bad["attempts"] == 1  # a 4xx is never retried
     assert bad["error"]["code"] == "unsupported_format" and bad["error"]["request_id"]
@@ -189,6 +191,8 @@ def test_csv_output(stack, scans, capsys):
         assert abs(sum(float(row[f"p_{name}"]) for name in CLASSES) - 1) < 1e-3
         assert row["model_name"] == "iq-oth-3class" and row["model_version"] and row["request_id"]
         assert row["error_code"] == ""
+        assert row["prediction_set"].split("|")[0] == row["label"]
+        assert row["uncertain"] == str(len(row["prediction_set"].split("|")) > 1).lower()
     assert "2 files: 2 classified" in err
 
 

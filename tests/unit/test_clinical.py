@@ -166,6 +166,9 @@ def test_study_of_slices_summarises_the_most_suspicious(app_module, lambda_conte
     assert study["max_suspicion"] == max(suspicions)
     assert study["suspicious"] == any(item["suspicious"] for item in slices)
     assert sum(study["label_counts"].values()) == 4
+    assert study["uncertain"] == any(item["uncertain"] for item in slices)
+    assert study["uncertain_slices"] == [index for index, item in enumerate(slices) if item["uncertain"]]
+    assert all(item["prediction_set"] and item["prediction_set"][0] == item["label"] for item in slices)
     with_heatmap = [index for index, item in enumerate(slices) if item["heatmap"]]
     assert with_heatmap == [study["most_suspicious_slice"]]
     assert "Not a diagnosis" in answer["disclaimer"]

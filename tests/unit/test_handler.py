@@ -35,6 +35,12 @@ def assert_prediction(answer: dict, app_module) -> None:
     assert answer["verdict"] in ("Cancer Detected", "No Cancer Detected")
     assert answer["prediction"] == answer["verdict"]
     assert answer["suspicious"] is (answer["verdict"] == "Cancer Detected")
+    # The conformal set: the label first, then whatever could not be ruled out; uncertain when more than one.
+    assert answer["prediction_set"][0] == answer["label"]
+    assert set(answer["prediction_set"]) <= set(classes)
+    assert answer["uncertain"] is (len(answer["prediction_set"]) > 1)
+    if set(answer["prediction_set"]) & set(classifier.metadata.positive_classes):
+        assert answer["suspicious"] is True
     assert answer["model"]["name"] == classifier.metadata.name
     assert answer["model"]["sha256"] == classifier.metadata.sha256
     assert "Not a diagnosis" in answer["disclaimer"]

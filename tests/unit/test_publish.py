@@ -18,6 +18,7 @@ from test_core import metadata, tiny_cnn
 
 from lungscan import registry
 from lungscan.bundle import read_metadata, write_metadata
+from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError
 from lungscan.predict import Classifier
 from training.cli import EXIT_FAILED, EXIT_REFUSED, main
@@ -48,6 +49,7 @@ def evaluated_bundle(path: Path, version: str, macro_f1: float = 0.6, fingerprin
         "evaluation_set": {"split": "test", "n": 6, "fingerprint": fingerprint} if fingerprint else {},
         "smoke": smoke,
     }
+    meta.conformal = ConformalSpec(coverage=0.9, thresholds=dict.fromkeys(meta.classes, 0.8))
     (path / "MODEL_CARD.md").write_text(f"# tiny {version}\n")
     meta.report = {"files": report_files(path)}
     meta.gate = read_metadata(BUNDLED_MODEL).gate  # publish refuses a bundle without a not-CT gate
@@ -201,6 +203,18 @@ def test_an_unevaluated_bundle_is_refused(s3, tmp_path, capsys):
     write_metadata(bundle, metadata(version="raw"))
     code, _, err = cli(s3, capsys, "publish", str(bundle))
     assert code == EXIT_FAILED and "evaluate" in err
+
+
+def test_a_bundle_without_conformal_calibration_is_refused(s3, tmp_path, capsys):
+    bundle = evaluated_bundle(tmp_path / "noconformal", "v1")
+    meta = json.loads((bundle / "model.json").read_text())
+    meta.pop("conformal")
+    from lungscan.bundle import BundleMetadata
+
+    write_metadata(bundle, BundleMetadata.model_validate(meta))
+    code, _, err = cli(s3, capsys, "publish", str(bundle))
+    assert code == EXIT_FAILED and "conformal" in err
+    assert keys(s3) == set()
 
 
 def test_promote_checks_the_version_and_its_sha256(s3, tmp_path, capsys):

@@ -161,8 +161,9 @@ def test_block_split_shares_follow_fractions(dataset: Path) -> None:
     split = block_split(unique, n_blocks=13, gap=0)
     for label in CLASSES:
         assignments = [b["split"] for b in split.blocks[label]]
-        assert assignments.count("test") == 2 and assignments.count("validation") == 2
-        assert assignments.count("train") == 9
+        # (0.6, 0.1, 0.15, 0.15) of 13 blocks: round-half-up 1, 2 and 2 held out, the rest trains
+        assert assignments.count("validation") == 1 and assignments.count("calibration") == 2
+        assert assignments.count("test") == 2 and assignments.count("train") == 8
     assert "contiguous blocks" in split.method and "13" in split.method
 
 
@@ -265,34 +266,44 @@ def test_deduplication_across_splits(kaggle: Path) -> None:
     assert len(all_hashes) == len(set(all_hashes))
 
 
-def test_kaggle_split_uses_valid_and_carves_test_out_of_train(kaggle: Path) -> None:
-    prepared = prepare_dataset(kaggle, classes=KAGGLE_CLASSES, seed=3, test_fraction=0.2)
+def test_kaggle_split_tests_on_valid_and_carves_validation_and_calibration_out_of_train(kaggle: Path) -> None:
+    """Source-disjoint: the dataset's valid/ (other sources) is the test split; selection and calibration
+    come from train/."""
+    prepared = prepare_dataset(kaggle, classes=KAGGLE_CLASSES, seed=3)
     split = prepared.split
     assert prepared.layout == "kaggle" and prepared.classes == KAGGLE_CLASSES
-    assert {s.origin for s in split.validation} == {"valid"}
-    assert {s.origin for s in split.train} == {s.origin for s in split.test} == {"train"}
+    assert {s.origin for s in split.test} == {"valid"}
+    assert {s.origin for s in split.train} == {s.origin for s in split.validation} == {"train"}
+    assert {s.origin for s in split.calibration} == {"train"}
     counts = split.counts()
-    assert counts["test"]["adenocarcinoma"] == 2 and counts["train"]["adenocarcinoma"] == 8  # 20% of 10
+    # 10 adenocarcinoma files in train/: 15% validation (2), 20% calibration (2 of the 8 left), 6 train
+    assert (counts["validation"]["adenocarcinoma"], counts["calibration"]["adenocarcinoma"]) == (2, 2)
+    assert counts["train"]["adenocarcinoma"] == 6
     hashes = {name: {s.sha256 for s in split.by_name(name)} for name in SPLITS}
-    assert not hashes["train"] & hashes["test"] and not hashes["train"] & hashes["validation"]
-    again = prepare_dataset(kaggle, classes=KAGGLE_CLASSES, seed=3, test_fraction=0.2)
-    assert [s.path for s in again.split.test] == [s.path for s in split.test]
+    for first, second in itertools.combinations(SPLITS, 2):
+        assert not hashes[first] & hashes[second], (first, second)
+    again = prepare_dataset(kaggle, classes=KAGGLE_CLASSES, seed=3)
+    assert [s.path for s in again.split.calibration] == [s.path for s in split.calibration]
     summary = prepared.summary()
     assert summary["deduplication"]["cross_split_dropped"] == {"valid": 1}
     assert summary["split"]["test_fingerprint"] == evaluation_fingerprint(split.test)
+    assert summary["split"]["calibration_fingerprint"] == evaluation_fingerprint(split.calibration)
     manifest = prepared.manifest()
-    assert manifest["splits"]["validation"][0]["file"].startswith("valid/")
+    assert manifest["splits"]["test"][0]["file"].startswith("valid/")
+    assert manifest["splits"]["calibration"][0]["file"].startswith("train/")
 
 
-def test_a_kaggle_test_folder_is_used_as_the_test_split(kaggle: Path) -> None:
+def test_a_kaggle_test_folder_joins_valid_in_the_test_split(kaggle: Path) -> None:
     for label in KAGGLE_CLASSES:  # Kaggle's test/ uses the short class names
         folder = kaggle / "test" / label.replace("_", ".")
         folder.mkdir(parents=True)
         for index in range(2):
             (folder / f"t{index}.png").write_bytes(_image_bytes(9000 + 10 * len(label) + index, "PNG"))
     split = prepare_dataset(kaggle, classes=KAGGLE_CLASSES).split
-    assert {s.origin for s in split.test} == {"test"} and len(split.test) == 8
-    assert len(split.train) == 4 * 10 + 2 - 1 - 2  # all of train/, less one copy and the two-label pair
+    assert {s.origin for s in split.test} == {"valid", "test"}
+    assert sum(s.origin == "test" for s in split.test) == 8
+    # all of train/, less one copy and the two-label pair, is shared by train, validation and calibration
+    assert len(split.train) + len(split.validation) + len(split.calibration) == 4 * 10 + 2 - 1 - 2
 
 
 def test_near_copies_stay_on_one_side_of_a_carved_split(tmp_path: Path) -> None:

@@ -1,0 +1,178 @@
+"""Answers a clinician can trust: the suspicious rule, conformal prediction sets, capped confidence,
+and the preprocessing steps a bundle declares (pad to square, percentile scaling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_core import metadata, tiny_cnn
+
+from lungscan.bundle import PreprocessingSpec, ResizeSpec, write_metadata
+from lungscan.conformal import ConformalSpec, prediction_set, set_mask
+from lungscan.predict import MAX_SHOWN_PROBABILITY, Classifier
+from lungscan.transforms import build_preprocess
+from training.calibrate import fit_conformal, set_report
+
+CLASSES = ["normal", "benign", "malignant"]
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Classifier:
+    """A multi-class bundle (3 classes, malignant positive) with conformal thresholds."""
+    bundle = tmp_path_factory.mktemp("trust")
+    tiny_cnn((32, 32, 1), 3, "softmax").save(bundle / "model.h5")
+    write_metadata(bundle, metadata(conformal=ConformalSpec(coverage=0.9, thresholds=dict.fromkeys(CLASSES, 0.5))))
+    return Classifier(bundle)
+
+
+def configure(classifier: Classifier, threshold: float, thresholds: dict[str, float] | None) -> Classifier:
+    classifier.metadata.threshold = threshold
+    classifier.metadata.conformal = thresholds and ConformalSpec(coverage=0.9, thresholds=thresholds)
+    return classifier
+
+
+# Each case is flagged by exactly one branch of the rule: deleting that branch turns it into a miss.
+@pytest.mark.parametrize(
+    ("why", "threshold", "thresholds", "probabilities", "expected_set"),
+    [
+        # summed positive probability 0.35 >= 0.3; normal on top; malignant outside the set (0.65 > 0.5)
+        ("threshold met", 0.3, {"normal": 0.5, "benign": 0.5, "malignant": 0.5}, [0.6, 0.05, 0.35], ["normal"]),
+        # malignant on top at 0.4 < 0.5, in a bundle without conformal sets (with one, the label is always
+        # in the set, so the set rule would flag it too)
+        ("positive argmax", 0.5, None, [0.3, 0.3, 0.4], None),
+        # malignant neither on top nor over the threshold, but it could not be ruled out (0.75 <= 0.8)
+        (
+            "positive in the set",
+            0.5,
+            {"normal": 0.5, "benign": 0.5, "malignant": 0.8},
+            [0.7, 0.05, 0.25],
+            ["normal", "malignant"],
+        ),
+    ],
+)
+def test_each_branch_of_the_suspicious_rule_flags_on_its_own(
+    classifier, why, threshold, thresholds, probabilities, expected_set
+):
+    prediction = configure(classifier, threshold, thresholds).interpret(np.array(probabilities))
+    assert prediction.prediction_set == expected_set, why
+    assert prediction.suspicious is True, why
+    assert prediction.verdict == "Cancer Detected"
+    assert prediction.uncertain is (None if expected_set is None else len(expected_set) > 1)
+
+
+def test_a_clear_case_is_neither_suspicious_nor_uncertain(classifier):
+    prediction = configure(classifier, 0.5, {"normal": 0.5, "benign": 0.5, "malignant": 0.5}).interpret(
+        np.array([0.9, 0.06, 0.04])
+    )
+    assert (prediction.prediction_set, prediction.uncertain, prediction.suspicious) == (["normal"], False, False)
+
+
+def test_benign_in_the_set_makes_the_answer_uncertain_but_not_suspicious(classifier):
+    prediction = configure(classifier, 0.5, {"normal": 0.5, "benign": 0.8, "malignant": 0.5}).interpret(
+        np.array([0.7, 0.25, 0.05])
+    )
+    assert prediction.prediction_set == ["normal", "benign"]
+    assert (prediction.uncertain, prediction.suspicious) == (True, False)
+
+
+def test_a_bundle_without_conformal_calibration_answers_without_a_set(classifier):
+    classifier.metadata.conformal = None
+    prediction = classifier.interpret(np.array([0.9, 0.06, 0.04]))
+    assert (prediction.prediction_set, prediction.uncertain) == (None, None)
+
+
+def test_confidence_is_never_shown_as_certain(classifier):
+    configure(classifier, 0.5, dict.fromkeys(CLASSES, 0.5))
+    prediction = classifier.interpret(np.array([1.0 - 1e-7, 5e-8, 5e-8]))
+    assert prediction.confidence == MAX_SHOWN_PROBABILITY < 1.0
+    assert max(prediction.probabilities.values()) < 1.0
+
+
+def test_spec_must_name_the_models_classes():
+    with pytest.raises(ValueError, match="conformal"):
+        metadata(conformal=ConformalSpec(coverage=0.9, thresholds={"normal": 0.5, "cancer": 0.5}))
+    with pytest.raises(ValueError):
+        ConformalSpec(coverage=0.9, thresholds={"normal": 1.5})
+
+
+def test_the_label_is_always_in_the_set_and_comes_first():
+    spec = ConformalSpec(coverage=0.9, thresholds={"normal": 0.0, "benign": 0.9, "malignant": 0.9})
+    assert prediction_set(np.array([0.5, 0.3, 0.2]), CLASSES, spec) == ["normal", "benign", "malignant"]
+    assert set_mask(np.array([[0.6, 0.2, 0.2]]), np.zeros(3)).tolist() == [[True, False, False]]
+
+
+def simulate(rng: np.random.Generator, n: int, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A task with a known answer: the model's probabilities are the true chances of each class."""
+    probabilities = rng.dirichlet(np.full(k, 0.7), size=n)
+    labels = (rng.random(n)[:, None] > np.cumsum(probabilities, axis=1)).sum(axis=1)
+    return labels, probabilities
+
+
+def test_conformal_sets_cover_the_true_class_at_the_target_rate_in_every_class():
+    rng = np.random.default_rng(0)
+    labels, probabilities = simulate(rng, 3000)
+    spec = fit_conformal(labels, probabilities, CLASSES, 0.9)
+    test_labels, test_probabilities = simulate(rng, 30000)
+    report = set_report(test_labels, test_probabilities, CLASSES, spec)
+    assert report["coverage"] == pytest.approx(0.9, abs=0.015)
+    for name in CLASSES:
+        assert report["per_class"][name]["coverage"] == pytest.approx(0.9, abs=0.025), name
+    assert 1.0 < report["mean_set_size"] < 3.0  # informative: neither always one class nor always all
+
+
+def test_thresholds_are_the_split_conformal_quantile_per_class():
+    rng = np.random.default_rng(1)
+    labels, probabilities = simulate(rng, 500)
+    spec = fit_conformal(labels, probabilities, CLASSES, 0.9)
+    scores = 1.0 - probabilities[np.arange(len(labels)), labels]
+    for k, name in enumerate(CLASSES):
+        ranked = np.sort(scores[labels == k])
+        rank = int(np.ceil((len(ranked) + 1) * 0.9))  # the textbook ceil((n + 1)(1 - alpha))-th smallest
+        assert spec.thresholds[name] == pytest.approx(ranked[rank - 1], abs=1e-6), name
+    assert spec.calibration["pooled_fallback"] == []
+
+
+def test_a_class_with_too_few_calibration_images_uses_the_pooled_threshold():
+    rng = np.random.default_rng(2)
+    labels, probabilities = simulate(rng, 400)
+    rare = np.flatnonzero(labels == 1)[:5]  # 5 benign images: no finite 90% class-conditional threshold
+    keep = np.r_[np.flatnonzero(labels != 1), rare]
+    spec = fit_conformal(labels[keep], probabilities[keep], CLASSES, 0.9)
+    pooled = fit_conformal(labels[keep], probabilities[keep], CLASSES, 0.9, mondrian=False)
+    assert spec.calibration["pooled_fallback"] == ["benign"]
+    assert spec.thresholds["benign"] == pooled.thresholds["benign"] < 1.0
+    assert "pooled" in spec.method
+
+
+def test_pad_to_square_keeps_the_aspect_ratio():
+    wide = np.zeros((40, 80), np.uint8)
+    wide[:, :] = 200  # a bright 2:1 picture
+    chain = build_preprocess(
+        PreprocessingSpec(colour="grayscale", pad_to_square=True, resize=ResizeSpec(height=40, width=40)).model_dump()
+    )
+    data = chain({"image": Image.fromarray(wide)})
+    rows = data["array"][..., 0].mean(axis=1)
+    assert rows[:8].max() == 0.0 and rows[-8:].max() == 0.0  # black bands above and below
+    assert rows[12:28].min() == pytest.approx(200 / 255, abs=0.01)  # the picture itself, not stretched
+    assert [step["name"] for step in data["applied_operations"]] == [
+        "ToColour",
+        "PadToSquare",
+        "Resize",
+        "ScaleIntensity",
+    ]
+
+
+def test_percentile_scaling_ignores_the_window_of_the_export():
+    rng = np.random.default_rng(3)
+    anatomy = rng.random((64, 64))
+    spec = PreprocessingSpec(
+        colour="grayscale", resize=ResizeSpec(height=64, width=64), intensity={"method": "percentile"}
+    )
+    chain = build_preprocess(spec.model_dump())
+    dark = chain({"image": Image.fromarray((20 + 100 * anatomy).astype(np.uint8))})["array"]
+    bright = chain({"image": Image.fromarray((120 + 120 * anatomy).astype(np.uint8))})["array"]
+    assert dark.min() == 0.0 and dark.max() == 1.0
+    assert np.abs(dark - bright).mean() < 0.02  # two windows of one slice look alike to the model
+    fixed = build_preprocess(PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=64, width=64)).model_dump())
+    assert [type(step).__name__ for step in fixed.transforms] == ["ToColour", "Resize", "ScaleIntensity"]
