@@ -4,6 +4,12 @@ Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient
 Localization" (ICCV 2017): weight the last convolutional feature maps by the spatial mean
 of the class score's gradient, keep the positive part, upsample to the image.
 
+A model whose head flattens the feature maps into a linear softmax layer (the HOG bundles:
+each cell has its own weights, so the gradient is not the same at every cell) is explained by
+gradient x input at each cell instead of the spatial mean of the gradient: for a linear head
+that is exactly each cell's share of the class logit (relative to the probability-weighted mean
+logit), where Grad-CAM's mean would blur the cells' own weights away.
+
 Two ways to the same map: :class:`GradCam` differentiates a Keras model with TensorFlow;
 a runtime twin (``lungscan.runtime``) outputs the feature maps and the channel weights
 itself, and :func:`gradcam_from_weights` finishes in numpy. This module imports neither
@@ -37,6 +43,30 @@ def last_conv_layer_index(layers) -> int:
     raise InvalidBundleError("the model has no convolutional layer: Grad-CAM needs one")
 
 
+FEATURE_LAYER = "last_conv"  # a model may name its explained feature maps; else the last 4D layer is used
+
+
+def feature_layer(model):
+    """The layer whose 4D activations are explained: the one named ``last_conv``, else the last 4D one."""
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    named = [layer for layer in layers if layer.name == FEATURE_LAYER]
+    return named[0] if named else layers[last_conv_layer_index(layers)]
+
+
+def flattens_features(model) -> bool:
+    """True when the explained feature maps are flattened into the head (a per-cell linear head).
+
+    Functional models only: a Sequential loaded from .h5 (the original app's) keeps Grad-CAM."""
+    if type(model).__name__ == "Sequential":
+        return False
+    features = feature_layer(model).output
+    return any(
+        type(layer).__name__ == "Flatten" and layer.input is features
+        for layer in model.layers
+        if type(layer).__name__ != "InputLayer"
+    )
+
+
 def gradient_model(model):
     """A model returning (last conv feature maps, predictions).
 
@@ -54,15 +84,15 @@ def gradient_model(model):
             if index == conv_index:
                 features = outputs
         return keras.Model(inputs, [features, outputs])
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    conv_layer = layers[last_conv_layer_index(layers)]
-    return keras.Model(model.inputs, [conv_layer.output, model.outputs[0]])
+    return keras.Model(model.inputs, [feature_layer(model).output, model.outputs[0]])
 
 
 def gradcam_from_weights(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Grad-CAM from one input's feature maps (h, w, K) and its channel weights (K,): ReLU of
-    the weighted sum, scaled to [0, 1] (the same arithmetic as :class:`GradCam`)."""
-    cam = np.maximum(np.asarray(features, np.float32) @ np.asarray(weights, np.float32), 0.0)
+    """Grad-CAM from one input's feature maps (h, w, K) and its channel weights (K,), or its
+    per-cell weights (h, w, K) for a flattening head (gradient x input): ReLU of the weighted
+    sum, scaled to [0, 1] (the same arithmetic as :class:`GradCam`)."""
+    features, weights = np.asarray(features, np.float32), np.asarray(weights, np.float32)
+    cam = np.maximum(features @ weights if weights.ndim == 1 else (features * weights).sum(axis=-1), 0.0)
     return cam / (cam.max() + np.float32(1e-8))
 
 
@@ -73,6 +103,7 @@ class GradCam:
         import tensorflow as tf
 
         grad_model = gradient_model(model)
+        per_cell = flattens_features(model)  # gradient x input instead of the gradient's spatial mean
 
         def class_score(predictions, class_index):
             if sigmoid_output:  # one output = P(class 1); class 0 scores 1 - p
@@ -86,7 +117,7 @@ class GradCam:
                 features, predictions = grad_model(batch, training=False)
                 score = class_score(predictions, class_index)
             gradients = tape.gradient(score, features)
-            weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+            weights = gradients if per_cell else tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
             cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[0]
             return cam / (tf.reduce_max(cam) + 1e-8)
 

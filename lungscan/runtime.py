@@ -28,7 +28,9 @@ TWIN_FILE = "model.onnx"
 # Names of the twin graph's outputs (training/twin.py writes them).
 PROBABILITIES = "probabilities"  # the model's own output, as model.h5 gives it
 FEATURES = "features"  # the last 4D activations (N, h, w, K): Grad-CAM's target layer
-CAM_WEIGHTS = "cam_weights"  # Grad-CAM channel weights (N, classes, K): spatial mean of d score / d features
+# d score / d features for every class: its spatial mean (N, classes, K), Grad-CAM's channel weights, when the
+# head pools the maps; per cell (N, classes, h, w, K) when the head flattens them (the map is gradient x input).
+CAM_WEIGHTS = "cam_weights"
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ class TwinSpec(BaseModel):
     opset: int = Field(ge=7)
     converter: str  # e.g. "tf2onnx 1.17.0"
     outputs: list[str] = [PROBABILITIES, FEATURES, CAM_WEIGHTS]
-    explain: Literal["gradcam-gap-dense"] = "gradcam-gap-dense"
+    # gradcam-gap-dense: GAP -> Dense head(s); gradient-input-flatten-dense: Flatten -> Dense head(s), per-cell weights
+    explain: Literal["gradcam-gap-dense", "gradient-input-flatten-dense"] = "gradcam-gap-dense"
     parity: TwinParity
 
 

@@ -7,10 +7,11 @@ The twin graph (tf2onnx, ONNX opset 17) has one input and three outputs:
 
 - ``probabilities``: the model's own output, as ``model.h5`` gives it;
 - ``features``: the last 4D activations A (N, h, w, K), the layer Grad-CAM explains;
-- ``cam_weights``: Grad-CAM's channel weights for every class (N, classes, K).
+- ``cam_weights``: the explanation's weights for every class: Grad-CAM's channel weights
+  (N, classes, K), or per-cell weights (N, classes, h, w, K) for a flattening head.
 
-The weights are exact, without differentiating anything at serving time: the models end in
-``GlobalAveragePooling2D -> Dropout -> Dense(softmax)``, so with g = mean over (h, w) of A,
+The weights are exact, without differentiating anything at serving time. For a head
+``GlobalAveragePooling2D -> Dropout -> Dense(softmax)``, with g = mean over (h, w) of A,
 z = W^T g + b and p = softmax(z),
 
     d p_c / d A[i, j, k] = (1 / hw) * p_c * (W[k, c] - sum_j p_j W[k, j])
@@ -20,6 +21,20 @@ which is the same at every (i, j): its spatial mean, Grad-CAM's weight, is that 
 The graph uses the second form: when p_c is near 1 the first cancels in float32 (TensorFlow's
 own gradient, which does, is off by up to ~2e-3 on a [0, 1] map then), the second does not.
 For one sigmoid output p (class 1; class 0 scores 1 - p) it is +-(1 / hw) p (1 - p) W[k, 0].
+
+Two more heads, both linear up to the softmax:
+
+- a fold ensemble, M such heads on the same pooled maps whose softmax outputs are averaged
+  (p = mean_m p_m): d p_c / d A is the mean over m of each head's expression above (with its
+  own p_m and W_m), so the map is the ensemble probability's Grad-CAM;
+- a per-cell linear head, ``Flatten -> [Concatenate] -> Dropout* -> Dense(softmax)`` (the HOG
+  bundles; one or several averaged): z_c = sum_{i,j,k} W[(i,j,k), c] A[i,j,k] + (other inputs),
+  so d p_c / d A[i, j, k] = p_c sum_j p_j (W[(i,j,k), c] - W[(i,j,k), j]) differs per cell. Its
+  spatial mean would blur the cells' own weights away; the map is gradient x input instead,
+  sum_k A[i, j, k] d p_c / d A[i, j, k] = p_c (z_c(i, j) - sum_j p_j z_j(i, j)): cell (i, j)'s share
+  of the logit of c against the probability-weighted mean logit, exactly (the logit decomposition;
+  p_c cancels when the map is scaled to [0, 1]).
+
 Any other head is refused (:class:`TwinUnsupportedError`): that bundle is served by Keras.
 
 Parity is measured before anything is written: on the bundle's smoke set (held-out inputs,
@@ -33,6 +48,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,63 +90,128 @@ def has_current_twin(bundle_dir: Path | str) -> bool:
     return True
 
 
-def explained_head(model):
-    """(index of the feature layer among the non-input layers, the Dense layer) of a GAP -> Dropout* -> Dense model.
+@dataclass
+class ExplainedHead:
+    """The linear softmax head(s) between the explained feature maps A (N, h, w, K) and the output.
+
+    ``pool``: "gap" (the heads see mean over (h, w) of A) or "flatten" (they see A itself, flattened
+    first in their input, other features such as an intensity histogram after it). ``denses``: one
+    Dense layer, or the members of an ensemble whose softmax outputs are averaged.
+    """
+
+    pool: str
+    denses: list
+    feature_shape: tuple[int, int, int]  # (h, w, K)
+
+    def kernels(self) -> list[np.ndarray]:
+        """Each head's kernel rows that read A: (K, outputs) for "gap", (h * w * K, outputs) for "flatten"."""
+        rows = int(np.prod(self.feature_shape)) if self.pool == "flatten" else self.feature_shape[-1]
+        return [np.asarray(dense.kernel, np.float32)[:rows] for dense in self.denses]
+
+
+def _inputs(layer) -> list:
+    tensors = layer.input
+    return list(tensors) if isinstance(tensors, list | tuple) else [tensors]
+
+
+def explained_head(model) -> ExplainedHead:
+    """The head after the explained feature maps, when the twin can reproduce its explanation exactly.
+
+    Supported: ``GlobalAveragePooling2D -> Dropout* -> Dense(softmax|sigmoid)``; ``Flatten ->
+    [Concatenate, flattened maps first] -> Dropout* -> Dense(softmax)`` (a per-cell linear head);
+    either with several softmax Dense heads on the same input averaged (a fold ensemble).
 
     Raises:
-        TwinUnsupportedError: another head (its Grad-CAM weights would not be exact).
+        TwinUnsupportedError: another head (its explanation would not be exact).
     """
     import keras
 
-    from lungscan.explain import last_conv_layer_index
+    from lungscan.explain import feature_layer
 
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    feature_index = last_conv_layer_index(layers)
-    head = layers[feature_index + 1 :]
-    kinds = [type(layer).__name__ for layer in head]
+    features = feature_layer(model)
+    if isinstance(model, keras.Sequential):  # a chain: what follows the feature layer
+        downstream = layers[layers.index(features) + 1 :]
+    else:  # everything downstream of the feature maps, in graph order
+        reached, downstream = {id(features.output)}, []
+        for layer in layers:
+            if any(id(tensor) in reached for tensor in _inputs(layer)):
+                downstream.append(layer)
+                reached.add(id(layer.output))
+    kinds = [type(layer).__name__ for layer in downstream]
+    denses = [layer for layer in downstream if isinstance(layer, keras.layers.Dense)]
+    pool = downstream[0] if downstream else None
+    flatten = isinstance(pool, keras.layers.Flatten)
+    allowed = (keras.layers.Dropout, keras.layers.Dense, keras.layers.Average, keras.layers.Concatenate)
+    gap = isinstance(pool, keras.layers.GlobalAveragePooling2D) and not pool.keepdims
+    activations = {dense.activation.__name__ for dense in denses}
     supported = (
-        len(head) >= 2
-        and isinstance(head[0], keras.layers.GlobalAveragePooling2D)
-        and not head[0].keepdims
-        and all(isinstance(layer, keras.layers.Dropout) for layer in head[1:-1])
-        and isinstance(head[-1], keras.layers.Dense)
-        and head[-1].activation.__name__ in ("softmax", "sigmoid")
+        (gap or flatten)
+        and all(isinstance(layer, allowed) for layer in downstream[1:])
+        and (activations == {"softmax"} or (activations == {"sigmoid"} and gap and len(denses) == 1))
     )
+    averaged = [layer for layer in downstream if isinstance(layer, keras.layers.Average)]
+    if supported and isinstance(model, keras.Sequential):
+        supported = len(denses) == 1 and downstream[-1] is denses[0]
+    elif supported and len(denses) > 1:  # an ensemble: the heads' outputs averaged into the model's output
+        supported = len(averaged) == 1 and averaged[0].output is model.outputs[0]
+        supported = supported and {id(t) for t in _inputs(averaged[0])} == {id(d.output) for d in denses}
+    elif supported:
+        supported = not averaged and denses[0].output is model.outputs[0]
+    concatenated = [layer for layer in downstream if isinstance(layer, keras.layers.Concatenate)]
+    if supported and concatenated:  # the flattened maps must come first in the heads' input
+        supported = flatten and len(concatenated) == 1 and _inputs(concatenated[0])[0] is pool.output
+    if supported:  # every head reads the pooled maps (through dropout/concatenation only)
+        width = int(np.prod(pool.output.shape[1:]))
+        supported = all(int(dense.kernel.shape[0]) >= width for dense in denses)
     if not supported:
         raise TwinUnsupportedError(
-            f"the model's head after its last feature maps is {' -> '.join(kinds) or 'empty'}; a twin needs "
-            "GlobalAveragePooling2D -> Dropout* -> Dense(softmax|sigmoid) to reproduce Grad-CAM exactly"
+            f"the model's head after its feature maps is {' -> '.join(kinds) or 'empty'}; a twin needs "
+            "GlobalAveragePooling2D or Flatten -> Dropout* -> Dense(softmax) (one, or several averaged) to "
+            "reproduce the explanation exactly"
         )
-    return feature_index, head[-1]
+    height, width, channels = (int(d) for d in features.output.shape[1:])
+    return ExplainedHead("flatten" if flatten else "gap", denses, (height, width, channels))
 
 
 def twin_function(model, sigmoid_output: bool):
     """A ``tf.function``: image batch -> {probabilities, features, cam_weights} (see the module docstring)."""
+    import keras
     import tensorflow as tf
 
-    from lungscan.explain import gradient_model
+    from lungscan.explain import feature_layer
 
-    _, dense = explained_head(model)
-    grad_model = gradient_model(model)
+    head = explained_head(model)
+    # Outputs: the feature maps, each head's probabilities, the model's own output.
+    grad_model = keras.Model(
+        model.inputs, [feature_layer(model).output, *[dense.output for dense in head.denses], model.outputs[0]]
+    )
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    kernel_values = np.asarray(dense.kernel, np.float32)  # (K, outputs)
-    features_k, classes = kernel_values.shape
-    difference_values = (kernel_values.T[None, :, :] - kernel_values.T[:, None, :]).reshape(classes, -1)
-    _, height, width, _ = grad_model.outputs[0].shape
+    height, width, channels = head.feature_shape
+    kernels = head.kernels()
+    rows, classes = kernels[0].shape
+    # differences[j, c * rows + r] = W[r, c] - W[r, j]; p @ differences = sum_j p_j (W[r, c] - W[r, j])
+    differences = [(kernel.T[None, :, :] - kernel.T[:, None, :]).reshape(classes, -1) for kernel in kernels]
     spatial = float(height * width)
 
     @tf.function(input_signature=[tf.TensorSpec((None, *input_shape), tf.float32, name="image")])
     def twin(batch):
-        features, probabilities = grad_model(batch, training=False)
-        kernel = tf.constant(kernel_values)  # a constant in the graph (a captured tensor would become an input)
+        features, *heads, probabilities = grad_model(batch, training=False)
         if sigmoid_output:
-            slope = probabilities[:, :1] * (1.0 - probabilities[:, :1]) * tf.transpose(kernel) / spatial  # (N, K)
+            kernel = tf.constant(kernels[0])  # a constant in the graph (a captured tensor would become an input)
+            slope = heads[0][:, :1] * (1.0 - heads[0][:, :1]) * tf.transpose(kernel) / spatial  # (N, K)
             cam_weights = tf.stack([-slope, slope], axis=1)
         else:
-            # differences[j, c * K + k] = W[k, c] - W[k, j]; p @ differences = sum_j p_j (W[k, c] - W[k, j])
-            differences = tf.constant(difference_values)
-            spread = tf.reshape(tf.matmul(probabilities, differences), (-1, classes, features_k))
-            cam_weights = probabilities[:, :, None] * spread / spatial  # (N, classes, K)
+            # d p_c / d (pooled input) per head, averaged over the heads like their outputs.
+            gradient = 0.0
+            for head_probabilities, difference in zip(heads, differences, strict=True):
+                spread = tf.reshape(tf.matmul(head_probabilities, tf.constant(difference)), (-1, classes, rows))
+                gradient += head_probabilities[:, :, None] * spread
+            gradient /= float(len(heads))
+            if head.pool == "gap":  # the same at every cell: Grad-CAM's channel weights
+                cam_weights = gradient / spatial  # (N, classes, K)
+            else:  # a weight per cell and channel: the map is gradient x input
+                cam_weights = tf.reshape(gradient, (-1, classes, height, width, channels))
         return {
             PROBABILITIES: tf.identity(probabilities),
             FEATURES: tf.identity(features),
@@ -189,6 +270,7 @@ def derive_twin(bundle_dir: Path | str, *, out=print) -> TwinSpec:
         raise InvalidBundleError(f"{bundle_dir} has no model.json: a bare model.h5 is served by Keras")
     keras_classifier = Classifier(bundle_dir, runtime="keras")
     metadata = keras_classifier.metadata
+    head = explained_head(keras_classifier.runtime.model)
     function = twin_function(keras_classifier.runtime.model, metadata.output == "sigmoid")
     handle, scratch = tempfile.mkstemp(prefix=".model-", suffix=".onnx", dir=bundle_dir)
     os.close(handle)
@@ -218,6 +300,7 @@ def derive_twin(bundle_dir: Path | str, *, out=print) -> TwinSpec:
         source_sha256=metadata.sha256,
         opset=OPSET,
         converter=f"tf2onnx {tf2onnx.__version__}",
+        explain="gradcam-gap-dense" if head.pool == "gap" else "gradient-input-flatten-dense",
         parity=parity,
     )
     metadata.twin = twin

@@ -26,7 +26,7 @@ from lungscan.runtime import CAM_WEIGHTS, FEATURES, TWIN_FILE
 from lungscan.uploads import decode_upload
 from training.cli import EXIT_FAILED, main
 from training.evaluate import SMOKE_FILE, smoke_inputs
-from training.twin import PROBABILITY_TOLERANCE, TwinUnsupportedError, derive_twin, has_current_twin
+from training.twin import PROBABILITY_TOLERANCE, TwinUnsupportedError, derive_twin, explained_head, has_current_twin
 
 SHIPPED = [BUNDLED_MODEL, REPO_ROOT / "models" / "chest-ct-4class"]
 FIXTURES = sorted(p for p in FIXTURES_DIR.iterdir() if p.suffix in (".png", ".jpg"))
@@ -62,31 +62,43 @@ def test_shipped_bundles_carry_a_verified_twin_that_matches_keras(bundle):
         served, expected = twin.predict_batch(batch), reference.predict_batch(batch)
         assert np.abs(served - expected).max() <= PROBABILITY_TOLERANCE
         assert (served.argmax(axis=1) == expected.argmax(axis=1)).all()
-    kernel, bias = (np.float64(w) for w in reference.runtime.model.layers[-1].get_weights())
+    model = reference.runtime.model
+    head = explained_head(model)
+    head_input = keras.Model(model.inputs, head.denses[0].input)
     for array in fixtures:
         maps, _ = twin.runtime.session.run([FEATURES, CAM_WEIGHTS], {twin.runtime.input_name: array[np.newaxis]})
+        inputs = np.asarray(head_input(array[np.newaxis]))[0]
         for class_index in range(len(meta.classes)):
             cam = twin.gradcam(array, class_index)
-            np.testing.assert_allclose(cam, exact_gradcam(maps[0], kernel, bias, class_index), atol=1e-5)
+            expected = exact_map(maps[0], inputs, head, class_index)
+            np.testing.assert_allclose(cam, expected, atol=1e-5)
             # TensorFlow's float32 gradient itself is off by up to ~2e-3 for a class with p near 1.
             np.testing.assert_allclose(cam, reference.gradcam(array, class_index), atol=1e-2)
 
 
-def exact_gradcam(maps: np.ndarray, kernel: np.ndarray, bias: np.ndarray, class_index: int) -> np.ndarray:
-    """Grad-CAM of a GAP -> Dense(softmax) head in float64, by finite differences of the head (no formula shared)."""
+def exact_map(maps: np.ndarray, inputs: np.ndarray, head, class_index: int) -> np.ndarray:
+    """The explanation in float64, by finite differences of the head itself (the heads' softmax outputs
+    averaged), no formula shared: Grad-CAM for a pooling head, gradient x input for a flattening one."""
     maps = np.float64(maps)
+    weights = [[np.float64(w) for w in dense.get_weights()] for dense in head.denses]
 
-    def probability(pooled):
-        logits = pooled @ kernel + bias
-        exp = np.exp(logits - logits.max())
-        return exp[class_index] / exp.sum()
+    def probability(batch):  # (n, inputs) -> (n,) averaged softmax probability of the class
+        result = 0.0
+        for kernel, bias in weights:
+            logits = batch @ kernel + bias
+            exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+            result = result + exp[:, class_index] / exp.sum(axis=1)
+        return result / len(weights)
 
-    pooled, step = maps.mean(axis=(0, 1)), 1e-6
-    gradient = np.array(
-        [(probability(pooled + step * e) - probability(pooled - step * e)) / (2 * step) for e in np.eye(len(pooled))]
-    )
-    weights = gradient / (maps.shape[0] * maps.shape[1])  # d p / d A[i, j, k] is the same at every (i, j)
-    cam = np.maximum(maps @ weights, 0.0)
+    rows = maps.size if head.pool == "flatten" else maps.shape[-1]
+    step = 1e-6
+    shifts = np.zeros((rows, len(inputs)))
+    shifts[np.arange(rows), np.arange(rows)] = step
+    gradient = (probability(inputs + shifts) - probability(inputs - shifts)) / (2 * step)
+    if head.pool == "flatten":
+        cam = np.maximum((maps * gradient.reshape(maps.shape)).sum(axis=-1), 0.0)
+    else:  # d p / d A[i, j, k] is the same at every (i, j)
+        cam = np.maximum(maps @ (gradient / (maps.shape[0] * maps.shape[1])), 0.0)
     return cam / (cam.max() + 1e-8)
 
 
@@ -355,3 +367,87 @@ def test_the_image_bakes_the_twin_beside_model_h5():
     assert {"models/iq-oth-3class/model.onnx", "models/iq-oth-3class/model.h5"} <= set(sources)
     assert all((REPO_ROOT / source).exists() for source in sources)
     assert "onnxruntime==" in (REPO_ROOT / "functions" / "classifier" / "requirements.txt").read_text()
+
+
+# ---------------------------------------------------------------- fold ensembles and per-cell linear heads
+
+
+def hand_built(kind: str) -> keras.Model:
+    """Random-weight models with the heads the shipped bundles use: several softmax heads averaged (on pooled
+    or flattened maps) and a flattened map concatenated with other features (the HOG bundles' histogram)."""
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((16, 16, 1))
+    features = keras.layers.Conv2D(3, 3, strides=2, padding="same", activation="relu", name="last_conv")(inputs)
+    if kind == "ensemble-gap":
+        pooled = keras.layers.GlobalAveragePooling2D()(features)
+    else:
+        pooled = keras.layers.Flatten()(features)
+    if kind == "flatten-concat":
+        other = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 1, name="other")(inputs))
+        pooled = keras.layers.Dropout(0.2)(keras.layers.Concatenate()([pooled, other]))
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    heads = [keras.layers.Dense(3, activation="softmax", name=f"member{m}")(pooled) for m in range(3)]
+    return keras.Model(inputs, keras.layers.Average()(heads))
+
+
+@pytest.mark.parametrize("kind", ["ensemble-gap", "ensemble-flatten", "flatten-concat"])
+def test_ensembles_and_per_cell_heads_get_a_twin_with_the_exact_explanation(tmp_path, kind):
+    model = hand_built(kind)
+    for layer in model.layers:  # weights large enough that the classes and the cells differ clearly
+        if isinstance(layer, keras.layers.Dense):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel * 8, bias])
+    bundle = bundle_with(
+        model,
+        tmp_path / kind,
+        input=InputSpec(height=16, width=16, channels=1, colour="grayscale"),
+        preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=16, width=16)),
+    )
+    twin = derive_twin(bundle, out=quiet)
+    assert twin.explain == ("gradcam-gap-dense" if kind == "ensemble-gap" else "gradient-input-flatten-dense")
+    classifier = Classifier(bundle)
+    assert classifier.runtime.name == "onnxruntime"
+    keras_model = Classifier(bundle, runtime="keras").runtime.model
+    head = explained_head(keras_model)
+    head_input = keras.Model(keras_model.inputs, head.denses[0].input)
+    for array in np.random.default_rng(8).uniform(0, 1, (3, 16, 16, 1)).astype(np.float32):
+        maps, _ = classifier.runtime.session.run([FEATURES, CAM_WEIGHTS], {classifier.runtime.input_name: array[None]})
+        inputs = np.asarray(head_input(array[None]))[0]
+        for class_index in range(3):
+            expected = exact_map(maps[0], inputs, head, class_index)
+            np.testing.assert_allclose(classifier.gradcam(array, class_index), expected, atol=1e-5)
+
+
+def test_a_per_cell_head_is_explained_where_its_weights_count(tmp_path):
+    """A checkerboard counts as "pattern" only in the left half (zero weight on the right). A scene with a
+    faint checkerboard left and a strong one right is "pattern" because of the left one: the map must mark
+    it; Grad-CAM's spatial mean of the same weights marks the stronger, irrelevant one on the right."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    features = keras.layers.Conv2D(1, 3, padding="same", activation="relu", name="last_conv")(inputs)
+    flat = keras.layers.Dropout(0.2)(keras.layers.Flatten()(features))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(flat))
+    checker = np.array([[1, -1, 1], [-1, 1, -1], [1, -1, 1]], np.float32) * 5
+    model.layers[1].set_weights([checker[:, :, None, None], np.array([-0.5], np.float32)])
+    left = (np.arange(SIZE)[None, :] < SIZE // 2).repeat(SIZE, axis=0).reshape(-1)  # flattened (row, col)
+    kernel = np.zeros((SIZE * SIZE, 2), np.float32)
+    kernel[left] = np.array([-1.0, 1.0]) * 0.02  # small: a saturated softmax has no gradient to show
+    model.layers[-1].set_weights([kernel, np.array([0.5, -0.5], np.float32)])
+    bundle = bundle_with(model, tmp_path / "cells", classes=["plain", "pattern"], positive_classes=["pattern"])
+    derive_twin(bundle, out=quiet)
+    classifier = Classifier(bundle)
+    rows, cols = np.indices((PATCH, PATCH))
+    board = (rows + cols) % 2 == 0
+    marked = blurred = 0
+    for top in range(4, 20, 4):
+        image = np.full((SIZE, SIZE), 0.1, np.float32)
+        image[top : top + PATCH, 4 : 4 + PATCH] = np.where(board, 0.45, 0.25)  # faint, counts
+        image[top : top + PATCH, 22 : 22 + PATCH] = np.where(board, 0.95, 0.05)  # strong, zero weight
+        array = image[:, :, None]
+        assert classifier.predict_batch(array[None])[0].argmax() == 1
+        centre_left, centre_right = (top + PATCH / 2 - 0.5, 4 + PATCH / 2 - 0.5), (top + PATCH / 2 - 0.5, 24.5)
+        marked += near(classifier.gradcam(array, 1), centre_left, 3)
+        maps, weights = classifier.runtime.session.run(
+            [FEATURES, CAM_WEIGHTS], {classifier.runtime.input_name: array[None]}
+        )
+        blurred += near(gradcam_from_weights(maps[0], weights[0, 1].mean(axis=(0, 1))), centre_right, 3)
+    assert marked == 4 and blurred == 4
