@@ -98,7 +98,8 @@ def held_out_ct(bundle_dirs: list[Path], data_dir: Path | None) -> dict[str, lis
             p for p, digest in ct_files(bundle, data_dir, "test") if digest not in training_hashes
         ]
         valid = dataset_dir(split, data_dir) / "valid"
-        if valid.is_dir():
+        tested = {entry["file"].split("/")[0] for entry in split["splits"]["test"]}
+        if valid.is_dir() and "valid" not in tested:  # valid/ is not already the test split
             files = sorted(p for p in valid.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             sources[f"{name}/valid"] = [
                 p for p in files if hashlib.sha256(p.read_bytes()).hexdigest() not in training_hashes
@@ -113,6 +114,11 @@ def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     keep = rng.uniform(0.8, 1.0)
     left, top = rng.uniform(0, 1 - keep) * width, rng.uniform(0, 1 - keep) * height
     image = image.crop((int(left), int(top), int(left + keep * width), int(top + keep * height)))
+    if rng.random() < 0.3:  # a wide export of a zoomed reconstruction: the body cut off above and below
+        width, height = image.size
+        kept = min(height, int(width / rng.uniform(1.2, 1.7)))
+        top = int(rng.uniform(0, height - kept))
+        image = image.crop((0, top, width, top + kept))
     image = image.rotate(rng.uniform(-10, 10), resample=Image.Resampling.BILINEAR)
     pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     if rng.random() < 0.5:  # another display window: exports range from dark bone-like to a saturated lung window
@@ -323,6 +329,12 @@ def store_gate(bundle_dir: Path, spec: GateSpec) -> None:
         raise InvalidBundleError(f"sha256 of {bundle_dir / MODEL_FILE} does not match model.json")
     metadata = BundleMetadata.model_validate(recorded)
     metadata.gate = spec
+    if metadata.metrics.get("test"):  # an evaluated bundle: its card reports the gate's figures too
+        from training.evaluate import report_files
+        from training.model_card import write_model_card
+
+        write_model_card(bundle_dir, metadata)
+        metadata.report = {"files": report_files(bundle_dir)}
     write_metadata(bundle_dir, metadata)
 
 

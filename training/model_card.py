@@ -123,6 +123,13 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
             "holds few patients per class, so the figures depend on which patients fall where; the test figure is the "
             "honest one, and neither is a reliable estimate for new patients."
         )
+    refit = bool(training.get("refit_on_validation"))
+    if refit:
+        gap_note = (
+            "\n\nThe recipe was chosen on the validation split; the shipped model was then refitted on train + "
+            "validation (more images, nothing else changed), so its **validation column is training data**, "
+            "not a held-out figure. Calibration and test stayed unseen."
+        )
     recipe_section = ""
     if preset and preset.recipe_selection:
         applies = (
@@ -149,7 +156,15 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
         if intensity.method == "percentile"
         else "scaled by 1/255"
     )
-    conformal_section = _conformal_section(metadata)
+    conformal_section = _conformal_section(metadata) + _gate_section(metadata)
+    validation_header = "validation (seen in the refit)" if refit else "validation"
+    schedule = (
+        f"batch {training.get('recipe', {}).get('batch_size')}, {training.get('epochs_run')} epochs (early stopping: "
+        f"{training.get('early_stopping')}),"
+        if training.get("epochs_run")
+        else f"{training.get('early_stopping')},"
+    )
+    refit_text = " Fitted on train + validation (refit after the recipe was chosen)." if refit else ""
     baseline = metrics.get("majority_baseline")
     baseline_row = (
         f"| majority-class baseline (always `{baseline['class']}`) | {_pct(baseline['accuracy'])} | |\n"
@@ -186,9 +201,8 @@ scan; the model's output never replaces a radiologist's reading.
 - Architecture: {training.get("architecture", "")}; {training.get("parameters", 0):,} parameters,
   `model.h5` {model_bytes / 1024:.0f} KiB.
 - Training: {training.get("optimizer", "")}, balanced class weights
-  ({", ".join(f"{k} {v}" for k, v in training.get("class_weight", {}).items())}), batch
-  {training.get("recipe", {}).get("batch_size")}, {training.get("epochs_run")} epochs (early stopping:
-  {training.get("early_stopping")}), augmentation: {training.get("augmentation")}; seed {training.get("seed")}.
+  ({", ".join(f"{k} {v}" for k, v in training.get("class_weight", {}).items())}), {schedule}
+  augmentation: {training.get("augmentation")}; seed {training.get("seed")}.{refit_text}
 
 ## Data and attribution
 
@@ -216,7 +230,7 @@ preprocess, predict with the temperature, flag, prediction set).
 Intervals are 95% Wilson intervals: the test split is small ({test["n"]} images), so every figure is
 uncertain.{gap_note}{calibration_note}
 
-| | test | validation |
+| | test | {validation_header} |
 |---|---:|---:|
 | accuracy | {_pct(test["accuracy"])} ({_interval(correct, test["n"])}) | {_pct(val["accuracy"])} |
 {baseline_row}| macro-F1 | {test["macro_f1"]:.3f} | {val["macro_f1"]:.3f} |
@@ -292,4 +306,35 @@ Coverage is a guarantee only for cases exchangeable with the calibration split; 
 |---|---:|---:|---:|---:|
 {table}
 | **all** | | {overall} |
+"""
+
+
+def _gate_section(metadata: BundleMetadata) -> str:
+    """The not-CT gate's refusal rates, measured by ``python -m training gate`` on images its fit never saw."""
+    gate = getattr(metadata, "gate", None)
+    evaluation = (gate.evaluation or {}) if gate is not None else {}
+    if not evaluation:
+        return ""
+    ct_rows = "\n".join(
+        f"| held-out CT, `{source}` | {rate['n']} | {_pct(rate['refused'])} |"
+        for source, rate in evaluation["held_out_ct"].items()
+    )
+    missed = ", ".join(f"`{name}`" for name in evaluation.get("non_ct_let_through", [])) or "none"
+    ct_total = sum(rate["n"] for rate in evaluation["held_out_ct"].values())
+    non_ct_total = sum(rate["n"] for rate in evaluation["non_ct"].values())
+    return f"""
+## Not-CT gate
+
+Before any verdict, an image that does not look like a CT slice of the chest (photo, chart, drawing,
+screenshot, logo, text, noise, X-ray radiograph, MR...) is refused with HTTP 422 `not_ct_like`. The
+gate (`gate` in `model.json`, `lungscan/gate.py`) was fitted on the training splits only; its refusal
+rates on images the fit never saw:
+
+| set | images | refused |
+|---|---:|---:|
+{ct_rows}
+| **held-out CT, all** | {ct_total} | **{_pct(evaluation["held_out_ct_refused"])}** |
+| **non-CT evaluation set** | {non_ct_total} | **{_pct(evaluation["non_ct_refused"])}** |
+
+The non-CT set: {evaluation.get("non_ct_set", "")}. Let through: {missed}.
 """

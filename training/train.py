@@ -63,6 +63,7 @@ DEFAULTS = {
     "lr_schedule": "constant",
     "architecture": "cnn",
     "hog_cell": 16,
+    "refit": False,
     "batch_norm": False,
     "filters": "16,32,64",
     "last_filters": 96,
@@ -156,6 +157,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--hog-cell", type=int, help="hog: cell size in pixels (16)")
     model.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fit the shipped model on train + validation (the recipe chosen beforehand on validation); "
+        "calibration and test stay unseen",
+    )
+    model.add_argument(
         "--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="BatchNormalization after convs"
     )
     model.add_argument("--filters", help="filters of the conv/pool stages, comma-separated (16,32,64)")
@@ -194,6 +202,7 @@ class TrainConfig:
     lr_schedule: str
     architecture: str
     hog_cell: int
+    refit: bool
     batch_norm: bool
     filters: list[int]
     last_filters: int
@@ -223,6 +232,7 @@ class TrainConfig:
             "lr_schedule": self.lr_schedule,
             "architecture": self.architecture,
             "hog_cell": self.hog_cell,
+            "refit": self.refit,
             "batch_norm": self.batch_norm,
             "filters": ",".join(str(f) for f in self.filters),
             "last_filters": self.last_filters,
@@ -292,6 +302,7 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         lr_schedule=pick("lr_schedule"),
         architecture=pick("architecture"),
         hog_cell=int(pick("hog_cell")),
+        refit=bool(pick("refit")),
         batch_norm=bool(pick("batch_norm")),
         filters=[int(f) for f in str(pick("filters")).split(",")],
         last_filters=int(pick("last_filters")),
@@ -346,20 +357,24 @@ def build_model(config: TrainConfig, n_classes: int, prefix: str = ""):
     return keras.Model(inputs, outputs, name=f"{prefix}{config.name.replace('-', '_').replace('.', '_')}_{size}")
 
 
-HOG_BINS = 9  # unsigned orientations over 180 degrees, as in Dalal & Triggs
+HOG_BINS = 9  # unsigned orientations over 180 degrees, as in Dalal & Triggs and scikit-image
+HOG_BLOCK = 3  # cells per block side (scikit-image's default, 3x3)
 HISTOGRAM_BINS = 16  # intensity histogram bins over [0, 1]
-HOG_EPSILON = 1e-3  # block normalisation floor: flat regions stay near zero instead of amplifying noise
-HOG_L2 = 1e-3  # L2 penalty of the logistic-regression head
+HOG_EPSILON = 1e-5  # block normalisation floor (scikit-image's)
+HOG_C = 1.0  # inverse L2 strength of the logistic-regression head (scikit-learn's default)
 
 
 def hog_features(inputs, config: TrainConfig):
-    """A histogram of oriented gradients (Dalal & Triggs) plus an intensity histogram, in frozen Keras layers.
+    """A histogram of oriented gradients plus an intensity histogram, in frozen Keras layers.
 
-    Sobel derivatives along 18 directions (one fixed 3x3 conv), rectified and folded to 9 unsigned
-    orientations, averaged over ``hog_cell`` pixel cells, grouped in 2x2-cell blocks that are L2
-    normalised, clipped at 0.2 and normalised again (L2-Hys); plus a 16-bin soft intensity histogram.
-    All weights are constants: only the head that follows is trained. Standard layers only, so the
-    bundle stays one plain ``model.h5``. The block map is ``last_conv``, Grad-CAM's target.
+    The data README's floor recipe (scikit-image ``hog``: 9 orientations, 16-pixel cells, 3x3-cell
+    blocks, L2-Hys) rebuilt from standard layers, so the bundle stays one plain ``model.h5`` and
+    converts to ONNX: central-difference derivatives (one fixed 3x3 conv); each pixel's gradient
+    magnitude voted to the orientation bins within one bin width of its angle, linearly (a unit
+    vector from ``UnitNormalization`` projected on 18 directions, rectified, folded to 9 unsigned
+    bins); averaged over ``hog_cell`` pixel cells; 3x3-cell blocks L2 normalised, clipped at 0.2,
+    normalised again (L2-Hys); plus a 16-bin soft intensity histogram. All weights are constants:
+    only the head that follows is fitted. The block map is ``last_conv``, the explained layer.
     """
     import keras
     from keras import layers
@@ -387,27 +402,38 @@ def hog_features(inputs, config: TrainConfig):
     x = layers.ReLU(name="histogram_triangles")(x)
     histogram = layers.GlobalAveragePooling2D(name="histogram")(x)
 
-    sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32) / 8.0
-    directions = np.stack(
-        [np.cos(a) * sobel_x + np.sin(a) * sobel_x.T for a in 2 * np.pi * np.arange(2 * HOG_BINS) / (2 * HOG_BINS)],
-        axis=-1,
-    )[:, :, None, :]
+    derivatives = np.zeros((3, 3, 1, 2), np.float32)  # (d/dx, d/dy) by central differences
+    derivatives[1, 0, 0, 0], derivatives[1, 2, 0, 0] = -1.0, 1.0
+    derivatives[0, 1, 0, 1], derivatives[2, 1, 0, 1] = -1.0, 1.0
+    angles = np.pi * np.arange(2 * HOG_BINS) / HOG_BINS  # 18 directions, 20 degrees apart
+    width = np.cos(np.pi / HOG_BINS)  # a vote reaches the bins within one bin width of the angle
+    projections = (np.stack([np.cos(angles), np.sin(angles)])[None, None] / (1.0 - width)).astype(np.float32)
     unsigned = np.zeros((1, 1, 2 * HOG_BINS, HOG_BINS), np.float32)
     unsigned[0, 0, np.arange(2 * HOG_BINS), np.arange(2 * HOG_BINS) % HOG_BINS] = 1.0
-    blocks = np.zeros((2, 2, HOG_BINS, 4 * HOG_BINS), np.float32)
-    for i in range(2):
-        for j in range(2):
-            blocks[i, j, np.arange(HOG_BINS), (2 * i + j) * HOG_BINS + np.arange(HOG_BINS)] = 1.0
-    g = fixed(layers.Conv2D, [directions], filters=2 * HOG_BINS, kernel_size=3, padding="same", name="gradients")(
-        inputs
+    per_block = HOG_BLOCK * HOG_BLOCK * HOG_BINS
+    blocks = np.zeros((HOG_BLOCK, HOG_BLOCK, HOG_BINS, per_block), np.float32)
+    for i in range(HOG_BLOCK):
+        for j in range(HOG_BLOCK):
+            blocks[i, j, np.arange(HOG_BINS), (HOG_BLOCK * i + j) * HOG_BINS + np.arange(HOG_BINS)] = 1.0
+    g = fixed(layers.Conv2D, [derivatives], filters=2, kernel_size=3, padding="same", name="gradients")(inputs)
+    direction = layers.UnitNormalization(axis=-1, name="gradient_direction")(g)
+    magnitude = fixed(layers.Conv2D, [np.ones((1, 1, 2, 1), np.float32)], filters=1, kernel_size=1, name="magnitude")(
+        layers.Multiply(name="gradient_squared")([g, direction])
     )
-    g = layers.ReLU(name="gradients_relu")(g)
-    g = fixed(layers.Conv2D, [unsigned], filters=HOG_BINS, kernel_size=1, name="orientations")(g)
+    votes = fixed(
+        layers.Conv2D,
+        [projections, np.full(2 * HOG_BINS, -width / (1.0 - width), np.float32)],
+        filters=2 * HOG_BINS,
+        kernel_size=1,
+        name="directions",
+    )(direction)
+    votes = layers.Multiply(name="votes")([layers.ReLU(name="directions_relu")(votes), magnitude])
+    g = fixed(layers.Conv2D, [unsigned], filters=HOG_BINS, kernel_size=1, name="orientations")(votes)
     g = layers.AveragePooling2D(config.hog_cell, name="cells")(g)
-    g = fixed(layers.Conv2D, [blocks], filters=4 * HOG_BINS, kernel_size=2, name="blocks")(g)
+    g = fixed(layers.Conv2D, [blocks], filters=per_block, kernel_size=HOG_BLOCK, name="blocks")(g)
     floor = fixed(
         layers.Conv2D,
-        [np.zeros((1, 1, 4 * HOG_BINS, 1), np.float32), np.full(1, HOG_EPSILON, np.float32)],
+        [np.zeros((1, 1, per_block, 1), np.float32), np.full(1, HOG_EPSILON, np.float32)],
         filters=1,
         kernel_size=1,
         name="block_floor",
@@ -420,12 +446,26 @@ def hog_features(inputs, config: TrainConfig):
 
 
 def hog_head(n_classes: int, prefix: str = ""):
-    import keras
     from keras import layers
 
-    return layers.Dense(
-        n_classes, activation="softmax", kernel_regularizer=keras.regularizers.L2(HOG_L2), name=prefix + "probabilities"
-    )
+    return layers.Dense(n_classes, activation="softmax", name=prefix + "probabilities")
+
+
+def fit_hog_head(model, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> None:
+    """Fit the HOG model's softmax head as scikit-learn's class-balanced logistic regression on the frozen
+    features (the data README's recipe), and copy its weights into the Dense layer."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    dense = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dense))
+    features = keras.Model(model.inputs, dense.input).predict(x, batch_size=64, verbose=0)
+    fitted = LogisticRegression(C=HOG_C, class_weight="balanced", max_iter=5000, random_state=seed).fit(features, y)
+    if list(fitted.classes_) != list(range(n_classes)):
+        raise ValueError("every class needs training images for the logistic-regression head")
+    kernel, bias = fitted.coef_.T, fitted.intercept_
+    if n_classes == 2:  # one logit z for class 1: softmax over (-z/2, z/2) is its sigmoid
+        kernel, bias = np.concatenate([-kernel, kernel], axis=1) / 2, np.concatenate([-bias, bias]) / 2
+    dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
 
 
 def make_datasets(x_train, y_train, x_val, y_val, config: TrainConfig, n_classes: int, seed: int):
@@ -641,14 +681,25 @@ def run(config: TrainConfig) -> Path:
     x_val, y_val = load_arrays(prepared.split.validation, chain, classes, progress="validation images")
     print(f"preprocessed {len(x_train)} train + {len(x_val)} validation images", flush=True)
 
-    class_weight = balanced_class_weights(y_train, len(classes))
+    if config.refit:  # the recipe was chosen beforehand: the shipped model learns from validation too
+        x_fit, y_fit = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        print(f"refit: fitting on train + validation ({len(x_fit)} images)", flush=True)
+    else:
+        x_fit, y_fit = x_train, y_train
+    class_weight = balanced_class_weights(y_fit, len(classes))
     log_dir = config.runs_dir / f"{config.name}-{config.version}"
     members, histories = [], []
     fit_started = time.perf_counter()
-    for k, indices in enumerate(member_folds(y_train, config.ensemble)):
+    for k, indices in enumerate(member_folds(y_fit, config.ensemble)):
         seed = config.seed + k
         keras.utils.set_random_seed(seed)
         member = build_model(config, len(classes), prefix=f"m{k + 1}_" if config.ensemble > 1 else "")
+        if config.ensemble > 1:
+            print(f"member {k + 1}/{config.ensemble}: {len(indices)} training images, seed {seed}", flush=True)
+        if config.architecture == "hog":  # a convex fit, no epochs: scikit-learn's logistic regression
+            fit_hog_head(member, x_fit[indices], y_fit[indices], len(classes), seed)
+            members.append(member)
+            continue
         steps = config.epochs * int(np.ceil(len(indices) / config.batch_size))
         rate = (
             keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
@@ -660,7 +711,7 @@ def run(config: TrainConfig) -> Path:
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"],
         )
-        train_ds, val_ds = make_datasets(x_train[indices], y_train[indices], x_val, y_val, config, len(classes), seed)
+        train_ds, val_ds = make_datasets(x_fit[indices], y_fit[indices], x_val, y_val, config, len(classes), seed)
         member_log = log_dir / f"member{k + 1}" if config.ensemble > 1 else log_dir
         callbacks = [cb for cb in [_tensorboard_callback(member_log)] if cb is not None]
         if config.patience > 0:
@@ -672,8 +723,6 @@ def run(config: TrainConfig) -> Path:
                     start_from_epoch=config.warmup_epochs,
                 )
             )
-        if config.ensemble > 1:
-            print(f"member {k + 1}/{config.ensemble}: {len(indices)} training images, seed {seed}", flush=True)
         history = member.fit(
             train_ds,
             validation_data=val_ds,
@@ -687,7 +736,7 @@ def run(config: TrainConfig) -> Path:
         histories.append(history.history)
     model = assemble_ensemble(members, config, len(classes))
     fit_wall = time.perf_counter() - fit_started
-    val_loss = histories[-1]["val_loss"]
+    val_loss = histories[-1]["val_loss"] if histories else []
     best_epoch = int(np.argmin(val_loss)) + 1 if config.patience > 0 else len(val_loss)
 
     bundle_dir = write_bundle(config, prepared, model, metadata)
@@ -707,17 +756,24 @@ def run(config: TrainConfig) -> Path:
         "epochs_run": len(val_loss),
         "weights_from_epoch": best_epoch,
         "early_stopping": (
-            f"val_loss (class-weighted), patience {config.patience} from epoch {config.warmup_epochs}, "
+            "none: a convex fit to convergence"
+            if config.architecture == "hog"
+            else f"val_loss (class-weighted), patience {config.patience} from epoch {config.warmup_epochs}, "
             "restore_best_weights"
             if config.patience > 0
             else f"none: fixed {config.epochs} epochs, last epoch's weights"
         ),
         "optimizer": (
-            f"Adam(learning_rate={config.learning_rate}, {config.lr_schedule}), categorical cross-entropy"
+            f"scikit-learn LogisticRegression(C={HOG_C}, class_weight='balanced', lbfgs) on the frozen features"
+            if config.architecture == "hog"
+            else f"Adam(learning_rate={config.learning_rate}, {config.lr_schedule}), categorical cross-entropy"
             + (f" with label smoothing {config.label_smoothing}" if config.label_smoothing else "")
         ),
+        "refit_on_validation": config.refit,
         "class_weight": {classes[i]: round(w, 4) for i, w in class_weight.items()},
-        "augmentation": AUGMENTATIONS[config.augment],
+        "augmentation": "none (a HOG head is fitted on the images as they are)"
+        if config.architecture == "hog"
+        else AUGMENTATIONS[config.augment],
         "seed": config.seed,
         "fit_wall_time_s": round(fit_wall, 1),
         "train_wall_time_s": round(time.perf_counter() - started, 1),
@@ -730,7 +786,7 @@ def run(config: TrainConfig) -> Path:
     (bundle_dir / TRAINING_LOG).write_text(json.dumps({"history": history_log}, indent=1) + "\n")
     write_metadata(bundle_dir, metadata)
     print(
-        f"trained {len(val_loss)} epochs in {fit_wall:.0f}s; bundle written to {bundle_dir} "
+        f"trained ({len(val_loss)} epochs) in {fit_wall:.0f}s; bundle written to {bundle_dir} "
         f"(model.h5 {(bundle_dir / MODEL_FILE).stat().st_size / 1024:.0f} KiB)",
         flush=True,
     )
@@ -752,10 +808,11 @@ def describe_architecture(config: TrainConfig) -> str:
         cells = config.image_size // config.hog_cell
         one = (
             f"{config.image_size}x{config.image_size}x1 input; frozen histogram-of-oriented-gradients front end in "
-            f"Keras layers ({HOG_BINS} unsigned orientations from Sobel derivatives, {config.hog_cell}-pixel cells "
-            f"({cells}x{cells}), 2x2-cell blocks L2-Hys normalised, block map `last_conv` for Grad-CAM) plus a "
-            f"{HISTOGRAM_BINS}-bin intensity histogram; dropout {config.dropout}; trained dense softmax head "
-            f"(multinomial logistic regression, L2 {HOG_L2})"
+            f"Keras layers, scikit-image's recipe ({HOG_BINS} unsigned orientations from central differences, "
+            f"votes interpolated between neighbouring bins, {config.hog_cell}-pixel cells ({cells}x{cells}), "
+            f"{HOG_BLOCK}x{HOG_BLOCK}-cell blocks L2-Hys normalised; the block map `last_conv` is the explained "
+            f"layer) plus a {HISTOGRAM_BINS}-bin intensity histogram; a dense softmax head over the flattened "
+            f"features: multinomial logistic regression fitted by scikit-learn (class-balanced, C={HOG_C})"
         )
         if config.ensemble == 1:
             return one

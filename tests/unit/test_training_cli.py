@@ -24,6 +24,7 @@ from lungscan import registry
 from lungscan.predict import Classifier
 from lungscan.uploads import decode_upload
 from training.cli import build_parser, main
+from training.twin import derive_twin
 
 CLASS_ROWS = {"alpha": 5, "beta": 15, "gamma": 25}  # each class: a bright bar at its own height
 CLASS_ORDER = sorted(CLASS_ROWS)
@@ -198,7 +199,12 @@ def test_a_hog_ensemble_with_declared_preprocessing_trains_and_serves(tmp_path):
     names = [layer.name for layer in model.layers]
     assert {"member1_probabilities", "member2_probabilities", "last_conv"} <= set(names)
     frozen = model.get_layer("gradients")
-    assert not frozen.trainable and frozen.get_weights()[0].shape == (3, 3, 1, 18)
+    assert not frozen.trainable and frozen.get_weights()[0].shape == (3, 3, 1, 2)  # d/dx, d/dy
+    assert classifier.metadata.training["optimizer"].startswith("scikit-learn LogisticRegression")
+    derive_twin(bundle, out=lambda _: None)  # two averaged heads over the flattened block map
+    classifier = Classifier(bundle)
+    assert classifier.runtime.name == "onnxruntime"
+    assert classifier.metadata.twin.explain == "gradient-input-flatten-dense"
     wide = Image.fromarray(np.tile(np.linspace(0, 255, 120, dtype=np.uint8), (60, 1)))
     buffer = io.BytesIO()
     wide.save(buffer, format="PNG")

@@ -124,6 +124,8 @@ def test_the_function_answers_without_ever_importing_tensorflow(bundle):
         response = app.lambda_handler(event, Context())
         body = json.loads(response["body"])
         print(json.dumps({{"status": response["statusCode"], "heatmap": bool(body.get("heatmap")),
+                          "set": body.get("prediction_set", [None])[0] == body.get("label"),
+                          "uncertain": isinstance(body.get("uncertain"), bool),
                           "tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules}}))
         """
     )
@@ -139,7 +141,14 @@ def test_the_function_answers_without_ever_importing_tensorflow(bundle):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"status": 200, "heatmap": True, "tensorflow": False, "keras": False}
+    assert result == {
+        "status": 200,
+        "heatmap": True,
+        "set": True,
+        "uncertain": True,
+        "tensorflow": False,
+        "keras": False,
+    }
 
 
 # ---------------------------------------------------------------- deriving, choosing, refusing
