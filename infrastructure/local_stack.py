@@ -1,7 +1,7 @@
 """The whole stack on one machine, no AWS account: ``make run``.
 
 - a moto server plays S3: the model bucket, with the bundled models published into it
-  through the same registry code the training CLI uses;
+  by the training CLI's ``publish`` (validated, then ``lungscan.registry.publish_bundle``);
 - the real Lambda handler (``functions/classifier/app.py``) answers the API; each HTTP
   request is turned into the REST proxy event API Gateway would send, with the same
   binary media types as ``template.yaml``;
@@ -180,14 +180,16 @@ def start_s3(port: int):
 
 
 def publish_models(bucket: str, bundles: list[Path]) -> list[str]:
+    """Publish each bundle as a data scientist does (``python -m training publish``: validate, then upload,
+    verify, record, move the pointer); returns their names."""
     import boto3
 
-    from lungscan.registry import publish_bundle
+    from training.publish import publish
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    return [publish_bundle(s3, bucket, bundle).name for bundle in bundles]
+    return [publish(s3, bucket, bundle).name for bundle in bundles]
 
 
 def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
