@@ -30,17 +30,18 @@ import re
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from lungscan.bundle import (
     METADATA_FILE,
     MODEL_FILE,
     NAME_PATTERN,
+    REPORT_DIR,
     VERSION_PATTERN,
     BundleMetadata,
     file_sha256,
     read_metadata,
+    utc_timestamp,
 )
 from lungscan.errors import InvalidBundleError, LungScanError
 from lungscan.runtime import TWIN_FILE, verify_twin
@@ -48,7 +49,6 @@ from lungscan.runtime import TWIN_FILE, verify_twin
 PREFIX = "models"
 POINTER_FILE = "latest.json"
 HISTORY_FILE = "history.json"
-REPORT_DIR = "report"
 CARD_FILE = "MODEL_CARD.md"
 # History actions that make a version current; "rollback" undoes the latest of them. ("set" is what an
 # earlier registry wrote for a bare pointer move: kept so older history files still read right.)
@@ -297,7 +297,7 @@ def move_pointer(s3, bucket: str, name: str, version: str, *, action: str, note:
         previous = current_version(s3, bucket, name)
         history, etag = _read_history(s3, bucket, name)
         entry = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "at": utc_timestamp(),
             "action": action,
             "version": version,
             "previous": previous,

@@ -6,13 +6,11 @@ arrive mangled (a raw TIFF answered "No Cancer Detected" for a malignant slice).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cfnlint.decode import decode
 
-from infrastructure.local_stack import BINARY_MEDIA_TYPES
+from infrastructure.emulation import BINARY_MEDIA_TYPES, REPO_ROOT
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+TEMPLATE = REPO_ROOT / "template.yaml"
 
 
 def template_binary_media_types() -> set[str]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import decode
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from infrastructure.emulation import REPO_ROOT, ROUTES, STAGE
+
 TEMPLATE = REPO_ROOT / "template.yaml"
 EVENTS_DIR = REPO_ROOT / "events"
 EVENT_FILES = sorted(EVENTS_DIR.glob("*.json"))
@@ -51,7 +52,7 @@ GENERATED_REQUEST_CONTEXT_KEYS = {
     "apiId",
     "protocol",
 }
-EXPECTED_ROUTES = {("POST", "/predict"), ("GET", "/model"), ("GET", "/health"), ("GET", "/openapi.json")}
+EXPECTED_ROUTES = ROUTES  # what the local emulation sends; the template must declare the same
 TLS_ONLY = {"Bool": {"aws:SecureTransport": "false"}}
 ACCESS_LOGS_BUCKET = "AccessLogsBucket"
 
@@ -141,6 +142,7 @@ def test_sections_in_design_order(template: dict) -> None:
     sections = [key for key in template if key in {"Parameters", "Conditions", "Globals", "Resources", "Outputs"}]
     assert sections == ["Parameters", "Conditions", "Globals", "Resources", "Outputs"]
     assert template["Parameters"]["Stage"]["AllowedValues"] == ["dev", "staging", "prod"]
+    assert template["Parameters"]["Stage"]["Default"] == STAGE  # the stage the local emulation's events name
 
 
 def test_function_is_a_container_image_built_from_the_dockerfile(resources: dict) -> None:
