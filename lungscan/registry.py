@@ -207,10 +207,7 @@ def verify_published(s3, bucket: str, name: str, version: str) -> BundleMetadata
         raise
     except Exception as error:
         raise InvalidBundleError(f"{prefix}/{METADATA_FILE} cannot be read: {error}") from error
-    if (metadata.name, metadata.version) != (name, version):
-        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} describes {metadata.name}/{metadata.version}")
-    if not metadata.sha256:
-        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
+    _check_identity(metadata, name, version)
     expected = {MODEL_FILE: metadata.sha256} | declared_report_files(metadata)
     if metadata.twin is not None:
         expected[metadata.twin.file] = metadata.twin.sha256
@@ -222,6 +219,15 @@ def verify_published(s3, bucket: str, name: str, version: str) -> BundleMetadata
         if actual != digest:
             raise InvalidBundleError(f"sha256 of {prefix}/{relative} does not match its model.json")
     return metadata
+
+
+def _check_identity(metadata: BundleMetadata, name: str, version: str) -> None:
+    """A published model.json must describe the folder it is in and carry model.h5's sha256."""
+    prefix = version_prefix(name, version)
+    if (metadata.name, metadata.version) != (name, version):
+        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} describes {metadata.name} {metadata.version}")
+    if not metadata.sha256:
+        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
 
 
 def version_exists(s3, bucket: str, name: str, version: str) -> bool:
@@ -425,10 +431,7 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
             metadata = BundleMetadata.model_validate_json((staging / METADATA_FILE).read_text())
         except ValueError as error:
             raise InvalidBundleError(f"{prefix}/{METADATA_FILE} is not valid: {error}") from error
-        if (metadata.name, metadata.version) != (name, version):
-            raise InvalidBundleError(f"{prefix}/{METADATA_FILE} describes {metadata.name} {metadata.version}")
-        if not metadata.sha256:
-            raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
+        _check_identity(metadata, name, version)
         if file_sha256(staging / MODEL_FILE) != metadata.sha256:
             raise InvalidBundleError(f"sha256 of {prefix}/{MODEL_FILE} does not match its model.json")
         if metadata.twin is not None:
