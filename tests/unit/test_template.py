@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import decode
 
-from infrastructure.emulation import REPO_ROOT, ROUTES, STAGE
+from infrastructure.emulation import REPO_ROOT, ROUTES, STAGE, proxy_event
 
 TEMPLATE = REPO_ROOT / "template.yaml"
 EVENTS_DIR = REPO_ROOT / "events"
@@ -527,6 +527,18 @@ def test_events_have_the_generated_shape(path: Path) -> None:
     assert set(event["requestContext"]) == GENERATED_REQUEST_CONTEXT_KEYS
     assert (event["httpMethod"], event["path"]) in EXPECTED_ROUTES
     assert event["resource"] == event["path"] == event["requestContext"]["resourcePath"]
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_the_local_emulations_events_have_the_generated_shape(method: str, path: str) -> None:
+    """What the local stack, the Runtime API check and the tests send looks like the recorded events."""
+    event = proxy_event(method, path, body=b"\x89PNG", query=[("explain", "true"), ("explain", "false")])
+    assert set(event) == GENERATED_EVENT_KEYS
+    assert set(event["requestContext"]) == GENERATED_REQUEST_CONTEXT_KEYS
+    assert event["resource"] == event["path"] == event["requestContext"]["resourcePath"] == path
+    assert (event["requestContext"]["stage"], event["requestContext"]["path"]) == (STAGE, f"/{STAGE}{path}")
+    assert (event["isBase64Encoded"], base64.b64decode(event["body"])) == (True, b"\x89PNG")
+    assert event["multiValueQueryStringParameters"] == {"explain": ["true", "false"]}
 
 
 def test_generated_shape_matches_this_sam_cli() -> None:
