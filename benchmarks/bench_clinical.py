@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, run as a script
+from infrastructure.emulation import standin_bundle
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -39,31 +39,6 @@ def timed(function, repeats: int) -> list[float]:
         function()
         samples.append((time.perf_counter() - started) * 1000)
     return samples
-
-
-def cnn_bundle_128(folder: Path) -> Path:
-    """A 3-block 128x128 grayscale CNN (random weights: timing does not depend on them)."""
-    import keras
-
-    from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
-
-    layers = [keras.Input((128, 128, 1))]
-    for filters in (16, 32, 64):
-        layers += [keras.layers.Conv2D(filters, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D()]
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")]
-    keras.Sequential(layers).save(folder / "model.h5")
-    write_metadata(
-        folder,
-        BundleMetadata(
-            name="bench-128",
-            version="bench",
-            classes=["normal", "benign", "malignant"],
-            positive_classes=["malignant"],
-            input=InputSpec(height=128, width=128, channels=1, colour="grayscale"),
-            preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=128, width=128)),
-        ),
-    )
-    return folder
 
 
 def ct_dicom_512() -> bytes:
@@ -112,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     decoded = decode_image(slice_png.getvalue())
     with tempfile.TemporaryDirectory() as folder:
-        classifier = Classifier(cnn_bundle_128(Path(folder)))
+        classifier = Classifier(
+            standin_bundle(Path(folder), size=128, filters=(16, 32, 64), name="bench-128", version="bench")
+        )
         classifier.classify(decoded, explain=True)  # trace Grad-CAM once
         plain = percentiles(timed(lambda: classifier.classify(decoded), args.repeats))
         explained = percentiles(timed(lambda: explain_as_png(classifier, decoded), args.repeats))

@@ -40,11 +40,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, run as a script
+from infrastructure.emulation import REPO_ROOT, LambdaContext, proxy_event
+
 TASK_ROOT = REPO_ROOT / "functions" / "classifier"
 # The shared data folder sits beside the checkout (or beside the folder of worktrees).
 _SLICE = Path("shared") / "data" / "iq-oth-nccd" / "malignant" / "Malignant case (1).jpg"
@@ -140,8 +141,6 @@ def bundle_variants(model_dir: Path, scratch: Path) -> tuple[dict[str, Path], di
 
 
 def predict_event(png: bytes, explain: bool = False) -> dict:
-    from infrastructure.runtime_api import proxy_event
-
     body = {"image": base64.b64encode(png).decode("ascii"), "filename": "slice.png"}
     if explain:
         body["explain"] = True
@@ -149,20 +148,6 @@ def predict_event(png: bytes, explain: bool = False) -> dict:
 
 
 # ---------------------------------------------------------------- measurements
-
-
-@dataclass
-class FakeContext:
-    function_name: str = "ClassifierFunction"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 3008
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:ClassifierFunction"
-    aws_request_id: str = "bench"
-    log_group_name: str = "/aws/lambda/ClassifierFunction"
-    log_stream_name: str = "bench"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 def time_calls(call: Callable[[], Any], warmup: int, requests: int) -> list[float]:
@@ -242,7 +227,7 @@ def handler_worker(model_dir: Path, png_path: Path, requests: int, explain_reque
         import app  # the import is the init phase (model load) of the in-process run
 
         import_s = time.perf_counter() - started
-        context = FakeContext()
+        context = LambdaContext("bench", memory_mb=3008)
         first = app.lambda_handler(event, context)
         if first["statusCode"] != 200:
             raise SystemExit(f"handler answered {first['statusCode']}: {first['body'][:300]}")

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infrastructure.emulation import REPO_ROOT
 from infrastructure.local_stack import stack_subprocess
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def request_mix() -> list[tuple[str, bytes, str, int]]:

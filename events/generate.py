@@ -17,10 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "tests" / "fixtures"
-SAM_CLI = os.environ.get("SAM_CLI", str(REPO / ".venv-sam" / "bin" / "sam"))
-STAGE = "dev"  # template.yaml's default Stage
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, run as a script
+from infrastructure.emulation import REPO_ROOT, STAGE, with_body
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+SAM_CLI = os.environ.get("SAM_CLI", str(REPO_ROOT / ".venv-sam" / "bin" / "sam"))
 
 
 def generate_event(method: str, resource: str) -> dict:
@@ -36,14 +37,9 @@ def generate_event(method: str, resource: str) -> dict:
     return event
 
 
-def with_body(event: dict, body: str | bytes | None, content_type: str | None) -> dict:
-    """Set the body as API Gateway delivers it: bytes base64-encoded, text as is."""
-    if isinstance(body, bytes):
-        event["body"] = base64.b64encode(body).decode("ascii")
-        event["isBase64Encoded"] = True
-    else:
-        event["body"] = body
-        event["isBase64Encoded"] = False
+def with_content(event: dict, body: str | bytes | None, content_type: str | None) -> dict:
+    """Set the body as API Gateway delivers it (``infrastructure.emulation.with_body``) and its Content-Type."""
+    with_body(event, body)
     if content_type:
         event["headers"]["Content-Type"] = content_type
         event["multiValueHeaders"]["Content-Type"] = [content_type]
@@ -55,15 +51,15 @@ def build_events() -> dict[str, dict]:
     jpeg = (FIXTURES / "ct_malignant_256.jpg").read_bytes()
     png_json = json.dumps({"image": base64.b64encode(png).decode("ascii"), "filename": "slice.png", "explain": False})
     return {
-        "predict_png_json": with_body(generate_event("POST", "/predict"), png_json, "application/json"),
-        "predict_raw_jpeg": with_body(generate_event("POST", "/predict"), jpeg, "image/jpeg"),
-        "predict_bad_body": with_body(generate_event("POST", "/predict"), "this is not json", "application/json"),
-        "health": with_body(generate_event("GET", "/health"), None, None),
+        "predict_png_json": with_content(generate_event("POST", "/predict"), png_json, "application/json"),
+        "predict_raw_jpeg": with_content(generate_event("POST", "/predict"), jpeg, "image/jpeg"),
+        "predict_bad_body": with_content(generate_event("POST", "/predict"), "this is not json", "application/json"),
+        "health": with_content(generate_event("GET", "/health"), None, None),
     }
 
 
 def main() -> None:
-    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "events"
+    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO_ROOT / "events"
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, event in build_events().items():
         (out_dir / f"{name}.json").write_text(json.dumps(event, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """The whole stack on one machine, no AWS account: ``make run``.
 
 - a moto server plays S3: the model bucket, with the bundled models published into it
-  through the same registry code the training CLI uses;
+  by the training CLI's ``publish`` (validated, then ``lungscan.registry.publish_bundle``);
 - the real Lambda handler (``functions/classifier/app.py``) answers the API; each HTTP
   request is turned into the REST proxy event API Gateway would send, with the same
   binary media types as ``template.yaml``;
@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,70 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from infrastructure.emulation import REPO_ROOT, ROUTES, LambdaContext, is_binary, proxy_event
+
 FRONTEND_DIR = REPO_ROOT / "frontend"
 DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class", REPO_ROOT / "models" / "chest-ct-4class"]
-API_ROUTES = {"/predict", "/health", "/model", "/openapi.json"}
-# Must match BinaryMediaTypes in template.yaml: these bodies reach the function base64-encoded.
-BINARY_MEDIA_TYPES = {
-    "image/png",
-    "image/jpeg",
-    "image/tiff",
-    "image/bmp",
-    "application/dicom",
-    "multipart/form-data",
-    "application/octet-stream",
-}
+API_PATHS = {path for _, path in ROUTES}
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads before Lambda runs
-
-
-def proxy_event(method: str, raw_path: str, headers: dict[str, str], body: bytes, stage: str = "local") -> dict:
-    """Build the REST API proxy event API Gateway sends for this request."""
-    url = urlsplit(raw_path)
-    query = parse_qsl(url.query, keep_blank_values=True)
-    media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    is_binary = media_type in BINARY_MEDIA_TYPES
-    request_id = str(uuid.uuid4())
-    return {
-        "resource": url.path,
-        "path": url.path,
-        "httpMethod": method,
-        "headers": dict(headers),
-        "multiValueHeaders": {key: [value] for key, value in headers.items()},
-        "queryStringParameters": dict(query) or None,
-        "multiValueQueryStringParameters": {key: [v for k, v in query if k == key] for key, _ in query} or None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": url.path,
-            "httpMethod": method,
-            "path": f"/{stage}{url.path}",
-            "stage": stage,
-            "requestId": request_id,
-            "requestTimeEpoch": int(time.time() * 1000),
-            "identity": {"sourceIp": "127.0.0.1"},
-            "protocol": "HTTP/1.1",
-        },
-        "body": (base64.b64encode(body).decode() if is_binary else body.decode("utf-8", errors="replace"))
-        if body
-        else None,
-        "isBase64Encoded": is_binary and bool(body),
-    }
-
-
-class LocalLambdaContext:
-    def __init__(self, request_id: str) -> None:
-        self.function_name = "ClassifierFunction"
-        self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 2048
-        self.invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:ClassifierFunction"
-        self.aws_request_id = request_id
-        self.log_group_name = "/aws/lambda/ClassifierFunction"
-        self.log_stream_name = "local"
-        self._deadline = time.monotonic() + 30
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def make_request_handler(lambda_handler, frontend_dir: Path):
@@ -104,7 +45,7 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            if urlsplit(self.path).path in API_ROUTES:
+            if urlsplit(self.path).path in API_PATHS:
                 self._invoke()
             else:
                 self._static()
@@ -122,9 +63,17 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
                 return self._send(413, {"Content-Type": "application/json"}, b'{"message":"Request Too Long"}')
             body = self.rfile.read(length) if length else b""
             headers = dict(self.headers.items())
-            event = proxy_event(self.command, self.path, headers, body)
+            url = urlsplit(self.path)
+            event = proxy_event(
+                self.command,
+                url.path,
+                # Only BinaryMediaTypes arrive base64-encoded; API Gateway passes any other body on as text.
+                body=body if is_binary(headers.get("Content-Type")) else body.decode("utf-8", errors="replace"),
+                headers=headers,
+                query=parse_qsl(url.query, keep_blank_values=True),
+            )
             with invoke_lock:
-                result = lambda_handler(event, LocalLambdaContext(event["requestContext"]["requestId"]))
+                result = lambda_handler(event, LambdaContext(event["requestContext"]["requestId"]))
             payload = result.get("body") or ""
             data = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
             response_headers = dict(result.get("headers") or {})
@@ -180,14 +129,16 @@ def start_s3(port: int):
 
 
 def publish_models(bucket: str, bundles: list[Path]) -> list[str]:
+    """Publish each bundle as a data scientist does (``python -m training publish``: validate, then upload,
+    verify, record, move the pointer); returns their names."""
     import boto3
 
-    from lungscan.registry import publish_bundle
+    from training.publish import publish
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    return [publish_bundle(s3, bucket, bundle).name for bundle in bundles]
+    return [publish(s3, bucket, bundle).name for bundle in bundles]
 
 
 def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):

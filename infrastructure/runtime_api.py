@@ -26,7 +26,6 @@ Only the standard library is imported here; the subprocess imports TensorFlow, n
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import queue
@@ -45,13 +44,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from infrastructure.emulation import ACCOUNT, FUNCTION_NAME, REGION, REPO_ROOT
+
 TASK_ROOT = REPO_ROOT / "functions" / "classifier"  # /var/task in the image
 HANDLER = "app.lambda_handler"  # the Dockerfile's CMD
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "iq-oth-3class"
-DEFAULT_FUNCTION_NAME = "ClassifierFunction"
-DEFAULT_REGION = "us-east-1"
-DEFAULT_ACCOUNT = "123456789012"
 DEFAULT_MEMORY_MB = 3008
 
 API_PREFIX = "/2018-06-01/runtime"
@@ -105,9 +102,9 @@ class LocalRuntime:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        function_name: str = DEFAULT_FUNCTION_NAME,
-        region: str = DEFAULT_REGION,
-        account: str = DEFAULT_ACCOUNT,
+        function_name: str = FUNCTION_NAME,
+        region: str = REGION,
+        account: str = ACCOUNT,
     ) -> None:
         self.host = host
         self.port = port
@@ -369,8 +366,8 @@ def lambda_environment(
     runtime_address: str,
     *,
     model_dir: Path | str | None,
-    function_name: str = DEFAULT_FUNCTION_NAME,
-    region: str = DEFAULT_REGION,
+    function_name: str = FUNCTION_NAME,
+    region: str = REGION,
     memory_mb: int = DEFAULT_MEMORY_MB,
     extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
@@ -516,54 +513,6 @@ def local_function(
 
 
 # ---------------------------------------------------------------- API Gateway proxy events
-
-
-def proxy_event(
-    method: str,
-    path: str,
-    *,
-    body: str | bytes | None = None,
-    headers: Mapping[str, str] | None = None,
-    query: Mapping[str, str] | None = None,
-    is_base64: bool | None = None,
-) -> dict:
-    """An API Gateway REST proxy event in the shape ``sam local generate-event apigateway aws-proxy`` makes.
-
-    ``bytes`` bodies are sent base64-encoded with ``isBase64Encoded: true``, as API Gateway does for binary types.
-    """
-    if isinstance(body, bytes):
-        body = base64.b64encode(body).decode("ascii")
-        is_base64 = True if is_base64 is None else is_base64
-    host = "1234567890.execute-api.us-east-1.amazonaws.com"
-    headers = {"Accept": "application/json", "Host": host, **(headers or {})}
-    now = time.time()
-    return {
-        "body": body,
-        "resource": "/{proxy+}",
-        "path": path,
-        "httpMethod": method,
-        "isBase64Encoded": bool(is_base64),
-        "queryStringParameters": dict(query) if query else None,
-        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
-        "pathParameters": {"proxy": path.lstrip("/")},
-        "stageVariables": None,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "requestContext": {
-            "accountId": DEFAULT_ACCOUNT,
-            "resourceId": "123456",
-            "stage": "prod",
-            "requestId": str(uuid.uuid4()),
-            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "requestTimeEpoch": int(now * 1000),
-            "identity": {"sourceIp": "127.0.0.1", "userAgent": "lungscan-local"},
-            "path": f"/prod{path}",
-            "resourcePath": "/{proxy+}",
-            "httpMethod": method,
-            "apiId": "1234567890",
-            "protocol": "HTTP/1.1",
-        },
-    }
 
 
 # ---------------------------------------------------------------- command line

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,7 @@ from lungscan.runtime import TwinSpec
 
 MODEL_FILE = "model.h5"
 METADATA_FILE = "model.json"
+REPORT_DIR = "report"  # evaluation figures, split lists, smoke set: for people and tools, not served
 # Registry names and versions become S3 keys and local folders: no "/", no "." or ".." alone.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -123,6 +125,11 @@ def legacy_metadata(sha256: str | None = None) -> BundleMetadata:
         preprocessing=PreprocessingSpec(colour="rgb", resize=ResizeSpec(height=64, width=64)),
         sha256=sha256,
     )
+
+
+def utc_timestamp() -> str:
+    """Now, in UTC, to the second: ``2026-11-27T11:00:00Z`` (model.json's and history.json's times)."""
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def file_sha256(path: Path) -> str:

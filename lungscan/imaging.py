@@ -1,8 +1,8 @@
 """Decode uploaded bytes into a validated image, before any model sees it.
 
-Every check that protects memory happens on the header, before pixels are allocated:
-the byte limit first, then the declared dimensions (a 30000x30000 PNG is a few KB on
-the wire and 900 MB in memory).
+Every check that protects memory happens on the header, before pixels are allocated
+(the byte limit before that, in ``lungscan.uploads.classify_upload``): the declared
+dimensions (a 30000x30000 PNG is a few KB on the wire and 900 MB in memory).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 import struct
 import warnings
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -21,7 +22,6 @@ from PIL import Image, UnidentifiedImageError
 from lungscan.errors import (
     MalformedInputError,
     NotACTSliceError,
-    PayloadTooLargeError,
     UnsupportedFormatError,
 )
 
@@ -54,12 +54,22 @@ class ImageLimits:
     high-resolution exports while refusing thumbnails and decompression bombs.
     """
 
-    max_bytes: int = 4 * 1024 * 1024  # base64-encoded (x4/3) it still fits Lambda's 6 MB request limit
+    # Checked once, by lungscan.uploads.classify_upload; base64-encoded (x4/3) it still fits Lambda's 6 MB request.
+    max_bytes: int = 4 * 1024 * 1024
     min_side: int = 32
     max_pixels: int = 4096 * 4096
 
 
 DEFAULT_LIMITS = ImageLimits()
+
+
+class DecodedMeta(TypedDict, total=False):
+    """What a decoder learnt about its input besides the pixels."""
+
+    source_mode: str  # a raster image's Pillow mode before conversion to 8-bit
+    frame: int  # DICOM: the frame decoded
+    frames: int  # DICOM: the frames in the file
+    modality: str  # DICOM: the Modality tag ("CT", "MR"...; "" when absent)
 
 
 @dataclass
@@ -69,7 +79,7 @@ class DecodedImage:
     image: Image.Image
     format: str
     window: dict[str, float] | None = None
-    meta: dict = field(default_factory=dict)
+    meta: DecodedMeta = field(default_factory=lambda: DecodedMeta())
 
     @property
     def width(self) -> int:
@@ -83,20 +93,17 @@ class DecodedImage:
 _DATA_URL_PREFIX = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 
 
-def decode_base64(text: str, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
-    """Decode base64 (standard alphabet, ``data:...;base64,`` prefix tolerated).
+def decode_base64(text: str) -> bytes:
+    """Decode base64 (standard alphabet, ``data:...;base64,`` prefix tolerated); the request's size
+    bounds the text, ``lungscan.uploads.classify_upload`` the image's.
 
     Raises:
-        PayloadTooLargeError: the encoded text alone implies more than ``max_bytes``.
         MalformedInputError: not valid base64.
     """
     if not isinstance(text, str):
         raise MalformedInputError("The image must be a base64 string.", code="invalid_base64")
     text = _DATA_URL_PREFIX.sub("", text.strip(), count=1)
     text = "".join(text.split())  # line-wrapped base64 (MIME style) is common in scripts
-    # Decide on size before decoding: 4 characters of base64 carry 3 bytes.
-    if len(text) // 4 * 3 > limits.max_bytes + 3:
-        raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit.")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
@@ -106,16 +113,10 @@ def decode_base64(text: str, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
     return data
 
 
-def is_dicom(data: bytes) -> bool:
-    """True for a DICOM Part 10 file (128-byte preamble + ``DICM``)."""
-    return len(data) >= 132 and data[128:132] == b"DICM"
-
-
 def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Decode PNG, JPEG, BMP or TIFF bytes (8/16-bit, float, grey, RGB, RGBA, palette) to 8-bit.
 
     Raises:
-        PayloadTooLargeError: more than ``limits.max_bytes``.
         MalformedInputError: empty or corrupt (e.g. truncated) image data.
         UnsupportedFormatError: any other format, DICOM included (decoded by ``decode_upload``).
         NotACTSliceError: too small, too many pixels, too many JPEG scans, non-finite or blank.
@@ -141,8 +142,6 @@ def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image
     Raises:
         as :func:`decode_image`, except the checks that need the pixels.
     """
-    if len(data) > limits.max_bytes:
-        raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // (1024 * 1024)} MB limit.")
     if not data:
         raise MalformedInputError("The image is empty.", code="empty_body")
     try:

@@ -6,7 +6,7 @@ The model runs on the bundle's runtime twin (onnxruntime) when it has one, else 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,6 @@ class Prediction:
     suspicious: bool
     suspicion: float  # summed probability of the positive classes
     threshold: float
-    applied_operations: list[dict] = field(default_factory=list)
     heatmap: Image.Image | None = None  # Grad-CAM overlay at the input's size, when asked for
     explained_class: str | None = None
     # The conformal prediction set (classes, most probable first) and whether it holds more than one
@@ -114,9 +113,9 @@ class Classifier:
             )
         if self.metadata.gate is not None:  # a bare legacy model.h5 has none and is served as before
             check_ct_like(decoded, self.metadata.gate)
-        array, operations = self.prepare(decoded)
+        array, _ = self.prepare(decoded)
         probabilities = self.predict_batch(array[np.newaxis])[0]
-        prediction = self.interpret(probabilities, operations)
+        prediction = self.interpret(probabilities)
         if explain:
             prediction.explained_class = explain_class or prediction.label
             cam = self.gradcam(array, self.metadata.classes.index(prediction.explained_class))
@@ -127,7 +126,7 @@ class Classifier:
         """Grad-CAM map (values in [0, 1], feature-map resolution) for one preprocessed image."""
         return self.runtime.gradcam(array, class_index)
 
-    def interpret(self, probabilities: np.ndarray, operations: list[dict] | None = None) -> Prediction:
+    def interpret(self, probabilities: np.ndarray) -> Prediction:
         metadata = self.metadata
         classes = metadata.classes
         by_class = {
@@ -152,7 +151,6 @@ class Classifier:
             suspicious=suspicious,
             suspicion=min(round(suspicion, 4), MAX_SHOWN_PROBABILITY),
             threshold=metadata.threshold,
-            applied_operations=operations or [],
             prediction_set=conformal_set,
             uncertain=None if conformal_set is None else len(conformal_set) > 1,
         )

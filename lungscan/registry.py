@@ -30,17 +30,18 @@ import re
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from lungscan.bundle import (
     METADATA_FILE,
     MODEL_FILE,
     NAME_PATTERN,
+    REPORT_DIR,
     VERSION_PATTERN,
     BundleMetadata,
     file_sha256,
     read_metadata,
+    utc_timestamp,
 )
 from lungscan.errors import InvalidBundleError, LungScanError
 from lungscan.runtime import TWIN_FILE, verify_twin
@@ -48,9 +49,9 @@ from lungscan.runtime import TWIN_FILE, verify_twin
 PREFIX = "models"
 POINTER_FILE = "latest.json"
 HISTORY_FILE = "history.json"
-REPORT_DIR = "report"
 CARD_FILE = "MODEL_CARD.md"
-# History actions that make a version current; "rollback" undoes the latest of them.
+# History actions that make a version current; "rollback" undoes the latest of them. ("set" is what an
+# earlier registry wrote for a bare pointer move: kept so older history files still read right.)
 FORWARD_ACTIONS = ("publish", "promote", "set")
 # Conditional writes of history.json: how often to re-read and append again when someone else wrote first.
 HISTORY_WRITE_ATTEMPTS = 8
@@ -88,26 +89,32 @@ def history_key(name: str) -> str:
     return f"{PREFIX}/{check_name(name)}/{HISTORY_FILE}"
 
 
-def publish_bundle(s3, bucket: str, bundle_dir: Path | str) -> BundleMetadata:
-    """Upload a bundle under its name/version, verify it, then point ``latest.json`` at it.
+def publish_bundle(
+    s3, bucket: str, bundle_dir: Path | str, metadata: BundleMetadata | None = None, *, note: str | None = None
+) -> BundleMetadata:
+    """The one publish sequence: upload the bundle under its name/version, check what landed, record the
+    move in history.json, then point ``latest.json`` at it. ``python -m training publish`` (and so
+    ``make run`` and ``deploy.sh``) validates the bundle first, then calls this.
+
+    Args:
+        metadata: the bundle's, when the caller has already read (and validated) it.
+        note: why this publish is special (a forced one), kept in history.json.
 
     Raises:
-        InvalidBundleError: the bundle is incomplete, its sha256 does not match, or what
-            landed in S3 does not match what was sent (the pointer is then not moved).
+        InvalidBundleError: the bundle has no model.json, or what landed in S3 does not match what
+            was sent (the pointer is then not moved).
     """
     bundle_dir = Path(bundle_dir)
-    metadata = read_metadata(bundle_dir)
     if not (bundle_dir / METADATA_FILE).exists():
         raise InvalidBundleError("only a bundle with model.json can be published")
+    metadata = metadata or read_metadata(bundle_dir)
     upload_bundle(s3, bucket, bundle_dir, metadata)
-    verify_published(s3, bucket, metadata.name, metadata.version)
-    move_pointer(s3, bucket, metadata.name, metadata.version, action="publish")
+    try:
+        verify_published(s3, bucket, metadata.name, metadata.version)
+    except InvalidBundleError as error:
+        raise InvalidBundleError(f"the upload did not land intact ({error}); latest.json was not moved") from error
+    move_pointer(s3, bucket, metadata.name, metadata.version, action="publish", note=note)
     return metadata
-
-
-def set_latest(s3, bucket: str, name: str, version: str) -> None:
-    """Point ``latest.json`` at ``version`` (recorded in history.json as a "set")."""
-    move_pointer(s3, bucket, name, version, action="set")
 
 
 # ---------------------------------------------------------------- bundle files
@@ -200,10 +207,7 @@ def verify_published(s3, bucket: str, name: str, version: str) -> BundleMetadata
         raise
     except Exception as error:
         raise InvalidBundleError(f"{prefix}/{METADATA_FILE} cannot be read: {error}") from error
-    if (metadata.name, metadata.version) != (name, version):
-        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} describes {metadata.name}/{metadata.version}")
-    if not metadata.sha256:
-        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
+    _check_identity(metadata, name, version)
     expected = {MODEL_FILE: metadata.sha256} | declared_report_files(metadata)
     if metadata.twin is not None:
         expected[metadata.twin.file] = metadata.twin.sha256
@@ -215,6 +219,15 @@ def verify_published(s3, bucket: str, name: str, version: str) -> BundleMetadata
         if actual != digest:
             raise InvalidBundleError(f"sha256 of {prefix}/{relative} does not match its model.json")
     return metadata
+
+
+def _check_identity(metadata: BundleMetadata, name: str, version: str) -> None:
+    """A published model.json must describe the folder it is in and carry model.h5's sha256."""
+    prefix = version_prefix(name, version)
+    if (metadata.name, metadata.version) != (name, version):
+        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} describes {metadata.name} {metadata.version}")
+    if not metadata.sha256:
+        raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
 
 
 def version_exists(s3, bucket: str, name: str, version: str) -> bool:
@@ -290,7 +303,7 @@ def move_pointer(s3, bucket: str, name: str, version: str, *, action: str, note:
         previous = current_version(s3, bucket, name)
         history, etag = _read_history(s3, bucket, name)
         entry = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "at": utc_timestamp(),
             "action": action,
             "version": version,
             "previous": previous,
@@ -418,10 +431,7 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
             metadata = BundleMetadata.model_validate_json((staging / METADATA_FILE).read_text())
         except ValueError as error:
             raise InvalidBundleError(f"{prefix}/{METADATA_FILE} is not valid: {error}") from error
-        if (metadata.name, metadata.version) != (name, version):
-            raise InvalidBundleError(f"{prefix}/{METADATA_FILE} describes {metadata.name} {metadata.version}")
-        if not metadata.sha256:
-            raise InvalidBundleError(f"{prefix}/{METADATA_FILE} carries no sha256")
+        _check_identity(metadata, name, version)
         if file_sha256(staging / MODEL_FILE) != metadata.sha256:
             raise InvalidBundleError(f"sha256 of {prefix}/{MODEL_FILE} does not match its model.json")
         if metadata.twin is not None:

@@ -2,8 +2,8 @@
 
 Training and serving both call :func:`build_preprocess` on the same configuration, so
 there is exactly one implementation of what the model sees (train/serve skew is the
-classic bug of this field). Each step records its name and parameters in
-``meta["applied_operations"]`` so an answer can say what was done to the input.
+classic bug of this field). Each step records its name and parameters in the trace
+``preprocess_image`` returns (``applied_operations``), so a test can check what was done to the input.
 """
 
 from __future__ import annotations

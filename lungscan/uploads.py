@@ -1,12 +1,16 @@
-"""One entry point from uploaded bytes to decoded images, whatever the format."""
+"""The serving path from uploaded bytes to predictions, whatever the format: one entry, ``classify_upload``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from pydantic import BaseModel, Field
+
+from lungscan.bundle import BundleMetadata
 from lungscan.dicom import DicomOptions, decode_dicom, looks_like_dicom, read_dicom_header
 from lungscan.errors import PayloadTooLargeError
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, decode_image, open_image
+from lungscan.predict import Classifier, Prediction
 
 # Slices in one study: 64 CT slices fit Lambda's 6 MB request as compressed PNG/JPEG.
 MAX_STUDY_SLICES = 64
@@ -15,13 +19,106 @@ MAX_STUDY_SLICES = 64
 MAX_STUDY_PIXELS = 64 * 1024 * 1024
 
 
+class Window(BaseModel):
+    """A CT display window in Hounsfield units."""
+
+    center: float = Field(ge=-2000, le=4000)
+    width: float = Field(gt=0, le=10000)
+
+
+class UploadOptions(BaseModel):
+    """What a request may choose about reading and explaining its images."""
+
+    model_config = {"extra": "ignore"}
+
+    explain: bool = Field(default=False, description="Add a Grad-CAM heatmap overlay (PNG, base64)")
+    explain_class: str | None = Field(default=None, max_length=64, description="Class to explain; the label if absent")
+    window: Window | None = Field(default=None, description="DICOM window; the bundle's (lung window) if absent")
+    frame: int | None = Field(default=None, ge=0, description="Frame of a multi-frame DICOM; the middle one if absent")
+    all_frames: bool = Field(default=False, description="Classify every frame of a multi-frame DICOM as a study")
+    allow_non_ct: bool = Field(default=False, description="Accept DICOM modalities other than CT")
+
+
+@dataclass(frozen=True)
+class SliceInput:
+    """What an answer reports about one decoded slice; kept once its pixels are dropped."""
+
+    format: str
+    width: int
+    height: int
+    window: dict[str, float] | None
+    frame: int | None
+
+    @classmethod
+    def of(cls, decoded: DecodedImage) -> SliceInput:
+        return cls(decoded.format, decoded.width, decoded.height, decoded.window, decoded.meta.get("frame"))
+
+
+@dataclass
+class ClassifiedUpload:
+    """One prediction per slice (one for a single image), and the slice the answer shows images of."""
+
+    predictions: list[Prediction]
+    inputs: list[SliceInput]
+    is_study: bool
+    focus: int  # the single image, or the study's most suspicious slice
+    focus_image: DecodedImage  # its heatmap (when explained) and its preview go in the answer
+
+
+def bundle_dicom_options(metadata: BundleMetadata, options: UploadOptions | None = None) -> DicomOptions:
+    """The request's window, else the one the bundle declares it was trained with."""
+    options = options or UploadOptions()
+    window = options.window or metadata.preprocessing.dicom_window
+    return DicomOptions(window=window.model_dump(), frame=options.frame, allow_non_ct=options.allow_non_ct)
+
+
+def classify_upload(
+    classifier: Classifier,
+    files: list[bytes],
+    options: UploadOptions,
+    *,
+    study: bool = False,
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> ClassifiedUpload:
+    """Classify one uploaded image (``files[0]``), or the slices of one study (``study`` or ``all_frames``).
+
+    Every limit is checked from the bytes and headers before any pixel is decoded.
+
+    Raises:
+        PayloadTooLargeError: a file over ``limits.max_bytes``; a study over its slices or pixels.
+        and whatever decoding (``decode_image``, ``decode_dicom``) and ``Classifier.classify`` raise.
+    """
+    for data in files:
+        if len(data) > limits.max_bytes:
+            raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // 2**20} MB limit.")
+    dicom = bundle_dicom_options(classifier.metadata, options)
+    if not (study or options.all_frames):
+        decoded = decode_upload(files[0], limits, dicom)
+        prediction = classifier.classify(decoded, explain=options.explain, explain_class=options.explain_class)
+        return ClassifiedUpload([prediction], [SliceInput.of(decoded)], is_study=False, focus=0, focus_image=decoded)
+    predictions: list[Prediction] = []
+    inputs: list[SliceInput] = []
+    focus, focus_image = 0, None
+    for index, item in enumerate(plan_study(files, limits, dicom)):
+        # Decode, classify, drop: at most this slice and the most suspicious so far are held.
+        decoded = item.decode(limits, dicom)
+        predictions.append(classifier.classify(decoded))
+        inputs.append(SliceInput.of(decoded))
+        if focus_image is None or predictions[index].suspicion > predictions[focus].suspicion:
+            focus, focus_image = index, decoded
+        del decoded
+    if options.explain:  # explain the slice that matters; all heatmaps would overflow the response
+        predictions[focus] = classifier.classify(focus_image, explain=True, explain_class=options.explain_class)
+    return ClassifiedUpload(predictions, inputs, is_study=True, focus=focus, focus_image=focus_image)
+
+
 def decode_upload(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, dicom: DicomOptions | None = None) -> DecodedImage:
     """Decode a DICOM, PNG, JPEG, BMP or TIFF upload, sniffing the format from its bytes.
 
     The declared content type and file name are ignored: bytes decide, so a renamed
     file cannot route itself to the wrong decoder.
     """
-    if looks_like_dicom(data) and len(data) <= limits.max_bytes:
+    if looks_like_dicom(data):
         return decode_dicom(data, limits, dicom)
     return decode_image(data, limits)
 
@@ -60,8 +157,6 @@ def plan_study(
     slices: list[StudySlice] = []
     pixels = 0
     for data in files:
-        if len(data) > limits.max_bytes:
-            raise PayloadTooLargeError(f"The file is larger than the {limits.max_bytes // 2**20} MB limit.")
         if looks_like_dicom(data):
             width, height, frames = read_dicom_header(data, limits, dicom)
             entries = [StudySlice(data, width, height, frame) for frame in range(frames)]

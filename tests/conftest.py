@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import copy
 import io
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for infrastructure/
+from infrastructure.emulation import REPO_ROOT, LambdaContext, proxy_event, standin_bundle
+
 BUNDLED_MODEL = REPO_ROOT / "models" / "iq-oth-3class"
 EVENTS_DIR = REPO_ROOT / "events"
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
@@ -34,23 +33,9 @@ for path in (REPO_ROOT, REPO_ROOT / "functions" / "classifier"):
         sys.path.insert(0, str(path))
 
 
-@dataclass
-class FakeLambdaContext:
-    function_name: str = "ClassifierFunction"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 2048
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:ClassifierFunction"
-    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
-    log_group_name: str = "/aws/lambda/ClassifierFunction"
-    log_stream_name: str = "local"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
 @pytest.fixture
-def lambda_context() -> FakeLambdaContext:
-    return FakeLambdaContext()
+def lambda_context() -> LambdaContext:
+    return LambdaContext()
 
 
 @pytest.fixture
@@ -127,70 +112,20 @@ def make_event(
     query: dict | None = None,
     headers: dict | None = None,
 ) -> dict:
-    """An API Gateway REST proxy event, in the shape of the recorded events/health.json."""
-    template = json.loads((EVENTS_DIR / "health.json").read_text()) if (EVENTS_DIR / "health.json").exists() else {}
-    event = copy.deepcopy(template) or {"requestContext": {}, "headers": {}, "multiValueHeaders": {}}
-    headers = {"Accept": "application/json", "Host": "localhost", **(headers or {})}
-    if content_type:
-        headers["Content-Type"] = content_type
-    if isinstance(body, bytes):
-        body = base64.b64encode(body).decode() if base64_body else body.decode("latin-1")
-    event.update(
-        resource=path,
-        path=path,
-        httpMethod=method,
-        headers=headers,
-        multiValueHeaders={key: [value] for key, value in headers.items()},
-        queryStringParameters=query,
-        multiValueQueryStringParameters={key: [value] for key, value in query.items()} if query else None,
-        pathParameters=None,
-        body=body,
-        isBase64Encoded=base64_body,
+    """An API Gateway REST proxy event (``infrastructure.emulation.proxy_event``) with a fixed request id.
+
+    ``bytes`` go base64-encoded with ``base64_body``, else as latin-1 text: any byte reaches the handler.
+    """
+    headers = {**(headers or {}), **({"Content-Type": content_type} if content_type else {})}
+    if isinstance(body, bytes) and not base64_body:
+        body = body.decode("latin-1")
+    return proxy_event(
+        method, path, body=body, headers=headers, query=query, is_base64=base64_body, request_id="test-request-id"
     )
-    event["requestContext"] = {
-        **event.get("requestContext", {}),
-        "resourcePath": path,
-        "httpMethod": method,
-        "path": f"/dev{path}",
-        "requestId": "test-request-id",
-    }
-    return event
 
 
 def load_event(name: str) -> dict:
     return json.loads((EVENTS_DIR / name).read_text())
-
-
-def build_standin_bundle(bundle_dir: Path) -> Path:
-    """A tiny untrained bundle with the default model's contract (64x64 grayscale, three classes)."""
-    import keras
-
-    from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
-    from lungscan.conformal import ConformalSpec
-
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    model = keras.Sequential(
-        [
-            keras.Input((64, 64, 1)),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(3, activation="softmax"),
-        ]
-    )
-    model.save(bundle_dir / "model.h5")
-    write_metadata(
-        bundle_dir,
-        BundleMetadata(
-            name="iq-oth-3class",
-            version="test",
-            classes=["normal", "benign", "malignant"],
-            positive_classes=["malignant"],
-            input=InputSpec(height=64, width=64, channels=1, colour="grayscale"),
-            preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=64, width=64)),
-            conformal=ConformalSpec(coverage=0.9, thresholds={"normal": 0.7, "benign": 0.7, "malignant": 0.8}),
-        ),
-    )
-    return bundle_dir
 
 
 @pytest.fixture(scope="session")
@@ -198,4 +133,4 @@ def model_bundle_dir(tmp_path_factory) -> Path:
     """The committed default bundle when it is complete, else a tiny stand-in built once per session."""
     if (BUNDLED_MODEL / "model.h5").is_file() and (BUNDLED_MODEL / "model.json").is_file():
         return BUNDLED_MODEL
-    return build_standin_bundle(tmp_path_factory.mktemp("bundle") / "iq-oth-3class")
+    return standin_bundle(tmp_path_factory.mktemp("bundle") / "iq-oth-3class")

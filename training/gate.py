@@ -14,16 +14,22 @@ split) and on ``training.non_ct.evaluation_set`` per kind.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from lungscan.bundle import METADATA_FILE, MODEL_FILE, BundleMetadata, file_sha256, write_metadata
+from lungscan.bundle import (
+    METADATA_FILE,
+    MODEL_FILE,
+    REPORT_DIR,
+    BundleMetadata,
+    file_sha256,
+    utc_timestamp,
+    write_metadata,
+)
 from lungscan.errors import InvalidBundleError
 from lungscan.gate import FEATURE_NAMES, GateSpec, gate_features, gate_scores, is_ct_like
 from lungscan.imaging import decode_image
@@ -62,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _split(bundle_dir: Path) -> dict:
-    path = bundle_dir / "report" / "split.json"
+    path = bundle_dir / REPORT_DIR / "split.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the gate is fitted on the bundle's training split")
     return json.loads(path.read_text())
@@ -101,9 +107,7 @@ def held_out_ct(bundle_dirs: list[Path], data_dir: Path | None) -> dict[str, lis
         tested = {entry["file"].split("/")[0] for entry in split["splits"]["test"]}
         if valid.is_dir() and "valid" not in tested:  # valid/ is not already the test split
             files = sorted(p for p in valid.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-            sources[f"{name}/valid"] = [
-                p for p in files if hashlib.sha256(p.read_bytes()).hexdigest() not in training_hashes
-            ]
+            sources[f"{name}/valid"] = [p for p in files if file_sha256(p) not in training_hashes]
     return sources
 
 
@@ -314,7 +318,7 @@ def build_gate(
         "non_ct": {"kinds": kinds, "per_kind": negatives_per_kind, "seed": SEED},
         "thresholds": f"out-of-fold ({FOLDS} folds) training CT scores: at most {REFUSE_TRAINING_CT:.0%} refused",
         "out_of_fold": out_of_fold,
-        "fitted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "fitted_at": utc_timestamp(),
     }
     spec.evaluation = evaluate_gate(spec, held_out_ct(ct_bundles, data_dir))
     return spec

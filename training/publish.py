@@ -20,9 +20,10 @@ validates the bundle before anything is uploaded:
    points at a version whose model.json is missing there is nothing to compare with: the publish
    goes ahead and history.json records why.
 
-Then it uploads ``models/<name>/<version>/`` (report/*, card, model.h5, model.json last; each
-object with its SHA-256), downloads what landed and checks every sha256, appends the move to
-``models/<name>/history.json`` and finally moves ``latest.json``.
+Then :func:`lungscan.registry.publish_bundle`, the one publish sequence, uploads
+``models/<name>/<version>/`` (report/*, card, model.h5, model.json last; each object with its
+SHA-256), checks every sha256 of what landed, appends the move to ``models/<name>/history.json``
+and finally moves ``latest.json``. ``make run`` publishes its bundles into the local S3 through here too.
 
 The S3 client is boto3's (it honours ``AWS_ENDPOINT_URL_S3``, so the local stack's moto server
 works as the registry); the bucket comes from ``--bucket`` or ``MODEL_BUCKET``.
@@ -190,7 +191,7 @@ def compare_with_current(new: BundleMetadata, current: BundleMetadata) -> str | 
 
 
 def publish(s3, bucket: str, bundle_dir: Path | str, *, force: bool = False, out: Printer = print) -> BundleMetadata:
-    """Validate, compare, upload, verify, then move the pointer.
+    """Derive the twin if needed, validate, compare, then ``registry.publish_bundle`` (upload, verify, pointer).
 
     Raises:
         InvalidBundleError: the bundle fails validation or did not land intact (pointer not moved).
@@ -236,13 +237,8 @@ def publish(s3, bucket: str, bundle_dir: Path | str, *, force: bool = False, out
         if reason:
             note = f"forced: {reason}"
             out(f"--force: publishing although {reason}")
-    keys = registry.upload_bundle(s3, bucket, bundle_dir, metadata)
-    out(f"uploaded {len(keys)} files to s3://{bucket}/{registry.version_prefix(name, version)}/")
-    try:
-        registry.verify_published(s3, bucket, name, version)
-    except InvalidBundleError as error:
-        raise InvalidBundleError(f"the upload did not land intact ({error}); latest.json was not moved") from error
-    registry.move_pointer(s3, bucket, name, version, action="publish", note=note)
+    registry.publish_bundle(s3, bucket, bundle_dir, metadata, note=note)
+    out(f"uploaded s3://{bucket}/{registry.version_prefix(name, version)}/ and checked what landed")
     out(f"latest.json: {name} -> {version} (was {current or 'none'})")
     return metadata
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from infrastructure.emulation import REPO_ROOT
 from infrastructure.local_stack import stack_subprocess
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

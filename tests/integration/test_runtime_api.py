@@ -20,6 +20,7 @@ import pytest
 from conftest import ct_like_image
 from PIL import Image
 
+from infrastructure.emulation import REPO_ROOT, proxy_event
 from infrastructure.runtime_api import (
     InitError,
     InvocationError,
@@ -27,10 +28,8 @@ from infrastructure.runtime_api import (
     LocalFunction,
     LocalRuntime,
     local_function,
-    proxy_event,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENTS_DIR = REPO_ROOT / "events"
 INIT_TIMEOUT_S = 300.0  # TensorFlow's import on a busy 2-core machine; a wall-clock bound, not a target
 INVOKE_TIMEOUT_S = 60.0

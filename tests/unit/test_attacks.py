@@ -4,6 +4,7 @@ the expensive step, or the right 200. The files are built here, small, with the 
 from __future__ import annotations
 
 import base64
+import email.parser
 import io
 import json
 import struct
@@ -216,9 +217,9 @@ def multipart_event(parts: list[tuple[str, bytes]], boundary: str = "xyz", heade
 
 def test_a_form_with_thousands_of_parts_is_refused_before_parsing(app_module, lambda_context, ct_png, monkeypatch):
     parsed = []
-    real = app_module.email.parser.BytesParser.parsebytes
+    real = email.parser.BytesParser.parsebytes
     monkeypatch.setattr(
-        app_module.email.parser.BytesParser,
+        email.parser.BytesParser,
         "parsebytes",
         lambda self, text, headersonly=False: parsed.append(len(text)) or real(self, text, headersonly),
     )
@@ -342,7 +343,9 @@ def test_heatmap_is_capped_and_the_answer_fits_lambda(app_module, lambda_context
 
 
 def test_an_answer_too_large_for_lambda_is_a_clear_error(app_module, lambda_context, ct_png, monkeypatch):
-    monkeypatch.setattr(app_module, "MAX_RESPONSE_BYTES", 20_000)
+    import api_answers
+
+    monkeypatch.setattr(api_answers, "MAX_RESPONSE_BYTES", 20_000)
     status, answer = call(app_module, lambda_context, json_event({"image": b64(ct_png), "explain": True}))
     assert_refused(status, answer, 413, "response_too_large")
     status, answer = call(app_module, lambda_context, json_event({"image": b64(ct_png)}))

@@ -16,6 +16,7 @@ from lungscan.errors import InvalidBundleError, MalformedInputError, NotACTSlice
 from lungscan.imaging import ImageLimits, decode_base64, decode_image
 from lungscan.predict import Classifier
 from lungscan.transforms import build_preprocess, preprocess_image
+from lungscan.uploads import UploadOptions, classify_upload
 
 
 def tiny_cnn(input_shape, outputs: int, activation: str) -> keras.Model:
@@ -49,10 +50,21 @@ def tiny_bundle(tmp_path_factory):
     return bundle
 
 
-def test_base64_size_is_decided_before_decoding():
-    limits = ImageLimits(max_bytes=1000)
-    with pytest.raises(PayloadTooLargeError):
-        decode_base64("A" * 2000, limits)
+def test_the_byte_limit_is_decided_before_decoding(tiny_bundle, monkeypatch):
+    """classify_upload checks every file's size first, for one image and for each file of a study."""
+    import lungscan.uploads
+
+    classifier = Classifier(tiny_bundle)
+    small, large = encode(ct_like_image(64)), encode(ct_like_image(256))
+    limits = ImageLimits(max_bytes=len(large) - 1)
+    monkeypatch.setattr(lungscan.uploads, "open_image", None)  # no header may be read
+    monkeypatch.setattr(lungscan.uploads, "decode_image", None)
+    for files, study in [([large], False), ([small, large], True)]:
+        with pytest.raises(PayloadTooLargeError):
+            classify_upload(classifier, files, UploadOptions(), study=study, limits=limits)
+
+
+def test_base64_is_decoded_strictly():
     assert decode_base64("data:image/png;base64," + base64.b64encode(b"abc").decode()) == b"abc"
     with pytest.raises(MalformedInputError):
         decode_base64("@@@@")

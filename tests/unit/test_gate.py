@@ -221,11 +221,11 @@ def test_the_shipped_bundles_carry_a_gate_with_its_measured_rates():
 
 
 def test_a_bundle_without_a_gate_is_served_as_before(tmp_path):
-    from conftest import build_standin_bundle
+    from conftest import standin_bundle
 
     from lungscan.predict import Classifier
 
-    classifier = Classifier(build_standin_bundle(tmp_path / "legacy"))
+    classifier = Classifier(standin_bundle(tmp_path / "legacy"))
     assert classifier.metadata.gate is None
     noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (128, 128), dtype=np.uint8))
     assert classifier.classify(DecodedImage(image=noise, format="PNG")).label in classifier.metadata.classes

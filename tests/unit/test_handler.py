@@ -222,7 +222,9 @@ def test_unexpected_errors_are_500_without_a_trace(app_module, lambda_context, c
     def explode(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(app_module, "decode_upload", explode)
+    import lungscan.uploads
+
+    monkeypatch.setattr(lungscan.uploads, "decode_upload", explode)
     status, answer = call(app_module, lambda_context, json_event({"image": b64(ct_png)}))
     assert status == 500
     assert answer["error"]["code"] == "internal_error"
@@ -251,6 +253,15 @@ def test_health_model_and_openapi(app_module, lambda_context):
     assert status == 200
     assert {"/predict", "/health", "/model"} <= set(spec["paths"])
     assert "PredictResponse" in json.dumps(spec)
+    # /predict's body is read by hand: every framing is described, with its models in components.
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/PredictRequest"}
+    assert {"Window", "PredictRequest"} <= set(spec["components"]["schemas"])
+    assert {"image/png", "image/jpeg", "application/dicom", "multipart/form-data"} <= set(body)
+    assert body["multipart/form-data"]["schema"]["required"] == ["file"]
+    query = {p["name"]: p["schema"] for p in spec["paths"]["/predict"]["post"]["parameters"]}
+    assert set(query) == {"model", "explain", "frame", "all_frames"}
+    assert {"minimum": 0, "type": "integer"} in query["frame"]["anyOf"]
     status, missing = call(app_module, lambda_context, make_event("GET", "/nope"))
     assert (status, missing["error"]["code"]) == (404, "not_found")
 

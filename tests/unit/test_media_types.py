@@ -6,13 +6,11 @@ arrive mangled (a raw TIFF answered "No Cancer Detected" for a malignant slice).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cfnlint.decode import decode
 
-from infrastructure.local_stack import BINARY_MEDIA_TYPES
+from infrastructure.emulation import BINARY_MEDIA_TYPES, REPO_ROOT
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+TEMPLATE = REPO_ROOT / "template.yaml"
 
 
 def template_binary_media_types() -> set[str]:
@@ -25,8 +23,10 @@ def template_binary_media_types() -> set[str]:
 
 
 def test_every_raw_type_the_handler_accepts_is_binary_in_the_template(app_module):
+    from api_body import RAW_IMAGE_TYPES
+
     binary = template_binary_media_types()
-    assert app_module.RAW_IMAGE_TYPES | {"multipart/form-data"} <= binary
+    assert RAW_IMAGE_TYPES | {"multipart/form-data"} <= binary
 
 
 def test_the_local_stack_uses_the_templates_binary_types():

@@ -76,7 +76,7 @@ def test_store_swaps_in_a_new_version_after_the_refresh_interval(s3, tmp_path):
     assert version_after_refresh(store, clock, 59) == "v1"  # not yet due
     assert version_after_refresh(store, clock, 61) == "v2"
     assert store.sources == {"tiny": "registry"}
-    registry.set_latest(s3, BUCKET, "tiny", "v1")  # rollback
+    registry.move_pointer(s3, BUCKET, "tiny", "v1", action="promote")  # rollback
     assert version_after_refresh(store, clock, 200) == "v1"
 
 
@@ -126,9 +126,9 @@ def test_a_tampered_cached_copy_is_downloaded_again(s3, tmp_path):
 def test_every_pointer_move_is_recorded_before_the_pointer(s3, tmp_path):
     registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
     registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
-    registry.set_latest(s3, BUCKET, "tiny", "v1")
+    registry.move_pointer(s3, BUCKET, "tiny", "v1", action="promote")
     moves = [(e["action"], e["version"], e["previous"]) for e in registry.read_history(s3, BUCKET, "tiny")]
-    assert moves == [("publish", "v1", None), ("publish", "v2", "v1"), ("set", "v1", "v2")]
+    assert moves == [("publish", "v1", None), ("publish", "v2", "v1"), ("promote", "v1", "v2")]
     assert registry.list_versions(s3, BUCKET, "tiny") == ["v1", "v2"]
     assert registry.list_names(s3, BUCKET) == ["tiny"]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import decode
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from infrastructure.emulation import REPO_ROOT, ROUTES, STAGE, proxy_event
+
 TEMPLATE = REPO_ROOT / "template.yaml"
 EVENTS_DIR = REPO_ROOT / "events"
 EVENT_FILES = sorted(EVENTS_DIR.glob("*.json"))
@@ -51,7 +52,7 @@ GENERATED_REQUEST_CONTEXT_KEYS = {
     "apiId",
     "protocol",
 }
-EXPECTED_ROUTES = {("POST", "/predict"), ("GET", "/model"), ("GET", "/health"), ("GET", "/openapi.json")}
+EXPECTED_ROUTES = ROUTES  # what the local emulation sends; the template must declare the same
 TLS_ONLY = {"Bool": {"aws:SecureTransport": "false"}}
 ACCESS_LOGS_BUCKET = "AccessLogsBucket"
 
@@ -141,6 +142,7 @@ def test_sections_in_design_order(template: dict) -> None:
     sections = [key for key in template if key in {"Parameters", "Conditions", "Globals", "Resources", "Outputs"}]
     assert sections == ["Parameters", "Conditions", "Globals", "Resources", "Outputs"]
     assert template["Parameters"]["Stage"]["AllowedValues"] == ["dev", "staging", "prod"]
+    assert template["Parameters"]["Stage"]["Default"] == STAGE  # the stage the local emulation's events name
 
 
 def test_function_is_a_container_image_built_from_the_dockerfile(resources: dict) -> None:
@@ -525,6 +527,18 @@ def test_events_have_the_generated_shape(path: Path) -> None:
     assert set(event["requestContext"]) == GENERATED_REQUEST_CONTEXT_KEYS
     assert (event["httpMethod"], event["path"]) in EXPECTED_ROUTES
     assert event["resource"] == event["path"] == event["requestContext"]["resourcePath"]
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_the_local_emulations_events_have_the_generated_shape(method: str, path: str) -> None:
+    """What the local stack, the Runtime API check and the tests send looks like the recorded events."""
+    event = proxy_event(method, path, body=b"\x89PNG", query=[("explain", "true"), ("explain", "false")])
+    assert set(event) == GENERATED_EVENT_KEYS
+    assert set(event["requestContext"]) == GENERATED_REQUEST_CONTEXT_KEYS
+    assert event["resource"] == event["path"] == event["requestContext"]["resourcePath"] == path
+    assert (event["requestContext"]["stage"], event["requestContext"]["path"]) == (STAGE, f"/{STAGE}{path}")
+    assert (event["isBase64Encoded"], base64.b64decode(event["body"])) == (True, b"\x89PNG")
+    assert event["multiValueQueryStringParameters"] == {"explain": ["true", "false"]}
 
 
 def test_generated_shape_matches_this_sam_cli() -> None:

@@ -209,7 +209,7 @@ def test_a_hog_ensemble_with_declared_preprocessing_trains_and_serves(tmp_path):
     buffer = io.BytesIO()
     wide.save(buffer, format="PNG")
     prediction = classifier.classify(decode_upload(buffer.getvalue()), explain=True)
-    steps = [step["name"] for step in prediction.applied_operations]
+    steps = [step["name"] for step in classifier.prepare(decode_upload(buffer.getvalue()))[1]]
     assert steps == ["ToColour", "PadToSquare", "Resize", "PercentileScale"]
     assert prediction.heatmap is not None and prediction.heatmap.size == (120, 60)
     assert prediction.prediction_set and prediction.prediction_set[0] == prediction.label

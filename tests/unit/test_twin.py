@@ -110,18 +110,12 @@ def test_the_function_answers_without_ever_importing_tensorflow(bundle):
         import base64, json, sys
         sys.path[:0] = [{str(REPO_ROOT)!r}, {str(REPO_ROOT / "functions" / "classifier")!r}]
         import app
-        from infrastructure.runtime_api import proxy_event
-
-        class Context:
-            function_name = "ClassifierFunction"; function_version = "$LATEST"; memory_limit_in_mb = 2048
-            invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ClassifierFunction"
-            aws_request_id = "cold"; log_group_name = "g"; log_stream_name = "s"
-            def get_remaining_time_in_millis(self): return 30000
+        from infrastructure.emulation import LambdaContext, proxy_event
 
         image = base64.b64encode(open({str(FIXTURES[0])!r}, "rb").read()).decode()
         event = proxy_event("POST", "/predict", body=json.dumps({{"image": image, "explain": True}}),
                             headers={{"Content-Type": "application/json"}})
-        response = app.lambda_handler(event, Context())
+        response = app.lambda_handler(event, LambdaContext("cold"))
         body = json.loads(response["body"])
         print(json.dumps({{"status": response["statusCode"], "heatmap": bool(body.get("heatmap")),
                           "set": body.get("prediction_set", [None])[0] == body.get("label"),
@@ -374,7 +368,7 @@ def test_the_image_bakes_the_twin_beside_model_h5():
     lines = (REPO_ROOT / "functions" / "classifier" / "Dockerfile").read_text().splitlines()
     sources = [source for line in lines if line.startswith("COPY ") for source in line.split()[1:-1]]
     assert {"models/iq-oth-3class/model.onnx", "models/iq-oth-3class/model.h5"} <= set(sources)
-    assert all((REPO_ROOT / source).exists() for source in sources)
+    assert all(list(REPO_ROOT.glob(source)) for source in sources)  # a COPY may name a glob
     assert "onnxruntime==" in (REPO_ROOT / "functions" / "classifier" / "requirements.txt").read_text()
 
 

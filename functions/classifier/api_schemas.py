@@ -1,0 +1,128 @@
+"""The API's request and response models: what ``/openapi.json`` publishes and every answer is built from."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from lungscan.bundle import NAME_PATTERN
+from lungscan.uploads import MAX_STUDY_SLICES, UploadOptions
+
+
+class PredictOptions(UploadOptions):
+    """What a request may choose, in the JSON body, multipart fields or the query string: the core's
+    options for reading and explaining the images, and which model answers."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model: str | None = Field(default=None, pattern=NAME_PATTERN, description="Model name; default model if absent")
+
+
+# The options a query string may carry, as PredictOptions declares them (the others are JSON or form only).
+QueryOptions = create_model(
+    "QueryOptions",
+    **{
+        name: (PredictOptions.model_fields[name].annotation, PredictOptions.model_fields[name])
+        for name in ("model", "explain", "frame", "all_frames")
+    },
+)
+
+
+class PredictRequest(PredictOptions):
+    """JSON body of ``POST /predict``: one ``image``, or the slices of one study in ``images``."""
+
+    image: str | None = Field(default=None, min_length=1, description="Base64 image; a data: prefix is accepted")
+    images: list[str] | None = Field(default=None, min_length=1, description=f"At most {MAX_STUDY_SLICES} slices")
+    filename: str | None = Field(default=None, max_length=255, description="Never logged")
+
+    @model_validator(mode="after")
+    def _one_of_image_or_images(self) -> "PredictRequest":
+        if (self.image is None) == (self.images is None):
+            raise ValueError("send exactly one of 'image' or 'images'")
+        return self
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    sha256: str | None
+
+
+class InputInfo(BaseModel):
+    format: str
+    width: int
+    height: int
+    window: dict[str, float] | None = None
+    frame: int | None = None
+
+
+class SliceResult(BaseModel):
+    label: str
+    verdict: str
+    suspicious: bool
+    confidence: float
+    suspicion: float = Field(description="Summed probability of the model's positive classes")
+    probabilities: dict[str, float]
+    prediction_set: list[str] | None = Field(
+        default=None,
+        description="Conformal prediction set: the classes that could not be ruled out at the model's calibrated "
+        "coverage (90%: the true class is in the set for about 9 cases in 10), most probable first",
+    )
+    uncertain: bool | None = Field(
+        default=None, description="True when the prediction set holds more than one class: needs review"
+    )
+    input: InputInfo
+    heatmap: str | None = Field(default=None, description="Grad-CAM overlay (PNG, base64) at the input's size")
+    explained_class: str | None = None
+    preview: str | None = Field(default=None, description="PNG (base64) of what the model saw, for DICOM input")
+
+
+class PredictResponse(SliceResult):
+    prediction: str = Field(description="The original app's field: same text as verdict")
+    threshold: float
+    model: ModelInfo
+    disclaimer: str
+    request_id: str
+
+
+class StudySummary(BaseModel):
+    slices: int
+    suspicious: bool
+    verdict: str
+    most_suspicious_slice: int = Field(description="Index of the slice with the highest suspicion")
+    max_suspicion: float
+    label_counts: dict[str, int]
+    uncertain: bool | None = Field(default=None, description="True when any slice's answer is uncertain")
+    uncertain_slices: list[int] = Field(default=[], description="Indices of the slices whose answer is uncertain")
+
+
+class StudyResponse(BaseModel):
+    """Several slices of one study. Heatmap and preview come for the most suspicious slice only,
+    which keeps the answer within Lambda's 6 MB response limit."""
+
+    study: StudySummary
+    slices: list[SliceResult]
+    threshold: float
+    model: ModelInfo
+    disclaimer: str
+    request_id: str
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str
+    default: bool
+    classes: list[str]
+    positive_classes: list[str]
+    threshold: float
+    input: dict[str, Any]
+    metrics: dict[str, Any]
+    dataset: dict[str, Any]
+    intended_use: str
+    sha256: str | None
+    source: str = Field(description="Where the served copy came from: 'registry' (S3) or 'baked' (the image)")
+
+
+class ModelsResponse(BaseModel):
+    default: str
+    models: list[ModelDescription]
+    disclaimer: str
