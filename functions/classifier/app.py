@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Annotated, Any
 
 import boto3
+import history_api  # beside this file: the patient history routes
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
@@ -78,6 +79,8 @@ class StackCORS(CORSConfig):
 
 cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
+app.include_router(history_api.router)
+app.configure_openapi(title="LungScan API", security_schemes=history_api.SECURITY_SCHEMES)
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # Lambda takes at most 6 MB per synchronous request, event envelope included; the same for its answer.
@@ -159,6 +162,7 @@ class PredictOptions(BaseModel):
     frame: int | None = Field(default=None, ge=0, description="Frame of a multi-frame DICOM; the middle one if absent")
     all_frames: bool = Field(default=False, description="Classify every frame of a multi-frame DICOM as a study")
     allow_non_ct: bool = Field(default=False, description="Accept DICOM modalities other than CT")
+    patient: str | None = Field(default=None, description="Pseudonymous patient reference: store (signed in)")
 
 
 class PredictRequest(PredictOptions):
@@ -208,6 +212,7 @@ class PredictResponse(SliceResult):
     model: ModelInfo
     disclaimer: str
     request_id: str
+    record_id: str | None = Field(default=None, description="The stored history record (signed in, with patient)")
 
 
 class StudySummary(BaseModel):
@@ -289,6 +294,7 @@ def predict(
     explain: Annotated[bool, Query(description="Add a Grad-CAM heatmap")] = False,
     frame: Annotated[int | None, Query(ge=0, description="Frame of a multi-frame DICOM")] = None,
     all_frames: Annotated[bool, Query(description="Classify every DICOM frame as a study")] = False,
+    patient: Annotated[str | None, Query(description="Pseudonymous patient reference (signed in)")] = None,
 ) -> PredictResponse | StudyResponse:
     """Classify one CT slice, or the slices of one study.
 
@@ -297,9 +303,11 @@ def predict(
     the form fields or the query string.
     """
     started = time.perf_counter()
-    query = PredictOptions(model=model, explain=explain, frame=frame, all_frames=all_frames)
+    query = PredictOptions(model=model, explain=explain, frame=frame, all_frames=all_frames, patient=patient)
     upload = _read_upload(query)
     options = upload.options
+    is_study = upload.is_study or options.all_frames
+    caller = history_api.caller_for_prediction(app.current_event, options.patient, is_study)  # None: store nothing
     classifier = store.get(options.model)
     dicom = DicomOptions(
         # The request's window, else the one the model's bundle declares it was trained with.
@@ -309,14 +317,20 @@ def predict(
         frame=options.frame,
         allow_non_ct=options.allow_non_ct,
     )
-    if upload.is_study or options.all_frames:
+    if is_study:
         # Slice count and pixel budget come from the headers, before any slice is decoded.
         answer = _study_answer(classifier, plan_study(upload.images, DEFAULT_LIMITS, dicom), dicom, options)
         slices, input_format = answer.study.slices, answer.slices[0].input.format
     else:
-        answer = _single_answer(classifier, decode_upload(upload.images[0], DEFAULT_LIMITS, dicom), options)
+        decoded = decode_upload(upload.images[0], DEFAULT_LIMITS, dicom)
+        answer = _single_answer(classifier, decoded, options)
         slices, input_format = 1, answer.input.format
     _check_answer_size(answer)
+    if caller is not None:  # one slice: a study with a patient was refused above
+        side = max(classifier.metadata.input.height, classifier.metadata.input.width)
+        answer.record_id = history_api.store_prediction(
+            caller, options.patient, answer.model_dump(), decoded.image, side, len(upload.images[0])
+        )
     elapsed_ms = (time.perf_counter() - started) * 1000
     metrics.add_metric(name="PredictLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     logger.info(
