@@ -135,4 +135,3 @@ def forward_to_cognito(endpoint: str, body: bytes, target: str) -> tuple[int, by
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
