@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from infrastructure.local_accounts import DEMO_PASSWORD
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, PHONE
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +125,18 @@ def test_a_wrong_password_and_a_name_as_reference_read_plainly(open_page):
     card = page.locator(".scan-card").first
     expect(card).to_have_attribute("data-state", "failed", timeout=60_000)
     expect(card.locator(".error-title")).to_contain_text("never a name")
+
+
+def test_axe_and_a_phone_find_no_problem_in_the_signed_in_timeline(open_page, axe_script, tmp_path):
+    from .test_page import serious_axe_violations
+
+    page, _ = open_page(PHONE, mobile=True)
+    sign_in(page, "clinician-b@example.org")
+    page.fill("#patient-ref", "MRN-" + uuid.uuid4().hex[:6])
+    classify(page, NORMAL_PNG)
+    classify(page, MALIGNANT_JPG)
+    expect(page.locator("#compare figure")).to_have_count(2)
+    sizes = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert sizes[0] <= sizes[1] <= PHONE["width"], sizes
+    serious = serious_axe_violations(page, axe_script)
+    assert not serious, "\n".join(serious)
