@@ -208,21 +208,31 @@ class HistoryStore:
 
     def _refresh_summary(self, team: str, ref: str) -> None:
         summary_key = {"pk": {"S": self._team_pk(team)}, "sk": {"S": f"PATIENT#{ref}"}}
-        newest, _ = self.scans(team, ref, limit=1)
+        newest = self.dynamodb.query(
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :scan)",
+            ExpressionAttributeValues={":pk": {"S": self._patient_pk(team, ref)}, ":scan": {"S": "SCAN#"}},
+            ProjectionExpression="#record, expires_at",
+            ExpressionAttributeNames={"#record": "record"},
+            ScanIndexForward=False,
+            Limit=1,
+        )["Items"]
         if not newest:
             self.dynamodb.delete_item(TableName=self.table, Key=summary_key)
             return
-        latest = newest[0]
+        latest = json.loads(newest[0]["record"]["S"])
         count = self._count_scans(team, ref)
         self.dynamodb.update_item(
             TableName=self.table,
             Key=summary_key,
-            UpdateExpression="SET scans = :n, last_record_id = :rid, last_scan_at = :at, last_verdict = :verdict",
+            UpdateExpression="SET scans = :n, last_record_id = :rid, last_scan_at = :at, last_verdict = :verdict, "
+            "expires_at = :exp",
             ExpressionAttributeValues={
                 ":n": {"N": str(count)},
                 ":rid": {"S": latest["record_id"]},
                 ":at": {"S": latest["created_at"]},
                 ":verdict": {"S": latest["verdict"]},
+                ":exp": newest[0]["expires_at"],  # the summary lives as long as the newest record
             },
         )
 

@@ -358,3 +358,20 @@ def test_bad_tokens_are_refused(keys, case):
     forged = base64.urlsafe_b64encode(json.dumps(claims | {"cognito:groups": ["radiology"]}).encode()).decode()
     with pytest.raises(InvalidTokenError):
         verifier.verify(f"{header}.{forged.rstrip('=')}.{signature}")
+
+
+def test_records_expire_after_the_retention_and_expired_ones_are_hidden(app_module, lambda_context, store):
+    assert predict(app_module, lambda_context, ALICE)[0] == 200
+    items = store.dynamodb.scan(TableName=TABLE)["Items"]
+    assert len(items) == 2  # the scan and the patient's summary
+    for item in items:
+        assert int(item["expires_at"]["N"]) == pytest.approx(time.time() + 30 * 86400, abs=60)
+    # DynamoDB's TTL deletes within days: a record past its time is hidden at once.
+    scan_key = next({"pk": i["pk"], "sk": i["sk"]} for i in items if i["sk"]["S"].startswith("SCAN#"))
+    store.dynamodb.update_item(
+        TableName=TABLE,
+        Key=scan_key,
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+    )
+    assert get(app_module, lambda_context, "/patients/P-0001/scans", BOB)[0] == 404
