@@ -17,6 +17,7 @@ import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from lungscan.history import create_table
 from lungscan.tokens import CognitoTokenVerifier, InvalidTokenError
@@ -30,11 +31,15 @@ DEMO_USERS = {
     "clinician-b@example.org": "oncology",
     "clinician-c@example.org": "radiology",
 }
-# The routes template.yaml puts behind the Cognito authorizer (method, path pattern).
+# The routes template.yaml puts behind the Cognito authorizer (method, path pattern), and their resources.
 AUTHORIZED_ROUTES = [
     ("GET", re.compile(r"^/patients$")),
     ("GET", re.compile(r"^/patients/[^/]+/scans$")),
     ("DELETE", re.compile(r"^/patients/[^/]+/scans/[^/]+$")),
+]
+RESOURCES = [
+    ("/patients/{ref}/scans/{record_id}", re.compile(r"^/patients/(?P<ref>[^/]+)/scans/(?P<record_id>[^/]+)$")),
+    ("/patients/{ref}/scans", re.compile(r"^/patients/(?P<ref>[^/]+)/scans$")),
 ]
 # What the page posts Cognito's JSON API to, on the page's own origin (the local stack forwards it to moto).
 COGNITO_PROXY_PATH = "/cognito-idp/"
@@ -92,6 +97,15 @@ def page_config(accounts: LocalAccounts) -> str:
     """What config.js adds locally: where the page signs in (Cognito's JSON API on this origin)."""
     cognito = {"endpoint": COGNITO_PROXY_PATH, "clientId": accounts.client_id, "region": accounts.region}
     return f"\nwindow.LUNGSCAN_CONFIG.cognito = {json.dumps(cognito)};\n"
+
+
+def resource_of(path: str) -> tuple[str, dict[str, str] | None]:
+    """API Gateway's resource and path parameters for a path: logs name the resource, never a patient."""
+    for resource, pattern in RESOURCES:
+        match = pattern.match(path)
+        if match:
+            return resource, {name: unquote(value) for name, value in match.groupdict().items()}
+    return path, None
 
 
 class LocalAuthorizer:

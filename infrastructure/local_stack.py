@@ -143,6 +143,9 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
             body = self.rfile.read(length) if length else b""
             headers = dict(self.headers.items())
             event = proxy_event(self.command, self.path, headers, body)
+            resource, path_parameters = local_accounts.resource_of(event["path"])
+            event.update(resource=resource, pathParameters=path_parameters)
+            event["requestContext"]["resourcePath"] = resource
             if authorizer and authorizer.guards(self.command, event["path"]) and not authorizer.authorize(event):
                 data = json.dumps(local_accounts.UNAUTHORIZED_BODY).encode()
                 return self._send(401, {"Content-Type": "application/json"}, data)
@@ -179,7 +182,9 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
 
         def log_message(self, format: str, *args) -> None:
             # Method, path and status only: never bodies or file names.
-            sys.stderr.write(f"{self.address_string()} {self.command} {urlsplit(self.path).path} {args[1]}\n")
+            # The resource, as API Gateway's access log has it: /patients/{ref}/scans, never the reference.
+            resource = local_accounts.resource_of(urlsplit(self.path).path)[0]
+            sys.stderr.write(f"{self.address_string()} {self.command} {resource} {args[1]}\n")
 
     return Handler
 

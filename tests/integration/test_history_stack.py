@@ -107,6 +107,11 @@ def test_done_when(stack, tokens):
     status, page = call(stack, "GET", "/patients/P-0001/scans", tokens["B"])
     assert status == 404 or record_id not in [record["record_id"] for record in page["scans"]]
 
+    log = stack.log_path.read_text()
+    assert "GET /patients/{ref}/scans 200" in log  # the stack's access log names the resource...
+    assert "P-0001" not in log  # ...never the patient reference
+    assert '"action":"scan.delete"' in log
+
 
 @pytest.mark.parametrize("route", [("GET", "/patients"), ("GET", "/patients/P-0001/scans")])
 def test_no_or_bad_token_is_401(stack, tokens, route):
