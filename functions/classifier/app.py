@@ -288,7 +288,7 @@ def openapi():  # no return annotation: a Response is not a pydantic type
     return Response(200, content_types.APPLICATION_JSON, app.get_openapi_json_schema(title="LungScan API"))
 
 
-@app.post("/predict")
+@app.post("/predict", security=history_api.OPTIONAL_TOKEN)  # a token only to store a patient's scan
 def predict(
     model: Annotated[str | None, Query(pattern=MODEL_NAME_PATTERN, description="Model name")] = None,
     explain: Annotated[bool, Query(description="Add a Grad-CAM heatmap")] = False,

@@ -48,6 +48,7 @@ logger = Logger(child=True)
 router = Router()
 
 SECURITY = [{"CognitoIdToken": []}]
+OPTIONAL_TOKEN = [{}, {"CognitoIdToken": []}]  # POST /predict: anonymous, or signed in to store
 SECURITY_SCHEMES = {
     # What API Gateway's Cognito authorizer reads: the raw ID token in the Authorization header.
     "CognitoIdToken": APIKey(

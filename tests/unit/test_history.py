@@ -284,6 +284,7 @@ def test_openapi_documents_the_history_routes(app_module, lambda_context):
     assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "Authorization")
     predict_parameters = {parameter["name"] for parameter in paths["/predict"]["post"]["parameters"]}
     assert "patient" in predict_parameters
+    assert paths["/predict"]["post"]["security"] == [{}, {"CognitoIdToken": []}]  # the token is optional there
 
 
 # ---------------------------------------------------------------- the token checks (lungscan.tokens)
