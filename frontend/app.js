@@ -131,6 +131,8 @@
 
   // Refusals whose code says more than their status does.
   const PLAIN_ERRORS_BY_CODE = {
+    unauthorized: "Your session has ended: sign in again, or clear the patient reference.",
+    invalid_patient_ref: "The patient reference is not valid: use a record number, never a name.",
     not_ct_like:
       "This does not look like a CT slice of the chest, so no verdict was given. Add one chest CT slice (DICOM, PNG or JPEG).",
   };
@@ -376,6 +378,9 @@
     const request = { image: base64, explain: true }; // no file name: it stays in this browser
     const model = ui.modelPicker.hidden ? "" : ui.modelSelect.value;
     if (model) request.model = model;
+    // Signed in with a patient reference (accounts.js): the answer is stored for the care team.
+    const signedIn = window.LungScanAccounts ? window.LungScanAccounts.requestExtras() : null;
+    if (signedIn) request.patient = signedIn.patient;
 
     const controller = new AbortController();
     let timedOut = false;
@@ -388,7 +393,7 @@
     try {
       response = await fetch(config.apiUrl + "/predict", {
         method: "POST",
-        headers: apiHeaders({ "Content-Type": "application/json" }),
+        headers: apiHeaders(Object.assign({ "Content-Type": "application/json" }, signedIn ? signedIn.headers : {})),
         body: JSON.stringify(request),
         signal: controller.signal,
         credentials: "omit",
@@ -424,6 +429,7 @@
       return fail(item, "The service sent an answer this page cannot read.", "Press Retry to try again.", true);
     }
     showResult(item, body);
+    if (window.LungScanAccounts) window.LungScanAccounts.onResult(body);
     return true;
   }
 

@@ -68,6 +68,10 @@ else
   printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s", maxUploadBytes: %s};\n' "$API_URL" "$MAX_UPLOAD_BYTES" \
     > "$STAGING/config.js"
 fi
+# Where the page signs clinicians in: Cognito's JSON API (InitiateAuth) with the stack's app client.
+REGION="$(aws configure get region || echo "${AWS_REGION:-${AWS_DEFAULT_REGION:-}}")"
+printf 'window.LUNGSCAN_CONFIG.cognito = {endpoint: "https://cognito-idp.%s.amazonaws.com/", clientId: "%s", region: "%s"};\n' \
+  "$REGION" "$(output UserPoolClientId)" "$REGION" >> "$STAGING/config.js"
 # Long-lived cache for assets; index.html and config.js are revalidated on every load.
 aws s3 sync "$STAGING/" "s3://$SITE_BUCKET/" --delete \
   --exclude index.html --exclude config.js \

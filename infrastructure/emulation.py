@@ -11,16 +11,24 @@ Only the standard library is imported at module level (the Runtime API's process
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import unquote
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # template.yaml: the API's routes (explicit, not {proxy+}), its default Stage and its BinaryMediaTypes
 # (tests/unit/test_template.py checks each against the template).
-ROUTES = {("POST", "/predict"), ("GET", "/model"), ("GET", "/health"), ("GET", "/openapi.json")}
+# The history routes sit behind the Cognito authorizer.
+AUTHORIZED_ROUTES = {
+    ("GET", "/patients"),
+    ("GET", "/patients/{ref}/scans"),
+    ("DELETE", "/patients/{ref}/scans/{record_id}"),
+}
+ROUTES = {("POST", "/predict"), ("GET", "/model"), ("GET", "/health"), ("GET", "/openapi.json")} | AUTHORIZED_ROUTES
 STAGE = "dev"
 BINARY_MEDIA_TYPES = {
     "image/png",
@@ -40,6 +48,23 @@ API_ID = "1234567890"
 def is_binary(content_type: str | None) -> bool:
     """Whether API Gateway delivers a body of this Content-Type base64-encoded."""
     return (content_type or "").split(";", 1)[0].strip().lower() in BINARY_MEDIA_TYPES
+
+
+def _route_pattern(resource: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", resource) + "$")
+
+
+RESOURCE_PATTERNS = {resource: _route_pattern(resource) for resource in sorted({path for _, path in ROUTES})}
+
+
+def resource_of(path: str) -> tuple[str, dict[str, str] | None]:
+    """API Gateway's resource and path parameters for a request path (``/patients/{ref}/scans``, ``{"ref": ...}``);
+    an unknown path is its own resource. Logs name the resource, never a patient reference."""
+    for resource, pattern in RESOURCE_PATTERNS.items():
+        match = pattern.match(path)
+        if match:
+            return resource, {name: unquote(value) for name, value in match.groupdict().items()} or None
+    return path, None
 
 
 def with_body(event: dict, body: str | bytes | None, *, is_base64: bool | None = None) -> dict:
@@ -68,13 +93,14 @@ def proxy_event(
     pairs = list(query.items() if isinstance(query, Mapping) else query or [])
     headers = {"Accept": "application/json", "Host": f"{API_ID}.execute-api.{REGION}.amazonaws.com", **(headers or {})}
     now = time.time()
+    resource, path_parameters = resource_of(path)
     event = {
-        "resource": path,
+        "resource": resource,
         "path": path,
         "httpMethod": method,
         "queryStringParameters": dict(pairs) or None,
         "multiValueQueryStringParameters": {name: [v for k, v in pairs if k == name] for name, _ in pairs} or None,
-        "pathParameters": None,
+        "pathParameters": path_parameters,
         "stageVariables": None,
         "headers": headers,
         "multiValueHeaders": {key: [value] for key, value in headers.items()},
@@ -87,7 +113,7 @@ def proxy_event(
             "requestTimeEpoch": int(now * 1000),
             "identity": {"sourceIp": "127.0.0.1", "userAgent": "lungscan-local"},
             "path": f"/{stage}{path}",
-            "resourcePath": path,
+            "resourcePath": resource,
             "httpMethod": method,
             "apiId": API_ID,
             "protocol": "HTTP/1.1",

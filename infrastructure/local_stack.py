@@ -5,7 +5,10 @@
 - the real Lambda handler (``functions/classifier/app.py``) answers the API; each HTTP
   request is turned into the REST proxy event API Gateway would send, with the same
   binary media types as ``template.yaml``;
-- ``frontend/`` is served as CloudFront would serve the site bucket.
+- ``frontend/`` is served as CloudFront would serve the site bucket;
+- the same moto server plays Cognito (user pool, care teams, demo users) and DynamoDB (patient
+  history), and API Gateway's Cognito authorizer guards the history routes
+  (``infrastructure/local_accounts.py``).
 
 Everything listens on 127.0.0.1 only. Ctrl-C stops all of it.
 """
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import mimetypes
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -29,7 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from infrastructure.emulation import REPO_ROOT, ROUTES, LambdaContext, is_binary, proxy_event
+from infrastructure import local_accounts
+from infrastructure.emulation import REPO_ROOT, ROUTES, LambdaContext, is_binary, proxy_event, resource_of
 
 FRONTEND_DIR = REPO_ROOT / "frontend"
 DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class", REPO_ROOT / "models" / "chest-ct-4class"]
@@ -37,7 +43,8 @@ API_PATHS = {path for _, path in ROUTES}
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads before Lambda runs
 
 
-def make_request_handler(lambda_handler, frontend_dir: Path):
+def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_accounts.LocalAccounts | None = None):
+    authorizer = local_accounts.LocalAuthorizer(accounts) if accounts else None
     invoke_lock = threading.Lock()  # one Lambda container answers one request at a time
 
     class Handler(BaseHTTPRequestHandler):
@@ -45,13 +52,24 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            if urlsplit(self.path).path in API_PATHS:
+            if resource_of(urlsplit(self.path).path)[0] in API_PATHS:
                 self._invoke()
             else:
                 self._static()
 
         def do_POST(self) -> None:
+            if accounts and urlsplit(self.path).path == local_accounts.COGNITO_PROXY_PATH:
+                return self._cognito()
             self._invoke()
+
+        def do_DELETE(self) -> None:
+            self._invoke()
+
+        def _cognito(self) -> None:
+            body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 64 * 1024))
+            target = self.headers.get("X-Amz-Target", "")
+            status, data = local_accounts.forward_to_cognito(accounts.endpoint, body, target)
+            self._send(status, {"Content-Type": "application/x-amz-json-1.1"}, data)
 
         def do_OPTIONS(self) -> None:
             self._invoke()
@@ -72,6 +90,9 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
                 headers=headers,
                 query=parse_qsl(url.query, keep_blank_values=True),
             )
+            if authorizer and authorizer.guards(event) and not authorizer.authorize(event):
+                data = json.dumps(local_accounts.UNAUTHORIZED_BODY).encode()
+                return self._send(401, {"Content-Type": "application/json"}, data)
             with invoke_lock:
                 result = lambda_handler(event, LambdaContext(event["requestContext"]["requestId"]))
             payload = result.get("body") or ""
@@ -88,7 +109,10 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
             if not target.is_relative_to(frontend_dir.resolve()) or not target.is_file():
                 return self._send(404, {"Content-Type": "text/plain"}, b"Not found")
             content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-            self._send(200, {"Content-Type": content_type, "Cache-Control": "no-cache"}, target.read_bytes())
+            data = target.read_bytes()
+            if relative == "config.js" and accounts:  # where the page signs in, as deploy.sh would write it
+                data += local_accounts.page_config(accounts).encode()
+            self._send(200, {"Content-Type": content_type, "Cache-Control": "no-cache"}, data)
 
         def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
             self.send_response(status)
@@ -102,7 +126,9 @@ def make_request_handler(lambda_handler, frontend_dir: Path):
 
         def log_message(self, format: str, *args) -> None:
             # Method, path and status only: never bodies or file names.
-            sys.stderr.write(f"{self.address_string()} {self.command} {urlsplit(self.path).path} {args[1]}\n")
+            # The resource, as API Gateway's access log has it: /patients/{ref}/scans, never the reference.
+            resource = resource_of(urlsplit(self.path).path)[0]
+            sys.stderr.write(f"{self.address_string()} {self.command} {resource} {args[1]}\n")
 
     return Handler
 
@@ -145,6 +171,7 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
     """Start S3, publish the models, import the real handler; returns (HTTP server, S3 server)."""
     s3_server = start_s3(s3_port)
     names = publish_models(bucket, bundles)
+    accounts = local_accounts.create_accounts(os.environ["AWS_ENDPOINT_URL_S3"])
     os.environ.update(
         MODEL_BUCKET=bucket,
         MODEL_NAME=names[0],
@@ -154,13 +181,19 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
         POWERTOOLS_SERVICE_NAME="classifier",
         POWERTOOLS_TRACE_DISABLED="1",
         POWERTOOLS_METRICS_DISABLED="1",
+        AWS_ENDPOINT_URL_DYNAMODB=accounts.endpoint,
+        AWS_ENDPOINT_URL_COGNITO_IDP=accounts.endpoint,
+        COGNITO_USER_POOL_ID=accounts.user_pool_id,
+        COGNITO_CLIENT_ID=accounts.client_id,
+        HISTORY_TABLE=accounts.table,
+        PATIENT_REF_HASH_KEY=secrets.token_hex(32),  # per run: the local history lives as long as the run
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MODEL_CACHE_DIR", str(REPO_ROOT / "build" / "model-cache"))
     sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "functions" / "classifier")]
     import app  # loads the models from the local registry, as a cold start would
 
-    server = LocalServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR))
+    server = LocalServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR, accounts))
     return server, s3_server
 
 
@@ -231,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no model bundle found under models/; pass --bundle DIR")
     server, s3_server = serve(args.host, args.port, args.s3_port, bundles, args.bucket)
     print(f"LungScan is running: page and API on http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
+    users = ", ".join(f"{email} ({team})" for email, team in local_accounts.DEMO_USERS.items())
+    print(f"Demo users (password {local_accounts.DEMO_PASSWORD}): {users}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

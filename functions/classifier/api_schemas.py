@@ -15,6 +15,7 @@ class PredictOptions(UploadOptions):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
     model: str | None = Field(default=None, pattern=NAME_PATTERN, description="Model name; default model if absent")
+    patient: str | None = Field(default=None, description="Pseudonymous patient reference: store (signed in)")
 
 
 # The options a query string may carry, as PredictOptions declares them (the others are JSON or form only).
@@ -22,7 +23,7 @@ QueryOptions = create_model(
     "QueryOptions",
     **{
         name: (PredictOptions.model_fields[name].annotation, PredictOptions.model_fields[name])
-        for name in ("model", "explain", "frame", "all_frames")
+        for name in ("model", "explain", "frame", "all_frames", "patient")
     },
 )
 
@@ -82,6 +83,7 @@ class PredictResponse(SliceResult):
     model: ModelInfo
     disclaimer: str
     request_id: str
+    record_id: str | None = Field(default=None, description="The stored history record (signed in, with patient)")
 
 
 class StudySummary(BaseModel):

@@ -13,6 +13,7 @@ import uuid
 from typing import Annotated
 
 import boto3
+import history_api  # beside this file: the patient history routes
 from api_answers import describe_model, predict_answer
 from api_body import document_predict_body, read_upload
 from api_schemas import (
@@ -78,6 +79,8 @@ class StackCORS(CORSConfig):
 
 cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
+app.include_router(history_api.router)
+app.configure_openapi(title="LungScan API", security_schemes=history_api.SECURITY_SCHEMES)
 
 STATUS_BY_ERROR: dict[type[LungScanError], int] = {
     MalformedInputError: 400,
@@ -142,7 +145,7 @@ def openapi():  # no return annotation: a Response is not a pydantic type
     return Response(200, content_types.APPLICATION_JSON, json.dumps(document_predict_body(document)))
 
 
-@app.post("/predict")
+@app.post("/predict", security=history_api.OPTIONAL_TOKEN)  # a token only to store a patient's scan
 def predict(query: Annotated[QueryOptions, Query()]) -> PredictResponse | StudyResponse:
     """Classify one CT slice, or the slices of one study.
 
@@ -153,12 +156,19 @@ def predict(query: Annotated[QueryOptions, Query()]) -> PredictResponse | StudyR
     started = time.perf_counter()
     upload = read_upload(app.current_event, PredictOptions(**query.model_dump(exclude_unset=True)))
     options = upload.options
+    is_study = upload.is_study or options.all_frames
+    caller = history_api.caller_for_prediction(app.current_event, options.patient, is_study)  # None: store nothing
     classifier = store.get(options.model)
     result = classify_upload(classifier, upload.images, options, study=upload.is_study)
     for prediction in result.predictions:
         metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name=f"Predicted_{prediction.label}", unit=MetricUnit.Count, value=1)
     answer = predict_answer(classifier, result, _request_id())
+    if caller is not None:  # one slice: a study with a patient was refused above
+        side = max(classifier.metadata.input.height, classifier.metadata.input.width)
+        answer.record_id = history_api.store_prediction(
+            caller, options.patient, answer.model_dump(), result.focus_image.image, side, len(upload.images[0])
+        )
     elapsed_ms = (time.perf_counter() - started) * 1000
     metrics.add_metric(name="PredictLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     logger.info(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import decode
 
-from infrastructure.emulation import REPO_ROOT, ROUTES, STAGE, proxy_event
+from infrastructure.emulation import AUTHORIZED_ROUTES, REPO_ROOT, ROUTES, STAGE, proxy_event
 
 TEMPLATE = REPO_ROOT / "template.yaml"
 EVENTS_DIR = REPO_ROOT / "events"
@@ -53,6 +53,7 @@ GENERATED_REQUEST_CONTEXT_KEYS = {
     "protocol",
 }
 EXPECTED_ROUTES = ROUTES  # what the local emulation sends; the template must declare the same
+HISTORY_ROUTES = AUTHORIZED_ROUTES  # behind the Cognito authorizer
 TLS_ONLY = {"Bool": {"aws:SecureTransport": "false"}}
 ACCESS_LOGS_BUCKET = "AccessLogsBucket"
 
@@ -181,12 +182,19 @@ def test_events_are_never_logged(template: dict) -> None:
     assert {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"} <= set(variables)
 
 
-def test_function_can_only_read_the_model_registry(resources: dict) -> None:
-    statements = [
+def _function_statements(resources: dict) -> list[dict]:
+    return [
         statement
         for policy in resources["ClassifierFunction"]["Properties"]["Policies"]
         for statement in policy["Statement"]
     ]
+
+
+def test_function_can_only_read_the_model_registry(resources: dict) -> None:
+    statements = [s for s in _function_statements(resources) if str(s["Action"]).startswith(("s3:", "['s3:"))]
+    assert len(statements) == 2
+    others = [s for s in _function_statements(resources) if s not in statements]
+    assert not any("s3:" in str(s["Action"]) for s in others)
     actions = {action for statement in statements for action in _as_list(statement["Action"])}
     assert actions <= {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket"}
     assert all(statement["Effect"] == "Allow" for statement in statements)
@@ -324,6 +332,7 @@ def test_the_site_may_connect_only_to_this_stacks_api(resources: dict) -> None:
         "connect-src",
         "'self'",
         "https://${ClassifierApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}",
+        "https://cognito-idp.${AWS::Region}.${AWS::URLSuffix}",  # sign-in (InitiateAuth) from the page
     ]
 
 
@@ -346,12 +355,14 @@ def test_api_key_guards_every_route_but_the_preflight(template: dict, resources:
     assert api["MergeDefinitions"] is True and api["AlwaysDeploy"] is True
     body = api["DefinitionBody"]
     required = {"Fn::If": ["UseApiKey", [{"api_key": []}], {"Ref": "AWS::NoValue"}]}
+    signed_in = {"Fn::If": ["UseApiKey", [{"api_key": [], "CognitoIdToken": []}], [{"CognitoIdToken": []}]]}
     for path, methods in body["paths"].items():
         assert "options" not in methods, path
         for method, operation in methods.items():
-            assert operation["security"] == required, (method, path)
+            expected = signed_in if (method.upper(), path) in HISTORY_ROUTES else required
+            assert operation["security"] == expected, (method, path)
     assert body["components"]["securitySchemes"]["api_key"] == {"type": "apiKey", "name": "x-api-key", "in": "header"}
-    assert "X-Api-Key" in api["Cors"]["AllowHeaders"]
+    assert "X-Api-Key" in api["Cors"]["AllowHeaders"] and "Authorization" in api["Cors"]["AllowHeaders"]
     for name, kind in [
         ("ClassifierUsagePlan", "AWS::ApiGateway::UsagePlan"),
         ("ClassifierApiKey", "AWS::ApiGateway::ApiKey"),
@@ -381,6 +392,9 @@ def test_sam_translation_keeps_the_preflight_open() -> None:
         routes = [method for method in methods if method != "options"]
         for method in routes:
             assert methods[method]["security"]["Fn::If"][0] == "UseApiKey", (method, path)
+            if (method.upper(), path) in HISTORY_ROUTES:  # the token is required whether keys are on or off
+                assert all("CognitoIdToken" in option for option in methods[method]["security"]["Fn::If"][1])
+                assert methods[method]["security"]["Fn::If"][2] == [{"CognitoIdToken": []}]
             assert methods[method]["x-amazon-apigateway-integration"]["type"] == "aws_proxy"
     stages = [name for name, resource in translated.items() if resource["Type"] == "AWS::ApiGateway::Stage"]
     assert len(stages) == 1
@@ -396,7 +410,7 @@ def test_binary_media_types_exclude_wildcard(resources: dict) -> None:
     assert "*/*" not in media_types
     assert {"image~1png", "image~1jpeg", "application~1dicom", "multipart~1form-data"} <= set(media_types)
     assert api["StageName"] == {"Ref": "Stage"}
-    assert api["Cors"]["AllowMethods"] == "'GET,POST,OPTIONS'"
+    assert api["Cors"]["AllowMethods"] == "'GET,POST,DELETE,OPTIONS'"
 
 
 def _bucket_policy(resources: dict, bucket: str) -> list[dict]:
@@ -625,3 +639,70 @@ for resource in template["Resources"].values():
 parameters = {"AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::AccountId": "123456789012"}
 print(json.dumps(transform(template, parameters, NoManagedPolicies())))
 """
+
+
+# --- accounts and patient history ---------------------------------------------------------------
+
+
+def test_clinicians_sign_in_with_cognito_and_belong_to_care_teams(resources: dict) -> None:
+    pool = resources["ClinicianPool"]["Properties"]
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True  # no self sign-up
+    assert pool["Policies"]["PasswordPolicy"]["MinimumLength"] >= 12
+    client = resources["ClinicianPoolClient"]["Properties"]
+    assert client["GenerateSecret"] is False
+    assert {"ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"} <= set(client["ExplicitAuthFlows"])
+    groups = {r["Properties"]["GroupName"] for r in resources.values() if r["Type"] == "AWS::Cognito::UserPoolGroup"}
+    assert groups == {"oncology", "radiology"}
+
+
+def test_history_routes_sit_behind_the_cognito_authorizer(resources: dict) -> None:
+    api = resources["ClassifierApi"]["Properties"]
+    scheme = api["DefinitionBody"]["components"]["securitySchemes"]["CognitoIdToken"]
+    assert (scheme["type"], scheme["name"], scheme["in"]) == ("apiKey", "Authorization", "header")
+    authorizer = scheme["x-amazon-apigateway-authorizer"]
+    assert authorizer == {"type": "cognito_user_pools", "providerARNs": [{"Fn::GetAtt": ["ClinicianPool", "Arn"]}]}
+    template = json.loads(api["GatewayResponses"]["UNAUTHORIZED"]["ResponseTemplates"]["application/json"])
+    assert template["error"]["code"] == "unauthorized" and template["error"]["request_id"] == "$context.requestId"
+
+
+def test_history_table_is_recoverable_encrypted_with_a_rotated_key_and_expires(template: dict, resources: dict) -> None:
+    table = resources["HistoryTable"]
+    properties = table["Properties"]
+    assert table["DeletionPolicy"] == "Retain"
+    assert {key["AttributeName"]: key["KeyType"] for key in properties["KeySchema"]} == {"pk": "HASH", "sk": "RANGE"}
+    assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert properties["SSESpecification"] == {
+        "SSEEnabled": True,
+        "SSEType": "KMS",
+        "KMSMasterKeyId": {"Ref": "HistoryKey"},
+    }
+    assert resources["HistoryKey"]["Properties"]["EnableKeyRotation"] is True
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    retention = template["Parameters"]["HistoryRetentionDays"]
+    assert retention["Type"] == "Number" and retention["MinValue"] >= 1
+    variables = resources["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["HISTORY_RETENTION_DAYS"] == {"Ref": "HistoryRetentionDays"}
+    assert variables["HISTORY_TABLE"] == {"Ref": "HistoryTable"}
+    assert variables["COGNITO_USER_POOL_ID"] == {"Ref": "ClinicianPool"}
+    assert variables["COGNITO_CLIENT_ID"] == {"Ref": "ClinicianPoolClient"}
+
+
+def test_the_function_may_touch_only_its_history_table(resources: dict) -> None:
+    statements = {s["Sid"]: s for s in _function_statements(resources) if "Sid" in s}
+    history = statements["ReadWriteHistory"]
+    assert history["Resource"] == {"Fn::GetAtt": ["HistoryTable", "Arn"]}
+    assert set(history["Action"]) == {
+        "dynamodb:Query",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    }
+    assert statements["ReadPatientRefHashKey"]["Action"] == "secretsmanager:GetSecretValue"
+    assert statements["ReadPatientRefHashKey"]["Resource"] == {"Ref": "PatientRefHashSecret"}
+    key = statements["UseHistoryKeyThroughDynamoDBAndSecretsManager"]
+    assert key["Resource"] == {"Fn::GetAtt": ["HistoryKey", "Arn"]}
+    assert set(key["Condition"]["StringEquals"]) == {"kms:ViaService"}
+    every_resource = [s["Resource"] for s in _function_statements(resources)]
+    assert "*" not in every_resource
+    actions = {a for s in _function_statements(resources) for a in _as_list(s["Action"])}
+    assert not any(action.endswith("*") or action == "dynamodb:Scan" for action in actions)

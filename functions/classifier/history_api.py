@@ -1,0 +1,324 @@
+"""Patient history routes (``GET /patients``, ``GET /patients/{ref}/scans``,
+``DELETE /patients/{ref}/scans/{record_id}``) and the signed-in part of ``POST /predict``.
+
+Deployed, API Gateway's Cognito authorizer checks the ID token on the history routes and passes its
+claims in ``requestContext.authorizer.claims``; this module reads the caller from those claims only.
+``POST /predict`` works without a token, so it cannot sit behind that authorizer: when it names a
+patient, the function checks the token itself, the same way (``lungscan.tokens``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import secrets
+from typing import Annotated, Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from lungscan.errors import MalformedInputError
+from lungscan.history import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    Clinician,
+    HistoryStore,
+    RecordNotFoundError,
+    build_record,
+    check_patient_ref,
+    decode_page_token,
+    encode_page_token,
+    hash_ref,
+    public_record,
+    thumbnail_png,
+)
+from lungscan.tokens import CognitoTokenVerifier, InvalidTokenError
+
+logger = Logger(child=True)
+router = Router()
+
+SECURITY = [{"CognitoIdToken": []}]
+OPTIONAL_TOKEN = [{}, {"CognitoIdToken": []}]  # POST /predict: anonymous, or signed in to store
+SECURITY_SCHEMES = {
+    # What API Gateway's Cognito authorizer reads: the raw ID token in the Authorization header.
+    "CognitoIdToken": APIKey(
+        name="Authorization",
+        in_=APIKeyIn.header,
+        description="The raw Cognito ID token (no 'Bearer ' prefix), from InitiateAuth's IdToken.",
+    )
+}
+
+
+class UnauthorizedError(Exception):
+    """No, or no valid, ID token: 401 ``unauthorized``."""
+
+
+class NoTeamError(Exception):
+    """A signed-in user in no care team (or in several): 403 ``no_team``."""
+
+
+class HistoryUnavailableError(Exception):
+    """This deployment keeps no history (no table configured): 503."""
+
+
+# ---------------------------------------------------------------- configuration, read on first use
+
+_store: HistoryStore | None = None
+_verifier: CognitoTokenVerifier | None = None
+_hash_key: bytes | None = None
+
+
+def get_store() -> HistoryStore:
+    global _store
+    if _store is None:
+        table = os.environ.get("HISTORY_TABLE")
+        if not table:
+            raise HistoryUnavailableError()
+        _store = HistoryStore(boto3.client("dynamodb"), table, int(os.environ.get("HISTORY_RETENTION_DAYS", "365")))
+    return _store
+
+
+def get_verifier() -> CognitoTokenVerifier:
+    global _verifier
+    if _verifier is None:
+        pool, client = os.environ.get("COGNITO_USER_POOL_ID"), os.environ.get("COGNITO_CLIENT_ID")
+        if not pool or not client:
+            raise UnauthorizedError()
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_COGNITO_IDP")  # the local stack's moto server
+        _verifier = CognitoTokenVerifier(pool, client.split(","), region, endpoint)
+    return _verifier
+
+
+def get_hash_key() -> bytes:
+    """The HMAC key of patient references in logs: a Secrets Manager secret deployed, an env value locally."""
+    global _hash_key
+    if _hash_key is None:
+        secret_arn = os.environ.get("PATIENT_REF_HASH_SECRET_ARN")
+        if secret_arn:
+            secret = boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
+            _hash_key = secret.encode()
+        elif os.environ.get("PATIENT_REF_HASH_KEY"):
+            _hash_key = os.environ["PATIENT_REF_HASH_KEY"].encode()
+        else:  # still never the reference, but hashes differ between containers
+            logger.warning("no PATIENT_REF_HASH_KEY: patient hashes are per-container")
+            _hash_key = secrets.token_bytes(32)
+    return _hash_key
+
+
+# ---------------------------------------------------------------- who is asking
+
+
+def caller_from_claims(claims: dict[str, Any] | None) -> Clinician:
+    """The caller from API Gateway's authorizer claims (strings; groups comma-separated)."""
+    if not claims or not claims.get("sub"):
+        raise UnauthorizedError()
+    groups = [group for group in re.split(r"[,\s\[\]]+", str(claims.get("cognito:groups") or "")) if group]
+    if len(groups) != 1:
+        raise NoTeamError()
+    return Clinician(sub=str(claims["sub"]), email=str(claims.get("email") or ""), team=groups[0])
+
+
+def _authorizer_claims(event: APIGatewayProxyEvent) -> dict[str, Any] | None:
+    authorizer = (event.raw_event.get("requestContext") or {}).get("authorizer") or {}
+    return authorizer.get("claims")
+
+
+def _current_caller() -> Clinician:
+    return caller_from_claims(_authorizer_claims(router.current_event))
+
+
+def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_study: bool) -> Clinician | None:
+    """Before classifying: who will store the result, if anyone. No patient: nobody (works as before)."""
+    if patient is None:
+        return None
+    check_patient_ref(patient)
+    if is_study:
+        raise MalformedInputError(
+            "A history record holds one slice: send one slice with 'patient'.", code="history_single_slice"
+        )
+    claims = _authorizer_claims(event)
+    if not claims:
+        token = event.get_header_value("authorization", default_value="", case_sensitive=False) or ""
+        if not token:
+            raise UnauthorizedError()
+        try:
+            claims = get_verifier().authorizer_claims(token)
+        except InvalidTokenError:
+            raise UnauthorizedError() from None
+    caller = caller_from_claims(claims)
+    get_store()  # 503 before classifying when this deployment keeps no history
+    return caller
+
+
+def store_prediction(
+    caller: Clinician, patient: str, answer: dict[str, Any], image: Image.Image, preview_side: int, input_bytes: int
+) -> str:
+    """Store one classified slice for the caller's team; returns its record id."""
+    heatmap = None
+    if answer.get("heatmap"):
+        overlay = Image.open(io.BytesIO(base64.b64decode(answer["heatmap"])))
+        heatmap = thumbnail_png(overlay, preview_side)
+    record = build_record(
+        answer,
+        caller,
+        input_bytes=input_bytes,
+        preview=thumbnail_png(image, preview_side),
+        heatmap=heatmap,
+    )
+    record_id = get_store().add(caller.team, patient, record)
+    _audit("scan.create", caller, patient, record_id)
+    return record_id
+
+
+def _audit(action: str, caller: Clinician, patient: str | None, record_id: str | None = None) -> None:
+    """One structured line per history read or write: who, team, what; the reference only as a keyed hash."""
+    logger.info(
+        "audit",
+        extra={
+            "audit": {
+                "action": action,
+                "sub": caller.sub,
+                "team": caller.team,
+                "record_id": record_id,
+                "patient_hash": hash_ref(get_hash_key(), patient) if patient else None,
+            }
+        },
+    )
+
+
+# ---------------------------------------------------------------- models
+
+
+class PatientSummary(BaseModel):
+    patient: str = Field(description="The pseudonymous reference")
+    scans: int
+    last_scan_at: str
+    last_verdict: str
+
+
+class PatientsResponse(BaseModel):
+    team: str
+    patients: list[PatientSummary]
+
+
+class StoredModel(BaseModel):
+    name: str
+    version: str
+
+
+class StoredClinician(BaseModel):
+    sub: str
+    email: str
+
+
+class StoredInput(BaseModel):
+    format: str | None
+    width: int | None
+    height: int | None
+
+
+class ScanRecord(BaseModel):
+    record_id: str
+    created_at: str = Field(description="UTC, ISO 8601")
+    clinician: StoredClinician
+    model: StoredModel
+    label: str
+    verdict: str
+    suspicious: bool | None = None
+    probabilities: dict[str, float]
+    prediction_set: list[str] | None = None
+    uncertain: bool | None = None
+    input: StoredInput
+    input_bytes: int
+    preview: str = Field(description="PNG (base64), at most 256 px, of what the model saw")
+    heatmap: str | None = Field(default=None, description="Heatmap thumbnail (PNG, base64), when one was asked for")
+
+
+class ScansResponse(BaseModel):
+    patient: str
+    scans: list[ScanRecord] = Field(description="Newest first")
+    next: str | None = Field(description="Opaque token of the next page (query 'next'); null on the last page")
+
+
+# ---------------------------------------------------------------- routes
+
+
+@router.get("/patients", security=SECURITY, tags=["history"])
+def list_patients() -> PatientsResponse:
+    """The caller's team's patients: reference, number of scans, last scan time and verdict."""
+    caller = _current_caller()
+    patients = get_store().patients(caller.team)
+    _audit("patients.list", caller, None)
+    return PatientsResponse(team=caller.team, patients=[PatientSummary(**patient) for patient in patients])
+
+
+@router.get("/patients/<ref>/scans", security=SECURITY, tags=["history"])
+def list_scans(
+    ref: str,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Records per page")] = DEFAULT_PAGE_SIZE,
+    next: Annotated[str | None, Query(max_length=128, description="The previous page's 'next'")] = None,
+) -> ScansResponse:
+    """The patient's records for the caller's team, newest first. Another team's patient: 404."""
+    caller = _current_caller()
+    check_patient_ref(ref)
+    after = decode_page_token(next) if next else None
+    records, last = get_store().scans(caller.team, ref, limit=limit, after=after)
+    _audit("scans.list", caller, ref)
+    if not records and after is None:
+        raise RecordNotFoundError("No such patient for your team.")
+    return ScansResponse(
+        patient=ref, scans=[ScanRecord(**public_record(record)) for record in records], next=encode_page_token(last)
+    )
+
+
+@router.delete("/patients/<ref>/scans/<record_id>", security=SECURITY, tags=["history"])
+def delete_scan(ref: str, record_id: str):  # no return annotation: a 204 Response is not a pydantic type
+    """Delete one record for the whole team: 204. Another team's record: 404."""
+    caller = _current_caller()
+    check_patient_ref(ref)
+    get_store().delete(caller.team, ref, record_id)
+    _audit("scan.delete", caller, ref, record_id)
+    return Response(204, content_types.APPLICATION_JSON, "")
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    try:
+        request_id = router.current_event.request_context.request_id
+    except (AttributeError, KeyError, TypeError):
+        request_id = None
+    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+
+
+@router.exception_handler(UnauthorizedError)
+def handle_unauthorized(error: UnauthorizedError) -> Response:
+    return _error(401, "unauthorized", "Sign in: send a valid Cognito ID token in the Authorization header.")
+
+
+@router.exception_handler(NoTeamError)
+def handle_no_team(error: NoTeamError) -> Response:
+    return _error(403, "no_team", "Your account belongs to no single care team: ask an administrator.")
+
+
+@router.exception_handler(RecordNotFoundError)
+def handle_not_found(error: RecordNotFoundError) -> Response:
+    return _error(404, "not_found", error.message)
+
+
+@router.exception_handler(HistoryUnavailableError)
+def handle_unavailable(error: HistoryUnavailableError) -> Response:
+    return _error(503, "history_unavailable", "This deployment keeps no patient history.")

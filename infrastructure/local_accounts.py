@@ -1,0 +1,132 @@
+"""Accounts and history for ``make run``: Cognito and DynamoDB in the local moto server, and API
+Gateway's Cognito authorizer played in front of the history routes.
+
+- a user pool whose name contains ``lungscan``, one app client (USER_PASSWORD_AUTH and SRP), the care
+  teams as groups, and the demo users (DEMO_USERS, listed in the README);
+- the history table, keyed as template.yaml declares it;
+- ``LocalAuthorizer``: on the routes the template puts behind the authorizer, the raw ID token in
+  ``Authorization`` is checked against the pool's JWKS (signature, expiry, audience, token use) and its
+  claims are added to ``requestContext.authorizer.claims``, or the request is answered 401 as the
+  template's UNAUTHORIZED gateway response would, before the function runs.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from infrastructure.emulation import AUTHORIZED_ROUTES
+from lungscan.history import create_table
+from lungscan.tokens import CognitoTokenVerifier, InvalidTokenError
+
+POOL_NAME = "lungscan-local"
+CLIENT_NAME = "lungscan-page"
+HISTORY_TABLE = "lungscan-history-local"
+DEMO_PASSWORD = "LungScan-demo-2026!"
+DEMO_USERS = {
+    "clinician-a@example.org": "oncology",
+    "clinician-b@example.org": "oncology",
+    "clinician-c@example.org": "radiology",
+}
+# What the page posts Cognito's JSON API to, on the page's own origin (the local stack forwards it to moto).
+COGNITO_PROXY_PATH = "/cognito-idp/"
+# template.yaml's UNAUTHORIZED gateway response.
+UNAUTHORIZED_BODY = {
+    "error": {
+        "code": "unauthorized",
+        "message": "Sign in: send a valid Cognito ID token in the Authorization header.",
+    }
+}
+
+
+@dataclass
+class LocalAccounts:
+    endpoint: str
+    region: str
+    user_pool_id: str
+    client_id: str
+    table: str
+
+
+def create_accounts(endpoint: str, region: str = "us-east-1") -> LocalAccounts:
+    """The pool, client, teams and demo users, and the history table, in the moto server at ``endpoint``."""
+    import boto3
+
+    cognito = boto3.client("cognito-idp", endpoint_url=endpoint, region_name=region)
+    pool = cognito.create_user_pool(
+        PoolName=POOL_NAME,
+        UsernameAttributes=["email"],
+        Policies={"PasswordPolicy": {"MinimumLength": 12, "RequireSymbols": True}},
+        AdminCreateUserConfig={"AllowAdminCreateUserOnly": True},
+    )["UserPool"]["Id"]
+    client = cognito.create_user_pool_client(
+        UserPoolId=pool,
+        ClientName=CLIENT_NAME,
+        GenerateSecret=False,  # a browser page cannot keep a secret
+        ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+    )["UserPoolClient"]["ClientId"]
+    for team in sorted(set(DEMO_USERS.values())):
+        cognito.create_group(UserPoolId=pool, GroupName=team, Description=f"Care team {team}")
+    for email, team in DEMO_USERS.items():
+        cognito.admin_create_user(
+            UserPoolId=pool,
+            Username=email,
+            UserAttributes=[{"Name": "email", "Value": email}, {"Name": "email_verified", "Value": "true"}],
+            MessageAction="SUPPRESS",
+        )
+        cognito.admin_set_user_password(UserPoolId=pool, Username=email, Password=DEMO_PASSWORD, Permanent=True)
+        cognito.admin_add_user_to_group(UserPoolId=pool, Username=email, GroupName=team)
+    create_table(boto3.client("dynamodb", endpoint_url=endpoint, region_name=region), HISTORY_TABLE)
+    return LocalAccounts(endpoint, region, pool, client, HISTORY_TABLE)
+
+
+def page_config(accounts: LocalAccounts) -> str:
+    """What config.js adds locally: where the page signs in (Cognito's JSON API on this origin)."""
+    cognito = {"endpoint": COGNITO_PROXY_PATH, "clientId": accounts.client_id, "region": accounts.region}
+    return f"\nwindow.LUNGSCAN_CONFIG.cognito = {json.dumps(cognito)};\n"
+
+
+class LocalAuthorizer:
+    """API Gateway's Cognito authorizer, for the routes the template puts behind it."""
+
+    def __init__(self, accounts: LocalAccounts) -> None:
+        self.verifier = CognitoTokenVerifier(
+            accounts.user_pool_id, [accounts.client_id], accounts.region, endpoint=accounts.endpoint
+        )
+
+    @staticmethod
+    def guards(event: dict) -> bool:
+        """Whether the template puts this request's route behind the Cognito authorizer."""
+        return (event["httpMethod"], event["resource"]) in AUTHORIZED_ROUTES
+
+    def authorize(self, event: dict) -> bool:
+        """Add the claims to the event and return True, or return False (answer 401, do not invoke)."""
+        headers = {key.lower(): value for key, value in (event.get("headers") or {}).items()}
+        token = headers.get("authorization", "")
+        if not token:
+            return False
+        try:
+            claims = self.verifier.authorizer_claims(token)
+        except InvalidTokenError:
+            return False
+        event["requestContext"]["authorizer"] = {"claims": claims}
+        return True
+
+
+def forward_to_cognito(endpoint: str, body: bytes, target: str) -> tuple[int, bytes]:
+    """Pass one call of Cognito's JSON API (InitiateAuth, ...) from the page to the local pool."""
+    if not target.startswith("AWSCognitoIdentityProviderService."):
+        return 400, b'{"__type":"InvalidAction","message":"Only Cognito calls are forwarded."}'
+    request = urllib.request.Request(
+        endpoint.rstrip("/") + "/",
+        data=body,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()

@@ -1,0 +1,344 @@
+"""Patient history: what a care team keeps of each classified scan, in one DynamoDB table.
+
+Items (one table, two kinds, both under ``pk``/``sk``):
+
+- a scan: ``pk = PATIENT#<team>#<ref>``, ``sk = SCAN#<record_id>``. A record id starts with its UTC time,
+  so a descending query on the patient's partition reads the patient's scans newest first;
+- a patient summary: ``pk = TEAM#<team>``, ``sk = PATIENT#<ref>`` with the number of scans and the last
+  scan's time and verdict, so "the team's patients" is one query too.
+
+The team is part of every key: another team's patient or record simply is not found.
+Never stored: the uploaded file, DICOM tags, names. The preview is a small PNG at the model's input
+size (at most 256 px), where text burned into a slice's corners cannot be read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from PIL import Image
+
+from lungscan.errors import LungScanError, MalformedInputError
+
+PATIENT_REF_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+RECORD_ID_PATTERN = r"^\d{8}T\d{9}Z-[0-9a-f]{12}$"
+MAX_PREVIEW_SIDE = 256
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+# Copied from the answer when the model gives them (conformal set, uncertainty).
+OPTIONAL_ANSWER_FIELDS = ("prediction_set", "uncertain")
+
+
+class RecordNotFoundError(LungScanError):
+    """No such patient or record for this team (whether it exists for another team is never said)."""
+
+    code = "not_found"
+
+
+@dataclass(frozen=True)
+class Clinician:
+    """Who asks: the Cognito user (``sub``), their email, and their care team (a Cognito group)."""
+
+    sub: str
+    email: str
+    team: str
+
+
+def check_patient_ref(ref: str) -> str:
+    """A pseudonymous reference such as a local record number; never a name."""
+    if not isinstance(ref, str) or not re.fullmatch(PATIENT_REF_PATTERN, ref):
+        raise MalformedInputError(
+            "The patient reference must be 1-64 letters, digits, '.', '_' or '-' (no spaces): use a "
+            "pseudonymous reference such as a local record number, never the patient's name.",
+            code="invalid_patient_ref",
+        )
+    return ref
+
+
+def check_record_id(record_id: str) -> str:
+    if not re.fullmatch(RECORD_ID_PATTERN, record_id or ""):
+        raise RecordNotFoundError("No such record for your team.")
+    return record_id
+
+
+def hash_ref(key: bytes, ref: str) -> str:
+    """What logs carry instead of the reference: a keyed hash (HMAC-SHA256), unlinkable without the key."""
+    return hmac.new(key, ref.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def new_record_id(now: datetime) -> str:
+    return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{secrets.token_hex(6)}"
+
+
+def thumbnail_png(image: Image.Image, side: int) -> bytes:
+    """A PNG no larger than ``side`` (capped at 256 px) on its longer edge."""
+    side = max(16, min(side, MAX_PREVIEW_SIDE))
+    small = image.copy()
+    small.thumbnail((side, side))
+    if small.mode not in ("L", "RGB", "RGBA"):
+        small = small.convert("RGB")
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def build_record(
+    answer: dict[str, Any],
+    clinician: Clinician,
+    *,
+    input_bytes: int,
+    preview: bytes,
+    heatmap: bytes | None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The stored record of one classified slice, from the API's answer (a dict)."""
+    now = now or datetime.now(UTC)
+    info = answer.get("input") or {}
+    record = {
+        "record_id": new_record_id(now),
+        "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "clinician": {"sub": clinician.sub, "email": clinician.email},
+        "model": {"name": answer["model"]["name"], "version": answer["model"]["version"]},
+        "label": answer["label"],
+        "verdict": answer["verdict"],
+        "suspicious": answer.get("suspicious"),
+        "probabilities": answer["probabilities"],
+        "input": {"format": info.get("format"), "width": info.get("width"), "height": info.get("height")},
+        "input_bytes": input_bytes,
+        "preview": preview,
+    }
+    for name in OPTIONAL_ANSWER_FIELDS:
+        if answer.get(name) is not None:
+            record[name] = answer[name]
+    if heatmap is not None:
+        record["heatmap"] = heatmap
+    return record
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the API shows it: images as base64 PNG."""
+    shown = dict(record)
+    for name in ("preview", "heatmap"):
+        if shown.get(name) is not None:
+            shown[name] = base64.b64encode(shown[name]).decode("ascii")
+    return shown
+
+
+class HistoryStore:
+    """Records of one DynamoDB table (``boto3.client("dynamodb")``), always within one team."""
+
+    def __init__(self, dynamodb, table: str, retention_days: int) -> None:
+        self.dynamodb = dynamodb
+        self.table = table
+        self.retention_days = retention_days
+
+    # ---- keys
+
+    @staticmethod
+    def _patient_pk(team: str, ref: str) -> str:
+        return f"PATIENT#{team}#{ref}"
+
+    @staticmethod
+    def _team_pk(team: str) -> str:
+        return f"TEAM#{team}"
+
+    # ---- writes
+
+    def add(self, team: str, ref: str, record: dict[str, Any]) -> str:
+        """Store a record and update the patient's summary, both or neither."""
+        record_id = record["record_id"]
+        expires_at = int(time.time()) + self.retention_days * 86400
+        images = {name: record[name] for name in ("preview", "heatmap") if record.get(name) is not None}
+        body = {name: value for name, value in record.items() if name not in images}
+        item = {
+            "pk": {"S": self._patient_pk(team, ref)},
+            "sk": {"S": f"SCAN#{record_id}"},
+            "record": {"S": json.dumps(body, separators=(",", ":"))},
+            "expires_at": {"N": str(expires_at)},
+            **{name: {"B": data} for name, data in images.items()},
+        }
+        summary_update = {
+            "TableName": self.table,
+            "Key": {"pk": {"S": self._team_pk(team)}, "sk": {"S": f"PATIENT#{ref}"}},
+            "UpdateExpression": "ADD scans :one SET patient = :ref, last_record_id = :rid, last_scan_at = :at, "
+            "last_verdict = :verdict, expires_at = :exp",
+            "ExpressionAttributeValues": {
+                ":one": {"N": "1"},
+                ":ref": {"S": ref},
+                ":rid": {"S": record_id},
+                ":at": {"S": record["created_at"]},
+                ":verdict": {"S": record["verdict"]},
+                ":exp": {"N": str(expires_at)},
+            },
+        }
+        self.dynamodb.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": item,
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {"Update": summary_update},
+            ]
+        )
+        return record_id
+
+    def delete(self, team: str, ref: str, record_id: str) -> None:
+        """Delete one record for the whole team; the summary then describes the newest remaining one."""
+        check_record_id(record_id)
+        key = {"pk": {"S": self._patient_pk(team, ref)}, "sk": {"S": f"SCAN#{record_id}"}}
+        try:
+            self.dynamodb.delete_item(TableName=self.table, Key=key, ConditionExpression="attribute_exists(pk)")
+        except self.dynamodb.exceptions.ConditionalCheckFailedException:
+            raise RecordNotFoundError("No such record for your team.") from None
+        self._refresh_summary(team, ref)
+
+    def _refresh_summary(self, team: str, ref: str) -> None:
+        summary_key = {"pk": {"S": self._team_pk(team)}, "sk": {"S": f"PATIENT#{ref}"}}
+        newest = self.dynamodb.query(
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :scan)",
+            ExpressionAttributeValues={":pk": {"S": self._patient_pk(team, ref)}, ":scan": {"S": "SCAN#"}},
+            ProjectionExpression="#record, expires_at",
+            ExpressionAttributeNames={"#record": "record"},
+            ScanIndexForward=False,
+            Limit=1,
+        )["Items"]
+        if not newest:
+            self.dynamodb.delete_item(TableName=self.table, Key=summary_key)
+            return
+        latest = json.loads(newest[0]["record"]["S"])
+        count = self._count_scans(team, ref)
+        self.dynamodb.update_item(
+            TableName=self.table,
+            Key=summary_key,
+            UpdateExpression="SET scans = :n, last_record_id = :rid, last_scan_at = :at, last_verdict = :verdict, "
+            "expires_at = :exp",
+            ExpressionAttributeValues={
+                ":n": {"N": str(count)},
+                ":rid": {"S": latest["record_id"]},
+                ":at": {"S": latest["created_at"]},
+                ":verdict": {"S": latest["verdict"]},
+                ":exp": newest[0]["expires_at"],  # the summary lives as long as the newest record
+            },
+        )
+
+    def _count_scans(self, team: str, ref: str) -> int:
+        paginator = self.dynamodb.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :scan)",
+            FilterExpression="expires_at > :now",
+            ExpressionAttributeValues={
+                ":pk": {"S": self._patient_pk(team, ref)},
+                ":scan": {"S": "SCAN#"},
+                ":now": {"N": str(int(time.time()))},
+            },
+            Select="COUNT",
+        )
+        return sum(page["Count"] for page in pages)
+
+    # ---- reads
+
+    def patients(self, team: str) -> list[dict[str, Any]]:
+        """The team's patients, most recently scanned first."""
+        paginator = self.dynamodb.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :patient)",
+            # DynamoDB's TTL deletes expired items within days, not at once: never show them.
+            FilterExpression="expires_at > :now",
+            ExpressionAttributeValues={
+                ":pk": {"S": self._team_pk(team)},
+                ":patient": {"S": "PATIENT#"},
+                ":now": {"N": str(int(time.time()))},
+            },
+        )
+        patients = [
+            {
+                "patient": item["patient"]["S"],
+                "scans": int(item["scans"]["N"]),
+                "last_scan_at": item["last_scan_at"]["S"],
+                "last_verdict": item["last_verdict"]["S"],
+            }
+            for page in pages
+            for item in page["Items"]
+        ]
+        return sorted(patients, key=lambda patient: patient["last_scan_at"], reverse=True)
+
+    def scans(
+        self, team: str, ref: str, *, limit: int = DEFAULT_PAGE_SIZE, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a patient's records, newest first, and the record id the next page starts after."""
+        pk = self._patient_pk(team, ref)
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :scan)",
+            "FilterExpression": "expires_at > :now",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": pk},
+                ":scan": {"S": "SCAN#"},
+                ":now": {"N": str(int(time.time()))},
+            },
+            "ScanIndexForward": False,
+        }
+        if after is not None:
+            query["ExclusiveStartKey"] = {"pk": {"S": pk}, "sk": {"S": f"SCAN#{check_record_id(after)}"}}
+        records: list[dict[str, Any]] = []
+        while len(records) < limit:
+            query["Limit"] = limit - len(records)
+            page = self.dynamodb.query(**query)
+            for item in page["Items"]:
+                record = json.loads(item["record"]["S"])
+                for name in ("preview", "heatmap"):
+                    if name in item:
+                        record[name] = item[name]["B"]
+                records.append(record)
+            if "LastEvaluatedKey" not in page:
+                return records, None
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return records, records[-1]["record_id"]
+
+
+def encode_page_token(record_id: str | None) -> str | None:
+    """The opaque ``next`` token of a page: the record the next page starts after (within the caller's team)."""
+    return base64.urlsafe_b64encode(record_id.encode()).decode().rstrip("=") if record_id else None
+
+
+def decode_page_token(token: str) -> str:
+    try:
+        record_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        record_id = ""
+    if not re.fullmatch(RECORD_ID_PATTERN, record_id):
+        raise MalformedInputError("The page token is not valid: use the 'next' value of the previous page.")
+    return record_id
+
+
+def create_table(dynamodb, table: str) -> None:
+    """The table as template.yaml declares it (keys, on-demand, TTL): for the local stack and tests."""
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb.update_time_to_live(
+        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+    )

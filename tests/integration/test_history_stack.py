@@ -1,0 +1,176 @@
+"""Accounts and patient history through `make run`'s stack: tokens from the local Cognito pool with boto3
+``initiate_auth``, the local authorizer in front of the history routes, records in the local DynamoDB."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+
+import boto3
+import pytest
+from conftest import ct_like_image, encode
+
+from infrastructure.local_accounts import DEMO_PASSWORD, DEMO_USERS
+from infrastructure.local_stack import stack_subprocess
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with stack_subprocess(tmp_path_factory.mktemp("history-stack") / "stack.log") as running:
+        yield running
+
+
+def aws(stack, service: str):
+    return boto3.client(
+        service,
+        endpoint_url=f"http://127.0.0.1:{stack.s3_port}",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture(scope="module")
+def tokens(stack) -> dict[str, str]:
+    """An ID token per demo user, the way any script signs in: find the pool and its client, InitiateAuth."""
+    cognito = aws(stack, "cognito-idp")
+    (pool,) = [pool for pool in cognito.list_user_pools(MaxResults=10)["UserPools"] if "lungscan" in pool["Name"]]
+    (client,) = cognito.list_user_pool_clients(UserPoolId=pool["Id"], MaxResults=10)["UserPoolClients"]
+    described = cognito.describe_user_pool_client(UserPoolId=pool["Id"], ClientId=client["ClientId"])
+    flows = set(described["UserPoolClient"]["ExplicitAuthFlows"])
+    assert {"ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"} <= flows
+    groups = {group["GroupName"] for group in cognito.list_groups(UserPoolId=pool["Id"])["Groups"]}
+    assert groups == {"oncology", "radiology"}
+    tokens = {}
+    for email in DEMO_USERS:
+        result = cognito.initiate_auth(
+            ClientId=client["ClientId"],
+            AuthFlow="USER_PASSWORD_AUTH",
+            AuthParameters={"USERNAME": email, "PASSWORD": DEMO_PASSWORD},
+        )
+        tokens[email[: len("clinician-a")]] = result["AuthenticationResult"]["IdToken"]
+    return {"A": tokens["clinician-a"], "B": tokens["clinician-b"], "C": tokens["clinician-c"]}
+
+
+def call(stack, method: str, path: str, token: str | None = None, payload: dict | None = None):
+    headers = {"Content-Type": "application/json"} if payload is not None else {}
+    if token:
+        headers["Authorization"] = token  # the raw ID token, as API Gateway's Cognito authorizer expects
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(stack.base_url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read()
+            return response.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        return error.code, json.loads(body) if body else None
+
+
+def scan_payload(seed: int = 0, **extra) -> dict:
+    return {"image": base64.b64encode(encode(ct_like_image(seed=seed))).decode(), **extra}
+
+
+def table_items(stack) -> int:
+    return aws(stack, "dynamodb").scan(TableName="lungscan-history-local")["Count"]
+
+
+def test_done_when(stack, tokens):
+    """The issue's acceptance list, in order."""
+    before = table_items(stack)
+    status, answer = call(stack, "POST", "/predict", payload=scan_payload())  # anonymous: as today
+    assert status == 200 and answer["verdict"]
+    assert table_items(stack) == before  # stored nothing
+
+    status, answer = call(stack, "POST", "/predict", tokens["A"], scan_payload(1, patient="P-0001", explain=True))
+    assert status == 200, answer
+    record_id = answer["record_id"]
+
+    status, page = call(stack, "GET", "/patients/P-0001/scans", tokens["B"])  # a colleague sees it
+    assert status == 200, page
+    assert record_id in [record["record_id"] for record in page["scans"]]
+    record = next(record for record in page["scans"] if record["record_id"] == record_id)
+    assert record["clinician"]["email"] == "clinician-a@example.org"
+    assert record["preview"] and record["heatmap"]
+
+    status, page = call(stack, "GET", "/patients/P-0001/scans", tokens["C"])  # the other team does not
+    assert status == 404 or not page["scans"]
+    assert call(stack, "GET", "/patients", tokens["C"])[1]["patients"] == []
+
+    path = f"/patients/P-0001/scans/{record_id}"
+    assert call(stack, "DELETE", path, tokens["C"])[0] == 404  # C cannot delete it
+    assert call(stack, "GET", "/patients/P-0001/scans", tokens["B"])[0] == 200
+    assert call(stack, "DELETE", path, tokens["A"]) == (204, None)  # A can
+    status, page = call(stack, "GET", "/patients/P-0001/scans", tokens["B"])
+    assert status == 404 or record_id not in [record["record_id"] for record in page["scans"]]
+
+    log = stack.log_path.read_text()
+    assert "GET /patients/{ref}/scans 200" in log  # the stack's access log names the resource...
+    assert "P-0001" not in log  # ...never the patient reference
+    assert '"action":"scan.delete"' in log
+
+
+@pytest.mark.parametrize("route", [("GET", "/patients"), ("GET", "/patients/P-0001/scans")])
+def test_no_or_bad_token_is_401(stack, tokens, route):
+    method, path = route
+    header, payload, signature = tokens["C"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["cognito:groups"] = ["oncology"]  # C tries to join oncology
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    for token in (None, "not-a-jwt", f"{header}.{forged}.{signature}", tokens["A"][:-4] + "AAAA"):
+        status, error = call(stack, method, path, token)
+        assert (status, error["error"]["code"]) == (401, "unauthorized"), token
+
+
+def test_predict_with_a_patient_needs_a_valid_token(stack, tokens):
+    before = table_items(stack)
+    assert call(stack, "POST", "/predict", None, scan_payload(patient="P-0002"))[0] == 401
+    tampered = tokens["A"][:-4] + ("AAAA" if not tokens["A"].endswith("AAAA") else "BBBB")
+    assert call(stack, "POST", "/predict", tampered, scan_payload(patient="P-0002"))[0] == 401
+    status, error = call(stack, "POST", "/predict", tokens["A"], scan_payload(patient="John Smith"))
+    assert (status, error["error"]["code"]) == (400, "invalid_patient_ref")
+    assert table_items(stack) == before
+
+
+def test_history_is_paginated_newest_first(stack, tokens):
+    ids = []
+    for seed in range(3):
+        status, answer = call(stack, "POST", "/predict", tokens["B"], scan_payload(seed, patient="P-0003"))
+        assert status == 200, answer
+        ids.append(answer["record_id"])
+        time.sleep(0.01)
+    status, first = call(stack, "GET", "/patients/P-0003/scans?limit=2", tokens["A"])
+    assert status == 200 and first["next"]
+    status, second = call(stack, "GET", f"/patients/P-0003/scans?limit=2&next={first['next']}", tokens["A"])
+    assert status == 200
+    assert [record["record_id"] for record in first["scans"] + second["scans"]] == ids[::-1]
+    (summary,) = [p for p in call(stack, "GET", "/patients", tokens["A"])[1]["patients"] if p["patient"] == "P-0003"]
+    assert summary["scans"] == 3
+
+
+def test_the_page_is_told_where_to_sign_in(stack):
+    with urllib.request.urlopen(stack.base_url + "/config.js", timeout=10) as response:
+        text = response.read().decode()
+    assert "window.LUNGSCAN_CONFIG.cognito" in text and '"endpoint": "/cognito-idp/"' in text
+    client_id = json.loads(text.split("window.LUNGSCAN_CONFIG.cognito = ", 1)[1].rstrip().rstrip(";"))["clientId"]
+    # The page's InitiateAuth goes through the stack's own origin (the CSP allows only 'self' locally).
+    request = urllib.request.Request(
+        stack.base_url + "/cognito-idp/",
+        data=json.dumps(
+            {
+                "AuthFlow": "USER_PASSWORD_AUTH",
+                "ClientId": client_id,
+                "AuthParameters": {"USERNAME": "clinician-c@example.org", "PASSWORD": DEMO_PASSWORD},
+            }
+        ).encode(),
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "AWSCognitoIdentityProviderService.InitiateAuth",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["AuthenticationResult"]["IdToken"].count(".") == 2

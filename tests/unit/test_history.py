@@ -1,0 +1,378 @@
+"""Patient history through the handler: claims as API Gateway's Cognito authorizer passes them, DynamoDB
+(moto, in-process), team isolation, pagination, validation, audit logs; and the token checks."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import time
+
+import jwt
+import pytest
+from conftest import ct_like_image, encode, make_event
+from cryptography.hazmat.primitives.asymmetric import rsa
+from PIL import Image
+
+from lungscan import history
+from lungscan.tokens import CognitoTokenVerifier, InvalidTokenError, as_authorizer_claims
+
+TABLE = "lungscan-history-test"
+ALICE = {"sub": "sub-a", "email": "clinician-a@example.org", "cognito:groups": "oncology"}
+BOB = {"sub": "sub-b", "email": "clinician-b@example.org", "cognito:groups": "oncology"}
+CAROL = {"sub": "sub-c", "email": "clinician-c@example.org", "cognito:groups": "radiology"}
+
+
+@pytest.fixture
+def store(app_module, monkeypatch):
+    """An empty history table in moto's in-process DynamoDB, used by the handler."""
+    import boto3
+    import history_api
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        history.create_table(client, TABLE)
+        store = history.HistoryStore(client, TABLE, retention_days=30)
+        monkeypatch.setattr(history_api, "_store", store)
+        monkeypatch.setattr(history_api, "_hash_key", b"test-hash-key")
+        yield store
+
+
+def call(app_module, lambda_context, event) -> tuple[int, dict]:
+    result = app_module.lambda_handler(event, lambda_context)
+    return result["statusCode"], json.loads(result["body"]) if result.get("body") else {}
+
+
+def signed_in(event: dict, claims: dict | None) -> dict:
+    """The event as API Gateway sends it after its Cognito authorizer accepted the token."""
+    if claims is not None:
+        event["requestContext"]["authorizer"] = {"claims": dict(claims)}
+    return event
+
+
+def predict(app_module, lambda_context, claims, patient="P-0001", image=None, **options):
+    payload = {"image": base64.b64encode(image or encode(ct_like_image())).decode(), **options}
+    if patient is not None:
+        payload["patient"] = patient
+    event = make_event(body=json.dumps(payload), content_type="application/json")
+    return call(app_module, lambda_context, signed_in(event, claims))
+
+
+def get(app_module, lambda_context, path, claims, query=None, method="GET"):
+    return call(app_module, lambda_context, signed_in(make_event(method, path, query=query), claims))
+
+
+def test_a_signed_in_prediction_is_stored_for_the_team(app_module, lambda_context, store):
+    status, answer = predict(app_module, lambda_context, ALICE, explain=True)
+    assert status == 200, answer
+    record_id = answer["record_id"]
+    assert history.check_record_id(record_id)
+
+    status, page = get(app_module, lambda_context, "/patients/P-0001/scans", BOB)  # a colleague
+    assert status == 200, page
+    (record,) = page["scans"]
+    assert record["record_id"] == record_id
+    assert record["clinician"] == {"sub": "sub-a", "email": "clinician-a@example.org"}
+    assert record["model"] == {"name": answer["model"]["name"], "version": answer["model"]["version"]}
+    assert (record["label"], record["verdict"]) == (answer["label"], answer["verdict"])
+    assert record["probabilities"] == answer["probabilities"]
+    assert record["input"] == {"format": "PNG", "width": 256, "height": 256}
+    assert record["input_bytes"] > 1000
+    preview = Image.open(io.BytesIO(base64.b64decode(record["preview"])))
+    heatmap = Image.open(io.BytesIO(base64.b64decode(record["heatmap"])))
+    side = max(app_module.store.get().metadata.input.height, app_module.store.get().metadata.input.width)
+    assert max(preview.size) == min(side, 256) and max(heatmap.size) <= 256
+    assert page["next"] is None
+
+    status, patients = get(app_module, lambda_context, "/patients", BOB)
+    assert status == 200
+    assert patients["team"] == "oncology"
+    assert patients["patients"] == [
+        {"patient": "P-0001", "scans": 1, "last_scan_at": record["created_at"], "last_verdict": answer["verdict"]}
+    ]
+
+
+def test_another_team_sees_nothing_and_cannot_delete(app_module, lambda_context, store):
+    _, answer = predict(app_module, lambda_context, ALICE)
+    record_id = answer["record_id"]
+    status, error = get(app_module, lambda_context, "/patients/P-0001/scans", CAROL)
+    assert (status, error["error"]["code"]) == (404, "not_found")
+    assert get(app_module, lambda_context, "/patients", CAROL)[1]["patients"] == []
+    path = f"/patients/P-0001/scans/{record_id}"
+    assert get(app_module, lambda_context, path, CAROL, method="DELETE")[0] == 404
+    assert get(app_module, lambda_context, "/patients/P-0001/scans", BOB)[0] == 200  # still there
+
+    result = app_module.lambda_handler(signed_in(make_event("DELETE", path), ALICE), lambda_context)
+    assert result["statusCode"] == 204
+    assert get(app_module, lambda_context, "/patients/P-0001/scans", BOB)[0] == 404  # gone for the team
+    assert get(app_module, lambda_context, "/patients", ALICE)[1]["patients"] == []
+    assert get(app_module, lambda_context, path, ALICE, method="DELETE")[0] == 404
+
+
+def test_scans_are_newest_first_and_paginated(app_module, lambda_context, store):
+    ids = []
+    for seed in range(5):
+        _, answer = predict(app_module, lambda_context, ALICE, image=encode(ct_like_image(seed=seed)))
+        ids.append(answer["record_id"])
+        time.sleep(0.002)  # record ids start with the millisecond
+    seen, token = [], None
+    while True:
+        query = {"limit": "2", **({"next": token} if token else {})}
+        status, page = get(app_module, lambda_context, "/patients/P-0001/scans", BOB, query=query)
+        assert status == 200, page
+        assert len(page["scans"]) <= 2
+        seen += [record["record_id"] for record in page["scans"]]
+        token = page["next"]
+        if not token:
+            break
+    assert seen == ids[::-1]
+    assert get(app_module, lambda_context, "/patients", ALICE)[1]["patients"][0]["scans"] == 5
+
+    # Deleting the newest moves the summary to the next newest.
+    get(app_module, lambda_context, f"/patients/P-0001/scans/{ids[-1]}", ALICE, method="DELETE")
+    (summary,) = get(app_module, lambda_context, "/patients", ALICE)[1]["patients"]
+    assert summary["scans"] == 4
+    page = get(app_module, lambda_context, "/patients/P-0001/scans", ALICE, query={"limit": "1"})[1]
+    assert page["scans"][0]["record_id"] == ids[-2]
+    assert summary["last_scan_at"] == page["scans"][0]["created_at"]
+
+    status, error = get(app_module, lambda_context, "/patients/P-0001/scans", BOB, query={"next": "bm90LWEtdG9rZW4"})
+    assert status == 400, error
+
+
+@pytest.mark.parametrize("claims", [None, {}, {"email": "x@example.org"}])
+def test_history_routes_without_claims_are_401(app_module, lambda_context, store, claims):
+    for path, method in [("/patients", "GET"), ("/patients/P-0001/scans", "GET")]:
+        status, error = get(app_module, lambda_context, path, claims, method=method)
+        assert (status, error["error"]["code"]) == (401, "unauthorized")
+
+
+def test_a_user_in_no_team_is_403(app_module, lambda_context, store):
+    status, error = get(app_module, lambda_context, "/patients", {"sub": "x", "email": "x@example.org"})
+    assert (status, error["error"]["code"]) == (403, "no_team")
+
+
+def test_anonymous_predict_stores_nothing(app_module, lambda_context, store):
+    status, answer = predict(app_module, lambda_context, None, patient=None)
+    assert status == 200
+    assert answer["record_id"] is None
+    assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
+    # Signed in but no patient: nothing stored either.
+    assert predict(app_module, lambda_context, ALICE, patient=None)[1]["record_id"] is None
+    assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
+
+
+def test_a_patient_without_a_token_is_401_before_classifying(app_module, lambda_context, store, monkeypatch):
+    monkeypatch.setattr(app_module.store, "get", lambda *a, **k: pytest.fail("classified anyway"))
+    status, error = predict(app_module, lambda_context, None)
+    assert (status, error["error"]["code"]) == (401, "unauthorized")
+    event = make_event(
+        body=json.dumps({"image": "AAAA", "patient": "P-0001"}),
+        content_type="application/json",
+        headers={"Authorization": "not-a-token"},
+    )
+    monkeypatch.setenv("COGNITO_USER_POOL_ID", "us-east-1_test")
+    monkeypatch.setenv("COGNITO_CLIENT_ID", "client")
+    import history_api
+
+    monkeypatch.setattr(history_api, "_verifier", None)
+    status, error = call(app_module, lambda_context, event)
+    assert (status, error["error"]["code"]) == (401, "unauthorized")
+    assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
+
+
+@pytest.mark.parametrize("ref", ["John Smith", "", "a" * 65, "P/0001", "P-0001\n", "Ünal"])
+def test_a_patient_reference_that_could_be_a_name_is_400(app_module, lambda_context, store, ref):
+    status, error = predict(app_module, lambda_context, ALICE, patient=ref)
+    assert status == 400, error
+    assert error["error"]["code"] == "invalid_patient_ref"
+    assert "never the patient's name" in error["error"]["message"]
+    assert ref not in error["error"]["message"] or not ref
+    assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
+
+
+def test_the_reference_is_accepted_as_query_and_form_field(app_module, lambda_context, store):
+    png = encode(ct_like_image())
+    event = make_event(body=png, content_type="image/png", base64_body=True, query={"patient": "MRN.42_x"})
+    status, answer = call(app_module, lambda_context, signed_in(event, ALICE))
+    assert status == 200 and answer["record_id"]
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="patient"\r\n\r\nMRN.42_x\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    event = make_event(body=body, content_type=f"multipart/form-data; boundary={boundary}", base64_body=True)
+    status, answer = call(app_module, lambda_context, signed_in(event, BOB))
+    assert status == 200 and answer["record_id"]
+    assert get(app_module, lambda_context, "/patients", ALICE)[1]["patients"][0]["scans"] == 2
+
+
+def test_a_study_with_a_patient_is_refused(app_module, lambda_context, store):
+    png = base64.b64encode(encode(ct_like_image())).decode()
+    event = make_event(body=json.dumps({"images": [png, png], "patient": "P-1"}), content_type="application/json")
+    status, error = call(app_module, lambda_context, signed_in(event, ALICE))
+    assert (status, error["error"]["code"]) == (400, "history_single_slice")
+
+
+def test_records_copy_the_conformal_fields_when_the_answer_has_them():
+    clinician = history.Clinician("s", "e@example.org", "t")
+    answer = {
+        "model": {"name": "m", "version": "v"},
+        "label": "benign",
+        "verdict": "No Cancer Detected",
+        "probabilities": {"benign": 0.6, "malignant": 0.4},
+        "input": {"format": "PNG", "width": 4, "height": 4},
+        "filename": "DOE_JOHN.png",
+    }
+    plain = history.build_record(answer, clinician, input_bytes=10, preview=b"png", heatmap=None)
+    assert "prediction_set" not in plain and "uncertain" not in plain and "heatmap" not in plain
+    assert "DOE_JOHN" not in json.dumps({k: v for k, v in plain.items() if k != "preview"})
+    conformal = {**answer, "prediction_set": ["benign", "malignant"], "uncertain": True}
+    record = history.build_record(conformal, clinician, input_bytes=10, preview=b"png", heatmap=b"h")
+    assert (record["prediction_set"], record["uncertain"], record["heatmap"]) == (["benign", "malignant"], True, b"h")
+
+
+def test_the_preview_is_small_enough_that_burned_in_text_is_unreadable():
+    big = Image.new("L", (1024, 768), 0)
+    png = history.thumbnail_png(big, 96)
+    assert Image.open(io.BytesIO(png)).size == (96, 72)
+    assert max(Image.open(io.BytesIO(history.thumbnail_png(big, 4096))).size) == 256
+
+
+def test_audit_lines_carry_a_keyed_hash_never_the_reference(app_module, lambda_context, store):
+    log_copy = io.StringIO()
+    handler = logging.StreamHandler(log_copy)
+    handler.setFormatter(app_module.logger.registered_formatter)
+    app_module.logger.addHandler(handler)
+    try:
+        _, answer = predict(app_module, lambda_context, ALICE, patient="MRN-987654")
+        get(app_module, lambda_context, "/patients/MRN-987654/scans", BOB)
+        get(app_module, lambda_context, "/patients", CAROL)
+        get(app_module, lambda_context, f"/patients/MRN-987654/scans/{answer['record_id']}", ALICE, method="DELETE")
+    finally:
+        app_module.logger.removeHandler(handler)
+    logs = log_copy.getvalue()
+    assert "MRN-987654" not in logs
+    audits = [json.loads(line)["audit"] for line in logs.splitlines() if '"audit"' in line]
+    expected_hash = history.hash_ref(b"test-hash-key", "MRN-987654")
+    assert [(a["action"], a["sub"], a["team"]) for a in audits] == [
+        ("scan.create", "sub-a", "oncology"),
+        ("scans.list", "sub-b", "oncology"),
+        ("patients.list", "sub-c", "radiology"),
+        ("scan.delete", "sub-a", "oncology"),
+    ]
+    assert audits[0]["record_id"] == answer["record_id"] == audits[3]["record_id"]
+    assert audits[0]["patient_hash"] == audits[1]["patient_hash"] == expected_hash
+    assert history.hash_ref(b"another-key", "MRN-987654") != expected_hash
+
+
+def test_openapi_documents_the_history_routes(app_module, lambda_context):
+    status, document = call(app_module, lambda_context, make_event("GET", "/openapi.json"))
+    assert status == 200
+    paths = document["paths"]
+    assert {"/patients", "/patients/{ref}/scans", "/patients/{ref}/scans/{record_id}"} <= set(paths)
+    assert paths["/patients"]["get"]["security"] == [{"CognitoIdToken": []}]
+    assert "delete" in paths["/patients/{ref}/scans/{record_id}"]
+    scheme = document["components"]["securitySchemes"]["CognitoIdToken"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "Authorization")
+    predict_parameters = {parameter["name"] for parameter in paths["/predict"]["post"]["parameters"]}
+    assert "patient" in predict_parameters
+    assert paths["/predict"]["post"]["security"] == [{}, {"CognitoIdToken": []}]  # the token is optional there
+
+
+# ---------------------------------------------------------------- the token checks (lungscan.tokens)
+
+
+class FixedKeys:
+    def __init__(self, public_key) -> None:
+        self.public_key = public_key
+
+    def get_signing_key_from_jwt(self, token):
+        return jwt.PyJWK.from_dict(json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.public_key)) | {"alg": "RS256"})
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048), rsa.generate_private_key(65537, 2048)
+
+
+def make_verifier(public_key) -> CognitoTokenVerifier:
+    verifier = CognitoTokenVerifier("us-east-1_pool", ["client-1"], "us-east-1")
+    verifier.jwks = FixedKeys(public_key)
+    return verifier
+
+
+def token(private_key, **changes) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_pool",
+        "sub": "sub-a",
+        "aud": "client-1",
+        "token_use": "id",
+        "iat": now,
+        "exp": now + 600,
+        "email": "clinician-a@example.org",
+        "cognito:groups": ["oncology"],
+    }
+    claims.update(changes)
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, private_key, algorithm="RS256")
+
+
+def test_a_valid_id_token_gives_the_authorizers_claims(keys):
+    good, _ = keys
+    claims = make_verifier(good.public_key()).authorizer_claims(token(good))
+    assert claims["sub"] == "sub-a" and claims["cognito:groups"] == "oncology"
+    assert claims["exp"].endswith(time.strftime("%Y", time.gmtime()))  # "Sat Nov 28 14:05:09 UTC 2026"
+    assert as_authorizer_claims({"cognito:groups": ["a", "b"]}) == {"cognito:groups": "a,b"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["tampered", "other_key", "expired", "wrong_audience", "access_token", "wrong_issuer", "no_exp", "garbage"],
+)
+def test_bad_tokens_are_refused(keys, case):
+    good, other = keys
+    verifier = make_verifier(good.public_key())
+    valid = token(good)
+    bad = {
+        "tampered": lambda: valid[:-8] + ("A" * 8 if not valid.endswith("A" * 8) else "B" * 8),
+        "other_key": lambda: token(other),
+        "expired": lambda: token(good, exp=int(time.time()) - 5),
+        "wrong_audience": lambda: token(good, aud="client-2"),
+        "access_token": lambda: token(good, token_use="access"),
+        "wrong_issuer": lambda: token(good, iss="https://cognito-idp.us-east-1.amazonaws.com/other"),
+        "no_exp": lambda: token(good, exp=None),
+        "garbage": lambda: "x.y.z",
+    }[case]()
+    with pytest.raises(InvalidTokenError):
+        verifier.verify(bad)
+    # A tampered payload with the original signature fails too.
+    header, payload, signature = valid.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    forged = base64.urlsafe_b64encode(json.dumps(claims | {"cognito:groups": ["radiology"]}).encode()).decode()
+    with pytest.raises(InvalidTokenError):
+        verifier.verify(f"{header}.{forged.rstrip('=')}.{signature}")
+
+
+def test_records_expire_after_the_retention_and_expired_ones_are_hidden(app_module, lambda_context, store):
+    assert predict(app_module, lambda_context, ALICE)[0] == 200
+    items = store.dynamodb.scan(TableName=TABLE)["Items"]
+    assert len(items) == 2  # the scan and the patient's summary
+    for item in items:
+        assert int(item["expires_at"]["N"]) == pytest.approx(time.time() + 30 * 86400, abs=60)
+    # DynamoDB's TTL deletes within days: a record past its time is hidden at once.
+    scan_key = next({"pk": i["pk"], "sk": i["sk"]} for i in items if i["sk"]["S"].startswith("SCAN#"))
+    store.dynamodb.update_item(
+        TableName=TABLE,
+        Key=scan_key,
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+    )
+    assert get(app_module, lambda_context, "/patients/P-0001/scans", BOB)[0] == 404
