@@ -260,7 +260,7 @@ def test_health_model_and_openapi(app_module, lambda_context):
     assert {"image/png", "image/jpeg", "application/dicom", "multipart/form-data"} <= set(body)
     assert body["multipart/form-data"]["schema"]["required"] == ["file"]
     query = {p["name"]: p["schema"] for p in spec["paths"]["/predict"]["post"]["parameters"]}
-    assert set(query) == {"model", "explain", "frame", "all_frames"}
+    assert set(query) == {"model", "explain", "frame", "all_frames", "patient"}
     assert {"minimum": 0, "type": "integer"} in query["frame"]["anyOf"]
     status, missing = call(app_module, lambda_context, make_event("GET", "/nope"))
     assert (status, missing["error"]["code"]) == (404, "not_found")
