@@ -94,11 +94,12 @@ bench: install-dev
 	$(PY) benchmarks/bench_predict.py
 
 # The shipped bundles, reproduced (python -m training train --help; each preset holds its dataset credit).
-# Each preset holds its recipe (model cards: Recipe selection). About 6 minutes on 2 CPU cores: the 3-class CNN
-# ensemble ~4.5 min (reproduced bit for bit), the 4-class HOG model ~15 s, the gate ~50 s, the twins ~30 s.
+# Each preset holds its recipe (model cards: Recipe selection), its data folder and models/<name>. About 6 minutes
+# on 2 CPU cores: the 3-class CNN ensemble ~4.5 min (reproduced bit for bit), the 4-class HOG model ~15 s, the gate
+# ~50 s, the twins ~30 s.
 train: install
-	$(PY) -m training train --preset iq-oth-nccd --data-dir ../shared/data/iq-oth-nccd --output-dir models/iq-oth-3class
-	$(PY) -m training train --preset chest-ct-scan --data-dir ../shared/data/chest-ct-scan --output-dir models/chest-ct-4class
+	$(PY) -m training train --preset iq-oth-nccd
+	$(PY) -m training train --preset chest-ct-scan
 	$(PY) -m training gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
 	# The runtime twins the function serves without TensorFlow (after the gate: both rewrite model.json).
 	$(PY) -m training twin models/iq-oth-3class

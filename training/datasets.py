@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lungscan.bundle import file_sha256
+from lungscan.dicom import DicomOptions
 from lungscan.transforms import Compose, build_preprocess, preprocess_image
 from lungscan.uploads import decode_upload
 
@@ -109,10 +111,6 @@ def file_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def class_folder(data_dir: Path, label: str) -> Path:
     for name in CLASS_FOLDERS.get(label, (label,)):
         if (data_dir / name).is_dir():
@@ -133,7 +131,7 @@ def scan_dataset(data_dir: Path | str, classes: Sequence[str] = CLASSES) -> tupl
             if number is None:
                 unnumbered.append(path)
                 continue
-            samples.append(Sample(path=path, label=label, number=number, sha256=_sha256(path)))
+            samples.append(Sample(path=path, label=label, number=number, sha256=file_sha256(path)))
     samples.sort(key=lambda s: (classes.index(s.label), s.number, s.path.name))
     return samples, unnumbered
 
@@ -257,16 +255,19 @@ def load_arrays(
     preprocess: Compose,
     classes: Sequence[str] = CLASSES,
     *,
+    dicom: DicomOptions | None = None,
     progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and preprocess files with the core package; returns (N,H,W,C float32, N int labels).
 
     Args:
+        dicom: how DICOM files are read; a bundle's is ``lungscan.uploads.bundle_dicom_options(metadata)``,
+            the one serving uses, so a bundle trained with its own window is served with it.
         progress: a label for a tqdm progress bar (on stderr); None loads silently.
     """
     arrays = []
     for sample in _progress(samples, progress):
-        decoded = decode_upload(sample.path.read_bytes())
+        decoded = decode_upload(sample.path.read_bytes(), dicom=dicom)
         array, _ = preprocess_image(decoded, preprocess)
         arrays.append(array)
     labels = np.array([classes.index(s.label) for s in samples], dtype=np.int64)
@@ -410,7 +411,7 @@ def scan_class_folders(
             if number is None:
                 match = _LAST_NUMBER.search(path.stem)
                 number = int(match.group(1)) if match else position
-            samples.append(Sample(path=path, label=label, number=number, sha256=_sha256(path), origin=origin))
+            samples.append(Sample(path=path, label=label, number=number, sha256=file_sha256(path), origin=origin))
     return samples, tuple(classes)
 
 
@@ -743,7 +744,7 @@ def samples_from_manifest(manifest: dict, data_dir: Path | str) -> dict[str, lis
             path = data_dir / item["file"]
             if not path.is_file():
                 raise FileNotFoundError(f"{path} (listed in the bundle's split manifest) does not exist")
-            digest = _sha256(path)
+            digest = file_sha256(path)
             if digest != item["sha256"]:
                 raise ValueError(f"{path} changed since training (sha256 differs from the split manifest)")
             samples.append(Sample(path=path, label=item["label"], number=0, sha256=digest))

@@ -18,7 +18,6 @@ reliability PNGs, per-image test predictions, ``smoke.npz``) and ``MODEL_CARD.md
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lungscan.bundle import BundleMetadata, read_metadata, write_metadata
-from lungscan.uploads import decode_upload
+from lungscan.bundle import REPORT_DIR, BundleMetadata, file_sha256, read_metadata, write_metadata
+from lungscan.uploads import bundle_dicom_options, decode_upload
 from training.calibrate import fit_conformal, set_report
 from training.datasets import Sample, evaluation_fingerprint, samples_from_manifest
 from training.metrics import (
@@ -38,9 +37,8 @@ from training.metrics import (
     reliability,
     roc_curve,
 )
+from training.presets import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REPORT_DIR = "report"
 SMOKE_FILE = f"{REPORT_DIR}/smoke.npz"
 SMOKE_TOLERANCE = 1e-4  # max |probability difference| allowed when a bundle is re-checked at publish
 COVERAGE = 0.9  # conformal target: the true class in the set for 9 cases in 10
@@ -62,11 +60,12 @@ def load_split_manifest(bundle_dir: Path) -> dict:
 
 
 def served_inputs(classifier, samples: list[Sample], label: str) -> np.ndarray:
-    """Preprocess files exactly as a request is: bytes -> decode_upload -> Classifier.prepare."""
+    """Preprocess files exactly as a request is: bytes -> decode_upload (the bundle's DICOM window) -> prepare."""
     from tqdm import tqdm
 
+    dicom = bundle_dicom_options(classifier.metadata)
     arrays = [
-        classifier.prepare(decode_upload(sample.path.read_bytes()))[0]
+        classifier.prepare(decode_upload(sample.path.read_bytes(), dicom=dicom))[0]
         for sample in tqdm(samples, desc=label, unit="img", leave=False, dynamic_ncols=True)
     ]
     return np.stack(arrays).astype(np.float32)
@@ -222,7 +221,7 @@ def report_files(bundle_dir: Path) -> dict[str, str]:
     card = bundle_dir / "MODEL_CARD.md"
     if card.is_file():
         files.append(card)
-    return {p.relative_to(bundle_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {p.relative_to(bundle_dir).as_posix(): file_sha256(p) for p in files}
 
 
 def write_smoke_set(

@@ -9,6 +9,39 @@ bundle, and what its model card must say about the data. ``python -m training tr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # presets' data folders are relative to it
+
+# Defaults for a dataset without a preset; a preset's recipe replaces them, the command line wins.
+DEFAULTS = {
+    "image_size": 96,
+    "epochs": 40,
+    "patience": 0,
+    "warmup_epochs": 10,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "augment": "none",
+    "pad_to_square": False,
+    "intensity": "fixed",
+    "label_smoothing": 0.0,
+    "ensemble": 1,
+    "lr_schedule": "constant",
+    "architecture": "cnn",
+    "hog_cell": 16,
+    "refit": False,
+    "batch_norm": False,
+    "filters": "16,32,64",
+    "last_filters": 96,
+    "dropout": 0.3,
+    "seed": 42,
+    "blocks": 13,
+    "gap": 2,
+    "near_duplicate_rmse": 0.02,
+    "test_fraction": 0.2,
+    "threshold": 0.5,
+    "layout": "auto",
+}
 
 IQ_OTH_DATASET = {
     "name": "IQ-OTH/NCCD lung cancer dataset",
@@ -124,9 +157,14 @@ class Preset:
     limitations: tuple[str, ...]
     recipe_selection: str = ""  # evidence for the recipe, measured outside this run
     default_data_dir: str = ""
-    default_output_dir: str = ""
     extra: dict = field(default_factory=dict)
 
+
+_IQ_RECIPE_KEYS = (
+    "architecture", "image_size", "pad_to_square", "intensity", "ensemble", "epochs", "patience", "batch_size",
+    "learning_rate", "lr_schedule", "augment", "label_smoothing", "batch_norm", "filters", "last_filters", "dropout",
+    "blocks", "gap", "seed",
+)  # fmt: skip
 
 IQ_OTH = Preset(
     key="iq-oth-nccd",
@@ -144,27 +182,8 @@ IQ_OTH = Preset(
         "512x512 grayscale JPEG slices from a Siemens SOMATOM scanner, 110 patients (55 normal, 15 benign, "
         "40 malignant) in the original publication; no patient ids, file numbers run in scan order."
     ),
-    recipe={
-        "architecture": "cnn",
-        "image_size": 96,
-        "pad_to_square": False,
-        "intensity": "fixed",
-        "ensemble": 5,
-        "epochs": 40,
-        "patience": 0,
-        "batch_size": 32,
-        "learning_rate": 1e-3,
-        "lr_schedule": "constant",
-        "augment": "none",
-        "label_smoothing": 0.0,
-        "batch_norm": False,
-        "filters": "16,32,64",
-        "last_filters": 96,
-        "dropout": 0.3,
-        "blocks": 20,
-        "gap": 2,
-        "seed": 42,
-    },
+    # The defaults with five fold models and 20 blocks; every key listed, so the recipe reads whole.
+    recipe={key: DEFAULTS[key] for key in _IQ_RECIPE_KEYS} | {"ensemble": 5, "blocks": 20},
     recipe_selection=IQ_SELECTION,
     limitations=(
         "Single source: one hospital, one scanner model, one export pipeline (JPEG screenshots of windowed "
@@ -181,7 +200,6 @@ IQ_OTH = Preset(
         "seen and it called most of them non-malignant.",
     ),
     default_data_dir="../shared/data/iq-oth-nccd",
-    default_output_dir="models/iq-oth-3class",
 )
 
 CHEST_CT = Preset(
@@ -235,7 +253,6 @@ CHEST_CT = Preset(
         "2D screenshots, not DICOM volumes: the model sees one slice of an unknown window.",
     ),
     default_data_dir="../shared/data/chest-ct-scan",
-    default_output_dir="models/chest-ct-4class",
 )
 
 PRESETS: dict[str, Preset] = {preset.key: preset for preset in (IQ_OTH, CHEST_CT)}

@@ -28,54 +28,25 @@ import numpy as np
 from lungscan.bundle import (
     INTENDED_USE,
     MODEL_FILE,
+    REPORT_DIR,
     BundleMetadata,
     InputSpec,
     IntensitySpec,
     NormalisationSpec,
     PreprocessingSpec,
     ResizeSpec,
+    utc_timestamp,
     write_metadata,
 )
 from lungscan.transforms import build_preprocess
+from lungscan.uploads import bundle_dicom_options
 from training.datasets import LAYOUTS, SPLITS, PreparedDataset, load_arrays, prepare_dataset
 from training.metrics import balanced_class_weights
-from training.presets import PRESETS, Preset
+from training.presets import DEFAULTS, PRESETS, REPO_ROOT, Preset
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_DIR = REPO_ROOT / "training" / "runs"
-REPORT_DIR = "report"
 SPLIT_MANIFEST = f"{REPORT_DIR}/split.json"
 TRAINING_LOG = f"{REPORT_DIR}/training.json"
-
-# Defaults for a dataset without a preset; a preset's recipe replaces them, the command line wins.
-DEFAULTS = {
-    "image_size": 96,
-    "epochs": 40,
-    "patience": 0,
-    "warmup_epochs": 10,
-    "batch_size": 32,
-    "learning_rate": 1e-3,
-    "augment": "none",
-    "pad_to_square": False,
-    "intensity": "fixed",
-    "label_smoothing": 0.0,
-    "ensemble": 1,
-    "lr_schedule": "constant",
-    "architecture": "cnn",
-    "hog_cell": 16,
-    "refit": False,
-    "batch_norm": False,
-    "filters": "16,32,64",
-    "last_filters": 96,
-    "dropout": 0.3,
-    "seed": 42,
-    "blocks": 13,
-    "gap": 2,
-    "near_duplicate_rmse": 0.02,
-    "test_fraction": 0.2,
-    "threshold": 0.5,
-    "layout": "auto",
-}
 
 AUGMENTATIONS = {
     "none": "none",
@@ -619,7 +590,7 @@ def make_metadata(config: TrainConfig, classes: list[str]) -> BundleMetadata:
     return BundleMetadata(
         name=config.name,
         version=config.version,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        created_at=utc_timestamp(),
         classes=classes,
         positive_classes=config.positive_classes,
         threshold=config.threshold,
@@ -635,6 +606,19 @@ def make_metadata(config: TrainConfig, classes: list[str]) -> BundleMetadata:
         ),
         intended_use=INTENDED_USE,
     )
+
+
+def training_arrays(prepared: PreparedDataset, metadata: BundleMetadata) -> tuple[np.ndarray, ...]:
+    """Train and validation arrays, read as serving will read the bundle: its DICOM window, its chain.
+
+    Returns ``(x_train, y_train, x_val, y_val)``.
+    """
+    chain = build_preprocess(metadata.preprocessing.model_dump())
+    dicom = bundle_dicom_options(metadata)
+    classes = metadata.classes
+    x_train, y_train = load_arrays(prepared.split.train, chain, classes, dicom=dicom, progress="train images")
+    x_val, y_val = load_arrays(prepared.split.validation, chain, classes, dicom=dicom, progress="validation images")
+    return x_train, y_train, x_val, y_val
 
 
 def _tensorboard_callback(log_dir: Path):
@@ -676,9 +660,7 @@ def run(config: TrainConfig) -> Path:
     print_dataset(prepared)
 
     metadata = make_metadata(config, classes)
-    chain = build_preprocess(metadata.preprocessing.model_dump())  # the chain the bundle declares
-    x_train, y_train = load_arrays(prepared.split.train, chain, classes, progress="train images")
-    x_val, y_val = load_arrays(prepared.split.validation, chain, classes, progress="validation images")
+    x_train, y_train, x_val, y_val = training_arrays(prepared, metadata)
     print(f"preprocessed {len(x_train)} train + {len(x_val)} validation images", flush=True)
 
     if config.refit:  # the recipe was chosen beforehand: the shipped model learns from validation too

@@ -213,3 +213,35 @@ def test_a_hog_ensemble_with_declared_preprocessing_trains_and_serves(tmp_path):
     assert steps == ["ToColour", "PadToSquare", "Resize", "PercentileScale"]
     assert prediction.heatmap is not None and prediction.heatmap.size == (120, 60)
     assert prediction.prediction_set and prediction.prediction_set[0] == prediction.label
+
+
+def test_training_and_evaluation_decode_dicom_with_the_bundles_window(tmp_path):
+    """A bundle that declares its own DICOM window is trained, evaluated and served through that window."""
+    from types import SimpleNamespace
+
+    from test_clinical import ct_dataset, dicom_bytes, frame
+
+    from infrastructure.emulation import standin_bundle
+    from lungscan.bundle import DicomWindowSpec, read_metadata, write_metadata
+    from lungscan.uploads import UploadOptions, classify_upload
+    from training.datasets import Sample
+    from training.evaluate import served_inputs
+    from training.train import training_arrays
+
+    bundle = standin_bundle(tmp_path / "bundle", size=32)
+    metadata = read_metadata(bundle)
+    metadata.preprocessing.dicom_window = DicomWindowSpec(center=40.0, width=400.0)  # a soft-tissue window
+    write_metadata(bundle, metadata)
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(dicom_bytes(ct_dataset([frame(-300)])))  # HU -300 to 204: visible in both windows
+    sample = Sample(path=path, label="malignant", number=1, sha256="")
+    classifier = Classifier(bundle)
+
+    def served(window) -> np.ndarray:
+        upload = classify_upload(classifier, [path.read_bytes()], UploadOptions(window=window))
+        return classifier.prepare(upload.focus_image)[0]
+
+    trained_on = training_arrays(SimpleNamespace(split=SimpleNamespace(train=[sample], validation=[sample])), metadata)
+    evaluated = served_inputs(classifier, [sample], "test")
+    assert np.array_equal(trained_on[0][0], served(None)) and np.array_equal(evaluated[0], served(None))
+    assert not np.array_equal(served(None), served({"center": -600.0, "width": 1500.0}))  # the window matters
