@@ -48,17 +48,31 @@ class Prediction:
         return VERDICT_SUSPICIOUS if self.suspicious else VERDICT_CLEAR
 
 
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax outputs rescaled by a temperature (``training.evaluate`` fits it with this function).
+
+    Works on logits recovered from the softmax: log p differs from the logits by a constant.
+    """
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    scaled = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
 class Classifier:
     """A loaded model with its metadata and preprocessing, ready to answer."""
 
-    def __init__(self, bundle_dir: Path | str, *, runtime: str = "twin") -> None:
+    def __init__(
+        self, bundle_dir: Path | str, *, runtime: str = "twin", metadata: BundleMetadata | None = None
+    ) -> None:
         """
         Args:
             runtime: "twin" serves the bundle's runtime twin when it has a current one (else
                 model.h5 with Keras); "keras" always serves model.h5 (parity checks).
+            metadata: the bundle's metadata held in memory instead of its model.json (``evaluate``
+                measures before its one write); its sha256 must be the model.h5's.
         """
         self.bundle_dir = Path(bundle_dir)
-        self.metadata: BundleMetadata = read_metadata(self.bundle_dir)
+        self.metadata: BundleMetadata = read_metadata(self.bundle_dir) if metadata is None else metadata
         self.runtime: ModelRuntime = load_runtime(self.bundle_dir, self.metadata, prefer=runtime)
         spec = self.metadata.input
         self.input_shape = (spec.height, spec.width, spec.channels)
@@ -86,10 +100,7 @@ class Classifier:
             positive = raw[:, :1]  # P(classes[1]); the original app's P(no cancer)
             return np.concatenate([1.0 - positive, positive], axis=1)
         if self.metadata.temperature != 1.0:
-            # Calibrate on logits recovered from the softmax (log p differs from logits by a constant).
-            logits = np.log(np.clip(raw, 1e-12, 1.0)) / self.metadata.temperature
-            raw = np.exp(logits - logits.max(axis=1, keepdims=True))
-            raw /= raw.sum(axis=1, keepdims=True)
+            raw = apply_temperature(raw, self.metadata.temperature)
         return raw
 
     def prepare(self, decoded: DecodedImage) -> tuple[np.ndarray, list[dict]]:

@@ -22,11 +22,12 @@ import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lungscan.bundle import REPORT_DIR, BundleMetadata, file_sha256, read_metadata, write_metadata
+from lungscan.bundle import MODEL_FILE, REPORT_DIR, BundleMetadata, file_sha256, read_metadata, write_metadata
 from lungscan.uploads import bundle_dicom_options, decode_upload
 from training.calibrate import fit_conformal, set_report
 from training.datasets import Sample, evaluation_fingerprint, samples_from_manifest
@@ -81,17 +82,99 @@ def majority_baseline(train_labels: list[str], test_labels: np.ndarray, classes:
     }
 
 
-def evaluate_bundle(bundle_dir: Path | str, data_dir: Path | str | None = None, *, smoke_size: int = 24) -> dict:
-    """Evaluate, calibrate, write the report and the model card; returns ``model.json``'s metrics."""
+@dataclass
+class SplitOutputs:
+    """One evaluation split through the served model: inputs, labels, the model's outputs, probabilities."""
+
+    samples: list[Sample]
+    inputs: np.ndarray  # preprocessed exactly as a request is (served_inputs)
+    labels: np.ndarray
+    outputs: np.ndarray  # the model's raw outputs (runtime.forward), before the temperature
+    raw: np.ndarray  # probabilities as trained (temperature 1)
+    served: np.ndarray | None = None  # probabilities with the fitted temperature: what the function serves
+
+
+def evaluate_bundle(
+    bundle_dir: Path | str,
+    data_dir: Path | str | None = None,
+    *,
+    smoke_size: int = 24,
+    metadata: BundleMetadata | None = None,
+) -> dict:
+    """Evaluate, calibrate, write the report and the model card, then ``model.json`` once.
+
+    Args:
+        metadata: the bundle's metadata when the caller holds it (``train``: not written yet);
+            else read from ``model.json``.
+
+    Returns:
+        ``model.json``'s metrics.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from lungscan.predict import Classifier
 
     started = time.perf_counter()
     bundle_dir = Path(bundle_dir)
     manifest = load_split_manifest(bundle_dir)
-    if data_dir is None:
-        data_dir = Path(manifest["data_dir"])
-        data_dir = data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
+    data_dir = resolve_data_dir(manifest, data_dir)
+    samples = evaluation_samples(manifest, data_dir)
+
+    # The model as trained (temperature 1, no conformal sets), in memory: nothing is written until the end.
+    metadata = as_trained(bundle_dir, metadata)
+    classifier = Classifier(bundle_dir, metadata=metadata)
+    splits = {name: run_split(classifier, split, name) for name, split in samples.items()}
+    validation, calibration, test = splits["validation"], splits["calibration"], splits["test"]
+    conformal = calibrate(classifier, splits)  # sets metadata.temperature and .conformal: the served rule
+    measured = {name: measure(classifier, split.labels, split.served) for name, split in splits.items()}
+
+    report = bundle_dir / REPORT_DIR
+    report.mkdir(exist_ok=True)
+    plot_confusion(report / "confusion_matrix.png", measured["test"], metadata)
+    plot_roc(report / "roc.png", test.labels, test.served, metadata.classes, metadata)
+    plot_reliability(report / "reliability.png", test.labels, test.raw, test.served, metadata.temperature, metadata)
+    write_predictions(report / "test_predictions.csv", test.samples, data_dir, test.served, metadata.classes, conformal)
+    smoke = write_smoke_set(
+        bundle_dir / SMOKE_FILE, classifier, test.inputs, test.labels, test.samples, data_dir, smoke_size
+    )
+
+    train_labels = [entry["label"] for entry in manifest["splits"]["train"]]
+    metrics = summary_metrics(manifest, splits, measured, conformal, metadata, train_labels) | {
+        "calibration": calibration_report(metadata.temperature, validation, calibration, test),
+        "test": measured["test"],
+        "validation": measured["validation"],
+        "calibration_split": measured["calibration"],
+        "smoke": smoke,
+        "served_path": (
+            "Classifier(bundle): decode_upload -> prepare -> predict_batch (with temperature) -> interpret "
+            "(with the conformal set)"
+        ),
+    }
+    metadata.metrics = metrics
+    training = dict(getattr(metadata, "training", None) or {})
+    training["evaluate_wall_time_s"] = round(time.perf_counter() - started, 1)
+    metadata.training = training
+    # Other per-bundle derivations (the not-CT gate, the ONNX twin) belong here: they add their own
+    # fields to `metadata` before the card is written and the single write below.
+    from training.model_card import write_model_card
+
+    write_model_card(bundle_dir, metadata)
+    metadata.report = {"files": report_files(bundle_dir)}
+    write_metadata(bundle_dir, metadata)
+    Classifier(bundle_dir)  # the written bundle must load and verify
+    print_metrics(metadata)
+    return metrics
+
+
+def resolve_data_dir(manifest: dict, data_dir: Path | str | None) -> Path:
+    """The dataset folder given, else the one ``train`` recorded (relative to the repository)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    recorded = Path(manifest["data_dir"])
+    return recorded if recorded.is_absolute() else REPO_ROOT / recorded
+
+
+def evaluation_samples(manifest: dict, data_dir: Path) -> dict[str, list[Sample]]:
+    """The validation, calibration and test files the manifest lists (checked against their sha256)."""
     samples = samples_from_manifest(manifest, data_dir)
     validation, calibration, test = samples["validation"], samples.get("calibration", []), samples["test"]
     if not validation or not test:
@@ -101,118 +184,103 @@ def evaluate_bundle(bundle_dir: Path | str, data_dir: Path | str | None = None, 
             "the split has no calibration set: temperature and conformal sets need images that training and "
             "selection never used (retrain: `python -m training train` splits off a calibration set)"
         )
+    return {"validation": validation, "calibration": calibration, "test": test}
 
-    # 1. The model as trained (temperature 1, no conformal sets) gives the raw probabilities.
-    metadata = read_metadata(bundle_dir)
+
+def as_trained(bundle_dir: Path, metadata: BundleMetadata | None) -> BundleMetadata:
+    """The bundle's metadata as ``model.json`` would hold it, without a temperature or conformal sets."""
+    if metadata is None:
+        metadata = read_metadata(bundle_dir)
+    else:  # as written and read back (JSON types), with the sha256 of the model.h5 beside it
+        metadata = BundleMetadata.model_validate(metadata.model_dump(mode="json"))
+        metadata.sha256 = file_sha256(bundle_dir / MODEL_FILE)
     metadata.temperature = 1.0
     metadata.conformal = None
-    write_metadata(bundle_dir, metadata)
-    classifier = Classifier(bundle_dir)
-    classes = classifier.metadata.classes
-    x_val = served_inputs(classifier, validation, "validation")
-    x_cal = served_inputs(classifier, calibration, "calibration")
-    x_test = served_inputs(classifier, test, "test")
-    y_val, y_cal, y_test = (
-        np.array([classes.index(s.label) for s in split]) for split in (validation, calibration, test)
-    )
-    raw_val, raw_cal, raw_test = (classifier.predict_batch(x) for x in (x_val, x_cal, x_test))
-    # The calibration split was never seen by training or selection: its temperature is trusted either way.
-    temperature = fit_temperature(y_cal, raw_cal)
+    return metadata
 
-    # 2. The bundle with its temperature, reloaded: from here on, what the function serves.
-    metadata.temperature = temperature
-    write_metadata(bundle_dir, metadata)
-    classifier = Classifier(bundle_dir)
-    p_val, p_cal, p_test = (classifier.predict_batch(x) for x in (x_val, x_cal, x_test))
-    conformal = fit_conformal(y_cal, p_cal, classes, COVERAGE)
-    conformal.calibration["fingerprint"] = evaluation_fingerprint(calibration)
+
+def run_split(classifier, samples: list[Sample], name: str) -> SplitOutputs:
+    """A split's files through the serving path, with the bundle as trained (temperature 1)."""
+    inputs = served_inputs(classifier, samples, name)
+    labels = np.array([classifier.metadata.classes.index(s.label) for s in samples])
+    outputs = classifier.runtime.forward(inputs)
+    return SplitOutputs(samples, inputs, labels, outputs, classifier.probabilities_from(outputs))
+
+
+def calibrate(classifier, splits: dict[str, SplitOutputs]):
+    """Fit the temperature, then the conformal sets, on the calibration split; both go in the served metadata.
+
+    The calibration split was never seen by training or selection: its temperature is trusted either way.
+    The served probabilities come from the function serving applies (``Classifier.probabilities_from``).
+    """
+    metadata = classifier.metadata
+    calibration = splits["calibration"]
+    metadata.temperature = fit_temperature(calibration.labels, calibration.raw)
+    for split in splits.values():
+        split.served = classifier.probabilities_from(split.outputs)
+    conformal = fit_conformal(calibration.labels, calibration.served, metadata.classes, COVERAGE)
+    conformal.calibration["fingerprint"] = evaluation_fingerprint(calibration.samples)
     conformal.evaluation = {
-        "test": set_report(y_test, p_test, classes, conformal),
-        "validation": set_report(y_val, p_val, classes, conformal),
-        "calibration": set_report(y_cal, p_cal, classes, conformal),
+        name: set_report(splits[name].labels, splits[name].served, metadata.classes, conformal)
+        for name in ("test", "validation", "calibration")
     }
-    classifier.metadata.conformal = conformal  # the served flag includes the prediction-set rule
-    positives = classifier.metadata.positive_classes
+    metadata.conformal = conformal  # the served flag includes the prediction-set rule
+    return conformal
 
-    def measure(labels: np.ndarray, probabilities: np.ndarray) -> dict:
-        predictions = [classifier.interpret(row) for row in probabilities]
-        flags = np.array([prediction.suspicious for prediction in predictions])
-        result = classification_metrics(labels, probabilities, classes, flags, positives)
-        result["uncertain_share"] = round(float(np.mean([prediction.uncertain for prediction in predictions])), 4)
-        return result
 
-    val_metrics, cal_metrics, test_metrics = measure(y_val, p_val), measure(y_cal, p_cal), measure(y_test, p_test)
-    calibration_report = {
+def measure(classifier, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """A split's figures, flagged as the function flags (``Classifier.interpret``, with the conformal set)."""
+    metadata = classifier.metadata
+    predictions = [classifier.interpret(row) for row in probabilities]
+    flags = np.array([prediction.suspicious for prediction in predictions])
+    result = classification_metrics(labels, probabilities, metadata.classes, flags, metadata.positive_classes)
+    result["uncertain_share"] = round(float(np.mean([prediction.uncertain for prediction in predictions])), 4)
+    return result
+
+
+def calibration_report(
+    temperature: float, validation: SplitOutputs, calibration: SplitOutputs, test: SplitOutputs
+) -> dict:
+    """Expected calibration error before and after the temperature, on each split."""
+    report = {
         "method": "temperature scaling (one parameter, fitted on the calibration split by negative log-likelihood)",
         "temperature": temperature,
         "fitted_on": "calibration",
         "ece_bins": 15,
-        "calibration_ece_before": round(expected_calibration_error(y_cal, raw_cal), 4),
-        "calibration_ece_after": round(expected_calibration_error(y_cal, p_cal), 4),
-        "validation_ece_before": round(expected_calibration_error(y_val, raw_val), 4),
-        "validation_ece_after": round(expected_calibration_error(y_val, p_val), 4),
-        "test_ece_before": round(expected_calibration_error(y_test, raw_test), 4),
-        "test_ece_after": round(expected_calibration_error(y_test, p_test), 4),
-        "displayed_confidence_cap": 0.999,
     }
+    for name, split in (("calibration", calibration), ("validation", validation), ("test", test)):
+        report[f"{name}_ece_before"] = round(expected_calibration_error(split.labels, split.raw), 4)
+        report[f"{name}_ece_after"] = round(expected_calibration_error(split.labels, split.served), 4)
+    report["displayed_confidence_cap"] = 0.999
+    return report
 
-    report = bundle_dir / REPORT_DIR
-    report.mkdir(exist_ok=True)
-    plot_confusion(report / "confusion_matrix.png", test_metrics, metadata)
-    plot_roc(report / "roc.png", y_test, p_test, classes, metadata)
-    plot_reliability(report / "reliability.png", y_test, raw_test, p_test, temperature, metadata)
-    write_predictions(report / "test_predictions.csv", test, data_dir, p_test, classes, conformal)
-    smoke = write_smoke_set(bundle_dir / SMOKE_FILE, classifier, x_test, y_test, test, data_dir, smoke_size)
 
-    train_labels = [entry["label"] for entry in manifest["splits"]["train"]]
-    summary = test_metrics.get("suspicious_flag", {})
+def summary_metrics(manifest: dict, splits, measured: dict, conformal, metadata, train_labels: list[str]) -> dict:
+    """The headline test figures ``publish`` and ``list`` compare, and what they were measured on."""
+    test = splits["test"]
+    flag = measured["test"].get("suspicious_flag", {})
     conformal_test = conformal.evaluation["test"]
-    metrics = {
+    return {
         "evaluated_on": (
             "held-out test split: never trained on, never used for selection or calibration"
             + (" (source-disjoint: the dataset's own valid/ folder)" if manifest.get("layout") == "kaggle" else "")
         ),
-        "accuracy": test_metrics["accuracy"],
-        "macro_f1": test_metrics["macro_f1"],
-        "macro_roc_auc": test_metrics["macro_roc_auc"],
-        "ece": test_metrics["ece"],
-        "suspicious_sensitivity": summary.get("sensitivity"),
-        "suspicious_specificity": summary.get("specificity"),
-        "majority_baseline": majority_baseline(train_labels, y_test, classes),
+        "accuracy": measured["test"]["accuracy"],
+        "macro_f1": measured["test"]["macro_f1"],
+        "macro_roc_auc": measured["test"]["macro_roc_auc"],
+        "ece": measured["test"]["ece"],
+        "suspicious_sensitivity": flag.get("sensitivity"),
+        "suspicious_specificity": flag.get("specificity"),
+        "majority_baseline": majority_baseline(train_labels, test.labels, metadata.classes),
         "conformal_coverage": conformal_test["coverage"],
         "conformal_mean_set_size": conformal_test["mean_set_size"],
         "evaluation_set": {
             "split": "test",
-            "n": len(test),
-            "fingerprint": evaluation_fingerprint(test),
+            "n": len(test.samples),
+            "fingerprint": evaluation_fingerprint(test.samples),
             "fingerprint_method": "sha256 over the sorted sha256 of the test image files",
         },
-        "calibration": calibration_report,
-        "test": test_metrics,
-        "validation": val_metrics,
-        "calibration_split": cal_metrics,
-        "smoke": smoke,
-        "served_path": (
-            "Classifier(bundle): decode_upload -> prepare -> predict_batch (with temperature) -> interpret "
-            "(with the conformal set)"
-        ),
     }
-    metadata = read_metadata(bundle_dir)
-    metadata.metrics = metrics
-    metadata.conformal = conformal
-    training = dict(getattr(metadata, "training", None) or {})
-    training["evaluate_wall_time_s"] = round(time.perf_counter() - started, 1)
-    metadata.training = training
-    # Other per-bundle derivations (the not-CT gate, the ONNX twin) belong here: they add their own
-    # fields to `metadata` before the card is written and the single final write below.
-    from training.model_card import write_model_card
-
-    write_model_card(bundle_dir, metadata)
-    metadata.report = {"files": report_files(bundle_dir)}
-    write_metadata(bundle_dir, metadata)
-    Classifier(bundle_dir)  # the final bundle must load and verify
-    print_metrics(metadata)
-    return metrics
 
 
 def report_files(bundle_dir: Path) -> dict[str, str]:

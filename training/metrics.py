@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lungscan.predict import apply_temperature  # the served rescaling: the temperature is fitted with it
+
 ECE_BINS = 15
 
 
@@ -79,13 +81,6 @@ def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -
         for b in range(bins)
         if (which == b).any()
     ]
-
-
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale softmax outputs by a temperature, as ``lungscan.predict.Classifier.predict_batch`` does."""
-    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
-    scaled = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return scaled / scaled.sum(axis=1, keepdims=True)
 
 
 def negative_log_likelihood(labels: np.ndarray, probabilities: np.ndarray) -> float:

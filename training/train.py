@@ -634,7 +634,7 @@ def _tensorboard_callback(log_dir: Path):
 
 
 def run(config: TrainConfig) -> Path:
-    """Train and write the bundle; returns its folder."""
+    """Train and write the bundle (then evaluate it, which writes model.json once); returns its folder."""
     started = time.perf_counter()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -670,16 +670,64 @@ def run(config: TrainConfig) -> Path:
         x_fit, y_fit = x_train, y_train
     class_weight = balanced_class_weights(y_fit, len(classes))
     log_dir = config.runs_dir / f"{config.name}-{config.version}"
-    members, histories = [], []
     fit_started = time.perf_counter()
+    members, histories = fit_members(config, x_fit, y_fit, x_val, y_val, len(classes), class_weight, log_dir)
+    model = assemble_ensemble(members, config, len(classes))
+    fit_wall = time.perf_counter() - fit_started
+    val_loss = histories[-1]["val_loss"] if histories else []
+    best_epoch = int(np.argmin(val_loss)) + 1 if config.patience > 0 else len(val_loss)
+
+    bundle_dir = write_bundle(config, prepared, model, histories)
+    metadata.framework = {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    metadata.dataset = (config.preset.dataset if config.preset else {}) | prepared.summary()
+    metadata.training = training_record(config, model, classes, class_weight, val_loss, best_epoch) | {
+        "fit_wall_time_s": round(fit_wall, 1),
+        "train_wall_time_s": round(time.perf_counter() - started, 1),
+        "tensorboard_log_dir": repo_relative(log_dir),
+        "command": config.command,
+    }
+    print(
+        f"trained ({len(val_loss)} epochs) in {fit_wall:.0f}s; bundle written to {bundle_dir} "
+        f"(model.h5 {(bundle_dir / MODEL_FILE).stat().st_size / 1024:.0f} KiB)",
+        flush=True,
+    )
+    if config.evaluate:  # evaluate writes model.json, once, with its figures
+        from training.evaluate import evaluate_bundle
+
+        evaluate_bundle(bundle_dir, config.data_dir, smoke_size=config.smoke_size, metadata=metadata)
+    else:
+        write_metadata(bundle_dir, metadata)
+    print(f"total wall time {time.perf_counter() - started:.0f}s", flush=True)
+    return bundle_dir
+
+
+def fit_members(
+    config: TrainConfig,
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    class_weight: dict,
+    log_dir: Path,
+) -> tuple[list, list[dict]]:
+    """Train the ensemble's members, member k without fold k; returns them and their Keras histories."""
+    import keras
+
+    members, histories = [], []
     for k, indices in enumerate(member_folds(y_fit, config.ensemble)):
         seed = config.seed + k
         keras.utils.set_random_seed(seed)
-        member = build_model(config, len(classes), prefix=f"m{k + 1}_" if config.ensemble > 1 else "")
+        member = build_model(config, n_classes, prefix=f"m{k + 1}_" if config.ensemble > 1 else "")
         if config.ensemble > 1:
             print(f"member {k + 1}/{config.ensemble}: {len(indices)} training images, seed {seed}", flush=True)
         if config.architecture == "hog":  # a convex fit, no epochs: scikit-learn's logistic regression
-            fit_hog_head(member, x_fit[indices], y_fit[indices], len(classes), seed)
+            fit_hog_head(member, x_fit[indices], y_fit[indices], n_classes, seed)
             members.append(member)
             continue
         steps = config.epochs * int(np.ceil(len(indices) / config.batch_size))
@@ -693,7 +741,7 @@ def run(config: TrainConfig) -> Path:
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"],
         )
-        train_ds, val_ds = make_datasets(x_fit[indices], y_fit[indices], x_val, y_val, config, len(classes), seed)
+        train_ds, val_ds = make_datasets(x_fit[indices], y_fit[indices], x_val, y_val, config, n_classes, seed)
         member_log = log_dir / f"member{k + 1}" if config.ensemble > 1 else log_dir
         callbacks = [cb for cb in [_tensorboard_callback(member_log)] if cb is not None]
         if config.patience > 0:
@@ -716,20 +764,12 @@ def run(config: TrainConfig) -> Path:
         )
         members.append(member)
         histories.append(history.history)
-    model = assemble_ensemble(members, config, len(classes))
-    fit_wall = time.perf_counter() - fit_started
-    val_loss = histories[-1]["val_loss"] if histories else []
-    best_epoch = int(np.argmin(val_loss)) + 1 if config.patience > 0 else len(val_loss)
+    return members, histories
 
-    bundle_dir = write_bundle(config, prepared, model, metadata)
-    metadata.framework = {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-    metadata.dataset = (config.preset.dataset if config.preset else {}) | prepared.summary()
-    metadata.training = {
+
+def training_record(config: TrainConfig, model, classes, class_weight, val_loss, best_epoch) -> dict:
+    """``model.json`` ``training``: how the model was made (the card's Training section reads it)."""
+    return {
         "preset": config.preset.key if config.preset else None,
         "recipe": config.recipe(),
         "matches_preset_recipe": config.matches_preset_recipe(),
@@ -757,27 +797,7 @@ def run(config: TrainConfig) -> Path:
         if config.architecture == "hog"
         else AUGMENTATIONS[config.augment],
         "seed": config.seed,
-        "fit_wall_time_s": round(fit_wall, 1),
-        "train_wall_time_s": round(time.perf_counter() - started, 1),
-        "tensorboard_log_dir": repo_relative(log_dir),
-        "command": config.command,
     }
-    history_log = [
-        {key: [round(float(v), 5) for v in values] for key, values in history.items()} for history in histories
-    ]
-    (bundle_dir / TRAINING_LOG).write_text(json.dumps({"history": history_log}, indent=1) + "\n")
-    write_metadata(bundle_dir, metadata)
-    print(
-        f"trained ({len(val_loss)} epochs) in {fit_wall:.0f}s; bundle written to {bundle_dir} "
-        f"(model.h5 {(bundle_dir / MODEL_FILE).stat().st_size / 1024:.0f} KiB)",
-        flush=True,
-    )
-    if config.evaluate:
-        from training.evaluate import evaluate_bundle
-
-        evaluate_bundle(bundle_dir, config.data_dir, smoke_size=config.smoke_size)
-    print(f"total wall time {time.perf_counter() - started:.0f}s", flush=True)
-    return bundle_dir
 
 
 def repo_relative(path: Path) -> str:
@@ -818,8 +838,8 @@ def describe_architecture(config: TrainConfig) -> str:
     )
 
 
-def write_bundle(config: TrainConfig, prepared: PreparedDataset, model, metadata: BundleMetadata) -> Path:
-    """model.h5 (inference only), the split manifest, and a first model.json (metrics come from evaluate)."""
+def write_bundle(config: TrainConfig, prepared: PreparedDataset, model, histories: list[dict]) -> Path:
+    """model.h5 (inference only), the split manifest and the training log; model.json comes last (see run)."""
     bundle_dir = config.output_dir
     bundle_dir.mkdir(parents=True, exist_ok=True)
     # A bundle folder holds one version: stale evaluation output from an earlier run must go.
@@ -832,7 +852,10 @@ def write_bundle(config: TrainConfig, prepared: PreparedDataset, model, metadata
     shutil.move(staging, bundle_dir / MODEL_FILE)
     manifest = prepared.manifest() | {"data_dir": repo_relative(config.data_dir)}
     (bundle_dir / SPLIT_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    write_metadata(bundle_dir, metadata)
+    history_log = [
+        {key: [round(float(v), 5) for v in values] for key, values in history.items()} for history in histories
+    ]
+    (bundle_dir / TRAINING_LOG).write_text(json.dumps({"history": history_log}, indent=1) + "\n")
     return bundle_dir
 
 
