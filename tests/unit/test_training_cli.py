@@ -20,6 +20,8 @@ from PIL import Image
 import lungscan.predict
 import lungscan.transforms
 import training.datasets
+import training.evaluate
+import training.train
 from lungscan import registry
 from lungscan.predict import Classifier
 from lungscan.uploads import decode_upload
@@ -61,6 +63,20 @@ def trained(tmp_path_factory) -> dict:
     assert training.datasets.preprocess_image is original is lungscan.predict.preprocess_image
     patch.setattr(training.datasets, "preprocess_image", spy)
     patch.setattr(lungscan.predict, "preprocess_image", spy)
+    writes: list[Path] = []  # model.json is written once per run, after evaluation
+    for module in (training.train, training.evaluate):
+        original_write = module.write_metadata
+        patch.setattr(
+            module, "write_metadata", lambda path, meta, write=original_write: [writes.append(path), write(path, meta)]
+        )
+    loads: list[Path] = []  # evaluate loads the classifier to measure, then once to check what it wrote
+
+    class CountedClassifier(Classifier):
+        def __init__(self, bundle_dir, **kwargs):
+            loads.append(bundle_dir)
+            super().__init__(bundle_dir, **kwargs)
+
+    patch.setattr(lungscan.predict, "Classifier", CountedClassifier)
     try:
         argv = [
             "train",
@@ -72,11 +88,20 @@ def trained(tmp_path_factory) -> dict:
         code = main(argv)
     finally:
         patch.undo()
-    return {"code": code, "bundle": bundle, "data": data, "runs": root / "runs", "calls": len(calls)}
+    return {
+        "code": code,
+        "bundle": bundle,
+        "data": data,
+        "runs": root / "runs",
+        "calls": len(calls),
+        "writes": len(writes),
+        "loads": len(loads),
+    }
 
 
 def test_train_writes_a_bundle_that_the_classifier_serves(trained):
     assert trained["code"] == 0
+    assert trained["writes"] == 1 and trained["loads"] == 2  # evaluated in memory, written once, checked once
     bundle = trained["bundle"]
     classifier = Classifier(bundle)
     meta = classifier.metadata
