@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_serializer, model_validator
 
 from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError
@@ -72,6 +72,88 @@ class PreprocessingSpec(BaseModel):
     dicom_window: DicomWindowSpec = DicomWindowSpec(center=-600.0, width=1500.0)
 
 
+class ModelJsonSection(BaseModel):
+    """A section of ``model.json`` whose content varies with the bundle: the fields named, and any others kept.
+
+    Read like the JSON object it is (``section["test"]``, ``section.get("smoke")``, ``"smoke" in section``);
+    written back with only the fields it holds, in the order named (``training.evaluate`` builds them so).
+    """
+
+    model_config = {"extra": "allow", "protected_namespaces": ()}
+
+    @model_serializer(mode="wrap")
+    def _as_held(self, handler) -> dict:
+        data = handler(self)
+        return {key: value for key, value in data.items() if key in self._held()}
+
+    def _held(self) -> dict:
+        named = {key: getattr(self, key) for key in type(self).model_fields if key in self.model_fields_set}
+        return named | (self.__pydantic_extra__ or {})
+
+    def __getitem__(self, key: str):
+        return self._held()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._held()
+
+    def get(self, key: str, default=None):
+        return self._held().get(key, default)
+
+    def keys(self):
+        return self._held().keys()
+
+
+class BundleMetrics(ModelJsonSection):
+    """``metrics``: held-out figures (``training.evaluate``); ``publish`` and ``list`` compare the headline ones."""
+
+    evaluated_on: str | None = None
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    macro_roc_auc: float | None = None
+    ece: float | None = None
+    suspicious_sensitivity: float | None = None
+    suspicious_specificity: float | None = None
+    majority_baseline: dict | None = None
+    conformal_coverage: float | None = None
+    conformal_mean_set_size: float | None = None
+    evaluation_set: dict | None = None  # split, n, fingerprint: publish compares models on equal fingerprints
+    calibration: dict | None = None  # temperature and ECE before/after
+    test: dict | None = None  # per-split figures (training.metrics.classification_metrics)
+    validation: dict | None = None
+    calibration_split: dict | None = None
+    smoke: dict | None = None  # report/smoke.npz, which publish re-checks
+    served_path: str | None = None
+
+
+class TrainingRecord(ModelJsonSection):
+    """``training``: how the model was made (``training.train``); the model card's Training section."""
+
+    preset: str | None = None
+    recipe: dict | None = None
+    matches_preset_recipe: bool | None = None
+    architecture: str | None = None
+    parameters: int | None = None
+    epochs_run: int | None = None
+    weights_from_epoch: int | None = None
+    early_stopping: str | None = None
+    optimizer: str | None = None
+    refit_on_validation: bool | None = None
+    class_weight: dict[str, float] | None = None
+    augmentation: str | None = None
+    seed: int | None = None
+    fit_wall_time_s: float | None = None
+    train_wall_time_s: float | None = None
+    tensorboard_log_dir: str | None = None
+    command: str | None = None
+    evaluate_wall_time_s: float | None = None
+
+
+class ReportRecord(ModelJsonSection):
+    """``report``: the sha256 of every file under report/ and of the model card; publish uploads and checks them."""
+
+    files: dict[str, str] = {}
+
+
 class BundleMetadata(BaseModel):
     """What ``model.json`` holds. Unknown keys (reports, changelog...) are kept."""
 
@@ -87,7 +169,7 @@ class BundleMetadata(BaseModel):
     temperature: float = Field(default=1.0, gt=0.0)
     input: InputSpec
     preprocessing: PreprocessingSpec
-    metrics: dict = {}
+    metrics: BundleMetrics = BundleMetrics()
     dataset: dict = {}
     framework: dict = {}
     intended_use: str = INTENDED_USE
@@ -95,6 +177,8 @@ class BundleMetadata(BaseModel):
     twin: TwinSpec | None = None  # model.onnx derived from model.h5 (lungscan/runtime.py)
     gate: GateSpec | None = None  # the not-CT gate (lungscan.gate); None: served without one (legacy)
     conformal: ConformalSpec | None = None  # conformal prediction sets (lungscan.conformal)
+    training: TrainingRecord | None = None  # absent from a bundle not made by `training train`
+    report: ReportRecord | None = None  # absent until `training evaluate`
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
@@ -168,5 +252,6 @@ def write_metadata(bundle_dir: Path, metadata: BundleMetadata) -> None:
     """Write model.json with the sha256 of the model.h5 beside it."""
     bundle_dir = Path(bundle_dir)
     metadata.sha256 = file_sha256(bundle_dir / MODEL_FILE)
-    text = json.dumps(metadata.model_dump(mode="json"), indent=2, sort_keys=False)
+    absent = {name for name in ("training", "report") if getattr(metadata, name) is None}  # not written as null
+    text = json.dumps(metadata.model_dump(mode="json", exclude=absent), indent=2, sort_keys=False)
     (bundle_dir / METADATA_FILE).write_text(text + "\n")

@@ -136,8 +136,7 @@ def bundle_files(bundle_dir: Path | str) -> list[str]:
 
 def declared_report_files(metadata: BundleMetadata) -> dict[str, str]:
     """``model.json``'s ``report.files``: path -> sha256 of the report files evaluate wrote."""
-    report = getattr(metadata, "report", None) or {}
-    files = report.get("files", {}) if isinstance(report, dict) else {}
+    files = metadata.report.files if metadata.report else {}
     return {str(path): str(digest) for path, digest in files.items()}
 
 

@@ -27,7 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from lungscan.bundle import MODEL_FILE, REPORT_DIR, BundleMetadata, file_sha256, read_metadata, write_metadata
+from lungscan.bundle import (
+    MODEL_FILE,
+    REPORT_DIR,
+    BundleMetadata,
+    BundleMetrics,
+    ReportRecord,
+    TrainingRecord,
+    file_sha256,
+    read_metadata,
+    write_metadata,
+)
 from lungscan.uploads import bundle_dicom_options, decode_upload
 from training.calibrate import fit_conformal, set_report
 from training.datasets import Sample, evaluation_fingerprint, samples_from_manifest
@@ -149,16 +159,17 @@ def evaluate_bundle(
             "(with the conformal set)"
         ),
     }
-    metadata.metrics = metrics
-    training = dict(getattr(metadata, "training", None) or {})
-    training["evaluate_wall_time_s"] = round(time.perf_counter() - started, 1)
-    metadata.training = training
+    metadata.metrics = BundleMetrics.model_validate(metrics)
+    training = metadata.training.model_dump() if metadata.training else {}
+    metadata.training = TrainingRecord.model_validate(
+        training | {"evaluate_wall_time_s": round(time.perf_counter() - started, 1)}
+    )
     # Other per-bundle derivations (the not-CT gate, the ONNX twin) belong here: they add their own
     # fields to `metadata` before the card is written and the single write below.
     from training.model_card import write_model_card
 
     write_model_card(bundle_dir, metadata)
-    metadata.report = {"files": report_files(bundle_dir)}
+    metadata.report = ReportRecord(files=report_files(bundle_dir))
     write_metadata(bundle_dir, metadata)
     Classifier(bundle_dir)  # the written bundle must load and verify
     print_metrics(metadata)

@@ -26,6 +26,7 @@ from lungscan.bundle import (
     MODEL_FILE,
     REPORT_DIR,
     BundleMetadata,
+    ReportRecord,
     file_sha256,
     utc_timestamp,
     write_metadata,
@@ -338,7 +339,7 @@ def store_gate(bundle_dir: Path, spec: GateSpec) -> None:
         from training.model_card import write_model_card
 
         write_model_card(bundle_dir, metadata)
-        metadata.report = {"files": report_files(bundle_dir)}
+        metadata.report = ReportRecord(files=report_files(bundle_dir))
     write_metadata(bundle_dir, metadata)
 
 

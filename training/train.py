@@ -35,6 +35,7 @@ from lungscan.bundle import (
     NormalisationSpec,
     PreprocessingSpec,
     ResizeSpec,
+    TrainingRecord,
     utc_timestamp,
     write_metadata,
 )
@@ -685,12 +686,15 @@ def run(config: TrainConfig) -> Path:
         "numpy": np.__version__,
     }
     metadata.dataset = (config.preset.dataset if config.preset else {}) | prepared.summary()
-    metadata.training = training_record(config, model, classes, class_weight, val_loss, best_epoch) | {
-        "fit_wall_time_s": round(fit_wall, 1),
-        "train_wall_time_s": round(time.perf_counter() - started, 1),
-        "tensorboard_log_dir": repo_relative(log_dir),
-        "command": config.command,
-    }
+    metadata.training = TrainingRecord.model_validate(
+        training_record(config, model, classes, class_weight, val_loss, best_epoch)
+        | {
+            "fit_wall_time_s": round(fit_wall, 1),
+            "train_wall_time_s": round(time.perf_counter() - started, 1),
+            "tensorboard_log_dir": repo_relative(log_dir),
+            "command": config.command,
+        }
+    )
     print(
         f"trained ({len(val_loss)} epochs) in {fit_wall:.0f}s; bundle written to {bundle_dir} "
         f"(model.h5 {(bundle_dir / MODEL_FILE).stat().st_size / 1024:.0f} KiB)",

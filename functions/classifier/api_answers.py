@@ -77,7 +77,7 @@ def describe_model(classifier: Classifier, is_default: bool, source: str) -> Mod
         positive_classes=metadata.positive_classes,
         threshold=metadata.threshold,
         input=metadata.input.model_dump(),
-        metrics=metadata.metrics,
+        metrics=metadata.metrics.model_dump(mode="json"),
         dataset=metadata.dataset,
         intended_use=metadata.intended_use,
         sha256=metadata.sha256,

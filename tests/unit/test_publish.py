@@ -17,7 +17,7 @@ from moto import mock_aws
 from test_core import metadata, tiny_cnn
 
 from lungscan import registry
-from lungscan.bundle import read_metadata, write_metadata
+from lungscan.bundle import BundleMetrics, ReportRecord, read_metadata, write_metadata
 from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError
 from lungscan.predict import Classifier
@@ -41,17 +41,19 @@ def evaluated_bundle(path: Path, version: str, macro_f1: float = 0.6, fingerprin
     samples = [Sample(Path(f"img{i}.png"), "normal", i, "0" * 64) for i in range(6)]
     smoke = write_smoke_set(path / SMOKE_FILE, classifier, inputs, labels, samples, path, 6)
     meta = classifier.metadata
-    meta.metrics = {
-        "accuracy": 0.7,
-        "macro_f1": macro_f1,
-        "suspicious_sensitivity": 0.9,
-        "suspicious_specificity": 0.8,
-        "evaluation_set": {"split": "test", "n": 6, "fingerprint": fingerprint} if fingerprint else {},
-        "smoke": smoke,
-    }
+    meta.metrics = BundleMetrics(
+        **{
+            "accuracy": 0.7,
+            "macro_f1": macro_f1,
+            "suspicious_sensitivity": 0.9,
+            "suspicious_specificity": 0.8,
+            "evaluation_set": {"split": "test", "n": 6, "fingerprint": fingerprint} if fingerprint else {},
+            "smoke": smoke,
+        }
+    )
     meta.conformal = ConformalSpec(coverage=0.9, thresholds=dict.fromkeys(meta.classes, 0.8))
     (path / "MODEL_CARD.md").write_text(f"# tiny {version}\n")
-    meta.report = {"files": report_files(path)}
+    meta.report = ReportRecord(files=report_files(path))
     meta.gate = read_metadata(BUNDLED_MODEL).gate  # publish refuses a bundle without a not-CT gate
     write_metadata(path, meta)
     return path
