@@ -30,11 +30,19 @@ MAX_SHOWN_PROBABILITY = 0.999
 
 @dataclass
 class Prediction:
+    """One slice's answer.
+
+    ``suspicion`` is not a flag: it is the summed probability of the bundle's ``positive_classes``
+    (P(cancer) for the shipped models), shown to 4 places and capped like every probability.
+    ``suspicious`` is the flag: ``suspicion`` at or above ``threshold``, a positive class on top, or one
+    in the conformal set. Both names are the API's.
+    """
+
     label: str
     probabilities: dict[str, float]
     confidence: float
-    suspicious: bool
-    suspicion: float  # summed probability of the positive classes
+    suspicious: bool  # the screening flag (the verdict "Cancer Detected")
+    suspicion: float  # summed probability of the positive classes, not a flag
     threshold: float
     heatmap: Image.Image | None = None  # Grad-CAM overlay at the input's size, when asked for
     explained_class: str | None = None
@@ -144,14 +152,14 @@ class Classifier:
             name: min(round(float(p), 4), MAX_SHOWN_PROBABILITY) for name, p in zip(classes, probabilities, strict=True)
         }
         best = int(np.argmax(probabilities))
-        suspicion = float(sum(probabilities[classes.index(name)] for name in metadata.positive_classes))
+        positive_probability = float(sum(probabilities[classes.index(name)] for name in metadata.positive_classes))
         conformal_set = prediction_set(probabilities, classes, metadata.conformal) if metadata.conformal else None
         positives = set(metadata.positive_classes)
         # Screening favours sensitivity: each rule can only flag more cases. A positive class on top
         # always flags (label and verdict never contradict); so does a positive class anywhere in the
         # conformal set (it could not be ruled out at the set's coverage).
         suspicious = (
-            suspicion >= metadata.threshold
+            positive_probability >= metadata.threshold
             or classes[best] in positives
             or bool(conformal_set and positives.intersection(conformal_set))
         )
@@ -160,7 +168,7 @@ class Classifier:
             probabilities=by_class,
             confidence=min(round(float(probabilities[best]), 4), MAX_SHOWN_PROBABILITY),
             suspicious=suspicious,
-            suspicion=min(round(suspicion, 4), MAX_SHOWN_PROBABILITY),
+            suspicion=min(round(positive_probability, 4), MAX_SHOWN_PROBABILITY),
             threshold=metadata.threshold,
             prediction_set=conformal_set,
             uncertain=None if conformal_set is None else len(conformal_set) > 1,

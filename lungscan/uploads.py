@@ -61,7 +61,7 @@ class ClassifiedUpload:
     predictions: list[Prediction]
     inputs: list[SliceInput]
     is_study: bool
-    focus: int  # the single image, or the study's most suspicious slice
+    focus: int  # the single image, or the study's slice with the highest positive-class probability (suspicion)
     focus_image: DecodedImage  # its heatmap (when explained) and its preview go in the answer
 
 
