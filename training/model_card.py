@@ -48,26 +48,143 @@ def write_model_card(bundle_dir: Path, metadata: BundleMetadata) -> Path:
 
 
 def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
+    """The card's sections, in order: use and model, data and split, performance, sets and gate, limits."""
     training = dict(getattr(metadata, "training", None) or {})
     preset = PRESETS.get(training.get("preset") or "")
-    metrics = metadata.metrics
-    test, val = metrics["test"], metrics["validation"]
-    dataset = metadata.dataset
-    dedup, split = dataset["deduplication"], dataset["split"]
-    counts = split["counts"]
+    return (
+        _use_section(metadata, training, preset, model_bytes)
+        + _data_section(metadata, training, preset)
+        + _performance_section(metadata, training)
+        + _conformal_section(metadata)
+        + _gate_section(metadata)
+        + _limits_section(metadata, training, preset)
+    )
+
+
+def _use_section(metadata: BundleMetadata, training: dict, preset, model_bytes: int) -> str:
+    """Title, intended use and what the model does (input, output, flag, architecture, training)."""
     classes = metadata.classes
-    calibration = metrics["calibration"]
     size = metadata.input.height
     window = metadata.preprocessing.dicom_window.model_dump()
     positives = ", ".join(f"`{c}`" for c in metadata.positive_classes)
     rationale = preset.positive_rationale if preset else f"`positive_classes` is [{positives}]."
-    flag_test, flag_val = test.get("suspicious_flag", {}), val.get("suspicious_flag", {})
+    refit = bool(training.get("refit_on_validation"))
+    preprocessing = metadata.preprocessing
+    resize_text = (
+        f"padded with black to a square (aspect ratio kept), resized to {size}x{size} (bilinear)"
+        if preprocessing.pad_to_square
+        else f"resized to {size}x{size} (bilinear, aspect ratio ignored)"
+    )
+    intensity = preprocessing.intensity
+    scale_text = (
+        f"intensities scaled so that the image's {intensity.low:g} and {intensity.high:g} percentiles map to 0 "
+        "and 1 (clipped)"
+        if intensity.method == "percentile"
+        else "scaled by 1/255"
+    )
+    schedule = (
+        f"batch {training.get('recipe', {}).get('batch_size')}, {training.get('epochs_run')} epochs (early stopping: "
+        f"{training.get('early_stopping')}),"
+        if training.get("epochs_run")
+        else f"{training.get('early_stopping')},"
+    )
+    refit_text = " Fitted on train + validation (refit after the recipe was chosen)." if refit else ""
+    return f"""# Model card: {metadata.name} ({metadata.version})
 
+**Research tool. Not a diagnosis.** This model is a first-pass screening aid for research and
+triage experiments on 2D lung CT slices. It is not a medical device. A clinician must review every
+scan; the model's output never replaces a radiologist's reading.
+
+## Intended use
+
+- Research, teaching and first-pass triage experiments on single axial lung CT slices, with a
+  clinician reviewing every case. Not for diagnosis, treatment decisions or unsupervised screening.
+- Not validated on other hospitals, scanners, windows, paediatric patients or non-CT images.
+
+## What it does
+
+- Input: one CT slice (PNG, JPEG, BMP, TIFF or DICOM), converted to 8-bit grayscale, {resize_text},
+  {scale_text}: the `lungscan` core package's chain declared in `model.json`, the same code in training
+  and serving. DICOM input is windowed first
+  (center {window["center"]:g} HU, width {window["width"]:g} HU).
+- Output: softmax probabilities over `{classes}`, divided in logit space by a temperature of
+  {metadata.temperature} fitted on the calibration split (the most probable class is unchanged); shown
+  confidences are capped at 99.9%. With them, a conformal **prediction set** (below) and `uncertain`
+  when it holds more than one class.
+- Suspicious flag ("Cancer Detected"): raised when the summed probability of {positives} reaches
+  {metadata.threshold}, when a positive class is the most probable one, or when a positive class is in
+  the prediction set (it could not be ruled out). {rationale}
+  The threshold is the default {metadata.threshold}, not tuned on validation or test data.
+- Architecture: {training.get("architecture", "")}; {training.get("parameters", 0):,} parameters,
+  `model.h5` {model_bytes / 1024:.0f} KiB.
+- Training: {training.get("optimizer", "")}, balanced class weights
+  ({", ".join(f"{k} {v}" for k, v in training.get("class_weight", {}).items())}), {schedule}
+  augmentation: {training.get("augmentation")}; seed {training.get("seed")}.{refit_text}
+
+"""
+
+
+def _data_section(metadata: BundleMetadata, training: dict, preset) -> str:
+    """Dataset credit, deduplication, the split and its counts, the recipe's evidence."""
+    classes = metadata.classes
+    dataset = metadata.dataset
+    dedup, split = dataset["deduplication"], dataset["split"]
+    counts = split["counts"]
     split_rows = "\n".join(
         f"| {name} | " + " | ".join(str(counts[name][c]) for c in classes) + f" | {counts[name]['total']} |"
         for name in ("train", "validation", "calibration", "test")
         if name in counts
     )
+
+    cross = dedup.get("cross_split_dropped") or {}
+    cross_text = (
+        " Of these, "
+        + ", ".join(
+            f"{n} {name} file(s) were byte-identical to a file of an earlier split folder" for name, n in cross.items()
+        )
+        + " and left that split."
+        if cross
+        else ""
+    )
+    recipe_section = ""
+    if preset and preset.recipe_selection:
+        applies = (
+            "This bundle was trained with exactly that recipe."
+            if training.get("matches_preset_recipe")
+            else "**This bundle was trained with other arguments than that recipe**: the evidence does not apply."
+        )
+        recipe_section = f"\n## Recipe selection\n\n{preset.recipe_selection}\n\n{applies}\n"
+    credit = dataset.get("attribution") or "No dataset attribution recorded (trained without a preset)."
+    link = f" Dataset page: <{dataset['url']}>." if dataset.get("url") else ""
+    description = preset.data_description if preset else ""
+    return f"""## Data and attribution
+
+{credit}{link}
+Licence: {dataset.get("licence", "see the dataset page").rstrip(".")}. Source: {dataset.get("source", "")}.
+{description}
+
+- Deduplication by content (sha256 of the file bytes): {dedup["files"]} files, {dedup["dropped"]} byte-identical
+  copies dropped, {dedup["conflicting_labels_dropped"]} dropped because identical bytes carried two labels,
+  {dedup["kept"]} unique images.{cross_text}
+- Split: {split["method"]}
+- {split["gap_dropped"]} files dropped as gaps between blocks; {split["near_duplicates_dropped"]} held-out
+  images dropped as near-copies of a training image. Validation selects recipes; calibration fits the
+  temperature and the conformal thresholds; test is only measured. The full file lists are in `report/split.json`.
+
+| split | {" | ".join(classes)} | total |
+|---|{"---:|" * len(classes)}---:|
+{split_rows}
+{recipe_section}
+"""
+
+
+def _performance_section(metadata: BundleMetadata, training: dict) -> str:
+    """Test and validation figures with 95% intervals, per class, the confusion matrix, calibration."""
+    metrics = metadata.metrics
+    test, val = metrics["test"], metrics["validation"]
+    classes = metadata.classes
+    calibration = metrics["calibration"]
+    flag_test, flag_val = test.get("suspicious_flag", {}), val.get("suspicious_flag", {})
 
     def class_row(i: int, c: str) -> str:
         t, v = test["per_class"][c], val["per_class"][c]
@@ -85,16 +202,6 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
     correct = sum(matrix[i][i] for i in range(len(classes)))
     positives_n = flag_test.get("true_positive", 0) + flag_test.get("false_negative", 0)
     negatives_n = flag_test.get("true_negative", 0) + flag_test.get("false_positive", 0)
-    cross = dedup.get("cross_split_dropped") or {}
-    cross_text = (
-        " Of these, "
-        + ", ".join(
-            f"{n} {name} file(s) were byte-identical to a file of an earlier split folder" for name, n in cross.items()
-        )
-        + " and left that split."
-        if cross
-        else ""
-    )
     sensitivity_ci = _interval(flag_test.get("true_positive", 0), positives_n)
     specificity_ci = _interval(flag_test.get("true_negative", 0), negatives_n)
     sensitivity_row = f"{_pct(flag_test.get('sensitivity'))} ({sensitivity_ci}) | {_pct(flag_val.get('sensitivity'))}"
@@ -130,41 +237,7 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
             "validation (more images, nothing else changed), so its **validation column is training data**, "
             "not a held-out figure. Calibration and test stayed unseen."
         )
-    recipe_section = ""
-    if preset and preset.recipe_selection:
-        applies = (
-            "This bundle was trained with exactly that recipe."
-            if training.get("matches_preset_recipe")
-            else "**This bundle was trained with other arguments than that recipe**: the evidence does not apply."
-        )
-        recipe_section = f"\n## Recipe selection\n\n{preset.recipe_selection}\n\n{applies}\n"
-    limitations = "\n".join(f"- {item}" for item in (preset.limitations if preset else GENERIC_LIMITATIONS))
-    framework = getattr(metadata, "framework", None) or {}
-    credit = dataset.get("attribution") or "No dataset attribution recorded (trained without a preset)."
-    link = f" Dataset page: <{dataset['url']}>." if dataset.get("url") else ""
-    description = preset.data_description if preset else ""
-    preprocessing = metadata.preprocessing
-    resize_text = (
-        f"padded with black to a square (aspect ratio kept), resized to {size}x{size} (bilinear)"
-        if preprocessing.pad_to_square
-        else f"resized to {size}x{size} (bilinear, aspect ratio ignored)"
-    )
-    intensity = preprocessing.intensity
-    scale_text = (
-        f"intensities scaled so that the image's {intensity.low:g} and {intensity.high:g} percentiles map to 0 "
-        "and 1 (clipped)"
-        if intensity.method == "percentile"
-        else "scaled by 1/255"
-    )
-    conformal_section = _conformal_section(metadata) + _gate_section(metadata)
     validation_header = "validation (seen in the refit)" if refit else "validation"
-    schedule = (
-        f"batch {training.get('recipe', {}).get('batch_size')}, {training.get('epochs_run')} epochs (early stopping: "
-        f"{training.get('early_stopping')}),"
-        if training.get("epochs_run")
-        else f"{training.get('early_stopping')},"
-    )
-    refit_text = " Fitted on train + validation (refit after the recipe was chosen)." if refit else ""
     baseline = metrics.get("majority_baseline")
     baseline_row = (
         f"| majority-class baseline (always `{baseline['class']}`) | {_pct(baseline['accuracy'])} | |\n"
@@ -172,57 +245,7 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
         else ""
     )
 
-    return f"""# Model card: {metadata.name} ({metadata.version})
-
-**Research tool. Not a diagnosis.** This model is a first-pass screening aid for research and
-triage experiments on 2D lung CT slices. It is not a medical device. A clinician must review every
-scan; the model's output never replaces a radiologist's reading.
-
-## Intended use
-
-- Research, teaching and first-pass triage experiments on single axial lung CT slices, with a
-  clinician reviewing every case. Not for diagnosis, treatment decisions or unsupervised screening.
-- Not validated on other hospitals, scanners, windows, paediatric patients or non-CT images.
-
-## What it does
-
-- Input: one CT slice (PNG, JPEG, BMP, TIFF or DICOM), converted to 8-bit grayscale, {resize_text},
-  {scale_text}: the `lungscan` core package's chain declared in `model.json`, the same code in training
-  and serving. DICOM input is windowed first
-  (center {window["center"]:g} HU, width {window["width"]:g} HU).
-- Output: softmax probabilities over `{classes}`, divided in logit space by a temperature of
-  {metadata.temperature} fitted on the calibration split (the most probable class is unchanged); shown
-  confidences are capped at 99.9%. With them, a conformal **prediction set** (below) and `uncertain`
-  when it holds more than one class.
-- Suspicious flag ("Cancer Detected"): raised when the summed probability of {positives} reaches
-  {metadata.threshold}, when a positive class is the most probable one, or when a positive class is in
-  the prediction set (it could not be ruled out). {rationale}
-  The threshold is the default {metadata.threshold}, not tuned on validation or test data.
-- Architecture: {training.get("architecture", "")}; {training.get("parameters", 0):,} parameters,
-  `model.h5` {model_bytes / 1024:.0f} KiB.
-- Training: {training.get("optimizer", "")}, balanced class weights
-  ({", ".join(f"{k} {v}" for k, v in training.get("class_weight", {}).items())}), {schedule}
-  augmentation: {training.get("augmentation")}; seed {training.get("seed")}.{refit_text}
-
-## Data and attribution
-
-{credit}{link}
-Licence: {dataset.get("licence", "see the dataset page").rstrip(".")}. Source: {dataset.get("source", "")}.
-{description}
-
-- Deduplication by content (sha256 of the file bytes): {dedup["files"]} files, {dedup["dropped"]} byte-identical
-  copies dropped, {dedup["conflicting_labels_dropped"]} dropped because identical bytes carried two labels,
-  {dedup["kept"]} unique images.{cross_text}
-- Split: {split["method"]}
-- {split["gap_dropped"]} files dropped as gaps between blocks; {split["near_duplicates_dropped"]} held-out
-  images dropped as near-copies of a training image. Validation selects recipes; calibration fits the
-  temperature and the conformal thresholds; test is only measured. The full file lists are in `report/split.json`.
-
-| split | {" | ".join(classes)} | total |
-|---|{"---:|" * len(classes)}---:|
-{split_rows}
-{recipe_section}
-## Measured performance
+    return f"""## Measured performance
 
 Measured on the held-out **test** split ({metrics["evaluated_on"]}) by loading the saved
 bundle with `lungscan.predict.Classifier` and sending every image through the serving path (decode,
@@ -254,7 +277,15 @@ Test confusion matrix (rows: true class, columns: predicted class):
 Reliability (test split, before and after the temperature): `report/reliability.png`.
 
 ![reliability](report/reliability.png)
-{conformal_section}
+"""
+
+
+def _limits_section(metadata: BundleMetadata, training: dict, preset) -> str:
+    """Where the figures are, the limitations, and how to reproduce the bundle."""
+    metrics = metadata.metrics
+    limitations = "\n".join(f"- {item}" for item in (preset.limitations if preset else GENERIC_LIMITATIONS))
+    framework = getattr(metadata, "framework", None) or {}
+    return f"""
 Figures: `report/confusion_matrix.png`, `report/roc.png`, `report/reliability.png`; per-image test
 predictions: `report/test_predictions.csv`. Evaluation-set fingerprint (sha256 over the sorted test
 image hashes): `{metrics["evaluation_set"]["fingerprint"]}`; `publish` compares models only on equal fingerprints.
