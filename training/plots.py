@@ -1,0 +1,79 @@
+"""The evaluation report's figures (``report/*.png``): confusion matrix, ROC curves, reliability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lungscan.bundle import BundleMetadata
+from training.metrics import expected_calibration_error, reliability, roc_curve
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _title(metadata: BundleMetadata, what: str) -> str:
+    return f"{metadata.name} {metadata.version}\n{what}"
+
+
+def plot_confusion(path: Path, metrics: dict, metadata: BundleMetadata) -> None:
+    plt = _pyplot()
+    classes = metadata.classes
+    matrix = np.array(metrics["confusion_matrix"]["matrix"])
+    fig, ax = plt.subplots(figsize=(1.3 * len(classes) + 2.5, 1.1 * len(classes) + 2.2), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), [c.replace("_", "\n") for c in classes], fontsize=8)
+    ax.set_yticks(range(len(classes)), [c.replace("_", "\n") for c in classes], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(_title(metadata, f"test confusion (n={metrics['n']}, macro-F1 {metrics['macro_f1']:.3f})"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_roc(path: Path, labels: np.ndarray, probabilities: np.ndarray, classes: list[str], metadata) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.6), dpi=100)
+    for k, name in enumerate(classes):
+        positive = labels == k
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr = roc_curve(positive, probabilities[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(_title(metadata, "test ROC, one class vs the rest"), fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, temperature: float, metadata) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.6), dpi=100)
+    for probabilities, name in ((before, "before (T=1)"), (after, f"after (T={temperature:.2f})")):
+        bins = reliability(labels, probabilities)
+        ece = expected_calibration_error(labels, probabilities)
+        ax.plot(
+            [b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=f"{name}, ECE {ece:.3f}"
+        )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(_title(metadata, "test reliability, temperature fitted on the calibration split"), fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
