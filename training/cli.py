@@ -39,7 +39,7 @@ HELP = {
     ),
     "evaluate": (
         "measure a bundle as served; calibrate; write report/ and MODEL_CARD.md",
-        "Load the bundle with lungscan.predict.Classifier and run its validation and test images (the files "
+        "Load the bundle with lungscan.classifier.Classifier and run its validation and test images (the files "
         "report/split.json lists, checked by sha256) through the serving path. Reports accuracy, macro-F1, "
         "per-class precision/recall, one-vs-rest ROC-AUC, the suspicious flag's sensitivity/specificity and "
         "the expected calibration error before/after a temperature fitted on validation (stored in "

@@ -1,6 +1,6 @@
 """``python -m training evaluate BUNDLE``: measure a saved bundle exactly as it is served.
 
-The bundle is loaded with :class:`lungscan.predict.Classifier`; every validation, calibration and
+The bundle is loaded with :class:`lungscan.classifier.Classifier`; every validation, calibration and
 test image (the files ``report/split.json`` lists, checked against their sha256) goes through the
 serving path: ``decode_upload`` -> ``Classifier.prepare`` -> ``Classifier.predict_batch`` ->
 ``Classifier.interpret`` for the suspicious flag. So the figures are the served artifact's.
@@ -121,7 +121,7 @@ def evaluate_bundle(
         ``model.json``'s metrics.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from lungscan.predict import Classifier
+    from lungscan.classifier import Classifier
 
     started = time.perf_counter()
     bundle_dir = Path(bundle_dir)

@@ -223,7 +223,7 @@ def test_the_shipped_bundles_carry_a_gate_with_its_measured_rates():
 def test_a_bundle_without_a_gate_is_served_as_before(tmp_path):
     from conftest import standin_bundle
 
-    from lungscan.predict import Classifier
+    from lungscan.classifier import Classifier
 
     classifier = Classifier(standin_bundle(tmp_path / "legacy"))
     assert classifier.metadata.gate is None

@@ -17,13 +17,13 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 
-import lungscan.predict
+import lungscan.classifier
 import lungscan.transforms
 import training.datasets
 import training.evaluate
 import training.train
 from lungscan import registry
-from lungscan.predict import Classifier
+from lungscan.classifier import Classifier
 from lungscan.uploads import decode_upload
 from training.cli import build_parser, main
 from training.twin import derive_twin
@@ -59,10 +59,10 @@ def trained(tmp_path_factory) -> dict:
         return original(decoded, preprocess)
 
     patch = pytest.MonkeyPatch()
-    # Training (training.datasets) and serving (lungscan.predict) both bound the core function at import.
-    assert training.datasets.preprocess_image is original is lungscan.predict.preprocess_image
+    # Training (training.datasets) and serving (lungscan.classifier) both bound the core function at import.
+    assert training.datasets.preprocess_image is original is lungscan.classifier.preprocess_image
     patch.setattr(training.datasets, "preprocess_image", spy)
-    patch.setattr(lungscan.predict, "preprocess_image", spy)
+    patch.setattr(lungscan.classifier, "preprocess_image", spy)
     writes: list[Path] = []  # model.json is written once per run, after evaluation
     for module in (training.train, training.evaluate):
         original_write = module.write_metadata
@@ -76,7 +76,7 @@ def trained(tmp_path_factory) -> dict:
             loads.append(bundle_dir)
             super().__init__(bundle_dir, **kwargs)
 
-    patch.setattr(lungscan.predict, "Classifier", CountedClassifier)
+    patch.setattr(lungscan.classifier, "Classifier", CountedClassifier)
     try:
         argv = [
             "train",
