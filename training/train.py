@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--classes", help="comma-separated class order (default: the preset's, else folder names)")
     data.add_argument("--positive-classes", help="comma-separated classes that make a case suspicious")
-    data.add_argument("--threshold", type=float, help="suspicion threshold on the summed positive probability")
+    data.add_argument("--threshold", type=float, help="flag threshold on the summed positive-class probability")
     data.add_argument("--blocks", type=int, help="block split: contiguous blocks per class (13)")
     data.add_argument("--gap", type=int, help="block split: files dropped at each boundary between splits (2)")
     data.add_argument(
