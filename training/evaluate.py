@@ -41,7 +41,7 @@ from lungscan.bundle import (
 )
 from lungscan.uploads import bundle_dicom_options, decode_upload
 from training.calibrate import fit_conformal, set_report
-from training.datasets import Sample, evaluation_fingerprint, samples_from_manifest
+from training.layouts import Sample, samples_from_manifest
 from training.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -49,6 +49,7 @@ from training.metrics import (
 )
 from training.plots import plot_confusion, plot_reliability, plot_roc
 from training.presets import REPO_ROOT
+from training.splits import evaluation_fingerprint
 
 SMOKE_FILE = f"{REPORT_DIR}/smoke.npz"
 SMOKE_TOLERANCE = 1e-4  # max |probability difference| allowed when a bundle is re-checked at publish

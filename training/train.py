@@ -40,12 +40,14 @@ from lungscan.bundle import (
 )
 from lungscan.transforms import build_preprocess
 from lungscan.uploads import bundle_dicom_options
-from training.datasets import SPLITS, PreparedDataset, load_arrays, prepare_dataset
+from training.datasets import PreparedDataset, prepare_dataset
 from training.fitting import fit_members
 from training.hog import HISTOGRAM_BINS, HOG_BINS, HOG_BLOCK, HOG_C
+from training.image_arrays import load_arrays
 from training.metrics import balanced_class_weights
 from training.networks import assemble_ensemble
 from training.presets import REPO_ROOT
+from training.splits import SPLITS
 from training.train_config import AUGMENTATIONS, TrainConfig
 
 SPLIT_MANIFEST = f"{REPORT_DIR}/split.json"

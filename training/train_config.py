@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training.datasets import LAYOUTS
+from training.layouts import LAYOUTS
 from training.presets import DEFAULTS, PRESETS, REPO_ROOT, Preset
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "training" / "runs"

@@ -22,8 +22,8 @@ from lungscan.classifier import Classifier
 from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError
 from training.cli import EXIT_FAILED, EXIT_REFUSED, main
-from training.datasets import Sample
 from training.evaluate import SMOKE_FILE, report_files, write_smoke_set
+from training.layouts import Sample
 
 BUCKET = MODEL_BUCKET
 SAME_TEST_SET = "a" * 64
