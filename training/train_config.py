@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from training.layouts import LAYOUTS
@@ -66,12 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--batch-size", type=int)
     model.add_argument("--learning-rate", type=float)
     model.add_argument("--augment", choices=sorted(AUGMENTATIONS), help="training augmentation (none | light | strong)")
-    model.add_argument(
-        "--pad-to-square",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="pad to a square before resizing instead of stretching (declared in model.json)",
-    )
+    switch = partial(model.add_argument, action=argparse.BooleanOptionalAction, default=None)  # --x / --no-x
+    switch("--pad-to-square", help="pad to a square before resizing instead of stretching (declared in model.json)")
     model.add_argument(
         "--intensity",
         choices=("fixed", "percentile"),
@@ -92,16 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "front end built from Keras layers (frozen) with a trained softmax (logistic regression) head",
     )
     model.add_argument("--hog-cell", type=int, help="hog: cell size in pixels (16)")
-    model.add_argument(
+    switch(
         "--refit",
-        action=argparse.BooleanOptionalAction,
-        default=None,
         help="fit the shipped model on train + validation (the recipe chosen beforehand on validation); "
         "calibration and test stay unseen",
     )
-    model.add_argument(
-        "--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="BatchNormalization after convs"
-    )
+    switch("--batch-norm", help="BatchNormalization after convs")
     model.add_argument("--filters", help="filters of the conv/pool stages, comma-separated (16,32,64)")
     model.add_argument("--last-filters", type=int, help="filters of the last conv layer (Grad-CAM's target) (96)")
     model.add_argument("--dropout", type=float)
