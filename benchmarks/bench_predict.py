@@ -163,7 +163,8 @@ def time_calls(call: Callable[[], Any], warmup: int, requests: int) -> list[floa
 
 def cold_start_once(model_dir: Path, event: dict, log_path: Path, warm_requests: int) -> dict:
     """Spawn runtime + awslambdaric, time to the first 200; optionally a few warm requests through it."""
-    from infrastructure.runtime_api import InvocationError, InvocationTimeoutError, local_function
+    from infrastructure.local_function import local_function
+    from infrastructure.runtime_api import InvocationError, InvocationTimeoutError
 
     started = time.monotonic()
     with local_function(model_dir, log_path) as function:

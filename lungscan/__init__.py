@@ -2,7 +2,7 @@
 
 Decoding (:mod:`lungscan.imaging`, :mod:`lungscan.dicom`), preprocessing
 (:mod:`lungscan.transforms`), the model bundle (:mod:`lungscan.bundle`), prediction
-(:mod:`lungscan.predict`) and the S3 registry (:mod:`lungscan.registry`). Adapters import
+(:mod:`lungscan.classifier`) and the S3 registry (:mod:`lungscan.registry`). Adapters import
 these; nothing here imports an adapter, HTTP or argparse.
 """
 

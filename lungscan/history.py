@@ -238,35 +238,28 @@ class HistoryStore:
 
     def _count_scans(self, team: str, ref: str) -> int:
         paginator = self.dynamodb.get_paginator("query")
-        pages = paginator.paginate(
-            TableName=self.table,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :scan)",
-            FilterExpression="expires_at > :now",
-            ExpressionAttributeValues={
-                ":pk": {"S": self._patient_pk(team, ref)},
-                ":scan": {"S": "SCAN#"},
+        pages = paginator.paginate(**self._live_items(self._patient_pk(team, ref), "SCAN#"), Select="COUNT")
+        return sum(page["Count"] for page in pages)
+
+    def _live_items(self, pk: str, sk_prefix: str) -> dict[str, Any]:
+        """The query for the items under ``pk`` whose sort key starts with ``sk_prefix``, unexpired:
+        DynamoDB's TTL deletes expired items within days, not at once, so they are never counted or shown."""
+        return {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "FilterExpression": "expires_at > :now",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": pk},
+                ":prefix": {"S": sk_prefix},
                 ":now": {"N": str(int(time.time()))},
             },
-            Select="COUNT",
-        )
-        return sum(page["Count"] for page in pages)
+        }
 
     # ---- reads
 
     def patients(self, team: str) -> list[dict[str, Any]]:
         """The team's patients, most recently scanned first."""
-        paginator = self.dynamodb.get_paginator("query")
-        pages = paginator.paginate(
-            TableName=self.table,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :patient)",
-            # DynamoDB's TTL deletes expired items within days, not at once: never show them.
-            FilterExpression="expires_at > :now",
-            ExpressionAttributeValues={
-                ":pk": {"S": self._team_pk(team)},
-                ":patient": {"S": "PATIENT#"},
-                ":now": {"N": str(int(time.time()))},
-            },
-        )
+        pages = self.dynamodb.get_paginator("query").paginate(**self._live_items(self._team_pk(team), "PATIENT#"))
         patients = [
             {
                 "patient": item["patient"]["S"],
@@ -284,17 +277,7 @@ class HistoryStore:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of a patient's records, newest first, and the record id the next page starts after."""
         pk = self._patient_pk(team, ref)
-        query: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :scan)",
-            "FilterExpression": "expires_at > :now",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": pk},
-                ":scan": {"S": "SCAN#"},
-                ":now": {"N": str(int(time.time()))},
-            },
-            "ScanIndexForward": False,
-        }
+        query = self._live_items(pk, "SCAN#") | {"ScanIndexForward": False}
         if after is not None:
             query["ExclusiveStartKey"] = {"pk": {"S": pk}, "sk": {"S": f"SCAN#{check_record_id(after)}"}}
         records: list[dict[str, Any]] = []

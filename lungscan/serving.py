@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lungscan import registry
+from lungscan.classifier import Classifier
 from lungscan.errors import InvalidBundleError, ModelUnavailableError, UnknownModelError
-from lungscan.predict import Classifier
 
 SOURCE_BAKED = "baked"
 SOURCE_REGISTRY = "registry"

@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 from pydantic import BaseModel, Field
 
 from lungscan.bundle import BundleMetadata
+from lungscan.classifier import Classifier, Prediction
 from lungscan.dicom import DicomOptions, decode_dicom, looks_like_dicom, read_dicom_header
 from lungscan.errors import PayloadTooLargeError
 from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, decode_image, open_image
-from lungscan.predict import Classifier, Prediction
 
 # Slices in one study: 64 CT slices fit Lambda's 6 MB request as compressed PNG/JPEG.
 MAX_STUDY_SLICES = 64
@@ -61,7 +61,7 @@ class ClassifiedUpload:
     predictions: list[Prediction]
     inputs: list[SliceInput]
     is_study: bool
-    focus: int  # the single image, or the study's slice with the highest positive-class probability (suspicion)
+    focus: int  # the single image, or the study's slice with the highest positive_probability
     focus_image: DecodedImage  # its heatmap (when explained) and its preview go in the answer
 
 
@@ -104,7 +104,7 @@ def classify_upload(
         decoded = item.decode(limits, dicom)
         predictions.append(classifier.classify(decoded))
         inputs.append(SliceInput.of(decoded))
-        if focus_image is None or predictions[index].suspicion > predictions[focus].suspicion:
+        if focus_image is None or predictions[index].positive_probability > predictions[focus].positive_probability:
             focus, focus_image = index, decoded
         del decoded
     if options.explain:  # explain the slice that matters; all heatmaps would overflow the response

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -86,32 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _bounded(name: str, cast: type, breaks: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    """An argparse ``type``: ``cast`` the text, then refuse a value that ``breaks`` the ``rule``."""
+
+    def parse(text: str):
+        value = cast(text)
+        if breaks(value):
+            raise argparse.ArgumentTypeError(rule)
+        return value
+
+    parse.__name__ = name  # argparse names it in "invalid <name> value: ..."
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+positive_int = _bounded("positive_int", int, lambda value: value < 1, "must be at least 1")
+non_negative_int = _bounded("non_negative_int", int, lambda value: value < 0, "must be 0 or more")
+positive_float = _bounded("positive_float", float, lambda value: value <= 0, "must be greater than 0")
+non_negative_float = _bounded("non_negative_float", float, lambda value: value < 0, "must be 0 or more")
 
 
 def is_loopback(host: str) -> bool:

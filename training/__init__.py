@@ -1,7 +1,6 @@
-"""Training command line: ``python -m training {train,evaluate,publish,promote,rollback,list}``.
+"""Training command line: ``python -m training {train,evaluate,twin,gate,publish,promote,rollback,list}``.
 
-It imports the core package (:mod:`lungscan`), never the Lambda. Modules: :mod:`training.cli`
-(the entry point), :mod:`training.datasets` (scan, deduplicate, split), :mod:`training.train`,
-:mod:`training.evaluate`, :mod:`training.metrics`, :mod:`training.model_card`,
-:mod:`training.publish` (registry commands), :mod:`training.presets` (the shipped models' recipes).
+It imports the core package (:mod:`lungscan`), never the Lambda. The README's layout table lists the
+modules: the entry point (:mod:`training.cli`), the dataset (:mod:`training.datasets` and the steps it
+runs), the ``train`` run and its networks, evaluation and its card, the twin, the gate, publishing.
 """

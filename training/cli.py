@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from lungscan.errors import LungScanError
-from training import evaluate, gate, publish, train, twin
+from training import evaluate, gate, publish, train, train_config, twin
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
@@ -39,7 +39,7 @@ HELP = {
     ),
     "evaluate": (
         "measure a bundle as served; calibrate; write report/ and MODEL_CARD.md",
-        "Load the bundle with lungscan.predict.Classifier and run its validation and test images (the files "
+        "Load the bundle with lungscan.classifier.Classifier and run its validation and test images (the files "
         "report/split.json lists, checked by sha256) through the serving path. Reports accuracy, macro-F1, "
         "per-class precision/recall, one-vs-rest ROC-AUC, the suspicious flag's sensitivity/specificity and "
         "the expected calibration error before/after a temperature fitted on validation (stored in "
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     adders = {
-        "train": train.add_arguments,
+        "train": train_config.add_arguments,
         "evaluate": evaluate.add_arguments,
         "twin": twin.add_arguments,
         "gate": gate.add_arguments,
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: list[str], s3=None) -> int:
     if args.command == "train":
-        train.run(train.resolve_config(args, argv))
+        train.run(train_config.resolve_config(args, argv))
         return 0
     if args.command == "evaluate":
         evaluate.evaluate_bundle(args.bundle, args.data_dir, smoke_size=args.smoke_size)

@@ -1,6 +1,6 @@
 """``python -m training evaluate BUNDLE``: measure a saved bundle exactly as it is served.
 
-The bundle is loaded with :class:`lungscan.predict.Classifier`; every validation, calibration and
+The bundle is loaded with :class:`lungscan.classifier.Classifier`; every validation, calibration and
 test image (the files ``report/split.json`` lists, checked against their sha256) goes through the
 serving path: ``decode_upload`` -> ``Classifier.prepare`` -> ``Classifier.predict_batch`` ->
 ``Classifier.interpret`` for the suspicious flag. So the figures are the served artifact's.
@@ -41,7 +41,7 @@ from lungscan.bundle import (
 )
 from lungscan.uploads import bundle_dicom_options, decode_upload
 from training.calibrate import fit_conformal, set_report
-from training.datasets import Sample, evaluation_fingerprint, samples_from_manifest
+from training.layouts import Sample, samples_from_manifest
 from training.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -49,6 +49,7 @@ from training.metrics import (
 )
 from training.plots import plot_confusion, plot_reliability, plot_roc
 from training.presets import REPO_ROOT
+from training.splits import evaluation_fingerprint
 
 SMOKE_FILE = f"{REPORT_DIR}/smoke.npz"
 SMOKE_TOLERANCE = 1e-4  # max |probability difference| allowed when a bundle is re-checked at publish
@@ -121,7 +122,7 @@ def evaluate_bundle(
         ``model.json``'s metrics.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from lungscan.predict import Classifier
+    from lungscan.classifier import Classifier
 
     started = time.perf_counter()
     bundle_dir = Path(bundle_dir)

@@ -248,7 +248,7 @@ def _performance_section(metadata: BundleMetadata, training: dict) -> str:
     return f"""## Measured performance
 
 Measured on the held-out **test** split ({metrics["evaluated_on"]}) by loading the saved
-bundle with `lungscan.predict.Classifier` and sending every image through the serving path (decode,
+bundle with `lungscan.classifier.Classifier` and sending every image through the serving path (decode,
 preprocess, predict with the temperature, flag, prediction set).
 Intervals are 95% Wilson intervals: the test split is small ({test["n"]} images), so every figure is
 uncertain.{gap_note}{calibration_note}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,38 +44,44 @@ def plot_confusion(path: Path, metrics: dict, metadata: BundleMetadata) -> None:
 
 
 def plot_roc(path: Path, labels: np.ndarray, probabilities: np.ndarray, classes: list[str], metadata) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.6), dpi=100)
-    for k, name in enumerate(classes):
-        positive = labels == k
-        if positive.all() or not positive.any():
-            continue
-        fpr, tpr = roc_curve(positive, probabilities[:, k])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(_title(metadata, "test ROC, one class vs the rest"), fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    axes = ("false positive rate", "true positive rate")
+    with _unit_square(path, metadata, "test ROC, one class vs the rest", axes, legend="lower right") as ax:
+        for k, name in enumerate(classes):
+            positive = labels == k
+            if positive.all() or not positive.any():
+                continue
+            fpr, tpr = roc_curve(positive, probabilities[:, k])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
 
 
 def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, temperature: float, metadata) -> None:
+    what = "test reliability, temperature fitted on the calibration split"
+    axes = ("confidence (top class)", "accuracy")
+    with _unit_square(path, metadata, what, axes, legend="upper left") as ax:
+        for probabilities, name in ((before, "before (T=1)"), (after, f"after (T={temperature:.2f})")):
+            bins = reliability(labels, probabilities)
+            ece = expected_calibration_error(labels, probabilities)
+            ax.plot(
+                [b["confidence"] for b in bins],
+                [b["accuracy"] for b in bins],
+                marker="o",
+                label=f"{name}, ECE {ece:.3f}",
+            )
+
+
+@contextmanager
+def _unit_square(path: Path, metadata: BundleMetadata, what: str, axes: tuple[str, str], *, legend: str) -> Iterator:
+    """A curve figure over [0, 1]x[0, 1]: the caller draws its curves on the axes it gets; the dotted
+    diagonal (chance for ROC, perfect calibration for reliability), the axis names, title and legend
+    follow, and the figure is saved to ``path``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.6), dpi=100)
-    for probabilities, name in ((before, "before (T=1)"), (after, f"after (T={temperature:.2f})")):
-        bins = reliability(labels, probabilities)
-        ece = expected_calibration_error(labels, probabilities)
-        ax.plot(
-            [b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=f"{name}, ECE {ece:.3f}"
-        )
+    yield ax
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("confidence (top class)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(_title(metadata, "test reliability, temperature fitted on the calibration split"), fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(_title(metadata, what), fontsize=9)
+    ax.legend(fontsize=8, loc=legend)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -5,7 +5,7 @@
 validates the bundle before anything is uploaded:
 
 1. ``model.json`` is valid, the sha256 of ``model.h5`` matches it, and it carries the not-CT gate;
-2. :class:`lungscan.predict.Classifier` loads it and the model's input/output shapes match
+2. :class:`lungscan.classifier.Classifier` loads it and the model's input/output shapes match
    ``model.json`` (the function would refuse it otherwise);
 3. the report files ``model.json`` declares are there, with their sha256, and it carries
    evaluation metrics and conformal calibration (``conformal``: answers need prediction sets);
@@ -107,7 +107,7 @@ def validate_bundle(bundle_dir: Path | str) -> BundleMetadata:
     Raises:
         InvalidBundleError: what failed, in words.
     """
-    from lungscan.predict import Classifier
+    from lungscan.classifier import Classifier
 
     bundle_dir = Path(bundle_dir)
     if not (bundle_dir / METADATA_FILE).is_file():

@@ -263,7 +263,7 @@ def derive_twin(bundle_dir: Path | str, *, out=print) -> TwinSpec:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tf2onnx
 
-    from lungscan.predict import Classifier
+    from lungscan.classifier import Classifier
 
     bundle_dir = Path(bundle_dir)
     if not (bundle_dir / METADATA_FILE).is_file():

@@ -16,8 +16,8 @@ from api_schemas import (
 from PIL import Image
 from pydantic import BaseModel
 
+from lungscan.classifier import DISCLAIMER, VERDICT_CLEAR, VERDICT_SUSPICIOUS, Classifier, Prediction
 from lungscan.errors import PayloadTooLargeError
-from lungscan.predict import DISCLAIMER, VERDICT_CLEAR, VERDICT_SUSPICIOUS, Classifier, Prediction
 from lungscan.uploads import ClassifiedUpload, SliceInput
 
 # Lambda returns at most 6 MB per synchronous answer, envelope included.
@@ -54,7 +54,8 @@ def predict_answer(
             suspicious=suspicious,
             verdict=VERDICT_SUSPICIOUS if suspicious else VERDICT_CLEAR,
             most_suspicious_slice=focus,
-            max_suspicion=predictions[focus].suspicion,
+            max_positive_probability=predictions[focus].positive_probability,
+            max_suspicion=predictions[focus].positive_probability,
             label_counts=dict(Counter(prediction.label for prediction in predictions)),
             uncertain=None if predictions[0].uncertain is None else any(p.uncertain for p in predictions),
             uncertain_slices=[index for index, prediction in enumerate(predictions) if prediction.uncertain],
@@ -93,7 +94,8 @@ def _slice_result(info: SliceInput, prediction: Prediction, focus: ClassifiedUpl
         verdict=prediction.verdict,
         suspicious=prediction.suspicious,
         confidence=prediction.confidence,
-        suspicion=prediction.suspicion,
+        positive_probability=prediction.positive_probability,
+        suspicion=prediction.positive_probability,
         probabilities=prediction.probabilities,
         prediction_set=prediction.prediction_set,
         uncertain=prediction.uncertain,

@@ -61,7 +61,9 @@ class SliceResult(BaseModel):
     verdict: str
     suspicious: bool
     confidence: float
-    suspicion: float = Field(description="Summed probability of the model's positive classes")
+    positive_probability: float = Field(description="Summed probability of the model's positive classes")
+    # The first name of positive_probability, kept for the integrations that read it.
+    suspicion: float = Field(deprecated=True, description="Deprecated alias of positive_probability (the same value)")
     probabilities: dict[str, float]
     prediction_set: list[str] | None = Field(
         default=None,
@@ -90,8 +92,11 @@ class StudySummary(BaseModel):
     slices: int
     suspicious: bool
     verdict: str
-    most_suspicious_slice: int = Field(description="Index of the slice with the highest suspicion")
-    max_suspicion: float
+    most_suspicious_slice: int = Field(description="Index of the slice with the highest positive_probability")
+    max_positive_probability: float = Field(description="positive_probability of the most suspicious slice")
+    max_suspicion: float = Field(
+        deprecated=True, description="Deprecated alias of max_positive_probability (the same value)"
+    )
     label_counts: dict[str, int]
     uncertain: bool | None = Field(default=None, description="True when any slice's answer is uncertain")
     uncertain_slices: list[int] = Field(default=[], description="Indices of the slices whose answer is uncertain")

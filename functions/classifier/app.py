@@ -33,6 +33,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config as BotocoreConfig
 
+from lungscan.classifier import DISCLAIMER
 from lungscan.errors import (
     LungScanError,
     MalformedInputError,
@@ -42,7 +43,6 @@ from lungscan.errors import (
     UnknownModelError,
     UnsupportedFormatError,
 )
-from lungscan.predict import DISCLAIMER
 from lungscan.serving import DEFAULT_REGISTRY_DEADLINE, ModelStore
 from lungscan.uploads import classify_upload
 

@@ -149,6 +149,23 @@ def test_the_console_script_is_installed():
     assert out.returncode == 0 and "--concurrency" in out.stdout
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--concurrency", "0", "must be at least 1"),
+        ("--concurrency", "two", "invalid positive_int value: 'two'"),
+        ("--retries", "-1", "must be 0 or more"),
+        ("--backoff", "-0.5", "must be 0 or more"),
+        ("--timeout", "0", "must be greater than 0"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["classify", str(NORMAL_PNG), "--api", "http://127.0.0.1:9", option, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_the_default_size_limit_is_the_apis():
     from lungscan.imaging import DEFAULT_LIMITS
 

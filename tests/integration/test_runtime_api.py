@@ -21,14 +21,8 @@ from conftest import ct_like_image
 from PIL import Image
 
 from infrastructure.emulation import REPO_ROOT, proxy_event
-from infrastructure.runtime_api import (
-    InitError,
-    InvocationError,
-    InvocationTimeoutError,
-    LocalFunction,
-    LocalRuntime,
-    local_function,
-)
+from infrastructure.local_function import LocalFunction, local_function
+from infrastructure.runtime_api import InitError, InvocationError, InvocationTimeoutError, LocalRuntime
 
 EVENTS_DIR = REPO_ROOT / "events"
 INIT_TIMEOUT_S = 300.0  # TensorFlow's import on a busy 2-core machine; a wall-clock bound, not a target

@@ -308,7 +308,7 @@ def test_frames_of_several_dicoms_are_counted_from_the_headers(app_module, lambd
 
 
 def test_a_study_holds_one_decoded_slice_at_a_time(app_module, lambda_context, monkeypatch):
-    from lungscan.predict import Classifier
+    from lungscan.classifier import Classifier
 
     alive_at_each_call = []
     seen: list[weakref.ref] = []

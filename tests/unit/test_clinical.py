@@ -161,9 +161,12 @@ def test_study_of_slices_summarises_the_most_suspicious(app_module, lambda_conte
     status, answer = call(app_module, lambda_context, {"images": images, "explain": True})
     assert status == 200, answer
     study, slices = answer["study"], answer["slices"]
-    suspicions = [item["suspicion"] for item in slices]
-    assert study["most_suspicious_slice"] == int(np.argmax(suspicions))
-    assert study["max_suspicion"] == max(suspicions)
+    positive = [item["positive_probability"] for item in slices]
+    assert study["most_suspicious_slice"] == int(np.argmax(positive))
+    assert study["max_positive_probability"] == max(positive)
+    # The deprecated first names carry the same values, for the integrations that still read them.
+    assert [item["suspicion"] for item in slices] == positive
+    assert study["max_suspicion"] == study["max_positive_probability"]
     assert study["suspicious"] == any(item["suspicious"] for item in slices)
     assert sum(study["label_counts"].values()) == 4
     assert study["uncertain"] == any(item["uncertain"] for item in slices)

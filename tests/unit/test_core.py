@@ -12,9 +12,9 @@ from conftest import ct_like_image, encode
 from PIL import Image
 
 from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, read_metadata, write_metadata
+from lungscan.classifier import Classifier
 from lungscan.errors import InvalidBundleError, MalformedInputError, NotACTSliceError, PayloadTooLargeError
 from lungscan.imaging import ImageLimits, decode_base64, decode_image
-from lungscan.predict import Classifier
 from lungscan.transforms import build_preprocess, preprocess_image
 from lungscan.uploads import UploadOptions, classify_upload
 

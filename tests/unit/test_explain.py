@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
+from lungscan.classifier import Classifier
 from lungscan.imaging import DecodedImage
-from lungscan.predict import Classifier
 
 SIZE = 32
 BLOB_RADIUS = 3

@@ -23,7 +23,7 @@ from lungscan.bundle import read_metadata
 from lungscan.errors import NotACTSliceError, NotCTLikeError
 from lungscan.gate import FEATURE_NAMES, GateSpec, check_ct_like, gate_features, gate_scores, is_ct_like
 from lungscan.imaging import DecodedImage, to_8bit
-from training import non_ct
+from training import non_ct, non_ct_generators
 
 
 def call(app_module, lambda_context, image_bytes: bytes) -> tuple[int, dict]:
@@ -86,13 +86,13 @@ NON_CT = {
     "training_curve": lambda: non_ct.generate("chart", 5, seed=7)[4],
     "text": text_image,
     "logo": logo_drawing,
-    "lung_cartoon": lambda: non_ct.lung_cartoon(np.random.default_rng(3)),
-    "screenshot": lambda: non_ct.screenshot(np.random.default_rng(3)),
+    "lung_cartoon": lambda: non_ct_generators.lung_cartoon(np.random.default_rng(3)),
+    "screenshot": lambda: non_ct_generators.screenshot(np.random.default_rng(3)),
     "noise_uniform": lambda: Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256), dtype=np.uint8)),
-    "noise_gaussian_colour": lambda: non_ct.noise_gaussian(np.random.default_rng(2)),
-    "stripes": lambda: non_ct.stripes(np.random.default_rng(5)),
-    "colour_gradient": lambda: non_ct.gradient(np.random.default_rng(4)),
-    "xray_like": lambda: non_ct.radiograph(np.random.default_rng(6)),
+    "noise_gaussian_colour": lambda: non_ct_generators.noise_gaussian(np.random.default_rng(2)),
+    "stripes": lambda: non_ct_generators.stripes(np.random.default_rng(5)),
+    "colour_gradient": lambda: non_ct_generators.gradient(np.random.default_rng(4)),
+    "xray_like": lambda: non_ct_generators.radiograph(np.random.default_rng(6)),
     "mr_dicom_as_png": mr_png,
 }
 
@@ -223,7 +223,7 @@ def test_the_shipped_bundles_carry_a_gate_with_its_measured_rates():
 def test_a_bundle_without_a_gate_is_served_as_before(tmp_path):
     from conftest import standin_bundle
 
-    from lungscan.predict import Classifier
+    from lungscan.classifier import Classifier
 
     classifier = Classifier(standin_bundle(tmp_path / "legacy"))
     assert classifier.metadata.gate is None

@@ -35,6 +35,10 @@ def assert_prediction(answer: dict, app_module) -> None:
     assert answer["verdict"] in ("Cancer Detected", "No Cancer Detected")
     assert answer["prediction"] == answer["verdict"]
     assert answer["suspicious"] is (answer["verdict"] == "Cancer Detected")
+    positives = classifier.metadata.positive_classes
+    expected = sum(answer["probabilities"][name] for name in positives)
+    assert answer["positive_probability"] == pytest.approx(expected, abs=1e-3)
+    assert answer["suspicion"] == answer["positive_probability"]  # the deprecated alias
     # The conformal set: the label first, then whatever could not be ruled out; uncertain when more than one.
     assert answer["prediction_set"][0] == answer["label"]
     assert set(answer["prediction_set"]) <= set(classes)
@@ -262,6 +266,10 @@ def test_health_model_and_openapi(app_module, lambda_context):
     query = {p["name"]: p["schema"] for p in spec["paths"]["/predict"]["post"]["parameters"]}
     assert set(query) == {"model", "explain", "frame", "all_frames", "patient"}
     assert {"minimum": 0, "type": "integer"} in query["frame"]["anyOf"]
+    schemas = spec["components"]["schemas"]
+    aliases = [("SliceResult", "suspicion"), ("PredictResponse", "suspicion"), ("StudySummary", "max_suspicion")]
+    for model, alias in aliases:
+        assert schemas[model]["properties"][alias]["deprecated"] is True
     status, missing = call(app_module, lambda_context, make_event("GET", "/nope"))
     assert (status, missing["error"]["code"]) == (404, "not_found")
 

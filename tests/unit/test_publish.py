@@ -18,12 +18,12 @@ from test_core import metadata, tiny_cnn
 
 from lungscan import registry
 from lungscan.bundle import BundleMetrics, ReportRecord, read_metadata, write_metadata
+from lungscan.classifier import Classifier
 from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError
-from lungscan.predict import Classifier
 from training.cli import EXIT_FAILED, EXIT_REFUSED, main
-from training.datasets import Sample
 from training.evaluate import SMOKE_FILE, report_files, write_smoke_set
+from training.layouts import Sample
 
 BUCKET = MODEL_BUCKET
 SAME_TEST_SET = "a" * 64

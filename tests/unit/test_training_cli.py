@@ -17,13 +17,14 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 
-import lungscan.predict
+import lungscan.classifier
 import lungscan.transforms
-import training.datasets
 import training.evaluate
+import training.image_arrays
+import training.layouts
 import training.train
 from lungscan import registry
-from lungscan.predict import Classifier
+from lungscan.classifier import Classifier
 from lungscan.uploads import decode_upload
 from training.cli import build_parser, main
 from training.twin import derive_twin
@@ -59,10 +60,10 @@ def trained(tmp_path_factory) -> dict:
         return original(decoded, preprocess)
 
     patch = pytest.MonkeyPatch()
-    # Training (training.datasets) and serving (lungscan.predict) both bound the core function at import.
-    assert training.datasets.preprocess_image is original is lungscan.predict.preprocess_image
-    patch.setattr(training.datasets, "preprocess_image", spy)
-    patch.setattr(lungscan.predict, "preprocess_image", spy)
+    # Training (training.image_arrays) and serving (lungscan.classifier) both bound the core function at import.
+    assert training.image_arrays.preprocess_image is original is lungscan.classifier.preprocess_image
+    patch.setattr(training.image_arrays, "preprocess_image", spy)
+    patch.setattr(lungscan.classifier, "preprocess_image", spy)
     writes: list[Path] = []  # model.json is written once per run, after evaluation
     for module in (training.train, training.evaluate):
         original_write = module.write_metadata
@@ -76,7 +77,7 @@ def trained(tmp_path_factory) -> dict:
             loads.append(bundle_dir)
             super().__init__(bundle_dir, **kwargs)
 
-    patch.setattr(lungscan.predict, "Classifier", CountedClassifier)
+    patch.setattr(lungscan.classifier, "Classifier", CountedClassifier)
     try:
         argv = [
             "train",
@@ -140,11 +141,11 @@ def test_training_and_serving_call_the_same_preprocessing(trained):
     assert trained["calls"] >= 24 + 6 + 6 + 6
     manifest = json.loads((trained["bundle"] / "report" / "split.json").read_text())
     files = [trained["data"] / item["file"] for item in manifest["splits"]["train"][:4]]
-    samples = training.datasets.samples_from_manifest(
+    samples = training.layouts.samples_from_manifest(
         {"splits": {"train": manifest["splits"]["train"][:4]}}, trained["data"]
     )["train"]
     classifier = Classifier(trained["bundle"])
-    trained_on, _ = training.datasets.load_arrays(samples, classifier.preprocess, CLASS_ORDER)
+    trained_on, _ = training.image_arrays.load_arrays(samples, classifier.preprocess, CLASS_ORDER)
     served = np.stack([classifier.prepare(decode_upload(path.read_bytes()))[0] for path in files])
     assert np.array_equal(trained_on, served)
 
@@ -249,8 +250,8 @@ def test_training_and_evaluation_decode_dicom_with_the_bundles_window(tmp_path):
     from infrastructure.emulation import standin_bundle
     from lungscan.bundle import DicomWindowSpec, read_metadata, write_metadata
     from lungscan.uploads import UploadOptions, classify_upload
-    from training.datasets import Sample
     from training.evaluate import served_inputs
+    from training.layouts import Sample
     from training.train import training_arrays
 
     bundle = standin_bundle(tmp_path / "bundle", size=32)

@@ -16,27 +16,20 @@ import pytest
 from PIL import Image
 
 from lungscan.transforms import build_preprocess
-from training.datasets import (
+from training.datasets import prepare_dataset
+from training.dedup import deduplicate, deduplicate_across_splits, near_duplicate_groups, near_duplicate_preprocess
+from training.image_arrays import load_arrays
+from training.layouts import (
     CLASSES,
-    SPLITS,
-    block_split,
     class_name_from_folder,
-    deduplicate,
-    deduplicate_across_splits,
     detect_layout,
-    drop_near_duplicates,
-    evaluation_fingerprint,
     file_number,
-    group_holdout,
-    load_arrays,
-    near_duplicate_groups,
-    near_duplicate_preprocess,
-    prepare_dataset,
     samples_from_manifest,
     scan_class_folders,
     scan_dataset,
     scan_split_layout,
 )
+from training.splits import SPLITS, block_split, drop_near_duplicates, evaluation_fingerprint, group_holdout
 
 FILE_PREFIX = {"normal": "Normal case", "benign": "Bengin case", "malignant": "Malignant case"}
 PER_CLASS = {"normal": 40, "benign": 26, "malignant": 52}

@@ -9,8 +9,8 @@ from PIL import Image
 from test_core import metadata, tiny_cnn
 
 from lungscan.bundle import PreprocessingSpec, ResizeSpec, write_metadata
+from lungscan.classifier import MAX_SHOWN_PROBABILITY, Classifier
 from lungscan.conformal import ConformalSpec, prediction_set, set_mask
-from lungscan.predict import MAX_SHOWN_PROBABILITY, Classifier
 from lungscan.transforms import build_preprocess
 from training.calibrate import fit_conformal, set_report
 

@@ -18,10 +18,10 @@ from test_core import metadata, tiny_cnn
 
 from lungscan import registry
 from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, read_metadata, write_metadata
+from lungscan.classifier import Classifier
 from lungscan.errors import InvalidBundleError
 from lungscan.explain import gradcam_from_weights
 from lungscan.imaging import DecodedImage
-from lungscan.predict import Classifier
 from lungscan.runtime import CAM_WEIGHTS, FEATURES, TWIN_FILE
 from lungscan.uploads import decode_upload
 from training.cli import EXIT_FAILED, main

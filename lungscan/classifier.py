@@ -32,17 +32,17 @@ MAX_SHOWN_PROBABILITY = 0.999
 class Prediction:
     """One slice's answer.
 
-    ``suspicion`` is not a flag: it is the summed probability of the bundle's ``positive_classes``
-    (P(cancer) for the shipped models), shown to 4 places and capped like every probability.
-    ``suspicious`` is the flag: ``suspicion`` at or above ``threshold``, a positive class on top, or one
-    in the conformal set. Both names are the API's.
+    ``positive_probability`` is the summed probability of the bundle's ``positive_classes`` (P(cancer)
+    for the shipped models), shown to 4 places and capped like every probability. ``suspicious`` is the
+    flag: ``positive_probability`` at or above ``threshold``, a positive class on top, or one in the
+    conformal set. The API answers both (and ``suspicion``, the deprecated name of ``positive_probability``).
     """
 
     label: str
     probabilities: dict[str, float]
     confidence: float
     suspicious: bool  # the screening flag (the verdict "Cancer Detected")
-    suspicion: float  # summed probability of the positive classes, not a flag
+    positive_probability: float  # summed probability of the positive classes
     threshold: float
     heatmap: Image.Image | None = None  # Grad-CAM overlay at the input's size, when asked for
     explained_class: str | None = None
@@ -168,7 +168,7 @@ class Classifier:
             probabilities=by_class,
             confidence=min(round(float(probabilities[best]), 4), MAX_SHOWN_PROBABILITY),
             suspicious=suspicious,
-            suspicion=min(round(positive_probability, 4), MAX_SHOWN_PROBABILITY),
+            positive_probability=min(round(positive_probability, 4), MAX_SHOWN_PROBABILITY),
             threshold=metadata.threshold,
             prediction_set=conformal_set,
             uncertain=None if conformal_set is None else len(conformal_set) > 1,
