@@ -37,7 +37,7 @@ from lungscan.transforms import Compose, build_preprocess, preprocess_image
 from lungscan.uploads import decode_upload
 
 CLASSES = ("normal", "benign", "malignant")
-# calibration: fits the temperature and the conformal thresholds; never trained on, never used to select.
+# calibration: fits the probability calibration and the conformal thresholds; never trained on, never used to select.
 SPLITS = ("train", "validation", "calibration", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
 

@@ -60,10 +60,11 @@ def plot_roc(path: Path, labels: np.ndarray, probabilities: np.ndarray, classes:
     plt.close(fig)
 
 
-def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, temperature: float, metadata) -> None:
+def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, metadata) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.6), dpi=100)
-    for probabilities, name in ((before, "before (T=1)"), (after, f"after (T={temperature:.2f})")):
+    family = metadata.calibration.family.replace("_", " ")
+    for probabilities, name in ((before, "as trained"), (after, f"after {family}")):
         bins = reliability(labels, probabilities)
         ece = expected_calibration_error(labels, probabilities)
         ax.plot(
@@ -72,7 +73,7 @@ def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, 
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("confidence (top class)")
     ax.set_ylabel("accuracy")
-    ax.set_title(_title(metadata, "test reliability, temperature fitted on the calibration split"), fontsize=9)
+    ax.set_title(_title(metadata, "test reliability, calibration fitted on the calibration split"), fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
