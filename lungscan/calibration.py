@@ -1,7 +1,7 @@
 """Served probability calibration: ``softmax(scale * log p + bias)`` on the model's softmax output.
 
 One form holds the three families ``training.evaluate`` fits on the calibration split and chooses
-between on validation: a temperature (one shared scale, no bias), a per-class bias (scale 1: a
+between by cross-validation there: a temperature (one shared scale, no bias), a per-class bias (scale 1: a
 correction of the class priors the model learned, which can change the most probable class) and
 vector scaling (a scale and a bias per class). ``log p`` differs from the logits by a constant
 per image, which the softmax cancels, so this is the usual logit-space calibration.
@@ -35,8 +35,7 @@ class CalibrationSpec(BaseModel):
 
 def apply_calibration(probabilities: np.ndarray, spec: CalibrationSpec) -> np.ndarray:
     """Softmax probabilities ``(N, K)`` rescaled by the spec (``training.metrics`` fits it with this function)."""
-    logits = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, 1.0)) * np.asarray(spec.scale) + np.asarray(
-        spec.bias
-    )
+    log_probabilities = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, 1.0))
+    logits = log_probabilities * np.asarray(spec.scale) + np.asarray(spec.bias)
     scaled = np.exp(logits - logits.max(axis=1, keepdims=True))
     return scaled / scaled.sum(axis=1, keepdims=True)

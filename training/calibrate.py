@@ -1,6 +1,6 @@
 """Fit split-conformal thresholds with ``crepes`` and measure the sets they give.
 
-Non-conformity score: ``1 - p(class)`` on the served (temperature-scaled) probabilities. Mondrian
+Non-conformity score: ``1 - p(class)`` on the served (calibrated) probabilities. Mondrian
 (class-conditional) calibration: each class's threshold comes from the calibration images of that
 class, so every class, the rare ones included, gets about the target coverage, and a missed cancer
 is not traded for a well-covered majority class. A class with too few calibration images for a

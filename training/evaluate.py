@@ -7,11 +7,12 @@ serving path: ``decode_upload`` -> ``Classifier.prepare`` -> ``Classifier.predic
 
 Calibration, on the calibration split only (never trained on, never used to select a recipe):
 a temperature, a per-class bias and vector scaling are each fitted by negative log-likelihood;
-the one with the lowest cross-validated negative log-likelihood on the calibration split is stored in ``model.json``
-(``calibration``) and applied by ``predict_batch`` (a per-class bias can change the most probable
-class: a correction of the class priors). Then split-conformal thresholds (``training.calibrate``,
-Mondrian per class) are stored as ``conformal``. The expected calibration error is reported before
-and after, the sets' empirical coverage and size per class on the test split.
+the one with the lowest cross-validated negative log-likelihood within the calibration split is
+stored in ``model.json`` (``calibration``) and applied by ``predict_batch`` (a per-class bias can
+change the most probable class: a correction of the class priors). Then split-conformal
+thresholds (``training.calibrate``, Mondrian per class) are stored as ``conformal``. The expected
+calibration error is reported before and after, the sets' empirical coverage and size per class
+on the test split.
 
 Everything is measured in memory; then ``report/`` (confusion matrix, ROC and reliability PNGs,
 per-image test predictions, ``smoke.npz``) and ``MODEL_CARD.md`` are written, and ``model.json``
