@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_serializer, model_validator
 
+from lungscan.calibration import CalibrationSpec
 from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError
 from lungscan.gate import GateSpec
@@ -117,7 +118,7 @@ class BundleMetrics(ModelJsonSection):
     conformal_coverage: float | None = None
     conformal_mean_set_size: float | None = None
     evaluation_set: dict | None = None  # split, n, fingerprint: publish compares models on equal fingerprints
-    calibration: dict | None = None  # temperature and ECE before/after
+    calibration: dict | None = None  # the calibration candidates, the one chosen, ECE before/after
     test: dict | None = None  # per-split figures (training.metrics.classification_metrics)
     validation: dict | None = None
     calibration_split: dict | None = None
@@ -166,7 +167,8 @@ class BundleMetadata(BaseModel):
     positive_classes: list[str] = Field(min_length=1)
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     output: Literal["softmax", "sigmoid"] = "softmax"
-    temperature: float = Field(default=1.0, gt=0.0)
+    temperature: float = Field(default=1.0, gt=0.0)  # older bundles' calibration; 1 when ``calibration`` is set
+    calibration: CalibrationSpec | None = None  # the served rescaling of the probabilities (lungscan.calibration)
     input: InputSpec
     preprocessing: PreprocessingSpec
     metrics: BundleMetrics = BundleMetrics()
@@ -193,6 +195,10 @@ class BundleMetadata(BaseModel):
             raise ValueError("preprocessing.colour must match input.colour")
         if self.conformal is not None:
             self.conformal.check_classes(self.classes)
+        if self.calibration is not None:
+            if self.output == "sigmoid" or self.temperature != 1.0:
+                raise ValueError("calibration applies to a softmax output, instead of a temperature")
+            self.calibration.check_classes(self.classes)
         return self
 
 

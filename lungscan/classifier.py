@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from lungscan.bundle import BundleMetadata, read_metadata
+from lungscan.calibration import apply_calibration
 from lungscan.conformal import prediction_set
 from lungscan.errors import InvalidBundleError, MalformedInputError
 from lungscan.explain import heatmap_overlay
@@ -102,12 +103,14 @@ class Classifier:
         return self.probabilities_from(self.runtime.forward(np.asarray(batch, dtype=np.float32)))
 
     def probabilities_from(self, raw: np.ndarray) -> np.ndarray:
-        """The served class probabilities from the model's raw outputs (sigmoid expanded, temperature applied)."""
+        """The served class probabilities from the model's raw outputs (sigmoid expanded, calibration applied)."""
         raw = np.asarray(raw, dtype=np.float64)
         if self.metadata.output == "sigmoid":
             positive = raw[:, :1]  # P(classes[1]); the original app's P(no cancer)
             return np.concatenate([1.0 - positive, positive], axis=1)
-        if self.metadata.temperature != 1.0:
+        if self.metadata.calibration is not None:
+            return apply_calibration(raw, self.metadata.calibration)
+        if self.metadata.temperature != 1.0:  # a bundle evaluated before per-class calibration
             raw = apply_temperature(raw, self.metadata.temperature)
         return raw
 

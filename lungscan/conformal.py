@@ -24,7 +24,7 @@ class ConformalSpec(BaseModel):
     model_config = {"extra": "allow"}
 
     coverage: float = Field(gt=0.0, lt=1.0)  # target: P(true class in the set)
-    score: str = "1 - probability of the class (after the bundle's temperature)"
+    score: str = "1 - probability of the class (after the bundle's calibration)"
     mondrian: bool = True  # one threshold per class (class-conditional coverage)
     thresholds: dict[str, float]  # class -> largest score that still puts the class in the set
     method: str = ""

@@ -1,17 +1,20 @@
 """Fit split-conformal thresholds with ``crepes`` and measure the sets they give.
 
-Non-conformity score: ``1 - p(class)`` on the served (temperature-scaled) probabilities. Mondrian
+Non-conformity score: ``1 - p(class)`` on the served (calibrated) probabilities. Mondrian
 (class-conditional) calibration: each class's threshold comes from the calibration images of that
 class, so every class, the rare ones included, gets about the target coverage, and a missed cancer
 is not traded for a well-covered majority class. A class with too few calibration images for a
-finite threshold at the target (fewer than ``1 / (1 - coverage) - 1``) falls back to the threshold
-of all calibration images pooled, and the spec says so.
+finite threshold at the target (fewer than ``1 / (1 - coverage) - 1``) gets the larger of the pooled
+threshold and the largest score among its own calibration images: every one of them would have
+had the class in its set (a guarantee of n / (n + 1) for n images), where the pooled threshold
+alone can leave a rare class out of every set. The spec says so.
 
 Serving applies the stored thresholds in numpy (:mod:`lungscan.conformal`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,8 +62,10 @@ def fit_conformal(
         if threshold is None:
             threshold = pooled
             if mondrian:
+                threshold = max(pooled, float(scores[labels == k].max(initial=pooled)))
                 fallback.append(name)
-        thresholds[name] = round(min(max(threshold, 0.0), 1.0), 6)
+        # rounded up: a stored threshold never drops the calibration score it came from out of the set
+        thresholds[name] = min(max(math.ceil(threshold * 1e6) / 1e6, 0.0), 1.0)
     counts = {name: int((labels == k).sum()) for k, name in enumerate(classes)}
     method = (
         f"split conformal, {'Mondrian (class-conditional)' if mondrian else 'pooled'} thresholds at "
@@ -70,8 +75,9 @@ def fit_conformal(
     )
     if fallback:
         method += (
-            f"; {', '.join(fallback)}: too few calibration images for a class-conditional threshold, "
-            "so the pooled threshold is used"
+            f"; {', '.join(fallback)}: too few calibration images for a {coverage:.0%} class-conditional "
+            "threshold, so the class is in the set whenever its score is within the largest of its own calibration "
+            "images (or the pooled threshold, if larger)"
         )
     return ConformalSpec(
         coverage=coverage,

@@ -42,7 +42,8 @@ HELP = {
         "Load the bundle with lungscan.classifier.Classifier and run its validation and test images (the files "
         "report/split.json lists, checked by sha256) through the serving path. Reports accuracy, macro-F1, "
         "per-class precision/recall, one-vs-rest ROC-AUC, the suspicious flag's sensitivity/specificity and "
-        "the expected calibration error before/after a temperature fitted on validation (stored in "
+        "the expected calibration error before/after the calibration fitted on the calibration split (a "
+        "temperature, a per-class bias or vector scaling, chosen by cross-validation there; stored in "
         "model.json, applied by the server). Writes report/*.png, report/test_predictions.csv, "
         "report/smoke.npz (checked by publish) and MODEL_CARD.md.",
     ),

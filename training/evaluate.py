@@ -6,14 +6,17 @@ serving path: ``decode_upload`` -> ``Classifier.prepare`` -> ``Classifier.predic
 ``Classifier.interpret`` for the suspicious flag. So the figures are the served artifact's.
 
 Calibration, on the calibration split only (never trained on, never used to select a recipe):
-a temperature (negative log-likelihood) stored in ``model.json`` (``temperature``) and applied by
-``predict_batch``, then split-conformal thresholds (``training.calibrate``, Mondrian per class)
-stored as ``conformal``. The expected calibration error is reported before and after, the sets'
-empirical coverage and size per class on the test split. Argmax labels do not change with them.
+a temperature, a per-class bias and vector scaling are each fitted by negative log-likelihood;
+the one with the lowest cross-validated negative log-likelihood within the calibration split is
+stored in ``model.json`` (``calibration``) and applied by ``predict_batch`` (a per-class bias can
+change the most probable class: a correction of the class priors). Then split-conformal
+thresholds (``training.calibrate``, Mondrian per class) are stored as ``conformal``. The expected
+calibration error is reported before and after, the sets' empirical coverage and size per class
+on the test split.
 
 Everything is measured in memory; then ``report/`` (confusion matrix, ROC and reliability PNGs,
 per-image test predictions, ``smoke.npz``) and ``MODEL_CARD.md`` are written, and ``model.json``
-(``temperature``, ``conformal``, ``metrics``, ``report``) once, last.
+(``calibration``, ``conformal``, ``metrics``, ``report``) once, last.
 """
 
 from __future__ import annotations
@@ -39,13 +42,15 @@ from lungscan.bundle import (
     read_metadata,
     write_metadata,
 )
+from lungscan.calibration import CalibrationSpec
 from lungscan.uploads import bundle_dicom_options, decode_upload
 from training.calibrate import fit_conformal, set_report
 from training.layouts import Sample, samples_from_manifest
 from training.metrics import (
+    ECE_BINS,
+    choose_calibration,
     classification_metrics,
     expected_calibration_error,
-    fit_temperature,
 )
 from training.plots import plot_confusion, plot_reliability, plot_roc
 from training.presets import REPO_ROOT
@@ -100,9 +105,9 @@ class SplitOutputs:
     samples: list[Sample]
     inputs: np.ndarray  # preprocessed exactly as a request is (served_inputs)
     labels: np.ndarray
-    outputs: np.ndarray  # the model's raw outputs (runtime.forward), before the temperature
-    raw: np.ndarray  # probabilities as trained (temperature 1)
-    served: np.ndarray | None = None  # probabilities with the fitted temperature: what the function serves
+    outputs: np.ndarray  # the model's raw outputs (runtime.forward), before the calibration
+    raw: np.ndarray  # probabilities as trained (uncalibrated)
+    served: np.ndarray | None = None  # probabilities with the fitted calibration: what the function serves
 
 
 def evaluate_bundle(
@@ -130,19 +135,19 @@ def evaluate_bundle(
     data_dir = resolve_data_dir(manifest, data_dir)
     samples = evaluation_samples(manifest, data_dir)
 
-    # The model as trained (temperature 1, no conformal sets), in memory: nothing is written until the end.
+    # The model as trained (uncalibrated, no conformal sets), in memory: nothing is written until the end.
     metadata = as_trained(bundle_dir, metadata)
     classifier = Classifier(bundle_dir, metadata=metadata)
     splits = {name: run_split(classifier, split, name) for name, split in samples.items()}
-    validation, calibration, test = splits["validation"], splits["calibration"], splits["test"]
-    conformal = calibrate(classifier, splits)  # sets metadata.temperature and .conformal: the served rule
+    test = splits["test"]
+    conformal, candidates = calibrate(classifier, splits)  # sets metadata.calibration and .conformal: the served rule
     measured = {name: measure(classifier, split.labels, split.served) for name, split in splits.items()}
 
     report = bundle_dir / REPORT_DIR
     report.mkdir(exist_ok=True)
     plot_confusion(report / "confusion_matrix.png", measured["test"], metadata)
     plot_roc(report / "roc.png", test.labels, test.served, metadata.classes, metadata)
-    plot_reliability(report / "reliability.png", test.labels, test.raw, test.served, metadata.temperature, metadata)
+    plot_reliability(report / "reliability.png", test.labels, test.raw, test.served, metadata)
     write_predictions(report / "test_predictions.csv", test.samples, data_dir, test.served, metadata.classes, conformal)
     smoke = write_smoke_set(
         bundle_dir / SMOKE_FILE, classifier, test.inputs, test.labels, test.samples, data_dir, smoke_size
@@ -150,13 +155,13 @@ def evaluate_bundle(
 
     train_labels = [entry["label"] for entry in manifest["splits"]["train"]]
     metrics = summary_metrics(manifest, splits, measured, conformal, metadata, train_labels) | {
-        "calibration": calibration_report(metadata.temperature, validation, calibration, test),
+        "calibration": calibration_report(metadata.calibration, candidates, splits),
         "test": measured["test"],
         "validation": measured["validation"],
         "calibration_split": measured["calibration"],
         "smoke": smoke,
         "served_path": (
-            "Classifier(bundle): decode_upload -> prepare -> predict_batch (with temperature) -> interpret "
+            "Classifier(bundle): decode_upload -> prepare -> predict_batch (with the calibration) -> interpret "
             "(with the conformal set)"
         ),
     }
@@ -193,26 +198,27 @@ def evaluation_samples(manifest: dict, data_dir: Path) -> dict[str, list[Sample]
         raise ValueError("the split has an empty validation or test set: nothing to evaluate on")
     if not calibration:
         raise ValueError(
-            "the split has no calibration set: temperature and conformal sets need images that training and "
+            "the split has no calibration set: calibration and conformal sets need images that training and "
             "selection never used (retrain: `python -m training train` splits off a calibration set)"
         )
     return {"validation": validation, "calibration": calibration, "test": test}
 
 
 def as_trained(bundle_dir: Path, metadata: BundleMetadata | None) -> BundleMetadata:
-    """The bundle's metadata as ``model.json`` would hold it, without a temperature or conformal sets."""
+    """The bundle's metadata as ``model.json`` would hold it, without calibration or conformal sets."""
     if metadata is None:
         metadata = read_metadata(bundle_dir)
     else:  # as written and read back (JSON types), with the sha256 of the model.h5 beside it
         metadata = BundleMetadata.model_validate(metadata.model_dump(mode="json"))
         metadata.sha256 = file_sha256(bundle_dir / MODEL_FILE)
     metadata.temperature = 1.0
+    metadata.calibration = None
     metadata.conformal = None
     return metadata
 
 
 def run_split(classifier, samples: list[Sample], name: str) -> SplitOutputs:
-    """A split's files through the serving path, with the bundle as trained (temperature 1)."""
+    """A split's files through the serving path, with the bundle as trained (uncalibrated)."""
     inputs = served_inputs(classifier, samples, name)
     labels = np.array([classifier.metadata.classes.index(s.label) for s in samples])
     outputs = classifier.runtime.forward(inputs)
@@ -220,14 +226,20 @@ def run_split(classifier, samples: list[Sample], name: str) -> SplitOutputs:
 
 
 def calibrate(classifier, splits: dict[str, SplitOutputs]):
-    """Fit the temperature, then the conformal sets, on the calibration split; both go in the served metadata.
+    """Fit the calibration, then the conformal sets, on the calibration split; both go in the served metadata.
 
-    The calibration split was never seen by training or selection: its temperature is trusted either way.
-    The served probabilities come from the function serving applies (``Classifier.probabilities_from``).
+    The calibration split was never seen by training or selection; cross-validation within it
+    chooses the calibration family (``training.metrics.choose_calibration``). The served probabilities come
+    from the function serving applies (``Classifier.probabilities_from``).
+
+    Returns:
+        the conformal spec and the table of calibration candidates.
     """
     metadata = classifier.metadata
-    calibration = splits["calibration"]
-    metadata.temperature = fit_temperature(calibration.labels, calibration.raw)
+    calibration, test = splits["calibration"], splits["test"]
+    metadata.calibration, candidates = choose_calibration(
+        (calibration.labels, calibration.raw), neighbour_folds(calibration.samples), (test.labels, test.raw)
+    )
     for split in splits.values():
         split.served = classifier.probabilities_from(split.outputs)
     conformal = fit_conformal(calibration.labels, calibration.served, metadata.classes, COVERAGE)
@@ -237,7 +249,21 @@ def calibrate(classifier, splits: dict[str, SplitOutputs]):
         for name in ("test", "validation", "calibration")
     }
     metadata.conformal = conformal  # the served flag includes the prediction-set rule
-    return conformal
+    return conformal, candidates
+
+
+def neighbour_folds(samples: list[Sample], folds: int = 5) -> np.ndarray:
+    """A fold per image: each class's files in number order, cut into ``folds`` contiguous blocks.
+
+    Neighbouring numbers are usually slices of one patient (the datasets' README), so a block
+    keeps most of a patient on one side of each cross-validation cut.
+    """
+    assigned = np.zeros(len(samples), int)
+    for label in {s.label for s in samples}:
+        members = sorted((i for i, s in enumerate(samples) if s.label == label), key=lambda i: samples[i].number)
+        for rank, index in enumerate(members):
+            assigned[index] = rank * folds // len(members)
+    return assigned
 
 
 def measure(classifier, labels: np.ndarray, probabilities: np.ndarray) -> dict:
@@ -250,16 +276,19 @@ def measure(classifier, labels: np.ndarray, probabilities: np.ndarray) -> dict:
     return result
 
 
-def calibration_report(
-    temperature: float, validation: SplitOutputs, calibration: SplitOutputs, test: SplitOutputs
-) -> dict:
-    """Expected calibration error before and after the temperature, on each split."""
+def calibration_report(spec: CalibrationSpec, candidates: list[dict], splits: dict[str, SplitOutputs]) -> dict:
+    """The chosen calibration, every candidate, and the expected calibration error before and after on each split."""
     report = {
-        "method": "temperature scaling (one parameter, fitted on the calibration split by negative log-likelihood)",
-        "temperature": temperature,
+        "method": spec.method,
+        "family": spec.family,
+        "scale": spec.scale,
+        "bias": spec.bias,
         "fitted_on": "calibration",
-        "ece_bins": 15,
+        "chosen_on": "calibration split, cross-validated over blocks of neighbouring files",
+        "candidates": candidates,
+        "ece_bins": ECE_BINS,
     }
+    validation, calibration, test = splits["validation"], splits["calibration"], splits["test"]
     for name, split in (("calibration", calibration), ("validation", validation), ("test", test)):
         report[f"{name}_ece_before"] = round(expected_calibration_error(split.labels, split.raw), 4)
         report[f"{name}_ece_after"] = round(expected_calibration_error(split.labels, split.served), 4)
@@ -316,7 +345,7 @@ def write_smoke_set(
     """A few preprocessed held-out inputs with the probabilities the bundle gives them.
 
     ``publish`` reloads the bundle and must reproduce these probabilities (and so the smoke
-    accuracy recorded in ``model.json``): a bundle whose weights or temperature drifted from
+    accuracy recorded in ``model.json``): a bundle whose weights or calibration drifted from
     what was evaluated is refused. Picked round-robin over classes, in file order. The inputs
     are stored as their 8-bit grey levels plus the bundle's scale/offset (4x smaller than
     float32); the probabilities are computed on exactly the inputs :func:`smoke_inputs` rebuilds.
@@ -399,7 +428,7 @@ def print_metrics(metadata: BundleMetadata) -> None:
         )
     c = metrics["calibration"]
     print(
-        f"temperature {c['temperature']} (fitted on calibration): test ECE {c['test_ece_before']} -> "
+        f"calibration {c['family']} (fitted and chosen on calibration): test ECE {c['test_ece_before']} -> "
         f"{c['test_ece_after']}, validation ECE {c['validation_ece_before']} -> {c['validation_ece_after']}",
         flush=True,
     )

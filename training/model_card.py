@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from lungscan.bundle import MODEL_FILE, BundleMetadata
+from training.metrics import CALIBRATION_WORDS
 from training.presets import PRESETS
 
 CARD_FILE = "MODEL_CARD.md"
@@ -89,6 +90,7 @@ def _use_section(metadata: BundleMetadata, training: dict, preset, model_bytes: 
         else f"{training.get('early_stopping')},"
     )
     refit_text = " Fitted on train + validation (refit after the recipe was chosen)." if refit else ""
+    calibration_words = CALIBRATION_WORDS[metadata.calibration.family] if metadata.calibration else "nothing"
     return f"""# Model card: {metadata.name} ({metadata.version})
 
 **Research tool. Not a diagnosis.** This model is a first-pass screening aid for research and
@@ -107,8 +109,7 @@ scan; the model's output never replaces a radiologist's reading.
   {scale_text}: the `lungscan` core package's chain declared in `model.json`, the same code in training
   and serving. DICOM input is windowed first
   (center {window["center"]:g} HU, width {window["width"]:g} HU).
-- Output: softmax probabilities over `{classes}`, divided in logit space by a temperature of
-  {metadata.temperature} fitted on the calibration split (the most probable class is unchanged); shown
+- Output: softmax probabilities over `{classes}`, calibrated by {calibration_words} (below); shown
   confidences are capped at 99.9%. With them, a conformal **prediction set** (below) and `uncertain`
   when it holds more than one class.
 - Suspicious flag ("Cancer Detected"): raised when the summed probability of {positives} reaches
@@ -169,7 +170,8 @@ Licence: {dataset.get("licence", "see the dataset page").rstrip(".")}. Source: {
 - Split: {split["method"]}
 - {split["gap_dropped"]} files dropped as gaps between blocks; {split["near_duplicates_dropped"]} held-out
   images dropped as near-copies of a training image. Validation selects recipes; calibration fits the
-  temperature and the conformal thresholds; test is only measured. The full file lists are in `report/split.json`.
+  probability calibration and the conformal thresholds; test is only measured. The full file lists are in
+  `report/split.json`.
 
 | split | {" | ".join(classes)} | total |
 |---|{"---:|" * len(classes)}---:|
@@ -210,10 +212,9 @@ def _performance_section(metadata: BundleMetadata, training: dict) -> str:
     ece_after = f"{calibration['test_ece_after']:.3f} | {calibration['validation_ece_after']:.3f}"
     calibration_note = ""
     if calibration["test_ece_after"] > calibration["test_ece_before"]:
-        direction = "sharpens" if metadata.temperature < 1 else "softens"
         calibration_note = (
-            f"\n\nCalibration did not carry over: the temperature fitted on the calibration split "
-            f"({metadata.temperature}, which {direction} the probabilities) made the test calibration worse (ECE "
+            f"\n\nCalibration did not carry over: the {metadata.calibration.family.replace('_', ' ')} fitted on the "
+            f"calibration split made the test calibration worse (ECE "
             f"{calibration['test_ece_before']:.3f} -> {calibration['test_ece_after']:.3f}). The calibration split "
             "holds few patients and is not like the test split; read the served probabilities as a ranking, not as "
             "calibrated chances."
@@ -249,7 +250,7 @@ def _performance_section(metadata: BundleMetadata, training: dict) -> str:
 
 Measured on the held-out **test** split ({metrics["evaluated_on"]}) by loading the saved
 bundle with `lungscan.classifier.Classifier` and sending every image through the serving path (decode,
-preprocess, predict with the temperature, flag, prediction set).
+preprocess, predict with the calibration, flag, prediction set).
 Intervals are 95% Wilson intervals: the test split is small ({test["n"]} images), so every figure is
 uncertain.{gap_note}{calibration_note}
 
@@ -260,8 +261,8 @@ uncertain.{gap_note}{calibration_note}
 | macro ROC-AUC (one vs rest) | {_num(test["macro_roc_auc"])} | {_num(val["macro_roc_auc"])} |
 | suspicious-flag sensitivity | {sensitivity_row} |
 | suspicious-flag specificity | {specificity_row} |
-| expected calibration error, T=1 | {ece_before} |
-| expected calibration error, T={metadata.temperature} | {ece_after} |
+| expected calibration error, as trained | {ece_before} |
+| expected calibration error, calibrated | {ece_after} |
 | share of answers marked uncertain | {_pct(test.get("uncertain_share"))} | {_pct(val.get("uncertain_share"))} |
 
 | class | test precision | test recall (95% CI) | test F1 | test ROC-AUC | test n | validation recall | validation n |
@@ -274,10 +275,29 @@ Test confusion matrix (rows: true class, columns: predicted class):
 |---|{"---:|" * len(classes)}
 {matrix_rows}
 
-Reliability (test split, before and after the temperature): `report/reliability.png`.
+{_calibration_table(calibration)}
+
+Reliability (test split, before and after the calibration): `report/reliability.png`.
 
 ![reliability](report/reliability.png)
 """
+
+
+def _calibration_table(calibration: dict) -> str:
+    """Every calibration family tried: fitted and chosen on the calibration split, test only shown."""
+    rows = "\n".join(
+        f"| {row['family'].replace('_', ' ')}{' (chosen)' if row.get('chosen') else ''} | "
+        f"{row['cross_validated_nll']:.3f} | {row['calibration_ece']:.3f} | {row['test_nll']:.3f} | "
+        f"{row['test_ece']:.3f} |"
+        for row in calibration["candidates"]
+    )
+    return f"""Calibration: {calibration["method"]}.
+Scale {calibration["scale"]}, bias {calibration["bias"]} (per class, on the log-probabilities).
+The families tried, each fitted on the calibration split; the test columns were not used to choose:
+
+| calibration | cross-validated NLL (calibration split) | calibration ECE (in-sample) | test NLL | test ECE |
+|---|---:|---:|---:|---:|
+{rows}"""
 
 
 def _limits_section(metadata: BundleMetadata, training: dict, preset) -> str:

@@ -54,11 +54,12 @@ def plot_roc(path: Path, labels: np.ndarray, probabilities: np.ndarray, classes:
             ax.plot(fpr, tpr, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
 
 
-def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, temperature: float, metadata) -> None:
-    what = "test reliability, temperature fitted on the calibration split"
+def plot_reliability(path: Path, labels, before: np.ndarray, after: np.ndarray, metadata) -> None:
+    what = "test reliability, calibration fitted on the calibration split"
+    family = metadata.calibration.family.replace("_", " ")
     axes = ("confidence (top class)", "accuracy")
     with _unit_square(path, metadata, what, axes, legend="upper left") as ax:
-        for probabilities, name in ((before, "before (T=1)"), (after, f"after (T={temperature:.2f})")):
+        for probabilities, name in ((before, "as trained"), (after, f"after {family}")):
             bins = reliability(labels, probabilities)
             ece = expected_calibration_error(labels, probabilities)
             ax.plot(

@@ -109,9 +109,9 @@ CHEST_SELECTION = (
     "fixes follow the README's recipe and were not tuned on test: the Keras front end now follows "
     "scikit-image (central differences, votes interpolated between neighbouring bins, 3x3-cell blocks, epsilon "
     "1e-5), the head is scikit-learn's logistic regression (C=1, class-balanced) instead of 100 Adam epochs, and "
-    "the shipped model is refitted on train + validation after selection (calibration stays out for the "
-    "temperature and the conformal thresholds). On validation (fitted on train only): the first round's front "
-    "end with the regression head 0.883 / 0.869; the new front end 0.896 / 0.887; five fold heads of it "
+    "the shipped model is refitted on train + validation after selection (calibration stays out for "
+    "the probability calibration and the conformal thresholds). On validation (fitted on train only): the first "
+    "round's front end with the regression head 0.883 / 0.869; the new front end 0.896 / 0.887; five fold heads of it "
     "averaged 0.909 / 0.898, one image apart, so the single head ships (simpler). The single head without the "
     "refit scored 0.758 on test (printed by `train`'s evaluation, after the recipe was fixed)."
 )

@@ -15,7 +15,7 @@ from training.dedup import near_duplicate_groups, near_duplicate_preprocess
 from training.image_arrays import load_arrays
 from training.layouts import CLASSES, Sample
 
-# calibration: fits the temperature and the conformal thresholds; never trained on, never used to select.
+# calibration: fits the probability calibration and the conformal thresholds; never trained on or used to select.
 SPLITS = ("train", "validation", "calibration", "test")
 
 
@@ -237,7 +237,7 @@ def split_layout_split(
     Source-disjoint: the dataset's own ``valid``/``test`` folders come from other sources than
     ``train`` (other patients, other image sizes), so together they are the test split, the honest
     measure of how the model does on new sources. Validation (selection) and calibration
-    (temperature, conformal thresholds) are carved out of ``train``: seeded, stratified hold-outs of
+    (probability calibration, conformal thresholds) are carved out of ``train``: seeded, stratified hold-outs of
     ``validation_fraction`` and ``calibration_fraction`` of each class, by whole near-duplicate groups
     (images whose RMSE at 32x32 is below ``near_duplicate_rmse``, chained), so re-encoded or resized
     copies of one picture never sit on both sides. Without ``valid``/``test`` folders the test split is

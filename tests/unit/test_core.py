@@ -12,6 +12,7 @@ from conftest import ct_like_image, encode
 from PIL import Image
 
 from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, read_metadata, write_metadata
+from lungscan.calibration import CalibrationSpec, apply_calibration
 from lungscan.classifier import Classifier
 from lungscan.errors import InvalidBundleError, MalformedInputError, NotACTSliceError, PayloadTooLargeError
 from lungscan.imaging import ImageLimits, decode_base64, decode_image
@@ -143,6 +144,30 @@ def test_metadata_must_be_consistent():
         metadata(positive_classes=["cancer"])
     with pytest.raises(ValueError, match="resize"):
         metadata(preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=64, width=64)))
+
+
+def test_a_calibration_spec_must_fit_the_bundle():
+    bias = CalibrationSpec(family="class_bias", scale=[1, 1, 1], bias=[0.5, 0, -0.5])
+    assert metadata(calibration=bias).calibration == bias
+    with pytest.raises(ValueError, match="one scale and one bias per class"):
+        metadata(calibration=bias.model_copy(update={"bias": [0, 0]}))
+    with pytest.raises(ValueError, match="instead of a temperature"):  # never both: the served rescaling is one
+        metadata(calibration=bias, temperature=2.0)
+
+
+def test_the_served_probabilities_carry_the_bundles_calibration(tiny_bundle):
+    classifier = Classifier(tiny_bundle)
+    batch = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    plain = classifier.predict_batch(batch)
+    towards_benign = CalibrationSpec(family="class_bias", scale=[1, 1, 1], bias=[-20.0, 40.0, -20.0])
+    classifier.metadata.calibration = towards_benign
+    try:
+        served = classifier.predict_batch(batch)
+    finally:
+        classifier.metadata.calibration = None
+    np.testing.assert_allclose(served, apply_calibration(plain, towards_benign), atol=1e-9)
+    assert (served.argmax(axis=1) == 1).all() and (plain.argmax(axis=1) != 1).any()  # a bias moves the label
+    assert {classifier.interpret(row).label for row in served} == {"benign"}
 
 
 def test_temperature_softens_probabilities_without_changing_the_label(tiny_bundle, tmp_path):

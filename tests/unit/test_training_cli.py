@@ -108,7 +108,11 @@ def test_train_writes_a_bundle_that_the_classifier_serves(trained):
     meta = classifier.metadata
     assert (meta.name, meta.version, meta.classes, meta.positive_classes) == ("tiny-cli", "v1", CLASS_ORDER, ["gamma"])
     assert classifier.input_shape == (32, 32, 1)
-    assert meta.temperature > 0 and meta.metrics["calibration"]["temperature"] == meta.temperature
+    # The served calibration is the chosen candidate, refitted on the whole calibration split.
+    assert meta.temperature == 1.0 and meta.calibration is not None
+    chosen = [row for row in meta.metrics["calibration"]["candidates"] if row.get("chosen")]
+    assert [row["family"] for row in chosen] == [meta.calibration.family]
+    assert meta.metrics["calibration"]["scale"] == meta.calibration.scale
     for key in ("accuracy", "macro_f1", "macro_roc_auc", "suspicious_sensitivity", "suspicious_specificity"):
         assert key in meta.metrics
     test = meta.metrics["test"]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lungscan.calibration import CalibrationSpec, apply_calibration
 from training.metrics import (
     apply_temperature,
     balanced_class_weights,
+    choose_calibration,
     classification_metrics,
     expected_calibration_error,
+    fit_calibration,
     fit_temperature,
     negative_log_likelihood,
     roc_auc,
@@ -72,3 +75,59 @@ def test_wilson_interval() -> None:
     low, high = wilson_interval(8, 8)
     assert high == 1.0 and 0.6 < low < 0.7
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def _shifted_task(n: int = 1500, seed: int = 1):
+    """Calibrated 3-class probabilities, then a model that learned the wrong class priors."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), labels] += 1.5
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    wrong_priors = CalibrationSpec(family="class_bias", scale=[1, 1, 1], bias=[-1.5, 1.5, 0.0])
+    return labels, apply_calibration(calibrated, wrong_priors)
+
+
+def test_class_bias_recovers_the_priors_a_model_got_wrong() -> None:
+    labels, shifted = _shifted_task()
+    spec = fit_calibration(labels, shifted, "class_bias")
+    assert spec.scale == [1.0, 1.0, 1.0]
+    np.testing.assert_allclose(spec.bias, [1.5, -1.5, 0.0], atol=0.25)  # the shift undone, centred
+    corrected = apply_calibration(shifted, spec)
+    assert negative_log_likelihood(labels, corrected) < negative_log_likelihood(labels, shifted) - 0.1
+    # unlike a temperature, a bias moves the most probable class: class 1 was over-predicted
+    assert (corrected.argmax(axis=1) == labels).mean() > (shifted.argmax(axis=1) == labels).mean() + 0.05
+
+
+def test_vector_scaling_softens_and_fits_at_least_as_well_as_its_special_cases() -> None:
+    labels, shifted = _shifted_task()
+    sharp = apply_calibration(shifted, CalibrationSpec(family="vector_scaling", scale=[2.0] * 3, bias=[0] * 3))
+    families = ("temperature", "class_bias", "vector_scaling")
+    fitted = {family: fit_calibration(labels, sharp, family) for family in families}
+    assert max(fitted["vector_scaling"].scale) < 1.0 and fitted["temperature"].scale[0] < 1.0  # twice too sharp
+    loss = {family: negative_log_likelihood(labels, apply_calibration(sharp, spec)) for family, spec in fitted.items()}
+    assert loss["vector_scaling"] <= min(loss["temperature"], loss["class_bias"]) + 1e-3
+    assert loss["temperature"] < negative_log_likelihood(labels, sharp)
+
+
+def test_the_calibration_family_is_chosen_by_cross_validation_never_by_test() -> None:
+    labels, shifted = _shifted_task()
+    folds = np.arange(len(labels)) % 5
+    test_a = _shifted_task(300, seed=2)
+    test_b = (test_a[0], np.full_like(test_a[1], 1 / 3))  # a test split that would favour anything else
+    chosen, table = choose_calibration((labels, shifted), folds, test_a)
+    chosen_b, table_b = choose_calibration((labels, shifted), folds, test_b)
+    assert chosen.family == chosen_b.family != "temperature"  # a temperature cannot undo wrong priors
+    by_family = {row["family"]: row for row in table}
+    assert by_family[chosen.family]["chosen"] and sum(bool(row.get("chosen")) for row in table) == 1
+    assert by_family[chosen.family]["cross_validated_nll"] < by_family["temperature"]["cross_validated_nll"]
+    assert chosen == fit_calibration(labels, shifted, chosen.family).model_copy(update={"method": chosen.method})
+    assert [row["cross_validated_nll"] for row in table] == [row["cross_validated_nll"] for row in table_b]
+
+
+def test_calibration_spec_must_fit_the_classes() -> None:
+    spec = CalibrationSpec(family="class_bias", scale=[1, 1], bias=[0, 0])
+    with pytest.raises(ValueError, match="one scale and one bias per class"):
+        spec.check_classes(["a", "b", "c"])
+    with pytest.raises(ValueError, match="positive"):
+        CalibrationSpec(family="vector_scaling", scale=[1, 0], bias=[0, 0]).check_classes(["a", "b"])

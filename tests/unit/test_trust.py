@@ -133,7 +133,7 @@ def test_thresholds_are_the_split_conformal_quantile_per_class():
     assert spec.calibration["pooled_fallback"] == []
 
 
-def test_a_class_with_too_few_calibration_images_uses_the_pooled_threshold():
+def test_a_class_with_too_few_calibration_images_covers_all_of_them_and_at_least_the_pooled_threshold():
     rng = np.random.default_rng(2)
     labels, probabilities = simulate(rng, 400)
     rare = np.flatnonzero(labels == 1)[:5]  # 5 benign images: no finite 90% class-conditional threshold
@@ -141,8 +141,15 @@ def test_a_class_with_too_few_calibration_images_uses_the_pooled_threshold():
     spec = fit_conformal(labels[keep], probabilities[keep], CLASSES, 0.9)
     pooled = fit_conformal(labels[keep], probabilities[keep], CLASSES, 0.9, mondrian=False)
     assert spec.calibration["pooled_fallback"] == ["benign"]
-    assert spec.thresholds["benign"] == pooled.thresholds["benign"] < 1.0
-    assert "pooled" in spec.method
+    own_largest = float((1.0 - probabilities[rare, 1]).max())
+    assert spec.thresholds["benign"] == pytest.approx(max(pooled.thresholds["benign"], own_largest), abs=1e-6)
+    assert "largest of its own calibration images" in spec.method
+    # A rare class the model squashes (its images all score above the pooled threshold) is still in their sets.
+    squashed = probabilities[keep].copy()
+    squashed[-5:, 1] = 0.01
+    squashed[-5:] /= squashed[-5:].sum(axis=1, keepdims=True)
+    spec = fit_conformal(labels[keep], squashed, CLASSES, 0.9)
+    assert set_report(labels[keep][-5:], squashed[-5:], CLASSES, spec)["coverage"] == 1.0
 
 
 def test_pad_to_square_keeps_the_aspect_ratio():

@@ -1,0 +1,41 @@
+"""Served probability calibration: ``softmax(scale * log p + bias)`` on the model's softmax output.
+
+One form holds the three families ``training.evaluate`` fits on the calibration split and chooses
+between by cross-validation there: a temperature (one shared scale, no bias), a per-class bias (scale 1: a
+correction of the class priors the model learned, which can change the most probable class) and
+vector scaling (a scale and a bias per class). ``log p`` differs from the logits by a constant
+per image, which the softmax cancels, so this is the usual logit-space calibration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+CalibrationFamily = Literal["temperature", "class_bias", "vector_scaling"]
+
+
+class CalibrationSpec(BaseModel):
+    """``model.json``'s ``calibration``: the served rescaling and how it was chosen."""
+
+    family: CalibrationFamily
+    scale: list[float] = Field(min_length=2)  # one per class, in the order of ``classes``
+    bias: list[float] = Field(min_length=2)
+    method: str = ""  # plain words for the model card
+
+    def check_classes(self, classes: Sequence[str]) -> None:
+        if len(self.scale) != len(classes) or len(self.bias) != len(classes):
+            raise ValueError(f"calibration needs one scale and one bias per class ({len(classes)})")
+        if not all(np.isfinite(self.scale)) or not all(np.isfinite(self.bias)) or min(self.scale) <= 0:
+            raise ValueError("calibration scales must be positive and finite, biases finite")
+
+
+def apply_calibration(probabilities: np.ndarray, spec: CalibrationSpec) -> np.ndarray:
+    """Softmax probabilities ``(N, K)`` rescaled by the spec (``training.metrics`` fits it with this function)."""
+    log_probabilities = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, 1.0))
+    logits = log_probabilities * np.asarray(spec.scale) + np.asarray(spec.bias)
+    scaled = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return scaled / scaled.sum(axis=1, keepdims=True)
