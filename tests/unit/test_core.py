@@ -159,15 +159,17 @@ def test_the_served_probabilities_carry_the_bundles_calibration(tiny_bundle):
     classifier = Classifier(tiny_bundle)
     batch = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
     plain = classifier.predict_batch(batch)
-    towards_benign = CalibrationSpec(family="class_bias", scale=[1, 1, 1], bias=[-20.0, 40.0, -20.0])
-    classifier.metadata.calibration = towards_benign
+    target = int(plain.mean(axis=0).argmin())  # the class the random model favours least
+    bias = [40.0 if k == target else -20.0 for k in range(3)]
+    towards_target = CalibrationSpec(family="class_bias", scale=[1, 1, 1], bias=bias)
+    classifier.metadata.calibration = towards_target
     try:
         served = classifier.predict_batch(batch)
     finally:
         classifier.metadata.calibration = None
-    np.testing.assert_allclose(served, apply_calibration(plain, towards_benign), atol=1e-9)
-    assert (served.argmax(axis=1) == 1).all() and (plain.argmax(axis=1) != 1).any()  # a bias moves the label
-    assert {classifier.interpret(row).label for row in served} == {"benign"}
+    np.testing.assert_allclose(served, apply_calibration(plain, towards_target), atol=1e-9)
+    assert (served.argmax(axis=1) == target).all() and (plain.argmax(axis=1) != target).any()  # the label moves
+    assert {classifier.interpret(row).label for row in served} == {classifier.metadata.classes[target]}
 
 
 def test_temperature_softens_probabilities_without_changing_the_label(tiny_bundle, tmp_path):
