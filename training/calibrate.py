@@ -1,5 +1,10 @@
-"""Fit split-conformal thresholds with ``crepes`` and measure the sets they give.
+"""What is fitted on the calibration split: the served probability calibration, then the conformal sets.
 
+Probability calibration: a temperature, a per-class bias and vector scaling (``fit_calibration``),
+the one with the lowest cross-validated negative log-likelihood within the split kept
+(``choose_calibration``); serving applies it with :func:`lungscan.calibration.apply_calibration`.
+
+Conformal sets: split-conformal thresholds fitted with ``crepes``, and the sets they give measured.
 Non-conformity score: ``1 - p(class)`` on the served (calibrated) probabilities. Mondrian
 (class-conditional) calibration: each class's threshold comes from the calibration images of that
 class, so every class, the rare ones included, gets about the target coverage, and a missed cancer
@@ -9,17 +14,32 @@ threshold and the largest score among its own calibration images: every one of t
 had the class in its set (a guarantee of n / (n + 1) for n images), where the pooled threshold
 alone can leave a rare class out of every set. The spec says so.
 
-Serving applies the stored thresholds in numpy (:mod:`lungscan.conformal`).
+Serving applies the stored thresholds in numpy (:mod:`lungscan.conformal`). ``calibrate`` runs both
+for ``training.evaluate``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lungscan.calibration import CalibrationFamily, CalibrationSpec, apply_calibration
 from lungscan.conformal import ConformalSpec, set_mask
+from training.layouts import Sample
+from training.metrics import ECE_BINS, expected_calibration_error, fit_temperature, negative_log_likelihood
+from training.splits import evaluation_fingerprint
+
+if TYPE_CHECKING:  # evaluate imports this module
+    from training.evaluate import SplitOutputs
+
+COVERAGE = 0.9  # conformal target: the true class in the set for 9 cases in 10
+
+
+def _four_places(value: float) -> float:
+    return round(float(value), 4)
 
 
 def _largest_included_score(calibration_scores: np.ndarray, coverage: float, bins=None, bin_value=None) -> float | None:
@@ -108,3 +128,144 @@ def set_report(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[
 
     everything = np.ones(len(labels), bool)
     return summary(everything) | {"per_class": {name: summary(labels == k) for k, name in enumerate(classes)}}
+
+
+CALIBRATION_FAMILIES: tuple[CalibrationFamily, ...] = ("temperature", "class_bias", "vector_scaling")
+CALIBRATION_WORDS = {
+    "temperature": "one temperature shared by all classes (the most probable class is unchanged)",
+    "class_bias": "a bias per class on the log-probabilities (corrects the class priors the model learned)",
+    "vector_scaling": "a scale and a bias per class on the log-probabilities",
+}
+
+
+def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, family: CalibrationFamily) -> CalibrationSpec:
+    """The served rescaling of one family, fitted by negative log-likelihood.
+
+    The bias and the log-scale carry a small L2 penalty: a class with a handful of calibration
+    images cannot drive them to extremes (and the bias, defined up to a constant, is centred).
+    """
+    from scipy.optimize import minimize
+
+    k = probabilities.shape[1]
+    if family == "temperature":
+        temperature = fit_temperature(labels, probabilities)
+        return CalibrationSpec(family=family, scale=[round(1.0 / temperature, 6)] * k, bias=[0.0] * k)
+    per_class_scale = family == "vector_scaling"
+
+    def spec_of(theta: np.ndarray) -> CalibrationSpec:
+        scale = np.exp(theta[:k]) if per_class_scale else np.ones(k)
+        bias = theta[-k:] - theta[-k:].mean()
+        return CalibrationSpec(family=family, scale=list(scale), bias=list(bias))
+
+    def loss(theta: np.ndarray) -> float:
+        penalty = 1e-3 * float(np.sum(theta**2))
+        return negative_log_likelihood(labels, apply_calibration(probabilities, spec_of(theta))) + penalty
+
+    start = np.zeros(2 * k if per_class_scale else k)
+    bounds = [(-3.0, 3.0)] * k * per_class_scale + [(-20.0, 20.0)] * k  # scales e^-3..e^3: never overflow
+    fitted = spec_of(minimize(loss, start, method="L-BFGS-B", bounds=bounds).x)
+    return fitted.model_copy(
+        update={"scale": [round(v, 6) for v in fitted.scale], "bias": [round(v, 6) for v in fitted.bias]}
+    )
+
+
+def choose_calibration(
+    calibration: tuple[np.ndarray, np.ndarray], folds: np.ndarray, test: tuple[np.ndarray, np.ndarray]
+) -> tuple[CalibrationSpec, list[dict]]:
+    """The family with the lowest cross-validated NLL on the calibration split, refitted on all of it.
+
+    ``calibration`` and ``test`` are ``(labels, probabilities as trained)``; ``folds`` gives each
+    calibration image a fold (blocks of neighbouring files, so a patient's slices stay together).
+    Neither validation (which chose the recipe, and is training data in a refitted bundle) nor
+    test is used to choose: test is only scored, for the report's table of what was tried.
+    Returns the chosen spec and that table.
+    """
+    labels, probabilities = calibration
+    candidates, table = [], []
+    for family in CALIBRATION_FAMILIES:
+        held_out = np.zeros(len(labels))
+        for fold in np.unique(folds):
+            inside = folds != fold
+            spec = fit_calibration(labels[inside], probabilities[inside], family)
+            served = apply_calibration(probabilities[~inside], spec)
+            held_out[~inside] = -np.log(np.clip(served[np.arange(len(served)), labels[~inside]], 1e-12, 1.0))
+        spec = fit_calibration(labels, probabilities, family)
+        row = {
+            "family": family,
+            "cross_validated_nll": _four_places(held_out.mean()),
+            "calibration_ece": _four_places(expected_calibration_error(labels, apply_calibration(probabilities, spec))),
+            "test_nll": _four_places(negative_log_likelihood(test[0], apply_calibration(test[1], spec))),
+            "test_ece": _four_places(expected_calibration_error(test[0], apply_calibration(test[1], spec))),
+        }
+        candidates.append(spec)
+        table.append(row)
+    best = min(range(len(candidates)), key=lambda i: (table[i]["cross_validated_nll"], i))
+    table[best]["chosen"] = True
+    chosen = candidates[best]
+    chosen.method = (
+        f"{CALIBRATION_WORDS[chosen.family]}; fitted on the calibration split by negative log-likelihood, "
+        f"chosen among {', '.join(CALIBRATION_FAMILIES)} by the lowest {len(np.unique(folds))}-fold "
+        "cross-validated negative log-likelihood within that split"
+    )
+    return chosen, table
+
+
+def calibrate(classifier, splits: dict[str, SplitOutputs]):
+    """Fit the calibration, then the conformal sets, on the calibration split; both go in the served metadata.
+
+    The calibration split was never seen by training or selection; cross-validation within it
+    chooses the calibration family (``training.metrics.choose_calibration``). The served probabilities come
+    from the function serving applies (``Classifier.probabilities_from``).
+
+    Returns:
+        the conformal spec and the table of calibration candidates.
+    """
+    metadata = classifier.metadata
+    calibration, test = splits["calibration"], splits["test"]
+    metadata.calibration, candidates = choose_calibration(
+        (calibration.labels, calibration.raw), neighbour_folds(calibration.samples), (test.labels, test.raw)
+    )
+    for split in splits.values():
+        split.served = classifier.probabilities_from(split.outputs)
+    conformal = fit_conformal(calibration.labels, calibration.served, metadata.classes, COVERAGE)
+    conformal.calibration["fingerprint"] = evaluation_fingerprint(calibration.samples)
+    conformal.evaluation = {
+        name: set_report(splits[name].labels, splits[name].served, metadata.classes, conformal)
+        for name in ("test", "validation", "calibration")
+    }
+    metadata.conformal = conformal  # the served flag includes the prediction-set rule
+    return conformal, candidates
+
+
+def neighbour_folds(samples: list[Sample], folds: int = 5) -> np.ndarray:
+    """A fold per image: each class's files in number order, cut into ``folds`` contiguous blocks.
+
+    Neighbouring numbers are usually slices of one patient (the datasets' README), so a block
+    keeps most of a patient on one side of each cross-validation cut.
+    """
+    assigned = np.zeros(len(samples), int)
+    for label in {s.label for s in samples}:
+        members = sorted((i for i, s in enumerate(samples) if s.label == label), key=lambda i: samples[i].number)
+        for rank, index in enumerate(members):
+            assigned[index] = rank * folds // len(members)
+    return assigned
+
+
+def calibration_report(spec: CalibrationSpec, candidates: list[dict], splits: dict[str, SplitOutputs]) -> dict:
+    """The chosen calibration, every candidate, and the expected calibration error before and after on each split."""
+    report = {
+        "method": spec.method,
+        "family": spec.family,
+        "scale": spec.scale,
+        "bias": spec.bias,
+        "fitted_on": "calibration",
+        "chosen_on": "calibration split, cross-validated over blocks of neighbouring files",
+        "candidates": candidates,
+        "ece_bins": ECE_BINS,
+    }
+    validation, calibration, test = splits["validation"], splits["calibration"], splits["test"]
+    for name, split in (("calibration", calibration), ("validation", validation), ("test", test)):
+        report[f"{name}_ece_before"] = round(expected_calibration_error(split.labels, split.raw), 4)
+        report[f"{name}_ece_after"] = round(expected_calibration_error(split.labels, split.served), 4)
+    report["displayed_confidence_cap"] = 0.999
+    return report

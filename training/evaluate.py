@@ -42,23 +42,16 @@ from lungscan.bundle import (
     read_metadata,
     write_metadata,
 )
-from lungscan.calibration import CalibrationSpec
 from lungscan.uploads import bundle_dicom_options, decode_upload
-from training.calibrate import fit_conformal, set_report
+from training.calibrate import calibrate, calibration_report
 from training.layouts import Sample, samples_from_manifest
-from training.metrics import (
-    ECE_BINS,
-    choose_calibration,
-    classification_metrics,
-    expected_calibration_error,
-)
+from training.metrics import classification_metrics
 from training.plots import plot_confusion, plot_reliability, plot_roc
 from training.presets import REPO_ROOT
 from training.splits import evaluation_fingerprint
 
 SMOKE_FILE = f"{REPORT_DIR}/smoke.npz"
 SMOKE_TOLERANCE = 1e-4  # max |probability difference| allowed when a bundle is re-checked at publish
-COVERAGE = 0.9  # conformal target: the true class in the set for 9 cases in 10
 
 
 def add_arguments(parser) -> None:
@@ -225,47 +218,6 @@ def run_split(classifier, samples: list[Sample], name: str) -> SplitOutputs:
     return SplitOutputs(samples, inputs, labels, outputs, classifier.probabilities_from(outputs))
 
 
-def calibrate(classifier, splits: dict[str, SplitOutputs]):
-    """Fit the calibration, then the conformal sets, on the calibration split; both go in the served metadata.
-
-    The calibration split was never seen by training or selection; cross-validation within it
-    chooses the calibration family (``training.metrics.choose_calibration``). The served probabilities come
-    from the function serving applies (``Classifier.probabilities_from``).
-
-    Returns:
-        the conformal spec and the table of calibration candidates.
-    """
-    metadata = classifier.metadata
-    calibration, test = splits["calibration"], splits["test"]
-    metadata.calibration, candidates = choose_calibration(
-        (calibration.labels, calibration.raw), neighbour_folds(calibration.samples), (test.labels, test.raw)
-    )
-    for split in splits.values():
-        split.served = classifier.probabilities_from(split.outputs)
-    conformal = fit_conformal(calibration.labels, calibration.served, metadata.classes, COVERAGE)
-    conformal.calibration["fingerprint"] = evaluation_fingerprint(calibration.samples)
-    conformal.evaluation = {
-        name: set_report(splits[name].labels, splits[name].served, metadata.classes, conformal)
-        for name in ("test", "validation", "calibration")
-    }
-    metadata.conformal = conformal  # the served flag includes the prediction-set rule
-    return conformal, candidates
-
-
-def neighbour_folds(samples: list[Sample], folds: int = 5) -> np.ndarray:
-    """A fold per image: each class's files in number order, cut into ``folds`` contiguous blocks.
-
-    Neighbouring numbers are usually slices of one patient (the datasets' README), so a block
-    keeps most of a patient on one side of each cross-validation cut.
-    """
-    assigned = np.zeros(len(samples), int)
-    for label in {s.label for s in samples}:
-        members = sorted((i for i, s in enumerate(samples) if s.label == label), key=lambda i: samples[i].number)
-        for rank, index in enumerate(members):
-            assigned[index] = rank * folds // len(members)
-    return assigned
-
-
 def measure(classifier, labels: np.ndarray, probabilities: np.ndarray) -> dict:
     """A split's figures, flagged as the function flags (``Classifier.interpret``, with the conformal set)."""
     metadata = classifier.metadata
@@ -274,26 +226,6 @@ def measure(classifier, labels: np.ndarray, probabilities: np.ndarray) -> dict:
     result = classification_metrics(labels, probabilities, metadata.classes, flags, metadata.positive_classes)
     result["uncertain_share"] = round(float(np.mean([prediction.uncertain for prediction in predictions])), 4)
     return result
-
-
-def calibration_report(spec: CalibrationSpec, candidates: list[dict], splits: dict[str, SplitOutputs]) -> dict:
-    """The chosen calibration, every candidate, and the expected calibration error before and after on each split."""
-    report = {
-        "method": spec.method,
-        "family": spec.family,
-        "scale": spec.scale,
-        "bias": spec.bias,
-        "fitted_on": "calibration",
-        "chosen_on": "calibration split, cross-validated over blocks of neighbouring files",
-        "candidates": candidates,
-        "ece_bins": ECE_BINS,
-    }
-    validation, calibration, test = splits["validation"], splits["calibration"], splits["test"]
-    for name, split in (("calibration", calibration), ("validation", validation), ("test", test)):
-        report[f"{name}_ece_before"] = round(expected_calibration_error(split.labels, split.raw), 4)
-        report[f"{name}_ece_after"] = round(expected_calibration_error(split.labels, split.served), 4)
-    report["displayed_confidence_cap"] = 0.999
-    return report
 
 
 def summary_metrics(manifest: dict, splits, measured: dict, conformal, metadata, train_labels: list[str]) -> dict:

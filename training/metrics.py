@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lungscan.calibration import CalibrationFamily, CalibrationSpec, apply_calibration
 from lungscan.classifier import apply_temperature  # the served rescaling: the temperature is fitted with it
 
 ECE_BINS = 15
@@ -111,86 +110,6 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
         else:
             low = a
     return round(float(np.exp((low + high) / 2.0)), 4)
-
-
-CALIBRATION_FAMILIES: tuple[CalibrationFamily, ...] = ("temperature", "class_bias", "vector_scaling")
-CALIBRATION_WORDS = {
-    "temperature": "one temperature shared by all classes (the most probable class is unchanged)",
-    "class_bias": "a bias per class on the log-probabilities (corrects the class priors the model learned)",
-    "vector_scaling": "a scale and a bias per class on the log-probabilities",
-}
-
-
-def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, family: CalibrationFamily) -> CalibrationSpec:
-    """The served rescaling of one family, fitted by negative log-likelihood.
-
-    The bias and the log-scale carry a small L2 penalty: a class with a handful of calibration
-    images cannot drive them to extremes (and the bias, defined up to a constant, is centred).
-    """
-    from scipy.optimize import minimize
-
-    k = probabilities.shape[1]
-    if family == "temperature":
-        temperature = fit_temperature(labels, probabilities)
-        return CalibrationSpec(family=family, scale=[round(1.0 / temperature, 6)] * k, bias=[0.0] * k)
-    per_class_scale = family == "vector_scaling"
-
-    def spec_of(theta: np.ndarray) -> CalibrationSpec:
-        scale = np.exp(theta[:k]) if per_class_scale else np.ones(k)
-        bias = theta[-k:] - theta[-k:].mean()
-        return CalibrationSpec(family=family, scale=list(scale), bias=list(bias))
-
-    def loss(theta: np.ndarray) -> float:
-        penalty = 1e-3 * float(np.sum(theta**2))
-        return negative_log_likelihood(labels, apply_calibration(probabilities, spec_of(theta))) + penalty
-
-    start = np.zeros(2 * k if per_class_scale else k)
-    bounds = [(-3.0, 3.0)] * k * per_class_scale + [(-20.0, 20.0)] * k  # scales e^-3..e^3: never overflow
-    fitted = spec_of(minimize(loss, start, method="L-BFGS-B", bounds=bounds).x)
-    return fitted.model_copy(
-        update={"scale": [round(v, 6) for v in fitted.scale], "bias": [round(v, 6) for v in fitted.bias]}
-    )
-
-
-def choose_calibration(
-    calibration: tuple[np.ndarray, np.ndarray], folds: np.ndarray, test: tuple[np.ndarray, np.ndarray]
-) -> tuple[CalibrationSpec, list[dict]]:
-    """The family with the lowest cross-validated NLL on the calibration split, refitted on all of it.
-
-    ``calibration`` and ``test`` are ``(labels, probabilities as trained)``; ``folds`` gives each
-    calibration image a fold (blocks of neighbouring files, so a patient's slices stay together).
-    Neither validation (which chose the recipe, and is training data in a refitted bundle) nor
-    test is used to choose: test is only scored, for the report's table of what was tried.
-    Returns the chosen spec and that table.
-    """
-    labels, probabilities = calibration
-    candidates, table = [], []
-    for family in CALIBRATION_FAMILIES:
-        held_out = np.zeros(len(labels))
-        for fold in np.unique(folds):
-            inside = folds != fold
-            spec = fit_calibration(labels[inside], probabilities[inside], family)
-            served = apply_calibration(probabilities[~inside], spec)
-            held_out[~inside] = -np.log(np.clip(served[np.arange(len(served)), labels[~inside]], 1e-12, 1.0))
-        spec = fit_calibration(labels, probabilities, family)
-        row = {
-            "family": family,
-            "cross_validated_nll": _round(held_out.mean()),
-            "calibration_ece": _round(expected_calibration_error(labels, apply_calibration(probabilities, spec))),
-            "test_nll": _round(negative_log_likelihood(test[0], apply_calibration(test[1], spec))),
-            "test_ece": _round(expected_calibration_error(test[0], apply_calibration(test[1], spec))),
-        }
-        candidates.append(spec)
-        table.append(row)
-    best = min(range(len(candidates)), key=lambda i: (table[i]["cross_validated_nll"], i))
-    table[best]["chosen"] = True
-    chosen = candidates[best]
-    chosen.method = (
-        f"{CALIBRATION_WORDS[chosen.family]}; fitted on the calibration split by negative log-likelihood, "
-        f"chosen among {', '.join(CALIBRATION_FAMILIES)} by the lowest {len(np.unique(folds))}-fold "
-        "cross-validated negative log-likelihood within that split"
-    )
-    return chosen, table
 
 
 def classification_metrics(

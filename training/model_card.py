@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from lungscan.bundle import MODEL_FILE, BundleMetadata
-from training.metrics import CALIBRATION_WORDS
+from training.calibrate import CALIBRATION_WORDS
 from training.presets import PRESETS
 
 CARD_FILE = "MODEL_CARD.md"

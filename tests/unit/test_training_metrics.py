@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from lungscan.calibration import CalibrationSpec, apply_calibration
+from training.calibrate import choose_calibration, fit_calibration
 from training.metrics import (
     apply_temperature,
     balanced_class_weights,
-    choose_calibration,
     classification_metrics,
     expected_calibration_error,
-    fit_calibration,
     fit_temperature,
     negative_log_likelihood,
     roc_auc,
