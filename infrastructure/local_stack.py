@@ -46,6 +46,7 @@ API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads b
 def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_accounts.LocalAccounts | None = None):
     authorizer = local_accounts.LocalAuthorizer(accounts) if accounts else None
     invoke_lock = threading.Lock()  # one Lambda container answers one request at a time
+    site_files = {path.resolve() for path in frontend_dir.rglob("*") if path.is_file()}
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "LungScanLocal/1"
@@ -64,6 +65,19 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
 
         def do_DELETE(self) -> None:
             self._invoke()
+
+        # Any other method gets the API's JSON 404, not http.server's HTML 501 page.
+        def do_PUT(self) -> None:
+            self._invoke()
+
+        def do_PATCH(self) -> None:
+            self._invoke()
+
+        def do_TRACE(self) -> None:
+            self._invoke()
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
 
         def _cognito(self) -> None:
             body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 64 * 1024))
@@ -126,9 +140,12 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
 
         def log_message(self, format: str, *args) -> None:
             # Method, path and status only: never bodies or file names.
-            # The resource, as API Gateway's access log has it: /patients/{ref}/scans, never the reference.
-            resource = resource_of(urlsplit(self.path).path)[0]
-            sys.stderr.write(f"{self.address_string()} {self.command} {resource} {args[1]}\n")
+            # The resource, as API Gateway's access log has it: /patients/{ref}/scans, never the reference;
+            # a path that is no route (/patients/P-0001, a typo) is logged only if it names a file of the site.
+            resource = resource_of(urlsplit(getattr(self, "path", "")).path)[0]  # no path: an unparsed request
+            site_file = resource == "/" or (frontend_dir / resource.lstrip("/")).resolve() in site_files
+            shown = resource if resource in API_PATHS or site_file else "(no route)"
+            sys.stderr.write(f"{self.address_string()} {self.command} {shown} {args[1] if len(args) > 1 else ''}\n")
 
     return Handler
 

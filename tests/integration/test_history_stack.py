@@ -174,3 +174,21 @@ def test_the_page_is_told_where_to_sign_in(stack):
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["AuthenticationResult"]["IdToken"].count(".") == 2
+
+
+def test_other_methods_and_paths_get_json_and_leave_no_reference_in_the_log(stack, tokens):
+    for method in ("PUT", "PATCH", "TRACE"):
+        status, error = call(stack, method, "/patients", tokens["A"], payload={})
+        assert (status, error["error"]["code"]) == (404, "not_found"), method
+    request = urllib.request.Request(stack.base_url + "/patients", method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=10)
+    assert answer.value.code == 404 and answer.value.headers["Content-Type"] == "application/json"
+    # A path that is no route (a typo, a guessed URL) still holds the reference the clinician typed.
+    for path in ("/patients/P-LOGGED-7", "/patients/P-LOGGED-8/scans/"):
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(urllib.request.Request(stack.base_url + path), timeout=10)
+        assert answer.value.code == 404
+    log = stack.log_path.read_text()
+    assert "P-LOGGED" not in log
+    assert "GET (no route) 404" in log and "PUT /patients 404" in log

@@ -193,25 +193,67 @@ def test_a_patient_reference_that_could_be_a_name_is_400(app_module, lambda_cont
     assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
 
 
+def form_body(boundary: str, png: bytes, *patients: str) -> bytes:
+    """A multipart form: a ``patient`` field per reference, then the ``file``."""
+    parts = [f'Content-Disposition: form-data; name="patient"\r\n\r\n{ref}\r\n'.encode() for ref in patients]
+    parts.append(b'Content-Disposition: form-data; name="file"; filename="s.png"\r\nContent-Type: image/png\r\n\r\n')
+    delimiter = f"--{boundary}\r\n".encode()
+    return b"".join(delimiter + part for part in parts) + png + f"\r\n--{boundary}--\r\n".encode()
+
+
 def test_the_reference_is_accepted_as_query_and_form_field(app_module, lambda_context, store):
     png = encode(ct_like_image())
     event = make_event(body=png, content_type="image/png", base64_body=True, query={"patient": "MRN.42_x"})
     status, answer = call(app_module, lambda_context, signed_in(event, ALICE))
     assert status == 200 and answer["record_id"]
     boundary = "b0undary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="patient"\r\n\r\nMRN.42_x\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body = form_body(boundary, png, "MRN.42_x")
     event = make_event(body=body, content_type=f"multipart/form-data; boundary={boundary}", base64_body=True)
     status, answer = call(app_module, lambda_context, signed_in(event, BOB))
     assert status == 200 and answer["record_id"]
     assert get(app_module, lambda_context, "/patients", ALICE)[1]["patients"][0]["scans"] == 2
+
+
+def test_two_different_patients_in_one_request_are_refused_not_one_picked(app_module, lambda_context, store):
+    png = encode(ct_like_image())
+    as_json = json.dumps({"image": base64.b64encode(png).decode(), "patient": "P-BODY"})
+    form = "multipart/form-data; boundary=b0"
+    repeated = make_event(body=png, content_type="image/png", base64_body=True)
+    repeated["multiValueQueryStringParameters"] = {"patient": ["P-ONE", "P-TWO"]}
+    repeated["queryStringParameters"] = {"patient": "P-TWO"}  # API Gateway keeps the last
+    events = [
+        make_event(body=as_json, content_type="application/json", query={"patient": "P-QUERY"}),
+        make_event(body=form_body("b0", png, "P-FORM"), content_type=form, base64_body=True, query={"patient": "P-Q"}),
+        make_event(body=form_body("b0", png, "P-ONE", "P-TWO"), content_type=form, base64_body=True),
+        repeated,
+    ]
+    for event in events:
+        status, error = call(app_module, lambda_context, signed_in(event, ALICE))
+        assert (status, error["error"]["code"]) == (400, "conflicting_patient"), error
+        assert "P-" not in error["error"]["message"]
+    assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
+    # The same reference twice is one patient.
+    event = make_event(body=as_json, content_type="application/json", query={"patient": "P-BODY"})
+    status, answer = call(app_module, lambda_context, signed_in(event, ALICE))
+    assert status == 200 and answer["record_id"]
+
+
+def test_dot_references_are_refused_since_urls_drop_them(app_module, lambda_context, store):
+    """/patients/../scans is /scans to a browser: a record under ".." could never be read or deleted."""
+    for ref in (".", ".."):
+        status, error = predict(app_module, lambda_context, ALICE, patient=ref)
+        assert (status, error["error"]["code"]) == (400, "invalid_patient_ref")
+    assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
+    assert history.check_patient_ref("...") == "..." and history.check_patient_ref(".x") == ".x"
+
+
+def test_a_cursor_or_record_id_with_non_ascii_digits_is_refused(app_module, lambda_context, store):
+    arabic = "\u0662\u0660\u0662\u0666\u0661\u0661\u0662\u0669T\u0660" + "\u0660" * 8 + "Z-aaaaaaaaaaaa"
+    token = base64.urlsafe_b64encode(arabic.encode()).decode().rstrip("=")
+    status, error = get(app_module, lambda_context, "/patients/P-0001/scans", ALICE, query={"next": token})
+    assert (status, error["error"]["code"]) == (400, "malformed_input")
+    with pytest.raises(history.RecordNotFoundError):
+        history.check_record_id(arabic)
 
 
 def test_a_study_with_a_patient_is_refused(app_module, lambda_context, store):
