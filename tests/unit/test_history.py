@@ -315,6 +315,20 @@ def test_audit_lines_carry_a_keyed_hash_never_the_reference(app_module, lambda_c
     assert history.hash_ref(b"another-key", "MRN-987654") != expected_hash
 
 
+def test_no_write_happens_when_its_audit_line_cannot_be_written(app_module, lambda_context, store, monkeypatch):
+    import history_api
+
+    _, answer = predict(app_module, lambda_context, ALICE)
+    monkeypatch.setattr(history_api, "_hash_key", None)  # the audit key's secret cannot be read
+    monkeypatch.setenv("PATIENT_REF_HASH_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:gone")
+    path = f"/patients/P-0001/scans/{answer['record_id']}"
+    assert get(app_module, lambda_context, path, ALICE, method="DELETE")[0] == 500
+    assert predict(app_module, lambda_context, ALICE, patient="P-0002")[0] == 500
+    monkeypatch.setattr(history_api, "_hash_key", b"test-hash-key")
+    (patient,) = get(app_module, lambda_context, "/patients", ALICE)[1]["patients"]
+    assert (patient["patient"], patient["scans"]) == ("P-0001", 1)  # neither deleted nor stored unaudited
+
+
 def test_openapi_documents_the_history_routes(app_module, lambda_context):
     status, document = call(app_module, lambda_context, make_event("GET", "/openapi.json"))
     assert status == 200
