@@ -192,3 +192,23 @@ def test_other_methods_and_paths_get_json_and_leave_no_reference_in_the_log(stac
     log = stack.log_path.read_text()
     assert "P-LOGGED" not in log
     assert "GET (no route) 404" in log and "PUT /patients 404" in log
+
+
+def test_the_sign_in_proxy_forwards_no_administrator_call(stack):
+    """moto checks no AWS signature: forwarded, ListUsers (or AdminSetUserPassword) would need no credentials."""
+    cognito = aws(stack, "cognito-idp")
+    (pool,) = [pool for pool in cognito.list_user_pools(MaxResults=10)["UserPools"] if "lungscan" in pool["Name"]]
+    for call_name, body in [("ListUsers", {"UserPoolId": pool["Id"]}), ("AdminGetUser", {"UserPoolId": pool["Id"]})]:
+        request = urllib.request.Request(
+            stack.base_url + "/cognito-idp/",
+            data=json.dumps({**body, "Username": "clinician-a@example.org"}).encode(),
+            headers={
+                "Content-Type": "application/x-amz-json-1.1",
+                "X-Amz-Target": f"AWSCognitoIdentityProviderService.{call_name}",
+            },
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=10)
+        assert answer.value.code == 400
+        assert b"example.org" not in answer.value.read()
