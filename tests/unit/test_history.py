@@ -381,6 +381,25 @@ def token(private_key, **changes) -> str:
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, private_key, algorithm="RS256")
 
 
+def public_pem(private_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def unsigned(valid: str, header: dict, hmac_key: bytes) -> str:
+    """``valid``'s claims under another header, signed with HMAC-SHA256 by ``hmac_key`` (none when empty)."""
+    import hashlib
+    import hmac
+
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).decode().rstrip("=")
+    signing_input = f"{encoded}.{valid.split('.')[1]}"
+    digest = hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest() if hmac_key else b""
+    return f"{signing_input}.{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
+
+
 def test_a_valid_id_token_gives_the_authorizers_claims(keys):
     good, _ = keys
     claims = make_verifier(good.public_key()).authorizer_claims(token(good))
@@ -391,7 +410,10 @@ def test_a_valid_id_token_gives_the_authorizers_claims(keys):
 
 @pytest.mark.parametrize(
     "case",
-    ["tampered", "other_key", "expired", "wrong_audience", "access_token", "wrong_issuer", "no_exp", "garbage"],
+    [
+        *("tampered", "other_key", "expired", "wrong_audience", "access_token", "wrong_issuer", "no_exp", "garbage"),
+        *("alg_none", "hs256_with_the_public_key", "iat_in_the_future", "nbf_in_the_future", "bearer_prefix"),
+    ],
 )
 def test_bad_tokens_are_refused(keys, case):
     good, other = keys
@@ -406,6 +428,11 @@ def test_bad_tokens_are_refused(keys, case):
         "wrong_issuer": lambda: token(good, iss="https://cognito-idp.us-east-1.amazonaws.com/other"),
         "no_exp": lambda: token(good, exp=None),
         "garbage": lambda: "x.y.z",
+        "alg_none": lambda: unsigned(valid, {"alg": "none"}, b""),
+        "hs256_with_the_public_key": lambda: unsigned(valid, {"alg": "HS256"}, public_pem(good)),
+        "iat_in_the_future": lambda: token(good, iat=int(time.time()) + 600),
+        "nbf_in_the_future": lambda: token(good, nbf=int(time.time()) + 600),
+        "bearer_prefix": lambda: "Bearer " + valid,  # the authorizer takes the raw token
     }[case]()
     with pytest.raises(InvalidTokenError):
         verifier.verify(bad)
