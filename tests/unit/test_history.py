@@ -281,6 +281,25 @@ def test_records_copy_the_conformal_fields_when_the_answer_has_them():
     assert (record["prediction_set"], record["uncertain"], record["heatmap"]) == (["benign", "malignant"], True, b"h")
 
 
+def test_a_dicom_record_holds_neither_the_file_nor_its_patient_tags(app_module, lambda_context, store):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate = "DOE^JANE", "PID-4242", "19500101"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    event = make_event(
+        body=buffer.getvalue(), content_type="application/dicom", base64_body=True, query={"patient": "P-DCM"}
+    )
+    status, answer = call(app_module, lambda_context, signed_in(event, ALICE))
+    assert status == 200 and answer["record_id"], answer
+    values = [value for item in store.dynamodb.scan(TableName=TABLE)["Items"] for value in item.values()]
+    stored = b"".join(value["B"] if "B" in value else str(value).encode() for value in values)
+    for tag in (b"DOE", b"JANE", b"PID-4242", b"19500101", dataset.PixelData[:64]):
+        assert tag not in stored
+
+
 def test_the_preview_is_small_enough_that_burned_in_text_is_unreadable():
     big = Image.new("L", (1024, 768), 0)
     png = history.thumbnail_png(big, 96)
