@@ -105,7 +105,9 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
                 query=parse_qsl(url.query, keep_blank_values=True),
             )
             if authorizer and authorizer.guards(event) and not authorizer.authorize(event):
-                data = json.dumps(local_accounts.UNAUTHORIZED_BODY).encode()
+                # As the template's UNAUTHORIZED gateway response, with its $context.requestId.
+                error = dict(local_accounts.UNAUTHORIZED_BODY["error"], request_id=event["requestContext"]["requestId"])
+                data = json.dumps({"error": error}).encode()
                 return self._send(401, {"Content-Type": "application/json"}, data)
             with invoke_lock:
                 result = lambda_handler(event, LambdaContext(event["requestContext"]["requestId"]))

@@ -123,6 +123,7 @@ def test_no_or_bad_token_is_401(stack, tokens, route):
     for token in (None, "not-a-jwt", f"{header}.{forged}.{signature}", tokens["A"][:-4] + "AAAA"):
         status, error = call(stack, method, path, token)
         assert (status, error["error"]["code"]) == (401, "unauthorized"), token
+        assert error["error"]["request_id"]  # as the template's UNAUTHORIZED gateway response has it
 
 
 def test_predict_with_a_patient_needs_a_valid_token(stack, tokens):
