@@ -431,7 +431,7 @@ def test_a_valid_id_token_gives_the_authorizers_claims(keys):
     "case",
     [
         *("tampered", "other_key", "expired", "wrong_audience", "access_token", "wrong_issuer", "no_exp", "garbage"),
-        *("alg_none", "hs256_with_the_public_key", "iat_in_the_future", "nbf_in_the_future", "bearer_prefix"),
+        *("alg_none", "hs256_with_the_public_key", "iat_in_the_future", "nbf_in_the_future"),
     ],
 )
 def test_bad_tokens_are_refused(keys, case):
@@ -451,7 +451,6 @@ def test_bad_tokens_are_refused(keys, case):
         "hs256_with_the_public_key": lambda: unsigned(valid, {"alg": "HS256"}, public_pem(good)),
         "iat_in_the_future": lambda: token(good, iat=int(time.time()) + 600),
         "nbf_in_the_future": lambda: token(good, nbf=int(time.time()) + 600),
-        "bearer_prefix": lambda: "Bearer " + valid,  # the authorizer takes the raw token
     }[case]()
     with pytest.raises(InvalidTokenError):
         verifier.verify(bad)
