@@ -30,6 +30,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -79,8 +80,26 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
         def do_HEAD(self) -> None:
             self.do_GET()
 
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            # http.server's own refusals (a header over 64 KB, a request line it cannot parse): JSON, not an HTML
+            # page, and never its message, which quotes the request line (and so a patient reference).
+            self.close_connection = True
+            body = {"error": {"code": "bad_request", "message": HTTPStatus(code).phrase}}
+            self._send(code, {"Content-Type": "application/json", "Connection": "close"}, json.dumps(body).encode())
+
+        def _content_length(self) -> int | None:
+            """The body's length, or None (400 sent) when the header is no count: int("-1") would read to EOF."""
+            value = self.headers.get("Content-Length") or "0"
+            if not value.isdigit():
+                self.send_error(400)
+                return None
+            return int(value)
+
         def _cognito(self) -> None:
-            body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 64 * 1024))
+            length = self._content_length()
+            if length is None:
+                return
+            body = self.rfile.read(min(length, 64 * 1024))
             target = self.headers.get("X-Amz-Target", "")
             status, data = local_accounts.forward_to_cognito(accounts.endpoint, body, target)
             self._send(status, {"Content-Type": "application/x-amz-json-1.1"}, data)
@@ -89,7 +108,9 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
             self._invoke()
 
         def _invoke(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            length = self._content_length()
+            if length is None:
+                return
             if length > API_GATEWAY_MAX_BODY:
                 self.close_connection = True
                 return self._send(413, {"Content-Type": "application/json"}, b'{"message":"Request Too Long"}')

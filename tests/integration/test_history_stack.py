@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -213,3 +214,26 @@ def test_the_sign_in_proxy_forwards_no_administrator_call(stack):
             urllib.request.urlopen(request, timeout=10)
         assert answer.value.code == 400
         assert b"example.org" not in answer.value.read()
+
+
+def raw_exchange(stack, request: bytes) -> bytes:
+    """One request written as is on a socket (what urllib would refuse to send), and the whole answer."""
+    with socket.create_connection(("127.0.0.1", int(stack.base_url.rsplit(":", 1)[1])), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_requests_http_server_refuses_get_json_and_no_reference_in_the_log(stack):
+    huge_token = b"GET /patients HTTP/1.1\r\nHost: x\r\nAuthorization: " + b"a" * 100_000 + b"\r\n\r\n"
+    negative_length = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"  # read to EOF: hung
+    for request, status in [(huge_token, b"431"), (negative_length, b"400")]:
+        head, _, body = raw_exchange(stack, request).partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == status, head
+        assert b"application/json" in head and json.loads(body)["error"]["code"] == "bad_request"
+    # A request line it cannot parse is answered as HTTP/0.9 would be: the body alone, JSON too.
+    bad_line = b"GET /patients/P-LOGGED-9/scans HTTP/1.1 extra\r\nHost: x\r\n\r\n"
+    assert json.loads(raw_exchange(stack, bad_line))["error"]["code"] == "bad_request"
+    assert "P-LOGGED-9" not in stack.log_path.read_text()
