@@ -12,7 +12,7 @@
   const apiUrl = String(settings.apiUrl || "").replace(/\/+$/, "");
   const apiKey = typeof settings.apiKey === "string" ? settings.apiKey : "";
   const SESSION_KEY = "lungscan.session";
-  const PATIENT_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+  const PATIENT_PATTERN = /^(?!\.\.?$)[A-Za-z0-9._-]{1,64}$/; // "." and "..": URLs drop them
   const PAGE_SIZE = 20;
 
   let session = null; // {idToken, email, team, expiresAt}

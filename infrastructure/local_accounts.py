@@ -32,6 +32,10 @@ DEMO_USERS = {
 }
 # What the page posts Cognito's JSON API to, on the page's own origin (the local stack forwards it to moto).
 COGNITO_PROXY_PATH = "/cognito-idp/"
+# Only the calls Cognito's public endpoint serves without AWS credentials: moto checks no signature, so a
+# forwarded AdminSetUserPassword or AdminAddUserToGroup would let anyone who reaches the page (make run
+# --host 0.0.0.0) take over an account or join another care team.
+PUBLIC_COGNITO_CALLS = {"InitiateAuth", "RespondToAuthChallenge", "GetUser", "GlobalSignOut", "RevokeToken"}
 # template.yaml's UNAUTHORIZED gateway response.
 UNAUTHORIZED_BODY = {
     "error": {
@@ -117,8 +121,9 @@ class LocalAuthorizer:
 
 def forward_to_cognito(endpoint: str, body: bytes, target: str) -> tuple[int, bytes]:
     """Pass one call of Cognito's JSON API (InitiateAuth, ...) from the page to the local pool."""
-    if not target.startswith("AWSCognitoIdentityProviderService."):
-        return 400, b'{"__type":"InvalidAction","message":"Only Cognito calls are forwarded."}'
+    service, _, call = target.partition(".")
+    if service != "AWSCognitoIdentityProviderService" or call not in PUBLIC_COGNITO_CALLS:
+        return 400, b'{"__type":"InvalidAction","message":"Only Cognito sign-in calls are forwarded."}'
     request = urllib.request.Request(
         endpoint.rstrip("/") + "/",
         data=body,

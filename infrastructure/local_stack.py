@@ -30,6 +30,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -46,6 +47,7 @@ API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads b
 def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_accounts.LocalAccounts | None = None):
     authorizer = local_accounts.LocalAuthorizer(accounts) if accounts else None
     invoke_lock = threading.Lock()  # one Lambda container answers one request at a time
+    site_files = {path.resolve() for path in frontend_dir.rglob("*") if path.is_file()}
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "LungScanLocal/1"
@@ -65,8 +67,39 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
         def do_DELETE(self) -> None:
             self._invoke()
 
+        # Any other method gets the API's JSON 404, not http.server's HTML 501 page.
+        def do_PUT(self) -> None:
+            self._invoke()
+
+        def do_PATCH(self) -> None:
+            self._invoke()
+
+        def do_TRACE(self) -> None:
+            self._invoke()
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            # http.server's own refusals (a header over 64 KB, a request line it cannot parse): JSON, not an HTML
+            # page, and never its message, which quotes the request line (and so a patient reference).
+            self.close_connection = True
+            body = {"error": {"code": "bad_request", "message": HTTPStatus(code).phrase}}
+            self._send(code, {"Content-Type": "application/json", "Connection": "close"}, json.dumps(body).encode())
+
+        def _content_length(self) -> int | None:
+            """The body's length, or None (400 sent) when the header is no count: int("-1") would read to EOF."""
+            value = self.headers.get("Content-Length") or "0"
+            if not value.isdigit():
+                self.send_error(400)
+                return None
+            return int(value)
+
         def _cognito(self) -> None:
-            body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 64 * 1024))
+            length = self._content_length()
+            if length is None:
+                return
+            body = self.rfile.read(min(length, 64 * 1024))
             target = self.headers.get("X-Amz-Target", "")
             status, data = local_accounts.forward_to_cognito(accounts.endpoint, body, target)
             self._send(status, {"Content-Type": "application/x-amz-json-1.1"}, data)
@@ -75,7 +108,9 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
             self._invoke()
 
         def _invoke(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            length = self._content_length()
+            if length is None:
+                return
             if length > API_GATEWAY_MAX_BODY:
                 self.close_connection = True
                 return self._send(413, {"Content-Type": "application/json"}, b'{"message":"Request Too Long"}')
@@ -91,7 +126,9 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
                 query=parse_qsl(url.query, keep_blank_values=True),
             )
             if authorizer and authorizer.guards(event) and not authorizer.authorize(event):
-                data = json.dumps(local_accounts.UNAUTHORIZED_BODY).encode()
+                # As the template's UNAUTHORIZED gateway response, with its $context.requestId.
+                error = dict(local_accounts.UNAUTHORIZED_BODY["error"], request_id=event["requestContext"]["requestId"])
+                data = json.dumps({"error": error}).encode()
                 return self._send(401, {"Content-Type": "application/json"}, data)
             with invoke_lock:
                 result = lambda_handler(event, LambdaContext(event["requestContext"]["requestId"]))
@@ -126,9 +163,12 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
 
         def log_message(self, format: str, *args) -> None:
             # Method, path and status only: never bodies or file names.
-            # The resource, as API Gateway's access log has it: /patients/{ref}/scans, never the reference.
-            resource = resource_of(urlsplit(self.path).path)[0]
-            sys.stderr.write(f"{self.address_string()} {self.command} {resource} {args[1]}\n")
+            # The resource, as API Gateway's access log has it: /patients/{ref}/scans, never the reference;
+            # a path that is no route (/patients/P-0001, a typo) is logged only if it names a file of the site.
+            resource = resource_of(urlsplit(getattr(self, "path", "")).path)[0]  # no path: an unparsed request
+            site_file = resource == "/" or (frontend_dir / resource.lstrip("/")).resolve() in site_files
+            shown = resource if resource in API_PATHS or site_file else "(no route)"
+            sys.stderr.write(f"{self.address_string()} {self.command} {shown} {args[1] if len(args) > 1 else ''}\n")
 
     return Handler
 

@@ -32,7 +32,7 @@ from PIL import Image
 from lungscan.errors import LungScanError, MalformedInputError
 
 PATIENT_REF_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-RECORD_ID_PATTERN = r"^\d{8}T\d{9}Z-[0-9a-f]{12}$"
+RECORD_ID_PATTERN = r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{12}$"  # ASCII digits: \d also takes "٢"
 MAX_PREVIEW_SIDE = 256
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -57,10 +57,12 @@ class Clinician:
 
 def check_patient_ref(ref: str) -> str:
     """A pseudonymous reference such as a local record number; never a name."""
-    if not isinstance(ref, str) or not re.fullmatch(PATIENT_REF_PATTERN, ref):
+    # "." and ".." match the pattern but are path segments that URLs drop (/patients/../scans is /scans):
+    # a record stored under them could never be read or deleted.
+    if not isinstance(ref, str) or not re.fullmatch(PATIENT_REF_PATTERN, ref) or ref in (".", ".."):
         raise MalformedInputError(
-            "The patient reference must be 1-64 letters, digits, '.', '_' or '-' (no spaces): use a "
-            "pseudonymous reference such as a local record number, never the patient's name.",
+            "The patient reference must be 1-64 letters, digits, '.', '_' or '-' (no spaces, not '.' or '..'): "
+            "use a pseudonymous reference such as a local record number, never the patient's name.",
             code="invalid_patient_ref",
         )
     return ref

@@ -43,7 +43,10 @@ class Upload:
 
 
 def read_upload(event: APIGatewayProxyEvent, query: PredictOptions) -> Upload:
-    """Turn the proxy event's body into image bytes and options (the body's options win over the query's)."""
+    """Turn the proxy event's body into image bytes and options (the body's options win over the query's,
+    except ``patient``: two different references in one request are refused, never one picked)."""
+    if len(set((event.multi_value_query_string_parameters or {}).get("patient") or [])) > 1:
+        raise _conflicting_patients()
     body = event.body or ""
     if len(body) > MAX_BODY_CHARS:
         raise PayloadTooLargeError(
@@ -84,7 +87,17 @@ def _body_bytes(body: str, is_base64_encoded: bool) -> bytes:
         raise MalformedInputError("The request body is not valid base64.", code="invalid_base64") from error
 
 
+def _conflicting_patients() -> MalformedInputError:
+    return MalformedInputError(
+        "The request names two different patients (query, body or form fields): send one 'patient'.",
+        code="conflicting_patient",
+    )
+
+
 def _with_query(query: PredictOptions, body_options: dict) -> PredictOptions:
+    # A record stored under the wrong patient is worse than a refused request.
+    if None not in (query.patient, body_options.get("patient")) and query.patient != body_options["patient"]:
+        raise _conflicting_patients()
     try:
         return PredictOptions(**{**query.model_dump(exclude_unset=True), **body_options})
     except ValidationError as error:
@@ -122,6 +135,8 @@ def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upl
             payload = part.get_payload(decode=True) or b""
             if name == "file":
                 files.append(payload)
+            elif name == "patient" and name in fields and fields[name] != payload.decode("utf-8", "replace").strip():
+                raise _conflicting_patients()
             elif name in PredictOptions.model_fields and name not in fields:
                 fields[str(name)] = payload.decode("utf-8", errors="replace").strip()
     except (RecursionError, LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError) as error:

@@ -135,7 +135,9 @@ def _authorizer_claims(event: APIGatewayProxyEvent) -> dict[str, Any] | None:
 
 
 def _current_caller() -> Clinician:
-    return caller_from_claims(_authorizer_claims(router.current_event))
+    caller = caller_from_claims(_authorizer_claims(router.current_event))
+    get_hash_key()  # before any read or write: none may happen without its audit line
+    return caller
 
 
 def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_study: bool) -> Clinician | None:
@@ -158,6 +160,7 @@ def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_s
             raise UnauthorizedError() from None
     caller = caller_from_claims(claims)
     get_store()  # 503 before classifying when this deployment keeps no history
+    get_hash_key()  # and before storing: no record without its audit line
     return caller
 
 

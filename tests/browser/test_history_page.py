@@ -118,6 +118,10 @@ def test_a_wrong_password_and_a_name_as_reference_read_plainly(open_page):
     expect(page.locator("#auth-status")).to_contain_text("Sign-in failed")
     expect(page.locator("#signed-in")).to_be_hidden()
     sign_in(page, "clinician-a@example.org")
+    page.fill("#patient-ref", "..")  # a URL would drop it: /patients/../scans is /scans
+    expect(page.locator("#patient-ref-error")).to_be_visible()
+    page.fill("#patient-ref", "P-0001")
+    expect(page.locator("#patient-ref-error")).to_be_hidden()
     page.fill("#patient-ref", "John Smith")
     expect(page.locator("#patient-ref-error")).to_be_visible()
     page.set_input_files("#file-input", [str(NORMAL_PNG)])

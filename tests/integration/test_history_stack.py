@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -123,6 +124,7 @@ def test_no_or_bad_token_is_401(stack, tokens, route):
     for token in (None, "not-a-jwt", f"{header}.{forged}.{signature}", tokens["A"][:-4] + "AAAA"):
         status, error = call(stack, method, path, token)
         assert (status, error["error"]["code"]) == (401, "unauthorized"), token
+        assert error["error"]["request_id"]  # as the template's UNAUTHORIZED gateway response has it
 
 
 def test_predict_with_a_patient_needs_a_valid_token(stack, tokens):
@@ -174,3 +176,64 @@ def test_the_page_is_told_where_to_sign_in(stack):
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["AuthenticationResult"]["IdToken"].count(".") == 2
+
+
+def test_other_methods_and_paths_get_json_and_leave_no_reference_in_the_log(stack, tokens):
+    for method in ("PUT", "PATCH", "TRACE"):
+        status, error = call(stack, method, "/patients", tokens["A"], payload={})
+        assert (status, error["error"]["code"]) == (404, "not_found"), method
+    request = urllib.request.Request(stack.base_url + "/patients", method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=10)
+    assert answer.value.code == 404 and answer.value.headers["Content-Type"] == "application/json"
+    # A path that is no route (a typo, a guessed URL) still holds the reference the clinician typed.
+    for path in ("/patients/P-LOGGED-7", "/patients/P-LOGGED-8/scans/"):
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(urllib.request.Request(stack.base_url + path), timeout=10)
+        assert answer.value.code == 404
+    log = stack.log_path.read_text()
+    assert "P-LOGGED" not in log
+    assert "GET (no route) 404" in log and "PUT /patients 404" in log
+
+
+def test_the_sign_in_proxy_forwards_no_administrator_call(stack):
+    """moto checks no AWS signature: forwarded, ListUsers (or AdminSetUserPassword) would need no credentials."""
+    cognito = aws(stack, "cognito-idp")
+    (pool,) = [pool for pool in cognito.list_user_pools(MaxResults=10)["UserPools"] if "lungscan" in pool["Name"]]
+    for call_name, body in [("ListUsers", {"UserPoolId": pool["Id"]}), ("AdminGetUser", {"UserPoolId": pool["Id"]})]:
+        request = urllib.request.Request(
+            stack.base_url + "/cognito-idp/",
+            data=json.dumps({**body, "Username": "clinician-a@example.org"}).encode(),
+            headers={
+                "Content-Type": "application/x-amz-json-1.1",
+                "X-Amz-Target": f"AWSCognitoIdentityProviderService.{call_name}",
+            },
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=10)
+        assert answer.value.code == 400
+        assert b"example.org" not in answer.value.read()
+
+
+def raw_exchange(stack, request: bytes) -> bytes:
+    """One request written as is on a socket (what urllib would refuse to send), and the whole answer."""
+    with socket.create_connection(("127.0.0.1", int(stack.base_url.rsplit(":", 1)[1])), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_requests_http_server_refuses_get_json_and_no_reference_in_the_log(stack):
+    huge_token = b"GET /patients HTTP/1.1\r\nHost: x\r\nAuthorization: " + b"a" * 100_000 + b"\r\n\r\n"
+    negative_length = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"  # read to EOF: hung
+    for request, status in [(huge_token, b"431"), (negative_length, b"400")]:
+        head, _, body = raw_exchange(stack, request).partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == status, head
+        assert b"application/json" in head and json.loads(body)["error"]["code"] == "bad_request"
+    # A request line it cannot parse is answered as HTTP/0.9 would be: the body alone, JSON too.
+    bad_line = b"GET /patients/P-LOGGED-9/scans HTTP/1.1 extra\r\nHost: x\r\n\r\n"
+    assert json.loads(raw_exchange(stack, bad_line))["error"]["code"] == "bad_request"
+    assert "P-LOGGED-9" not in stack.log_path.read_text()

@@ -193,25 +193,67 @@ def test_a_patient_reference_that_could_be_a_name_is_400(app_module, lambda_cont
     assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
 
 
+def form_body(boundary: str, png: bytes, *patients: str) -> bytes:
+    """A multipart form: a ``patient`` field per reference, then the ``file``."""
+    parts = [f'Content-Disposition: form-data; name="patient"\r\n\r\n{ref}\r\n'.encode() for ref in patients]
+    parts.append(b'Content-Disposition: form-data; name="file"; filename="s.png"\r\nContent-Type: image/png\r\n\r\n')
+    delimiter = f"--{boundary}\r\n".encode()
+    return b"".join(delimiter + part for part in parts) + png + f"\r\n--{boundary}--\r\n".encode()
+
+
 def test_the_reference_is_accepted_as_query_and_form_field(app_module, lambda_context, store):
     png = encode(ct_like_image())
     event = make_event(body=png, content_type="image/png", base64_body=True, query={"patient": "MRN.42_x"})
     status, answer = call(app_module, lambda_context, signed_in(event, ALICE))
     assert status == 200 and answer["record_id"]
     boundary = "b0undary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="patient"\r\n\r\nMRN.42_x\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body = form_body(boundary, png, "MRN.42_x")
     event = make_event(body=body, content_type=f"multipart/form-data; boundary={boundary}", base64_body=True)
     status, answer = call(app_module, lambda_context, signed_in(event, BOB))
     assert status == 200 and answer["record_id"]
     assert get(app_module, lambda_context, "/patients", ALICE)[1]["patients"][0]["scans"] == 2
+
+
+def test_two_different_patients_in_one_request_are_refused_not_one_picked(app_module, lambda_context, store):
+    png = encode(ct_like_image())
+    as_json = json.dumps({"image": base64.b64encode(png).decode(), "patient": "P-BODY"})
+    form = "multipart/form-data; boundary=b0"
+    repeated = make_event(body=png, content_type="image/png", base64_body=True)
+    repeated["multiValueQueryStringParameters"] = {"patient": ["P-ONE", "P-TWO"]}
+    repeated["queryStringParameters"] = {"patient": "P-TWO"}  # API Gateway keeps the last
+    events = [
+        make_event(body=as_json, content_type="application/json", query={"patient": "P-QUERY"}),
+        make_event(body=form_body("b0", png, "P-FORM"), content_type=form, base64_body=True, query={"patient": "P-Q"}),
+        make_event(body=form_body("b0", png, "P-ONE", "P-TWO"), content_type=form, base64_body=True),
+        repeated,
+    ]
+    for event in events:
+        status, error = call(app_module, lambda_context, signed_in(event, ALICE))
+        assert (status, error["error"]["code"]) == (400, "conflicting_patient"), error
+        assert "P-" not in error["error"]["message"]
+    assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
+    # The same reference twice is one patient.
+    event = make_event(body=as_json, content_type="application/json", query={"patient": "P-BODY"})
+    status, answer = call(app_module, lambda_context, signed_in(event, ALICE))
+    assert status == 200 and answer["record_id"]
+
+
+def test_dot_references_are_refused_since_urls_drop_them(app_module, lambda_context, store):
+    """/patients/../scans is /scans to a browser: a record under ".." could never be read or deleted."""
+    for ref in (".", ".."):
+        status, error = predict(app_module, lambda_context, ALICE, patient=ref)
+        assert (status, error["error"]["code"]) == (400, "invalid_patient_ref")
+    assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
+    assert history.check_patient_ref("...") == "..." and history.check_patient_ref(".x") == ".x"
+
+
+def test_a_cursor_or_record_id_with_non_ascii_digits_is_refused(app_module, lambda_context, store):
+    arabic = "\u0662\u0660\u0662\u0666\u0661\u0661\u0662\u0669T\u0660" + "\u0660" * 8 + "Z-aaaaaaaaaaaa"
+    token = base64.urlsafe_b64encode(arabic.encode()).decode().rstrip("=")
+    status, error = get(app_module, lambda_context, "/patients/P-0001/scans", ALICE, query={"next": token})
+    assert (status, error["error"]["code"]) == (400, "malformed_input")
+    with pytest.raises(history.RecordNotFoundError):
+        history.check_record_id(arabic)
 
 
 def test_a_study_with_a_patient_is_refused(app_module, lambda_context, store):
@@ -237,6 +279,25 @@ def test_records_copy_the_conformal_fields_when_the_answer_has_them():
     conformal = {**answer, "prediction_set": ["benign", "malignant"], "uncertain": True}
     record = history.build_record(conformal, clinician, input_bytes=10, preview=b"png", heatmap=b"h")
     assert (record["prediction_set"], record["uncertain"], record["heatmap"]) == (["benign", "malignant"], True, b"h")
+
+
+def test_a_dicom_record_holds_neither_the_file_nor_its_patient_tags(app_module, lambda_context, store):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate = "DOE^JANE", "PID-4242", "19500101"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    event = make_event(
+        body=buffer.getvalue(), content_type="application/dicom", base64_body=True, query={"patient": "P-DCM"}
+    )
+    status, answer = call(app_module, lambda_context, signed_in(event, ALICE))
+    assert status == 200 and answer["record_id"], answer
+    values = [value for item in store.dynamodb.scan(TableName=TABLE)["Items"] for value in item.values()]
+    stored = b"".join(value["B"] if "B" in value else str(value).encode() for value in values)
+    for tag in (b"DOE", b"JANE", b"PID-4242", b"19500101", dataset.PixelData[:64]):
+        assert tag not in stored
 
 
 def test_the_preview_is_small_enough_that_burned_in_text_is_unreadable():
@@ -271,6 +332,20 @@ def test_audit_lines_carry_a_keyed_hash_never_the_reference(app_module, lambda_c
     assert audits[0]["record_id"] == answer["record_id"] == audits[3]["record_id"]
     assert audits[0]["patient_hash"] == audits[1]["patient_hash"] == expected_hash
     assert history.hash_ref(b"another-key", "MRN-987654") != expected_hash
+
+
+def test_no_write_happens_when_its_audit_line_cannot_be_written(app_module, lambda_context, store, monkeypatch):
+    import history_api
+
+    _, answer = predict(app_module, lambda_context, ALICE)
+    monkeypatch.setattr(history_api, "_hash_key", None)  # the audit key's secret cannot be read
+    monkeypatch.setenv("PATIENT_REF_HASH_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:gone")
+    path = f"/patients/P-0001/scans/{answer['record_id']}"
+    assert get(app_module, lambda_context, path, ALICE, method="DELETE")[0] == 500
+    assert predict(app_module, lambda_context, ALICE, patient="P-0002")[0] == 500
+    monkeypatch.setattr(history_api, "_hash_key", b"test-hash-key")
+    (patient,) = get(app_module, lambda_context, "/patients", ALICE)[1]["patients"]
+    assert (patient["patient"], patient["scans"]) == ("P-0001", 1)  # neither deleted nor stored unaudited
 
 
 def test_openapi_documents_the_history_routes(app_module, lambda_context):
@@ -325,6 +400,25 @@ def token(private_key, **changes) -> str:
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, private_key, algorithm="RS256")
 
 
+def public_pem(private_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def unsigned(valid: str, header: dict, hmac_key: bytes) -> str:
+    """``valid``'s claims under another header, signed with HMAC-SHA256 by ``hmac_key`` (none when empty)."""
+    import hashlib
+    import hmac
+
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).decode().rstrip("=")
+    signing_input = f"{encoded}.{valid.split('.')[1]}"
+    digest = hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest() if hmac_key else b""
+    return f"{signing_input}.{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
+
+
 def test_a_valid_id_token_gives_the_authorizers_claims(keys):
     good, _ = keys
     claims = make_verifier(good.public_key()).authorizer_claims(token(good))
@@ -335,7 +429,10 @@ def test_a_valid_id_token_gives_the_authorizers_claims(keys):
 
 @pytest.mark.parametrize(
     "case",
-    ["tampered", "other_key", "expired", "wrong_audience", "access_token", "wrong_issuer", "no_exp", "garbage"],
+    [
+        *("tampered", "other_key", "expired", "wrong_audience", "access_token", "wrong_issuer", "no_exp", "garbage"),
+        *("alg_none", "hs256_with_the_public_key", "iat_in_the_future", "nbf_in_the_future"),
+    ],
 )
 def test_bad_tokens_are_refused(keys, case):
     good, other = keys
@@ -350,6 +447,10 @@ def test_bad_tokens_are_refused(keys, case):
         "wrong_issuer": lambda: token(good, iss="https://cognito-idp.us-east-1.amazonaws.com/other"),
         "no_exp": lambda: token(good, exp=None),
         "garbage": lambda: "x.y.z",
+        "alg_none": lambda: unsigned(valid, {"alg": "none"}, b""),
+        "hs256_with_the_public_key": lambda: unsigned(valid, {"alg": "HS256"}, public_pem(good)),
+        "iat_in_the_future": lambda: token(good, iat=int(time.time()) + 600),
+        "nbf_in_the_future": lambda: token(good, nbf=int(time.time()) + 600),
     }[case]()
     with pytest.raises(InvalidTokenError):
         verifier.verify(bad)
