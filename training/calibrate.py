@@ -29,7 +29,13 @@ import numpy as np
 from lungscan.calibration import CalibrationFamily, CalibrationSpec, apply_calibration
 from lungscan.conformal import ConformalSpec, set_mask
 from training.layouts import Sample
-from training.metrics import ECE_BINS, expected_calibration_error, fit_temperature, negative_log_likelihood
+from training.metrics import (
+    ECE_BINS,
+    ece_uncertainty,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+)
 from training.splits import evaluation_fingerprint
 
 if TYPE_CHECKING:  # evaluate imports this module
@@ -267,5 +273,6 @@ def calibration_report(spec: CalibrationSpec, candidates: list[dict], splits: di
     for name, split in (("calibration", calibration), ("validation", validation), ("test", test)):
         report[f"{name}_ece_before"] = round(expected_calibration_error(split.labels, split.raw), 4)
         report[f"{name}_ece_after"] = round(expected_calibration_error(split.labels, split.served), 4)
+    report["test_ece_after_uncertainty"] = ece_uncertainty(test.labels, test.served)
     report["displayed_confidence_cap"] = 0.999
     return report

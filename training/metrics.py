@@ -64,6 +64,30 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     return float(error)
 
 
+def ece_uncertainty(labels: np.ndarray, probabilities: np.ndarray, draws: int = 1000, seed: int = 0) -> dict:
+    """How far a small split's ECE can be trusted: a 95% bootstrap interval of it, and the ECE the same
+    split would show if these probabilities were perfectly calibrated (labels drawn from them), a
+    floor that binning a few dozen images puts under any model."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels, int)
+    n = len(labels)
+    resampled = []
+    for _ in range(draws):
+        rows = rng.integers(0, n, n)
+        resampled.append(expected_calibration_error(labels[rows], probabilities[rows]))
+    cumulative = np.cumsum(probabilities, axis=1)
+    last_class = probabilities.shape[1] - 1
+    perfect = [  # each label drawn from its own row of probabilities (inverse of the cumulative)
+        expected_calibration_error((rng.random((n, 1)) > cumulative).sum(axis=1).clip(max=last_class), probabilities)
+        for _ in range(draws)
+    ]
+    return {
+        "bootstrap_95": [_round(np.percentile(resampled, 2.5)), _round(np.percentile(resampled, 97.5))],
+        "if_perfectly_calibrated": _round(np.mean(perfect)),
+        "draws": draws,
+    }
+
+
 def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> list[dict]:
     """Per confidence bin: mean confidence, accuracy and count (for a reliability diagram)."""
     confidence = probabilities.max(axis=1)

@@ -220,9 +220,14 @@ def _performance_section(metadata: BundleMetadata, training: dict) -> str:
             "calibrated chances."
         )
     elif calibration["test_ece_after"] > 0.05:
+        uncertainty = calibration.get("test_ece_after_uncertainty") or {}
+        low, high = uncertainty.get("bootstrap_95", (None, None))
         calibration_note = (
-            f"\n\nThe test ECE after calibration is {calibration['test_ece_after']:.3f}, above the 0.05 target: "
-            "on patients or sources like the test split the confidence is only approximately a probability."
+            f"\n\nThe test ECE after calibration is {calibration['test_ece_after']:.3f} (95% bootstrap interval "
+            f"{_num(low)}-{_num(high)}), above the 0.05 target. On {test['n']} images even perfectly calibrated "
+            f"probabilities would measure about {_num(uncertainty.get('if_perfectly_calibrated'))} (labels drawn "
+            "from the served probabilities, the same bins): below that the figure cannot be read. On patients or "
+            "sources like the test split the confidence is only approximately a probability."
         )
     gap_note = ""
     if val["macro_f1"] - test["macro_f1"] > 0.1:

@@ -11,6 +11,7 @@ from training.metrics import (
     apply_temperature,
     balanced_class_weights,
     classification_metrics,
+    ece_uncertainty,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
@@ -130,3 +131,17 @@ def test_calibration_spec_must_fit_the_classes() -> None:
         spec.check_classes(["a", "b", "c"])
     with pytest.raises(ValueError, match="positive"):
         CalibrationSpec(family="vector_scaling", scale=[1, 0], bias=[0, 0]).check_classes(["a", "b"])
+
+
+def test_ece_uncertainty_brackets_the_estimate_and_knows_the_small_sample_floor() -> None:
+    rng = np.random.default_rng(3)
+    probabilities = rng.dirichlet([2, 2, 2], 60)
+    cumulative = np.cumsum(probabilities, axis=1)
+    calibrated_labels = (rng.random((60, 1)) > cumulative).sum(axis=1).clip(max=2)  # labels drawn from the rows
+    result = ece_uncertainty(calibrated_labels, probabilities, draws=300)
+    low, high = result["bootstrap_95"]
+    assert low <= expected_calibration_error(calibrated_labels, probabilities) <= high
+    # 60 perfectly calibrated answers still measure an ECE well above zero: the floor a small split puts under ECE
+    assert 0.05 < result["if_perfectly_calibrated"] < 0.2
+    wrong = np.argmin(probabilities, axis=1)  # always the least likely class: badly calibrated
+    assert ece_uncertainty(wrong, probabilities, draws=300)["bootstrap_95"][0] > result["if_perfectly_calibrated"]
