@@ -10,27 +10,28 @@ per image, which the softmax cancels, so this is the usual logit-space calibrati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 CalibrationFamily = Literal["temperature", "class_bias", "vector_scaling"]
+# The fits stay well inside these (scales e^-3..20, biases +-20); beyond them log p * scale can overflow.
+Scale = Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
 
 
 class CalibrationSpec(BaseModel):
     """``model.json``'s ``calibration``: the served rescaling and how it was chosen."""
 
     family: CalibrationFamily
-    scale: list[float] = Field(min_length=2)  # one per class, in the order of ``classes``
-    bias: list[float] = Field(min_length=2)
+    scale: list[Scale] = Field(min_length=2)  # one per class, in the order of ``classes``
+    bias: list[Bias] = Field(min_length=2)
     method: str = ""  # plain words for the model card
 
     def check_classes(self, classes: Sequence[str]) -> None:
         if len(self.scale) != len(classes) or len(self.bias) != len(classes):
             raise ValueError(f"calibration needs one scale and one bias per class ({len(classes)})")
-        if not all(np.isfinite(self.scale)) or not all(np.isfinite(self.bias)) or min(self.scale) <= 0:
-            raise ValueError("calibration scales must be positive and finite, biases finite")
 
 
 def apply_calibration(probabilities: np.ndarray, spec: CalibrationSpec) -> np.ndarray:

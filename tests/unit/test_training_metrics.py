@@ -129,8 +129,9 @@ def test_calibration_spec_must_fit_the_classes() -> None:
     spec = CalibrationSpec(family="class_bias", scale=[1, 1], bias=[0, 0])
     with pytest.raises(ValueError, match="one scale and one bias per class"):
         spec.check_classes(["a", "b", "c"])
-    with pytest.raises(ValueError, match="positive"):
-        CalibrationSpec(family="vector_scaling", scale=[1, 0], bias=[0, 0]).check_classes(["a", "b"])
+    for scale, bias in (([1, 0], [0, 0]), ([1, 1e300], [0, 0]), ([1, float("nan")], [0, 0]), ([1, 1], [0, -1e9])):
+        with pytest.raises(ValueError):  # an overflowing or meaningless rescaling never reaches the server
+            CalibrationSpec(family="vector_scaling", scale=scale, bias=bias)
 
 
 def test_ece_uncertainty_brackets_the_estimate_and_knows_the_small_sample_floor() -> None:
