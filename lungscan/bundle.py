@@ -202,6 +202,18 @@ class BundleMetadata(BaseModel):
         return self
 
 
+# What decides the answers: two model.json that agree on these answer alike with the same model.h5.
+SERVED_FIELDS = frozenset(
+    {"classes", "positive_classes", "threshold", "output", "temperature", "calibration", "input", "preprocessing"}
+    | {"gate", "conformal"}
+)
+
+
+def served_differences(a: BundleMetadata, b: BundleMetadata) -> list[str]:
+    """The served fields in which two bundles' metadata differ (publish keeps versions immutable with it)."""
+    return sorted(name for name in SERVED_FIELDS if getattr(a, name) != getattr(b, name))
+
+
 def legacy_metadata(sha256: str | None = None) -> BundleMetadata:
     """The original app's contract: sigmoid p = P(no cancer), so below 0.5 = cancer."""
     return BundleMetadata(

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, argv: list[str], s3=None) -> int:
         train.run(train_config.resolve_config(args, argv))
         return 0
     if args.command == "evaluate":
-        evaluate.evaluate_bundle(args.bundle, args.data_dir, smoke_size=args.smoke_size)
+        evaluate.evaluate_bundle(args.bundle, args.data_dir, smoke_size=args.smoke_size, version=args.version)
         return 0
     if args.command == "twin":
         twin.derive_twin(args.bundle)

@@ -60,6 +60,10 @@ def add_arguments(parser) -> None:
         "--data-dir", type=Path, help="dataset folder (default: the one recorded at training, report/split.json)"
     )
     parser.add_argument("--smoke-size", type=int, default=24, help="held-out images kept in report/smoke.npz")
+    parser.add_argument(
+        "--version",
+        help="a new bundle version (default: keep it); needed to publish a re-evaluation that serves differently",
+    )
 
 
 def load_split_manifest(bundle_dir: Path) -> dict:
@@ -109,12 +113,15 @@ def evaluate_bundle(
     *,
     smoke_size: int = 24,
     metadata: BundleMetadata | None = None,
+    version: str | None = None,
 ) -> dict:
     """Evaluate, calibrate, write the report and the model card, then ``model.json`` once.
 
     Args:
         metadata: the bundle's metadata when the caller holds it (``train``: not written yet);
             else read from ``model.json``.
+        version: a new version for the bundle: published versions are immutable, so a
+            re-evaluation whose calibration, sets or gate changed is published under a new one.
 
     Returns:
         ``model.json``'s metrics.
@@ -130,6 +137,8 @@ def evaluate_bundle(
 
     # The model as trained (uncalibrated, no conformal sets), in memory: nothing is written until the end.
     metadata = as_trained(bundle_dir, metadata)
+    if version is not None:
+        metadata = BundleMetadata.model_validate(metadata.model_dump() | {"version": version})
     classifier = Classifier(bundle_dir, metadata=metadata)
     splits = {name: run_split(classifier, split, name) for name, split in samples.items()}
     test = splits["test"]

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from lungscan import registry
-from lungscan.bundle import METADATA_FILE, BundleMetadata, file_sha256, read_metadata
+from lungscan.bundle import METADATA_FILE, BundleMetadata, file_sha256, read_metadata, served_differences
 from lungscan.errors import InvalidBundleError, LungScanError
 from training import twin
 from training.evaluate import SMOKE_FILE, SMOKE_TOLERANCE, smoke_inputs
@@ -213,6 +213,13 @@ def publish(s3, bucket: str, bundle_dir: Path | str, *, force: bool = False, out
             raise PublishRefusedError(
                 f"{name} {version} is already published with another model.h5 (sha256 {published.sha256}); "
                 "versions are immutable: train again or choose a new --version"
+            )
+        differences = served_differences(published, metadata)
+        if differences:  # a re-evaluation: the function would keep serving the published model.json
+            raise PublishRefusedError(
+                f"{name} {version} is already published with a model.json that answers differently "
+                f"({', '.join(differences)}); versions are immutable: re-evaluate with "
+                f"`python -m training evaluate {bundle_dir} --version NEW`, then publish"
             )
         if current == version:
             out(f"{name} {version} is already published and latest; nothing to do")

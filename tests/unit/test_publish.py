@@ -167,6 +167,24 @@ def test_publishing_the_same_version_again_is_a_no_op_and_other_content_is_refus
     assert code == EXIT_REFUSED and "immutable" in err
 
 
+def test_a_re_evaluation_that_answers_differently_needs_a_new_version(s3, tmp_path, capsys):
+    bundle = evaluated_bundle(tmp_path / "v1", "v1")
+    cli(s3, capsys, "publish", str(bundle))
+    meta = read_metadata(bundle)
+    meta.conformal.thresholds["benign"] = 0.95  # what a re-evaluation's new sets would do, same model.h5
+    write_metadata(bundle, meta)
+    code, _, err = cli(s3, capsys, "publish", str(bundle))
+    assert code == EXIT_REFUSED and "answers differently (conformal)" in err and "--version NEW" in err
+    assert read_metadata(registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "got")).conformal.thresholds[
+        "benign"
+    ] == pytest.approx(0.8)  # the published version is untouched
+
+    meta.version = "v1-recalibrated"  # as `training evaluate --version v1-recalibrated` writes it
+    write_metadata(bundle, meta)
+    assert cli(s3, capsys, "publish", str(bundle))[0] == 0
+    assert registry.latest_version(s3, BUCKET, "tiny") == "v1-recalibrated"
+
+
 def test_a_corrupt_upload_is_detected_and_the_pointer_stays(s3, tmp_path, capsys):
     cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1", macro_f1=0.6)))
     corrupting = RecordingS3(s3, corrupt_suffix="v2/model.h5")

@@ -24,6 +24,7 @@ import training.image_arrays
 import training.layouts
 import training.train
 from lungscan import registry
+from lungscan.bundle import read_metadata
 from lungscan.classifier import Classifier
 from lungscan.uploads import decode_upload
 from training.cli import build_parser, main
@@ -172,6 +173,11 @@ def test_evaluate_again_reproduces_the_metrics(trained, tmp_path):
     assert main(["evaluate", str(copy), "--data-dir", str(trained["data"]), "--smoke-size", "6"]) == 0
     after = json.loads((copy / "model.json").read_text())["metrics"]
     assert after["test"] == before["test"] and after["calibration"] == before["calibration"]
+    # --version: a re-evaluation to publish beside the old one (published versions are immutable)
+    assert main(["evaluate", str(copy), "--data-dir", str(trained["data"]), "--version", "v1-re"]) == 0
+    assert read_metadata(copy).version == "v1-re" and "(v1-re)" in (copy / "MODEL_CARD.md").read_text()
+    assert main(["evaluate", str(copy), "--data-dir", str(trained["data"]), "--version", "../v2"]) == 1
+    assert read_metadata(copy).version == "v1-re"  # a bad version changes nothing
 
 
 def test_gate_then_publish_accepts_the_trained_bundle(trained, capsys):
@@ -252,7 +258,7 @@ def test_training_and_evaluation_decode_dicom_with_the_bundles_window(tmp_path):
     from test_clinical import ct_dataset, dicom_bytes, frame
 
     from infrastructure.emulation import standin_bundle
-    from lungscan.bundle import DicomWindowSpec, read_metadata, write_metadata
+    from lungscan.bundle import DicomWindowSpec, write_metadata
     from lungscan.uploads import UploadOptions, classify_upload
     from training.evaluate import served_inputs
     from training.layouts import Sample
