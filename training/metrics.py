@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lungscan.classifier import apply_temperature  # the served rescaling: the temperature is fitted with it
+from lungscan.classifier import apply_temperature  # the rescaling older bundles serve
 
 ECE_BINS = 15
 
