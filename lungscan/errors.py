@@ -61,6 +61,12 @@ class InvalidBundleError(LungScanError):
     code = "invalid_bundle"
 
 
+class RegistryError(LungScanError):
+    """A registry operation cannot be done (no such version, nothing to roll back to...)."""
+
+    code = "registry_error"
+
+
 class UnknownModelError(LungScanError):
     """The request names a model this function does not serve."""
 

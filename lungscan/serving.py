@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lungscan import registry
+from lungscan import registry, registry_pointer
 from lungscan.classifier import Classifier
 from lungscan.errors import InvalidBundleError, ModelUnavailableError, UnknownModelError
 
@@ -165,7 +165,7 @@ class ModelStore:
         for name in self.names:
             version = None
             try:
-                version = registry.latest_version(self.s3, self.bucket, name)
+                version = registry_pointer.latest_version(self.s3, self.bucket, name)
                 if self._pointers.get(name) == version:
                     continue  # loaded, or refused, under this very pointer
                 bundle_dir = registry.download_bundle(self.s3, self.bucket, name, version, self.cache_dir)

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lungscan import registry
+from lungscan import registry, registry_keys, registry_pointer
 from lungscan.bundle import METADATA_FILE, BundleMetadata, file_sha256, read_metadata, served_differences
-from lungscan.errors import InvalidBundleError, LungScanError
+from lungscan.errors import InvalidBundleError, LungScanError, RegistryError
 from training import twin
 from training.evaluate import SMOKE_FILE, SMOKE_TOLERANCE, smoke_inputs
 
@@ -206,8 +206,8 @@ def publish(s3, bucket: str, bundle_dir: Path | str, *, force: bool = False, out
     metadata = validate_bundle(bundle_dir)
     name, version = metadata.name, metadata.version
     out(f"validated {bundle_dir}: {name} {version} (test macro-F1 {metadata.metrics.get('macro_f1')})")
-    current = registry.current_version(s3, bucket, name)
-    if registry.version_exists(s3, bucket, name, version):
+    current = registry_pointer.current_version(s3, bucket, name)
+    if registry_pointer.version_exists(s3, bucket, name, version):
         published = registry.read_published_metadata(s3, bucket, name, version)
         if published.sha256 != metadata.sha256:
             raise PublishRefusedError(
@@ -233,7 +233,7 @@ def publish(s3, bucket: str, bundle_dir: Path | str, *, force: bool = False, out
         except InvalidBundleError as error:
             reason = f"the current version's model.json is not valid, so the new model cannot be compared ({error})"
         except Exception as error:
-            if not registry.is_missing(error):
+            if not registry_pointer.is_missing(error):
                 raise
             # Nothing is served from a pointer to a missing version: any valid bundle is better.
             reason = None
@@ -245,30 +245,28 @@ def publish(s3, bucket: str, bundle_dir: Path | str, *, force: bool = False, out
             note = f"forced: {reason}"
             out(f"--force: publishing although {reason}")
     registry.publish_bundle(s3, bucket, bundle_dir, metadata, note=note)
-    out(f"uploaded s3://{bucket}/{registry.version_prefix(name, version)}/ and checked what landed")
+    out(f"uploaded s3://{bucket}/{registry_keys.version_prefix(name, version)}/ and checked what landed")
     out(f"latest.json: {name} -> {version} (was {current or 'none'})")
     return metadata
 
 
 def promote(s3, bucket: str, name: str, version: str, *, out: Printer = print) -> dict:
     """Point ``latest.json`` at an already published version, after checking it downloads intact."""
-    if not registry.version_exists(s3, bucket, name, version):
-        published = registry.list_versions(s3, bucket, name)
-        raise registry.RegistryError(
-            f"{name} {version} is not published; published versions: {', '.join(published) or 'none'}"
-        )
+    if not registry_pointer.version_exists(s3, bucket, name, version):
+        published = registry_pointer.list_versions(s3, bucket, name)
+        raise RegistryError(f"{name} {version} is not published; published versions: {', '.join(published) or 'none'}")
     _check_downloadable(s3, bucket, name, version)
-    entry = registry.move_pointer(s3, bucket, name, version, action="promote")
+    entry = registry_pointer.move_pointer(s3, bucket, name, version, action="promote")
     out(f"latest.json: {name} -> {version} (was {entry['previous'] or 'none'})")
     return entry
 
 
 def rollback(s3, bucket: str, name: str, *, out: Printer = print) -> dict:
     """Move ``latest.json`` back to the version before the current one (history.json's stack)."""
-    current = registry.current_version(s3, bucket, name)
-    target = registry.rollback_target(registry.read_history(s3, bucket, name), current)
+    current = registry_pointer.current_version(s3, bucket, name)
+    target = registry_pointer.rollback_target(registry_pointer.read_history(s3, bucket, name), current)
     _check_downloadable(s3, bucket, name, target)
-    entry = registry.move_pointer(s3, bucket, name, target, action="rollback")
+    entry = registry_pointer.move_pointer(s3, bucket, name, target, action="rollback")
     out(f"latest.json: {name} -> {target} (rolled back from {current})")
     return entry
 
@@ -282,11 +280,11 @@ def _check_downloadable(s3, bucket: str, name: str, version: str) -> None:
 
 def describe(s3, bucket: str, name: str | None = None) -> list[dict]:
     """Every published version (of ``name``, or of every model) with its metrics and whether it is latest."""
-    names = [name] if name else registry.list_names(s3, bucket)
+    names = [name] if name else registry_pointer.list_names(s3, bucket)
     rows = []
     for model_name in names:
-        latest = registry.current_version(s3, bucket, model_name)
-        for version in registry.list_versions(s3, bucket, model_name):
+        latest = registry_pointer.current_version(s3, bucket, model_name)
+        for version in registry_pointer.list_versions(s3, bucket, model_name):
             try:
                 metadata = registry.read_published_metadata(s3, bucket, model_name, version)
             except InvalidBundleError as error:
@@ -320,7 +318,7 @@ def print_listing(rows: list[dict], bucket: str, out: Printer = print, as_json: 
         out(json.dumps(rows, indent=1))
         return
     if not rows:
-        out(f"no published models in s3://{bucket}/{registry.PREFIX}/")
+        out(f"no published models in s3://{bucket}/{registry_keys.PREFIX}/")
         return
 
     def fmt(value) -> str:
@@ -330,7 +328,7 @@ def print_listing(rows: list[dict], bucket: str, out: Printer = print, as_json: 
     for row in rows:
         if row["name"] != current_name:
             current_name = row["name"]
-            out(f"{current_name}  (s3://{bucket}/{registry.PREFIX}/{current_name}/)")
+            out(f"{current_name}  (s3://{bucket}/{registry_keys.PREFIX}/{current_name}/)")
         marker = "*" if row["latest"] else " "
         if "error" in row:
             out(f"  {marker} {row['version']:<22} ERROR: {row['error']}")

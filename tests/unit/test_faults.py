@@ -13,7 +13,7 @@ import pytest
 from conftest import MODEL_BUCKET
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry
+from lungscan import registry, registry_keys
 from lungscan.bundle import write_metadata
 from lungscan.serving import ModelStore
 
@@ -110,7 +110,7 @@ def test_a_publish_is_never_half_visible(s3, tmp_path, serving, monkeypatch):
     def put_then_refresh(**kwargs):
         real_put(**kwargs)
         written.append(kwargs["Key"])
-        expected = "v2" if kwargs["Key"] == registry.pointer_key("tiny") else "v1"
+        expected = "v2" if kwargs["Key"] == registry_keys.pointer_key("tiny") else "v1"
         assert served_after(store, clock, clock.now + 20) == expected
 
     monkeypatch.setattr(s3, "put_object", put_then_refresh)
@@ -121,7 +121,7 @@ def test_a_publish_is_never_half_visible(s3, tmp_path, serving, monkeypatch):
     )
     registry.publish_bundle(s3, BUCKET, bundle(tmp_path / "v2", "v2"))
     assert {"models/tiny/v2/model.h5", "models/tiny/v2/model.json"} <= set(written)
-    assert written[-1] == registry.pointer_key("tiny")  # the pointer moves last
+    assert written[-1] == registry_keys.pointer_key("tiny")  # the pointer moves last
 
 
 class SilentS3:

@@ -16,7 +16,7 @@ from conftest import BUNDLED_MODEL, MODEL_BUCKET
 from moto import mock_aws
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry
+from lungscan import registry, registry_pointer
 from lungscan.bundle import BundleMetrics, ReportRecord, read_metadata, write_metadata
 from lungscan.classifier import Classifier
 from lungscan.conformal import ConformalSpec
@@ -110,7 +110,7 @@ def test_publish_uploads_the_bundle_then_history_then_moves_the_pointer(s3, tmp_
     assert order[-1] == "models/tiny/latest.json" and order[-2] == "models/tiny/history.json"
     assert order[-3] == f"{prefix}model.json"  # model.json last of the bundle: a version with one is complete
     assert order.index(f"{prefix}model.h5") < order.index(f"{prefix}model.json")
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1"
     assert history(s3)[-1] | {"at": None} == {"at": None, "action": "publish", "version": "v1", "previous": None}
     head = s3.head_object(Bucket=BUCKET, Key=f"{prefix}model.h5")
     assert head["Metadata"]["sha256"] == registry.read_published_metadata(s3, BUCKET, "tiny", "v1").sha256
@@ -130,7 +130,7 @@ def test_a_better_model_moves_the_pointer(s3, tmp_path, capsys):
     code, out, _ = cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v2", "v2", macro_f1=0.65)))
     assert code == 0
     assert "tiny -> v2 (was v1)" in out
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v2"
 
 
 def test_a_worse_model_is_refused_without_force_and_accepted_with_it(s3, tmp_path, capsys):
@@ -139,12 +139,12 @@ def test_a_worse_model_is_refused_without_force_and_accepted_with_it(s3, tmp_pat
     code, _, err = cli(s3, capsys, "publish", str(worse))
     assert code == EXIT_REFUSED
     assert err.startswith("refused:") and "0.500 < 0.600" in err and "--force" in err
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1"
     assert not any(key.startswith("models/tiny/v2/") for key in keys(s3))  # nothing uploaded
 
     code, _, _ = cli(s3, capsys, "publish", str(worse), "--force")
     assert code == 0
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v2"
     assert history(s3)[-1]["note"].startswith("forced: it is worse")
 
 
@@ -154,7 +154,7 @@ def test_a_model_evaluated_on_another_test_set_is_refused_without_force(s3, tmp_
     code, _, err = cli(s3, capsys, "publish", str(other))
     assert code == EXIT_REFUSED and "different test sets" in err
     assert cli(s3, capsys, "publish", str(other), "--force")[0] == 0
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v2"
 
 
 def test_publishing_the_same_version_again_is_a_no_op_and_other_content_is_refused(s3, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_a_corrupt_upload_is_detected_and_the_pointer_stays(s3, tmp_path, capsys
     code, _, err = cli(corrupting, capsys, "publish", str(evaluated_bundle(tmp_path / "v2", "v2", macro_f1=0.7)))
     assert code == EXIT_FAILED
     assert "did not land intact" in err and "latest.json was not moved" in err
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1"
     assert [entry["version"] for entry in history(s3)] == ["v1"]
 
 
@@ -242,7 +242,7 @@ def test_promote_checks_the_version_and_its_sha256(s3, tmp_path, capsys):
     cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v2", "v2", macro_f1=0.7)))
     code, out, _ = cli(s3, capsys, "promote", "tiny", "v1")
     assert code == 0 and "tiny -> v1 (was v2)" in out
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1"
 
     code, _, err = cli(s3, capsys, "promote", "tiny", "v9")
     assert code == EXIT_FAILED and "not published" in err and "v1, v2" in err
@@ -250,7 +250,7 @@ def test_promote_checks_the_version_and_its_sha256(s3, tmp_path, capsys):
     s3.put_object(Bucket=BUCKET, Key="models/tiny/v2/model.h5", Body=b"tampered")
     code, _, err = cli(s3, capsys, "promote", "tiny", "v2")
     assert code == EXIT_FAILED and "sha256" in err
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1"
 
 
 def test_a_tampered_report_file_fails_promote(s3, tmp_path, capsys):
@@ -265,12 +265,12 @@ def test_rollback_walks_back_through_history(s3, tmp_path, capsys):
     for index, version in enumerate(("v1", "v2", "v3")):
         cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / version, version, macro_f1=0.5 + index / 10)))
     assert cli(s3, capsys, "rollback", "tiny")[0] == 0
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v2"
     code, out, _ = cli(s3, capsys, "rollback", "tiny")
     assert code == 0 and "tiny -> v1 (rolled back from v2)" in out
     code, _, err = cli(s3, capsys, "rollback", "tiny")
     assert code == EXIT_FAILED and "nothing to roll back to" in err
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1"
     assert [(e["action"], e["version"], e["previous"]) for e in history(s3)] == [
         ("publish", "v1", None),
         ("publish", "v2", "v1"),
@@ -285,7 +285,7 @@ def test_rollback_after_promote_returns_to_the_version_before_it(s3, tmp_path, c
     cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v2", "v2", macro_f1=0.7)))
     cli(s3, capsys, "promote", "tiny", "v1")
     cli(s3, capsys, "rollback", "tiny")
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v2"
 
 
 def test_missing_pointer(s3, tmp_path, capsys):
@@ -347,14 +347,14 @@ def test_publish_gets_past_a_pointer_to_a_missing_version_and_records_it(s3, tmp
     code, out, err = cli(s3, capsys, "publish", str(worse))
     assert code == 0, err
     assert "gone" in out and "missing" in out
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v2"
     last = history(s3)[-1]
     assert (last["action"], last["version"], last["previous"]) == ("publish", "v2", "gone")
     assert "gone" in last["note"] and "missing" in last["note"]
     v3 = evaluated_bundle(tmp_path / "v3", "v3", macro_f1=0.2)
     s3.put_object(Bucket=BUCKET, Key="models/tiny/latest.json", Body=json.dumps({"version": "gone"}).encode())
     assert cli(s3, capsys, "publish", str(v3), "--force")[0] == 0  # and so does --force
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v3"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v3"
 
 
 @pytest.mark.parametrize(
@@ -384,7 +384,7 @@ def test_promote_refuses_an_invalid_version_before_reading_s3(s3, tmp_path, caps
     cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1")))
     code, _, err = cli(s3, capsys, "promote", "tiny", version)
     assert code == EXIT_FAILED and "invalid version" in err
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1"
 
 
 def test_rollback_refuses_a_history_entry_with_an_invalid_version(s3, tmp_path, capsys):
@@ -395,4 +395,4 @@ def test_rollback_refuses_a_history_entry_with_an_invalid_version(s3, tmp_path, 
     s3.put_object(Bucket=BUCKET, Key="models/tiny/history.json", Body=json.dumps(entries).encode())
     code, _, err = cli(s3, capsys, "rollback", "tiny")
     assert code == EXIT_FAILED and "invalid version" in err
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v2"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v2"

@@ -12,9 +12,9 @@ import pytest
 from conftest import MODEL_BUCKET
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry, serving
+from lungscan import registry, registry_keys, registry_pointer, serving
 from lungscan.bundle import write_metadata
-from lungscan.errors import InvalidBundleError
+from lungscan.errors import InvalidBundleError, RegistryError
 from lungscan.serving import ModelStore
 
 BUCKET = MODEL_BUCKET
@@ -52,7 +52,7 @@ def test_publish_writes_bundle_then_moves_pointer(s3, tmp_path):
         "models/tiny/history.json",
         "models/tiny/latest.json",
     }
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1" == published.version
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1" == published.version
     local = registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache")
     assert (local / "model.h5").read_bytes() == (tmp_path / "v1" / "model.h5").read_bytes()
 
@@ -76,7 +76,7 @@ def test_store_swaps_in_a_new_version_after_the_refresh_interval(s3, tmp_path):
     assert version_after_refresh(store, clock, 59) == "v1"  # not yet due
     assert version_after_refresh(store, clock, 61) == "v2"
     assert store.sources == {"tiny": "registry"}
-    registry.move_pointer(s3, BUCKET, "tiny", "v1", action="promote")  # rollback
+    registry_pointer.move_pointer(s3, BUCKET, "tiny", "v1", action="promote")  # rollback
     assert version_after_refresh(store, clock, 200) == "v1"
 
 
@@ -126,11 +126,11 @@ def test_a_tampered_cached_copy_is_downloaded_again(s3, tmp_path):
 def test_every_pointer_move_is_recorded_before_the_pointer(s3, tmp_path):
     registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
     registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
-    registry.move_pointer(s3, BUCKET, "tiny", "v1", action="promote")
-    moves = [(e["action"], e["version"], e["previous"]) for e in registry.read_history(s3, BUCKET, "tiny")]
+    registry_pointer.move_pointer(s3, BUCKET, "tiny", "v1", action="promote")
+    moves = [(e["action"], e["version"], e["previous"]) for e in registry_pointer.read_history(s3, BUCKET, "tiny")]
     assert moves == [("publish", "v1", None), ("publish", "v2", "v1"), ("promote", "v1", "v2")]
-    assert registry.list_versions(s3, BUCKET, "tiny") == ["v1", "v2"]
-    assert registry.list_names(s3, BUCKET) == ["tiny"]
+    assert registry_pointer.list_versions(s3, BUCKET, "tiny") == ["v1", "v2"]
+    assert registry_pointer.list_names(s3, BUCKET) == ["tiny"]
 
 
 def test_history_is_written_before_the_pointer(s3, tmp_path):
@@ -144,7 +144,7 @@ def test_history_is_written_before_the_pointer(s3, tmp_path):
         def __getattr__(self, name):
             return getattr(s3, name)
 
-    registry.move_pointer(Recording(), BUCKET, "tiny", "v1", action="promote")
+    registry_pointer.move_pointer(Recording(), BUCKET, "tiny", "v1", action="promote")
     assert order == ["models/tiny/history.json", "models/tiny/latest.json"]
 
 
@@ -156,21 +156,21 @@ def test_rollback_target_follows_the_stack_of_moves():
         {"action": "publish", "version": "v3"},
         {"action": "rollback", "version": "v1"},
     ]
-    assert registry.version_stack(history) == ["v1", "v2", "v1"]
-    assert registry.rollback_target(history, "v1") == "v2"
-    with pytest.raises(registry.RegistryError, match="nothing to roll back"):
-        registry.rollback_target(history[:1], "v1")
-    with pytest.raises(registry.RegistryError, match=r"no latest\.json"):
-        registry.rollback_target(history, None)
-    with pytest.raises(registry.RegistryError, match="outside the registry tools"):
-        registry.rollback_target(history, "v3")
+    assert registry_pointer.version_stack(history) == ["v1", "v2", "v1"]
+    assert registry_pointer.rollback_target(history, "v1") == "v2"
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry_pointer.rollback_target(history[:1], "v1")
+    with pytest.raises(RegistryError, match=r"no latest\.json"):
+        registry_pointer.rollback_target(history, None)
+    with pytest.raises(RegistryError, match="outside the registry tools"):
+        registry_pointer.rollback_target(history, "v3")
 
 
 def test_a_missing_pointer_reads_as_none_and_an_empty_history(s3):
-    assert registry.current_version(s3, BUCKET, "tiny") is None
-    assert registry.read_history(s3, BUCKET, "tiny") == []
+    assert registry_pointer.current_version(s3, BUCKET, "tiny") is None
+    assert registry_pointer.read_history(s3, BUCKET, "tiny") == []
     with pytest.raises(s3.exceptions.NoSuchKey):
-        registry.latest_version(s3, BUCKET, "tiny")
+        registry_pointer.latest_version(s3, BUCKET, "tiny")
 
 
 # ---------------------------------------------------------------- refresh in the background
@@ -235,7 +235,7 @@ def test_a_bundle_published_under_another_version_is_refused_once(s3, tmp_path, 
     registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
     for file in ("model.h5", "model.json"):
         s3.copy_object(Bucket=BUCKET, Key=f"models/tiny/v9/{file}", CopySource=f"{BUCKET}/models/tiny/v1/{file}")
-    s3.put_object(Bucket=BUCKET, Key=registry.pointer_key("tiny"), Body=json.dumps({"version": "v9"}).encode())
+    s3.put_object(Bucket=BUCKET, Key=registry_keys.pointer_key("tiny"), Body=json.dumps({"version": "v9"}).encode())
     baked = make_bundle(tmp_path / "baked", "baked")
     loads = []
     real_classifier = serving.Classifier
@@ -270,10 +270,10 @@ def test_a_pointer_with_an_invalid_version_touches_nothing(s3, tmp_path, version
     sentinels = [tmp_path / "parent" / "keep", cache / "keep", cache / "tiny" / "keep"]
     for sentinel in sentinels:
         sentinel.write_text("x")
-    s3.put_object(Bucket=BUCKET, Key=registry.pointer_key("tiny"), Body=json.dumps({"version": version}).encode())
+    s3.put_object(Bucket=BUCKET, Key=registry_keys.pointer_key("tiny"), Body=json.dumps({"version": version}).encode())
     with pytest.raises(InvalidBundleError, match="invalid version"):
-        registry.latest_version(s3, BUCKET, "tiny")
-    with pytest.raises(registry.RegistryError, match="invalid version"):
+        registry_pointer.latest_version(s3, BUCKET, "tiny")
+    with pytest.raises(RegistryError, match="invalid version"):
         registry.download_bundle(s3, BUCKET, "tiny", version, cache)
     store = ModelStore("tiny", make_bundle(tmp_path / "baked", "baked"), s3=s3, bucket=BUCKET, cache_dir=cache)
     store.load()
@@ -284,10 +284,10 @@ def test_a_pointer_with_an_invalid_version_touches_nothing(s3, tmp_path, version
 
 @pytest.mark.parametrize(("name", "version"), [("tiny", ".."), ("..", "v1"), ("Tiny", "v1"), ("tiny", "v/1")])
 def test_keys_are_built_only_from_valid_names_and_versions(name, version):
-    with pytest.raises(registry.RegistryError):
-        registry.version_prefix(name, version)
-    with pytest.raises(registry.RegistryError):
-        registry.move_pointer(None, BUCKET, name, version, action="set")
+    with pytest.raises(RegistryError):
+        registry_keys.version_prefix(name, version)
+    with pytest.raises(RegistryError):
+        registry_pointer.move_pointer(None, BUCKET, name, version, action="set")
 
 
 # ---------------------------------------------------------------- concurrent publishers
@@ -301,18 +301,18 @@ def test_concurrent_pointer_moves_never_lose_a_history_entry(s3, tmp_path):
         raced = False
 
         def put_object(self, **kwargs):
-            if kwargs["Key"] == registry.history_key("tiny") and not self.raced:
+            if kwargs["Key"] == registry_keys.history_key("tiny") and not self.raced:
                 self.raced = True
-                registry.move_pointer(s3, BUCKET, "tiny", "v1", action="promote", note="the other publisher")
+                registry_pointer.move_pointer(s3, BUCKET, "tiny", "v1", action="promote", note="the other publisher")
             return s3.put_object(**kwargs)
 
         def __getattr__(self, name):
             return getattr(s3, name)
 
     racing = RacingS3()
-    registry.move_pointer(racing, BUCKET, "tiny", "v1", action="set", note="us")
+    registry_pointer.move_pointer(racing, BUCKET, "tiny", "v1", action="set", note="us")
     assert racing.raced
-    notes = [entry.get("note") for entry in registry.read_history(s3, BUCKET, "tiny")]
+    notes = [entry.get("note") for entry in registry_pointer.read_history(s3, BUCKET, "tiny")]
     assert notes == [None, "the other publisher", "us"]
 
 
@@ -327,9 +327,9 @@ def test_history_is_written_only_if_unchanged(s3):
         def __getattr__(self, name):
             return getattr(s3, name)
 
-    registry.move_pointer(Recording(), BUCKET, "tiny", "v1", action="set")
-    first = s3.head_object(Bucket=BUCKET, Key=registry.history_key("tiny"))["ETag"]
-    registry.move_pointer(Recording(), BUCKET, "tiny", "v2", action="set")
+    registry_pointer.move_pointer(Recording(), BUCKET, "tiny", "v1", action="set")
+    first = s3.head_object(Bucket=BUCKET, Key=registry_keys.history_key("tiny"))["ETag"]
+    registry_pointer.move_pointer(Recording(), BUCKET, "tiny", "v2", action="set")
     history, pointer = calls[0::2], calls[1::2]
     assert history == [{"IfNoneMatch": "*"}, {"IfMatch": first}]  # created once, then only over what was read
     assert pointer == [{}, {}]
@@ -339,5 +339,5 @@ def test_listing_skips_folders_that_are_not_valid_names_or_versions(s3, tmp_path
     registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
     for key in ("models/Not A Name/v1/model.json", "models/tiny/-stray/model.json"):
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
-    assert registry.list_names(s3, BUCKET) == ["tiny"]
-    assert registry.list_versions(s3, BUCKET, "tiny") == ["v1"]
+    assert registry_pointer.list_names(s3, BUCKET) == ["tiny"]
+    assert registry_pointer.list_versions(s3, BUCKET, "tiny") == ["v1"]

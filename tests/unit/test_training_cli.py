@@ -23,7 +23,7 @@ import training.evaluate
 import training.image_arrays
 import training.layouts
 import training.train
-from lungscan import registry
+from lungscan import registry, registry_pointer
 from lungscan.bundle import read_metadata
 from lungscan.classifier import Classifier
 from lungscan.uploads import decode_upload
@@ -192,7 +192,7 @@ def test_gate_then_publish_accepts_the_trained_bundle(trained, capsys):
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         assert main(["publish", str(trained["bundle"]), "--bucket", BUCKET], s3=s3) == 0
-        assert registry.latest_version(s3, BUCKET, "tiny-cli") == "v1"
+        assert registry_pointer.latest_version(s3, BUCKET, "tiny-cli") == "v1"
         assert main(["list", "--bucket", BUCKET], s3=s3) == 0
     out = capsys.readouterr().out
     assert "* v1" in out

@@ -16,7 +16,7 @@ from conftest import BUNDLED_MODEL, FIXTURES_DIR, MODEL_BUCKET, REPO_ROOT
 from PIL import Image
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry
+from lungscan import registry, registry_keys
 from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, read_metadata, write_metadata
 from lungscan.classifier import Classifier
 from lungscan.errors import InvalidBundleError
@@ -247,7 +247,7 @@ def test_twin_command(tmp_path, capsys):
 
 def test_the_registry_verifies_the_twin_it_serves(s3, twin_bundle, tmp_path):
     meta = registry.publish_bundle(s3, MODEL_BUCKET, twin_bundle)
-    key = f"{registry.version_prefix(meta.name, meta.version)}/{TWIN_FILE}"
+    key = f"{registry_keys.version_prefix(meta.name, meta.version)}/{TWIN_FILE}"
     local = registry.download_bundle(s3, MODEL_BUCKET, meta.name, meta.version, tmp_path / "ok")
     assert Classifier(local).runtime.name == "onnxruntime"
     s3.put_object(Bucket=MODEL_BUCKET, Key=key, Body=b"not the twin")
