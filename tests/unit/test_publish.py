@@ -182,7 +182,7 @@ def test_a_re_evaluation_that_answers_differently_needs_a_new_version(s3, tmp_pa
     meta.version = "v1-recalibrated"  # as `training evaluate --version v1-recalibrated` writes it
     write_metadata(bundle, meta)
     assert cli(s3, capsys, "publish", str(bundle))[0] == 0
-    assert registry.latest_version(s3, BUCKET, "tiny") == "v1-recalibrated"
+    assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1-recalibrated"
 
 
 def test_a_corrupt_upload_is_detected_and_the_pointer_stays(s3, tmp_path, capsys):
