@@ -32,7 +32,14 @@ class CognitoTokenVerifier:
         self.jwks = jwt.PyJWKClient(base + "/.well-known/jwks.json", cache_keys=True, lifespan=3600, timeout=5)
 
     def verify(self, token: str) -> dict[str, Any]:
-        """The token's claims, or InvalidTokenError."""
+        """The token's claims, or InvalidTokenError.
+
+        ``token`` is the Authorization header's value: the raw ID token, or the same after "Bearer ",
+        which API Gateway's Cognito authorizer also takes (and which Amplify's examples send).
+        """
+        scheme, _, rest = token.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            token = rest.strip()
         try:
             key = self.jwks.get_signing_key_from_jwt(token)
             claims = jwt.decode(

@@ -50,11 +50,11 @@ router = Router()
 SECURITY = [{"CognitoIdToken": []}]
 OPTIONAL_TOKEN = [{}, {"CognitoIdToken": []}]  # POST /predict: anonymous, or signed in to store
 SECURITY_SCHEMES = {
-    # What API Gateway's Cognito authorizer reads: the raw ID token in the Authorization header.
+    # What API Gateway's Cognito authorizer reads: the ID token in the Authorization header (raw or 'Bearer ').
     "CognitoIdToken": APIKey(
         name="Authorization",
         in_=APIKeyIn.header,
-        description="The raw Cognito ID token (no 'Bearer ' prefix), from InitiateAuth's IdToken.",
+        description="The Cognito ID token from InitiateAuth's IdToken, raw or after 'Bearer '.",
     )
 }
 

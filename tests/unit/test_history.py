@@ -423,6 +423,12 @@ def test_a_valid_id_token_gives_the_authorizers_claims(keys):
     good, _ = keys
     claims = make_verifier(good.public_key()).authorizer_claims(token(good))
     assert claims["sub"] == "sub-a" and claims["cognito:groups"] == "oncology"
+    # The header as integrators also send it (API Gateway's Cognito authorizer takes both forms).
+    for header in (f"Bearer {token(good)}", f"bearer  {token(good)} "):
+        assert make_verifier(good.public_key()).authorizer_claims(header)["sub"] == "sub-a"
+    for header in ("Bearer", "Bearer ", f"Basic {token(good)}", f"Bearer Bearer {token(good)}"):
+        with pytest.raises(InvalidTokenError):
+            make_verifier(good.public_key()).verify(header)
     assert claims["exp"].endswith(time.strftime("%Y", time.gmtime()))  # "Sat Nov 28 14:05:09 UTC 2026"
     assert as_authorizer_claims({"cognito:groups": ["a", "b"]}) == {"cognito:groups": "a,b"}
 
