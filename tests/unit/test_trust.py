@@ -154,6 +154,12 @@ def test_a_class_with_too_few_calibration_images_covers_all_of_them_and_at_least
     squashed[-5:] /= squashed[-5:].sum(axis=1, keepdims=True)
     spec = fit_conformal(labels[keep], squashed, CLASSES, 0.9)
     assert set_report(labels[keep][-5:], squashed[-5:], CLASSES, spec)["coverage"] == 1.0
+    # ...and one the model gets right with confidence never gets a tighter threshold than the pooled one
+    confident = probabilities[keep].copy()
+    confident[-5:] = [0.01, 0.98, 0.01]
+    spec = fit_conformal(labels[keep], confident, CLASSES, 0.9)
+    pooled = fit_conformal(labels[keep], confident, CLASSES, 0.9, mondrian=False).thresholds["benign"]
+    assert spec.thresholds["benign"] == pytest.approx(pooled, abs=1e-6) and pooled > 0.02 + 1e-6
 
 
 def test_pad_to_square_keeps_the_aspect_ratio():
