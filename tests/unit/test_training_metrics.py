@@ -139,6 +139,12 @@ def test_calibration_spec_must_fit_the_classes() -> None:
     for scale, bias in refused:
         with pytest.raises(ValueError):  # an overflowing or meaningless rescaling never reaches the server
             CalibrationSpec(family="vector_scaling", scale=scale, bias=bias)
+    # the family the card describes is the one served: a "temperature" never moves the most probable class
+    for family, scale, bias in (("temperature", [2, 1], [0, 0]), ("temperature", [2, 2], [0.5, -0.5])):
+        with pytest.raises(ValueError, match="a temperature is one scale"):
+            CalibrationSpec(family=family, scale=scale, bias=bias)
+    with pytest.raises(ValueError, match="a class bias keeps every scale at 1"):
+        CalibrationSpec(family="class_bias", scale=[1, 2], bias=[0, 0])
 
 
 def test_ece_uncertainty_brackets_the_estimate_and_knows_the_small_sample_floor() -> None:
