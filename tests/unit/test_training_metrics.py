@@ -135,7 +135,8 @@ def test_calibration_spec_must_fit_the_classes() -> None:
         spec.check_classes(["a", "b", "c"])
     with pytest.raises(ValueError, match="one scale and one bias per class"):  # the scale alone too short
         spec.model_copy(update={"bias": [0, 0, 0]}).check_classes(["a", "b", "c"])
-    refused = (([1], [0]), ([1, 0], [0, 0]), ([1, 1e300], [0, 0]), ([1, float("nan")], [0, 0]), ([1, 1], [0, -1e9]))
+    short = (([1], [0]), ([1], [0, 0]), ([1, 1], [0]))  # two classes at least, a scale and a bias for each
+    refused = (*short, ([1, 0], [0, 0]), ([1, 1e300], [0, 0]), ([1, float("nan")], [0, 0]), ([1, 1], [0, -1e9]))
     for scale, bias in refused:
         with pytest.raises(ValueError):  # an overflowing or meaningless rescaling never reaches the server
             CalibrationSpec(family="vector_scaling", scale=scale, bias=bias)
