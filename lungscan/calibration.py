@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 CalibrationFamily = Literal["temperature", "class_bias", "vector_scaling"]
 # The fits stay well inside these (scales e^-3..20, biases +-20); beyond them log p * scale can overflow.
@@ -28,6 +28,15 @@ class CalibrationSpec(BaseModel):
     scale: list[Scale] = Field(min_length=2)  # one per class, in the order of ``classes``
     bias: list[Bias] = Field(min_length=2)
     method: str = ""  # plain words for the model card
+
+    @model_validator(mode="after")
+    def _family_fits(self) -> CalibrationSpec:
+        # The card describes the family ("the most probable class is unchanged"): the numbers must be of it.
+        if self.family == "temperature" and (len(set(self.scale)) != 1 or any(self.bias)):
+            raise ValueError("a temperature is one scale shared by all classes, without a bias")
+        if self.family == "class_bias" and any(s != 1.0 for s in self.scale):
+            raise ValueError("a class bias keeps every scale at 1")
+        return self
 
     def check_classes(self, classes: Sequence[str]) -> None:
         if len(self.scale) != len(classes) or len(self.bias) != len(classes):

@@ -153,6 +153,8 @@ def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, family: Calib
     from scipy.optimize import minimize
 
     k = probabilities.shape[1]
+    if len(labels) == 0:  # nothing to fit on (a cross-validation fold holding every image): no rescaling
+        return CalibrationSpec(family=family, scale=[1.0] * k, bias=[0.0] * k)
     if family == "temperature":
         temperature = fit_temperature(labels, probabilities)
         return CalibrationSpec(family=family, scale=[round(1.0 / temperature, 6)] * k, bias=[0.0] * k)
@@ -187,6 +189,8 @@ def choose_calibration(
     Returns the chosen spec and that table.
     """
     labels, probabilities = calibration
+    if len(np.unique(folds)) < 2:  # e.g. one image per class: every block is fold 0; leave one out instead
+        folds = np.arange(len(labels))
     candidates, table = [], []
     for family in CALIBRATION_FAMILIES:
         held_out = np.zeros(len(labels))

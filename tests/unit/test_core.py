@@ -11,9 +11,18 @@ import pytest
 from conftest import ct_like_image, encode
 from PIL import Image
 
-from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, read_metadata, write_metadata
+from lungscan.bundle import (
+    BundleMetadata,
+    InputSpec,
+    PreprocessingSpec,
+    ResizeSpec,
+    read_metadata,
+    served_differences,
+    write_metadata,
+)
 from lungscan.calibration import CalibrationSpec, apply_calibration
 from lungscan.classifier import Classifier
+from lungscan.conformal import ConformalSpec
 from lungscan.errors import InvalidBundleError, MalformedInputError, NotACTSliceError, PayloadTooLargeError
 from lungscan.imaging import ImageLimits, decode_base64, decode_image
 from lungscan.transforms import build_preprocess, preprocess_image
@@ -153,6 +162,62 @@ def test_a_calibration_spec_must_fit_the_bundle():
         metadata(calibration=bias.model_copy(update={"bias": [0, 0]}))
     with pytest.raises(ValueError, match="instead of a temperature"):  # never both: the served rescaling is one
         metadata(calibration=bias, temperature=2.0)
+    with pytest.raises(ValueError, match="applies to a softmax output"):  # a sigmoid has no classes to rescale
+        metadata(calibration=bias.model_copy(update={"scale": [1, 1], "bias": [0, 0]}), **SIGMOID)
+
+
+SIGMOID = {"classes": ["cancer", "normal"], "positive_classes": ["cancer"], "output": "sigmoid"}
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"family": "vector_scaling", "scale": [1, 1, "NaN"], "bias": [0, 0, 0]},
+        {"family": "vector_scaling", "scale": [1, 1, 1], "bias": [0, 0, "-Infinity"]},
+        {"family": "vector_scaling", "scale": [1, 1, 1e308], "bias": [0, 0, 0]},
+        {"family": "class_bias", "scale": [1, 1, 1], "bias": [0, 0]},  # a list short of the classes
+        {"family": "class_bias", "scale": [1, 1, 1], "bias": [0, 0, 0], "sigmoid": True},
+        {"family": "platt", "scale": [1, 1, 1], "bias": [0, 0, 0]},
+    ],
+    ids=["nan", "inf", "huge", "short", "sigmoid", "unknown-family"],
+)
+def test_a_hostile_calibration_in_model_json_is_refused_at_load(tiny_bundle, tmp_path, calibration):
+    (tmp_path / "model.h5").write_bytes((tiny_bundle / "model.h5").read_bytes())
+    saved = json.loads((tiny_bundle / "model.json").read_text())
+    if calibration.pop("sigmoid", False):
+        saved |= SIGMOID
+        calibration |= {"scale": [1, 1], "bias": [0, 0]}
+    text = json.dumps({**saved, "calibration": calibration}).replace('"NaN"', "NaN").replace('"-Infinity"', "-Infinity")
+    (tmp_path / "model.json").write_text(text)
+    with pytest.raises(InvalidBundleError, match=r"not a valid model\.json"):
+        read_metadata(tmp_path)
+
+
+def test_served_differences_names_every_field_that_changes_the_answers():
+    from test_gate import hand_made_spec
+
+    base = metadata(
+        calibration=CalibrationSpec(family="class_bias", scale=[1, 1, 1], bias=[0.5, 0, -0.5]),
+        conformal=ConformalSpec(coverage=0.9, thresholds={"normal": 0.5, "benign": 0.5, "malignant": 0.5}),
+    )
+    changed = {
+        "classes": {"classes": ["benign", "normal", "malignant"]},
+        "positive_classes": {"positive_classes": ["benign", "malignant"]},
+        "threshold": {"threshold": 0.3},
+        "temperature": {"temperature": 2.0, "calibration": None},
+        "calibration": {"calibration": base.calibration.model_copy(update={"bias": [0.0, 0.0, 0.0]})},
+        "input": {"input": base.input.model_copy(update={"dtype": "float16"})},
+        "preprocessing": {"preprocessing": base.preprocessing.model_copy(update={"pad_to_square": True})},
+        "gate": {"gate": hand_made_spec()},
+        "conformal": {"conformal": base.conformal.model_copy(update={"thresholds": dict.fromkeys(base.classes, 0.6)})},
+    }
+    for field, update in changed.items():
+        assert set(served_differences(base, base.model_copy(update=update))) == set(update), field
+    sigmoid = metadata(**SIGMOID)
+    assert set(served_differences(sigmoid, sigmoid.model_copy(update={"output": "softmax"}))) == {"output"}
+    # what is only reported (metrics, dates, the model card's words) does not change the answers
+    reported = {"created_at": "2026-11-29T00:00:00Z", "metrics": {"macro_f1": 0.9}, "dataset": {"name": "x"}}
+    assert served_differences(base, base.model_copy(update=reported)) == []
 
 
 def test_the_served_probabilities_carry_the_bundles_calibration(tiny_bundle):

@@ -122,6 +122,8 @@ def test_train_writes_a_bundle_that_the_classifier_serves(trained):
     calibration = meta.metrics["calibration"]
     assert {"test_ece_before", "test_ece_after", "validation_ece_before", "validation_ece_after"} <= set(calibration)
     assert calibration["fitted_on"] == "calibration"
+    for split, measured in (("test", "test"), ("validation", "validation"), ("calibration", "calibration_split")):
+        assert calibration[f"{split}_ece_after"] == meta.metrics[measured]["ece"], split  # "after" is what is served
     # Conformal thresholds, fitted on the calibration split, with coverage and set size measured per class.
     assert meta.conformal is not None and set(meta.conformal.thresholds) == set(CLASS_ROWS)
     assert meta.conformal.calibration["fingerprint"] == meta.dataset["split"]["calibration_fingerprint"]
@@ -281,3 +283,28 @@ def test_training_and_evaluation_decode_dicom_with_the_bundles_window(tmp_path):
     evaluated = served_inputs(classifier, [sample], "test")
     assert np.array_equal(trained_on[0][0], served(None)) and np.array_equal(evaluated[0], served(None))
     assert not np.array_equal(served(None), served({"center": -600.0, "width": 1500.0}))  # the window matters
+
+
+def test_the_model_card_shows_every_calibration_tried_and_says_when_the_ece_cannot_be_trusted(trained):
+    from training.model_card import model_card
+
+    meta = read_metadata(trained["bundle"])
+    figures = meta.metrics["calibration"]
+    card = model_card(meta, 1000)
+    for row in figures["candidates"]:
+        chosen = " (chosen)" if row["family"] == meta.calibration.family else ""
+        assert f"| {row['family'].replace('_', ' ')}{chosen} | {row['cross_validated_nll']:.3f} |" in card
+    assert card.count("(chosen)") == 1
+
+    def card_with(before: float, after: float) -> str:
+        uncertainty = {"bootstrap_95": [0.031, 0.212], "if_perfectly_calibrated": 0.087, "draws": 1000}
+        figures.update(test_ece_before=before, test_ece_after=after, test_ece_after_uncertainty=uncertainty)
+        return model_card(meta, 1000)
+
+    worse = card_with(0.10, 0.15)
+    assert "Calibration did not carry over" in worse and "(ECE 0.100 -> 0.150)" in worse
+    above_target = card_with(0.20, 0.15)
+    assert "did not carry over" not in above_target
+    assert "95% bootstrap interval 0.031-0.212" in above_target and "would measure about 0.087" in above_target
+    good = card_with(0.20, 0.04)
+    assert "did not carry over" not in good and "bootstrap interval" not in good

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from lungscan.calibration import CalibrationSpec, apply_calibration
-from training.calibrate import choose_calibration, fit_calibration
+from training.calibrate import choose_calibration, fit_calibration, neighbour_folds
+from training.layouts import Sample
 from training.metrics import (
     apply_temperature,
     balanced_class_weights,
@@ -129,9 +133,19 @@ def test_calibration_spec_must_fit_the_classes() -> None:
     spec = CalibrationSpec(family="class_bias", scale=[1, 1], bias=[0, 0])
     with pytest.raises(ValueError, match="one scale and one bias per class"):
         spec.check_classes(["a", "b", "c"])
-    for scale, bias in (([1, 0], [0, 0]), ([1, 1e300], [0, 0]), ([1, float("nan")], [0, 0]), ([1, 1], [0, -1e9])):
+    with pytest.raises(ValueError, match="one scale and one bias per class"):  # the scale alone too short
+        spec.model_copy(update={"bias": [0, 0, 0]}).check_classes(["a", "b", "c"])
+    short = (([1], [0]), ([1], [0, 0]), ([1, 1], [0]))  # two classes at least, a scale and a bias for each
+    refused = (*short, ([1, 0], [0, 0]), ([1, 1e300], [0, 0]), ([1, float("nan")], [0, 0]), ([1, 1], [0, -1e9]))
+    for scale, bias in refused:
         with pytest.raises(ValueError):  # an overflowing or meaningless rescaling never reaches the server
             CalibrationSpec(family="vector_scaling", scale=scale, bias=bias)
+    # the family the card describes is the one served: a "temperature" never moves the most probable class
+    for family, scale, bias in (("temperature", [2, 1], [0, 0]), ("temperature", [2, 2], [0.5, -0.5])):
+        with pytest.raises(ValueError, match="a temperature is one scale"):
+            CalibrationSpec(family=family, scale=scale, bias=bias)
+    with pytest.raises(ValueError, match="a class bias keeps every scale at 1"):
+        CalibrationSpec(family="class_bias", scale=[1, 2], bias=[0, 0])
 
 
 def test_ece_uncertainty_brackets_the_estimate_and_knows_the_small_sample_floor() -> None:
@@ -142,7 +156,92 @@ def test_ece_uncertainty_brackets_the_estimate_and_knows_the_small_sample_floor(
     result = ece_uncertainty(calibrated_labels, probabilities, draws=300)
     low, high = result["bootstrap_95"]
     assert low <= expected_calibration_error(calibrated_labels, probabilities) <= high
+    assert high - low > 0.1  # 60 images: a 95% interval, not a point or an interquartile range
     # 60 perfectly calibrated answers still measure an ECE well above zero: the floor a small split puts under ECE
     assert 0.05 < result["if_perfectly_calibrated"] < 0.2
     wrong = np.argmin(probabilities, axis=1)  # always the least likely class: badly calibrated
     assert ece_uncertainty(wrong, probabilities, draws=300)["bootstrap_95"][0] > result["if_perfectly_calibrated"]
+
+
+def test_exact_zeros_are_a_tiny_probability_never_a_nan() -> None:
+    """float32 softmax outputs underflow to exactly 0; a broken model may even answer all zeros."""
+    spec = CalibrationSpec(family="vector_scaling", scale=[0.5, 2.0, 1.0], bias=[0.3, 0.0, -0.3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no log(0)
+        served = apply_calibration(np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.0]]), spec)
+    assert np.isfinite(served).all()
+    np.testing.assert_allclose(served.sum(axis=1), 1.0)
+    assert served[0, 0] > 0.0  # p = 0 is read as 1e-12, so softening (scale < 1) lifts it
+
+
+def test_the_fits_stay_inside_their_bounds_and_a_class_without_images_is_not_driven_to_an_extreme() -> None:
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1, 2], 20)
+    never_class_2 = rng.dirichlet([2, 2, 2], 60)
+    never_class_2[:, 2] = 0.0  # a third of the images are class 2, which the model never gives any probability
+    never_class_2 /= never_class_2.sum(axis=1, keepdims=True)
+    for family in ("class_bias", "vector_scaling"):
+        spec = fit_calibration(labels, never_class_2, family)
+        assert max(abs(b) for b in spec.bias) <= 20.0 and np.exp(-3) - 1e-6 <= min(spec.scale), family
+        assert max(spec.scale) <= np.exp(3) + 1e-6, family
+    # a class absent from the calibration split: the small penalty keeps its bias moderate (NLL alone runs to -20)
+    absent = fit_calibration(rng.integers(0, 2, 40), rng.dirichlet([2, 2, 2], 40), "class_bias")
+    assert -5.0 < absent.bias[2] < 0.0
+
+
+def _calibrated_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet([1, 1, 1], n)
+    return (rng.random((n, 1)) > np.cumsum(probabilities, axis=1)).sum(axis=1).clip(max=2), probabilities
+
+
+def test_cross_validation_holds_each_fold_out_and_the_lowest_held_out_nll_wins() -> None:
+    labels, probabilities = _calibrated_sample(45, seed=0)  # already calibrated: extra parameters only overfit
+    chosen, table = choose_calibration((labels, probabilities), np.arange(45) % 5, (labels, probabilities))
+    by_family = {row["family"]: row for row in table}
+    assert chosen.family == min(table, key=lambda row: row["cross_validated_nll"])["family"] == "temperature"
+    # here test is the calibration split itself, so test_nll is the in-sample NLL: the most flexible family
+    # fits it best, and only held-out folds reveal that it does not generalise
+    assert min(table, key=lambda row: row["test_nll"])["family"] == "vector_scaling"
+    vector = by_family["vector_scaling"]
+    assert vector["cross_validated_nll"] > vector["test_nll"] + 0.05
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [[0, 1, 2], [0], [0, 0, 0, 0, 1, 1, 1, 1, 2], [0, 0, 1, 1, 0, 1]],
+    ids=["one-per-class", "one-image", "a-class-with-one", "a-class-with-none"],
+)
+@pytest.mark.parametrize("kind", ["random", "identical", "exact-zeros"])
+def test_a_tiny_calibration_split_still_gives_a_finite_choice(labels, kind) -> None:
+    labels = np.array(labels)
+    probabilities = np.random.default_rng(1).dirichlet([1, 1, 1], len(labels))
+    if kind == "identical":
+        probabilities = np.full_like(probabilities, 1 / 3)
+    if kind == "exact-zeros":
+        probabilities[:, 2] = 0.0
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+    samples = [Sample(Path(f"{n}.png"), "abc"[label], n, "") for n, label in enumerate(labels)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean of an empty fold, no log(0)
+        chosen, table = choose_calibration((labels, probabilities), neighbour_folds(samples), (labels, probabilities))
+    assert all(np.isfinite(value) for row in table for key, value in row.items() if key not in ("family", "chosen"))
+    assert np.isfinite(apply_calibration(probabilities, chosen)).all()
+    if kind == "random" and len(labels) > 1:  # held-out images were scored by fits on the others, not all as fitted
+        assert len({row["cross_validated_nll"] for row in table}) > 1
+
+
+def test_neighbour_folds_are_contiguous_blocks_of_file_numbers_per_class() -> None:
+    rng = np.random.default_rng(0)
+    numbers = {"a": rng.permutation(100)[:23], "b": rng.permutation(100)[:7]}
+    samples = [Sample(Path(f"{c}{n}.png"), c, int(n), "") for c in numbers for n in numbers[c]]
+    order = rng.permutation(len(samples))
+    shuffled = [samples[i] for i in order]
+    folds = neighbour_folds(samples)
+    np.testing.assert_array_equal(neighbour_folds(shuffled), folds[order])  # by number, not by list order
+    for label, count in (("a", 23), ("b", 7)):
+        mine = [(s.number, int(f)) for s, f in zip(samples, folds, strict=True) if s.label == label]
+        by_number = [f for _, f in sorted(mine)]
+        assert by_number == sorted(by_number)  # contiguous: neighbours share a fold
+        assert set(by_number) == set(range(5))  # every fold holds some of every class
+        assert max(np.bincount(by_number)) - min(np.bincount(by_number)) <= 1, count
