@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from lungscan.bundle import (
 )
 from lungscan.uploads import bundle_dicom_options, decode_upload
 from training.calibrate import calibrate, calibration_report
-from training.layouts import Sample, samples_from_manifest
+from training.layouts import Sample, load_split_manifest, samples_from_manifest
 from training.metrics import classification_metrics
 from training.plots import plot_confusion, plot_reliability, plot_roc
 from training.presets import REPO_ROOT
@@ -64,13 +63,6 @@ def add_arguments(parser) -> None:
         "--version",
         help="a new bundle version (default: keep it); needed to publish a re-evaluation that serves differently",
     )
-
-
-def load_split_manifest(bundle_dir: Path) -> dict:
-    path = bundle_dir / REPORT_DIR / "split.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: evaluate needs the split that `train` recorded")
-    return json.loads(path.read_text())
 
 
 def served_inputs(classifier, samples: list[Sample], label: str) -> np.ndarray:

@@ -24,7 +24,6 @@ from PIL import Image, ImageDraw, ImageFilter
 from lungscan.bundle import (
     METADATA_FILE,
     MODEL_FILE,
-    REPORT_DIR,
     BundleMetadata,
     ReportRecord,
     file_sha256,
@@ -35,6 +34,7 @@ from lungscan.errors import InvalidBundleError
 from lungscan.gate import FEATURE_NAMES, GateSpec, gate_features, gate_scores, is_ct_like
 from lungscan.imaging import decode_image
 from training import non_ct
+from training.layouts import load_split_manifest
 
 REFUSE_TRAINING_CT = 0.01  # at most 1% of training CT (out of fold) refused, split between the two tests
 AUGMENTED_COPIES = 2
@@ -68,13 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- CT sources
 
 
-def _split(bundle_dir: Path) -> dict:
-    path = bundle_dir / REPORT_DIR / "split.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the gate is fitted on the bundle's training split")
-    return json.loads(path.read_text())
-
-
 def dataset_dir(split: dict, data_dir: Path | None) -> Path:
     recorded = Path(split["data_dir"])
     return data_dir / recorded.name if data_dir is not None else recorded
@@ -86,7 +79,7 @@ def _load(path: Path) -> Image.Image:
 
 def ct_files(bundle_dir: Path, data_dir: Path | None, split_name: str) -> list[tuple[Path, str]]:
     """(path, sha256) of the files of one split a bundle lists."""
-    split = _split(bundle_dir)
+    split = load_split_manifest(bundle_dir)
     root = dataset_dir(split, data_dir)
     return [(root / entry["file"], entry["sha256"]) for entry in split["splits"][split_name]]
 
@@ -99,7 +92,7 @@ def held_out_ct(bundle_dirs: list[Path], data_dir: Path | None) -> dict[str, lis
     training_hashes = {digest for bundle in bundle_dirs for _, digest in ct_files(bundle, data_dir, "train")}
     sources: dict[str, list[Path]] = {}
     for bundle in bundle_dirs:
-        split = _split(bundle)
+        split = load_split_manifest(bundle)
         name = dataset_dir(split, data_dir).name
         sources[f"{name}/test"] = [
             p for p, digest in ct_files(bundle, data_dir, "test") if digest not in training_hashes

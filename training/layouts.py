@@ -5,12 +5,13 @@ sha256); splitting is :mod:`training.splits`' work."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungscan.bundle import file_sha256
+from lungscan.bundle import REPORT_DIR, file_sha256
 
 CLASSES = ("normal", "benign", "malignant")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
@@ -184,6 +185,14 @@ def scan_split_layout(
         if split in folders:
             by_origin[split], _ = scan_class_folders(folders[split], classes, origin=split)
     return by_origin, classes
+
+
+def load_split_manifest(bundle_dir: Path) -> dict:
+    """``report/split.json``: the files of every split as ``train`` recorded them (evaluate and the gate read it)."""
+    path = Path(bundle_dir) / REPORT_DIR / "split.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the bundle needs the split that `train` recorded")
+    return json.loads(path.read_text())
 
 
 def samples_from_manifest(manifest: dict, data_dir: Path | str) -> dict[str, list[Sample]]:
