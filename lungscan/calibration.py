@@ -44,8 +44,18 @@ class CalibrationSpec(BaseModel):
 
 
 def apply_calibration(probabilities: np.ndarray, spec: CalibrationSpec) -> np.ndarray:
-    """Softmax probabilities ``(N, K)`` rescaled by the spec (``training.metrics`` fits it with this function)."""
-    log_probabilities = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, 1.0))
-    logits = log_probabilities * np.asarray(spec.scale) + np.asarray(spec.bias)
+    """Softmax probabilities ``(N, K)`` rescaled by the spec (``training.calibrate`` fits it with this function)."""
+    return _rescale(probabilities, np.asarray(spec.scale), np.asarray(spec.bias))
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax outputs divided in logit space by a temperature: older bundles' ``temperature``
+    (``training.metrics.fit_temperature`` fits it with this function)."""
+    return _rescale(probabilities, 1.0 / temperature, 0.0)
+
+
+def _rescale(probabilities: np.ndarray, scale, bias) -> np.ndarray:
+    """``softmax(scale * log p + bias)``: log p differs from the logits by a constant the softmax cancels."""
+    logits = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, 1.0)) * scale + bias
     scaled = np.exp(logits - logits.max(axis=1, keepdims=True))
     return scaled / scaled.sum(axis=1, keepdims=True)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from lungscan.bundle import BundleMetadata, read_metadata
-from lungscan.calibration import apply_calibration
+from lungscan.calibration import apply_calibration, apply_temperature
 from lungscan.conformal import prediction_set
 from lungscan.errors import InvalidBundleError, MalformedInputError
 from lungscan.explain import heatmap_overlay
@@ -55,16 +55,6 @@ class Prediction:
     @property
     def verdict(self) -> str:
         return VERDICT_SUSPICIOUS if self.suspicious else VERDICT_CLEAR
-
-
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax outputs rescaled by a temperature (``training.evaluate`` fits it with this function).
-
-    Works on logits recovered from the softmax: log p differs from the logits by a constant.
-    """
-    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
-    scaled = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return scaled / scaled.sum(axis=1, keepdims=True)
 
 
 class Classifier:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lungscan.calibration import CalibrationFamily, CalibrationSpec, apply_calibration
+from lungscan.classifier import MAX_SHOWN_PROBABILITY
 from lungscan.conformal import ConformalSpec, set_mask
 from training.layouts import Sample
 from training.metrics import (
@@ -34,6 +35,7 @@ from training.metrics import (
     ece_uncertainty,
     expected_calibration_error,
     fit_temperature,
+    four_places,
     negative_log_likelihood,
 )
 from training.splits import evaluation_fingerprint
@@ -42,10 +44,6 @@ if TYPE_CHECKING:  # evaluate imports this module
     from training.evaluate import SplitOutputs
 
 COVERAGE = 0.9  # conformal target: the true class in the set for 9 cases in 10
-
-
-def _four_places(value: float) -> float:
-    return round(float(value), 4)
 
 
 def _largest_included_score(calibration_scores: np.ndarray, coverage: float, bins=None, bin_value=None) -> float | None:
@@ -193,19 +191,20 @@ def choose_calibration(
         folds = np.arange(len(labels))
     candidates, table = [], []
     for family in CALIBRATION_FAMILIES:
-        held_out = np.zeros(len(labels))
+        held_out = np.zeros_like(probabilities, dtype=np.float64)  # each image served by a fit that never saw it
         for fold in np.unique(folds):
             inside = folds != fold
-            spec = fit_calibration(labels[inside], probabilities[inside], family)
-            served = apply_calibration(probabilities[~inside], spec)
-            held_out[~inside] = -np.log(np.clip(served[np.arange(len(served)), labels[~inside]], 1e-12, 1.0))
+            held_out[~inside] = apply_calibration(
+                probabilities[~inside], fit_calibration(labels[inside], probabilities[inside], family)
+            )
         spec = fit_calibration(labels, probabilities, family)
+        served_test = apply_calibration(test[1], spec)
         row = {
             "family": family,
-            "cross_validated_nll": _four_places(held_out.mean()),
-            "calibration_ece": _four_places(expected_calibration_error(labels, apply_calibration(probabilities, spec))),
-            "test_nll": _four_places(negative_log_likelihood(test[0], apply_calibration(test[1], spec))),
-            "test_ece": _four_places(expected_calibration_error(test[0], apply_calibration(test[1], spec))),
+            "cross_validated_nll": four_places(negative_log_likelihood(labels, held_out)),
+            "calibration_ece": four_places(expected_calibration_error(labels, apply_calibration(probabilities, spec))),
+            "test_nll": four_places(negative_log_likelihood(test[0], served_test)),
+            "test_ece": four_places(expected_calibration_error(test[0], served_test)),
         }
         candidates.append(spec)
         table.append(row)
@@ -224,7 +223,7 @@ def calibrate(classifier, splits: dict[str, SplitOutputs]):
     """Fit the calibration, then the conformal sets, on the calibration split; both go in the served metadata.
 
     The calibration split was never seen by training or selection; cross-validation within it
-    chooses the calibration family (``training.metrics.choose_calibration``). The served probabilities come
+    chooses the calibration family (``choose_calibration``). The served probabilities come
     from the function serving applies (``Classifier.probabilities_from``).
 
     Returns:
@@ -275,8 +274,8 @@ def calibration_report(spec: CalibrationSpec, candidates: list[dict], splits: di
     }
     validation, calibration, test = splits["validation"], splits["calibration"], splits["test"]
     for name, split in (("calibration", calibration), ("validation", validation), ("test", test)):
-        report[f"{name}_ece_before"] = round(expected_calibration_error(split.labels, split.raw), 4)
-        report[f"{name}_ece_after"] = round(expected_calibration_error(split.labels, split.served), 4)
+        report[f"{name}_ece_before"] = four_places(expected_calibration_error(split.labels, split.raw))
+        report[f"{name}_ece_after"] = four_places(expected_calibration_error(split.labels, split.served))
     report["test_ece_after_uncertainty"] = ece_uncertainty(test.labels, test.served)
-    report["displayed_confidence_cap"] = 0.999
+    report["displayed_confidence_cap"] = MAX_SHOWN_PROBABILITY
     return report

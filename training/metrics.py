@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lungscan.classifier import apply_temperature  # the rescaling older bundles serve
+from lungscan.calibration import apply_temperature  # the rescaling older bundles serve
 
 ECE_BINS = 15
 
 
-def _round(value: float) -> float:
+def four_places(value: float) -> float:
     return round(float(value), 4)
 
 
@@ -82,8 +82,8 @@ def ece_uncertainty(labels: np.ndarray, probabilities: np.ndarray, draws: int = 
         for _ in range(draws)
     ]
     return {
-        "bootstrap_95": [_round(np.percentile(resampled, 2.5)), _round(np.percentile(resampled, 97.5))],
-        "if_perfectly_calibrated": _round(np.mean(perfect)),
+        "bootstrap_95": [four_places(np.percentile(resampled, 2.5)), four_places(np.percentile(resampled, 97.5))],
+        "if_perfectly_calibrated": four_places(np.mean(perfect)),
         "draws": draws,
     }
 
@@ -96,10 +96,10 @@ def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     return [
         {
-            "low": _round(edges[b]),
-            "high": _round(edges[b + 1]),
-            "confidence": _round(confidence[which == b].mean()),
-            "accuracy": _round(correct[which == b].mean()),
+            "low": four_places(edges[b]),
+            "high": four_places(edges[b + 1]),
+            "confidence": four_places(confidence[which == b].mean()),
+            "accuracy": four_places(correct[which == b].mean()),
             "count": int((which == b).sum()),
         }
         for b in range(bins)
@@ -168,19 +168,19 @@ def classification_metrics(
         if auc is not None:
             aucs.append(auc)
         per_class[name] = {
-            "precision": _round(precision),
-            "recall": _round(recall),
-            "f1": _round(f1),
-            "roc_auc": None if auc is None else _round(auc),
+            "precision": four_places(precision),
+            "recall": four_places(recall),
+            "f1": four_places(f1),
+            "roc_auc": None if auc is None else four_places(auc),
             "support": int(support),
         }
     result = {
         "n": len(labels),
-        "accuracy": _round((predicted == labels).mean()) if len(labels) else 0.0,
-        "macro_f1": _round(np.mean(f1s)),
-        "macro_roc_auc": _round(np.mean(aucs)) if aucs else None,
-        "ece": _round(expected_calibration_error(labels, probabilities)),
-        "nll": _round(negative_log_likelihood(labels, probabilities)),
+        "accuracy": four_places((predicted == labels).mean()) if len(labels) else 0.0,
+        "macro_f1": four_places(np.mean(f1s)),
+        "macro_roc_auc": four_places(np.mean(aucs)) if aucs else None,
+        "ece": four_places(expected_calibration_error(labels, probabilities)),
+        "nll": four_places(negative_log_likelihood(labels, probabilities)),
         "per_class": per_class,
         "confusion_matrix": {"rows_true_columns_predicted": classes, "matrix": matrix.tolist()},
     }
@@ -191,8 +191,8 @@ def classification_metrics(
         specificity = (~flagged & ~positive).sum() / (~positive).sum() if (~positive).any() else 0.0
         result["suspicious_flag"] = {
             "positive_classes": list(positive_classes),
-            "sensitivity": _round(sensitivity),
-            "specificity": _round(specificity),
+            "sensitivity": four_places(sensitivity),
+            "specificity": four_places(specificity),
             "true_positive": int((flagged & positive).sum()),
             "false_negative": int((~flagged & positive).sum()),
             "true_negative": int((~flagged & ~positive).sum()),

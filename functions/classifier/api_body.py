@@ -135,10 +135,12 @@ def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upl
             payload = part.get_payload(decode=True) or b""
             if name == "file":
                 files.append(payload)
-            elif name == "patient" and name in fields and fields[name] != payload.decode("utf-8", "replace").strip():
-                raise _conflicting_patients()
-            elif name in PredictOptions.model_fields and name not in fields:
-                fields[str(name)] = payload.decode("utf-8", errors="replace").strip()
+            elif name in PredictOptions.model_fields:
+                value = payload.decode("utf-8", errors="replace").strip()
+                if name not in fields:
+                    fields[str(name)] = value
+                elif name == "patient" and fields[name] != value:
+                    raise _conflicting_patients()
     except (RecursionError, LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError) as error:
         # The email package's header parser recurses on nested comments: "((((...".
         raise MalformedInputError("The multipart body could not be parsed.", code="invalid_multipart") from error
