@@ -22,6 +22,7 @@ from lungscan.runtime import TwinSpec
 
 MODEL_FILE = "model.h5"
 METADATA_FILE = "model.json"
+CARD_FILE = "MODEL_CARD.md"  # written by training.model_card; published beside model.json, never served
 REPORT_DIR = "report"  # evaluation figures, split lists, smoke set: for people and tools, not served
 # Registry names and versions become S3 keys and local folders: no "/", no "." or ".." alone.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from lungscan.bundle import (
+    CARD_FILE,
     METADATA_FILE,
     MODEL_FILE,
     REPORT_DIR,
@@ -33,8 +34,6 @@ from lungscan.errors import InvalidBundleError
 from lungscan.registry_keys import version_prefix
 from lungscan.registry_pointer import move_pointer
 from lungscan.runtime import TWIN_FILE, verify_twin
-
-CARD_FILE = "MODEL_CARD.md"
 
 
 def publish_bundle(

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lungscan.bundle import (
+    CARD_FILE,
     MODEL_FILE,
     REPORT_DIR,
     BundleMetadata,
@@ -260,7 +261,7 @@ def summary_metrics(manifest: dict, splits, measured: dict, conformal, metadata,
 def report_files(bundle_dir: Path) -> dict[str, str]:
     """sha256 of every file under report/ and of the model card: publish uploads and checks them."""
     files = sorted(p for p in (bundle_dir / REPORT_DIR).rglob("*") if p.is_file())
-    card = bundle_dir / "MODEL_CARD.md"
+    card = bundle_dir / CARD_FILE
     if card.is_file():
         files.append(card)
     return {p.relative_to(bundle_dir).as_posix(): file_sha256(p) for p in files}

@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from lungscan.bundle import MODEL_FILE, BundleMetadata
+from lungscan.bundle import CARD_FILE, MODEL_FILE, BundleMetadata
 from training.calibrate import CALIBRATION_WORDS
 from training.presets import PRESETS
-
-CARD_FILE = "MODEL_CARD.md"
 
 GENERIC_LIMITATIONS = (
     "2D slices, not volumes: the model sees one slice and knows nothing of its neighbours.",

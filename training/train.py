@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from lungscan.bundle import (
+    CARD_FILE,
     INTENDED_USE,
+    METADATA_FILE,
     MODEL_FILE,
     REPORT_DIR,
     BundleMetadata,
@@ -243,7 +245,7 @@ def write_bundle(config: TrainConfig, prepared: PreparedDataset, model, historie
     bundle_dir.mkdir(parents=True, exist_ok=True)
     # A bundle folder holds one version: stale evaluation output from an earlier run must go.
     shutil.rmtree(bundle_dir / REPORT_DIR, ignore_errors=True)
-    for stale in ("model.json", "MODEL_CARD.md"):
+    for stale in (METADATA_FILE, CARD_FILE):
         (bundle_dir / stale).unlink(missing_ok=True)
     (bundle_dir / REPORT_DIR).mkdir()
     staging = bundle_dir / (MODEL_FILE + ".tmp.h5")
