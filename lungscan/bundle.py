@@ -67,6 +67,7 @@ class IntensitySpec(BaseModel):
 
 class PreprocessingSpec(BaseModel):
     colour: Literal["grayscale", "rgb"]
+    crop_to_body: bool = False  # crop to a square around the body first (lungscan.transforms.CropToBody)
     pad_to_square: bool = False  # pad to a square before resizing (keeps the aspect ratio)
     resize: ResizeSpec
     intensity: IntensitySpec = IntensitySpec()

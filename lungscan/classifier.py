@@ -125,13 +125,13 @@ class Classifier:
             )
         if self.metadata.gate is not None:  # a bare legacy model.h5 has none and is served as before
             check_ct_like(decoded, self.metadata.gate)
-        array, _ = self.prepare(decoded)
+        array, trace = preprocess_image(decoded, self.preprocess)
         probabilities = self.predict_batch(array[np.newaxis])[0]
         prediction = self.interpret(probabilities)
         if explain:
             prediction.explained_class = explain_class or prediction.label
             cam = self.gradcam(array, self.metadata.classes.index(prediction.explained_class))
-            prediction.heatmap = heatmap_overlay(decoded.image, cam)
+            prediction.heatmap = heatmap_overlay(decoded.image, cam, trace["view"])
         return prediction
 
     def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:

@@ -128,9 +128,21 @@ class GradCam:
         return self._compute(np.asarray(array, np.float32)[np.newaxis], np.int32(class_index)).numpy()
 
 
-def heatmap_overlay(image: Image.Image, cam: np.ndarray, opacity: float = 0.45) -> Image.Image:
-    """Blend the coloured map over the image, at the image's own size (RGB)."""
+def heatmap_overlay(
+    image: Image.Image, cam: np.ndarray, view: tuple[int, int, int, int] | None = None, opacity: float = 0.45
+) -> Image.Image:
+    """Blend the coloured map over the image, at the image's own size (RGB).
+
+    Args:
+        view: the region of ``image`` (left, top, right, bottom) the model saw, from the preprocessing trace;
+            the map is drawn there (a padded or cropped input's map would be misplaced stretched over the
+            whole image). Parts of the image the model did not see get no heat. None: the whole image.
+    """
     base = image.convert("RGB")
-    cam_image = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize(base.size, Image.Resampling.BILINEAR)
-    heat = Image.fromarray(COLOUR_MAP[np.asarray(cam_image)])
+    left, top, right, bottom = view or (0, 0, *base.size)
+    size = (max(1, int(right - left)), max(1, int(bottom - top)))
+    cam_image = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize(size, Image.Resampling.BILINEAR)
+    placed = Image.new("L", base.size, 0)
+    placed.paste(cam_image, (int(left), int(top)))  # PIL clips what falls outside the image
+    heat = Image.fromarray(COLOUR_MAP[np.asarray(placed)])
     return Image.blend(base, heat, opacity)

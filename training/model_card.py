@@ -74,6 +74,11 @@ def _use_section(metadata: BundleMetadata, training: dict, preset, model_bytes: 
         if preprocessing.pad_to_square
         else f"resized to {size}x{size} (bilinear, aspect ratio ignored)"
     )
+    if preprocessing.crop_to_body:
+        resize_text = (
+            "cropped to a square around the body (the largest region of non-black pixels once smoothed into one "
+            f"blob; the couch and the empty field around are dropped), {resize_text}"
+        )
     intensity = preprocessing.intensity
     scale_text = (
         f"intensities scaled so that the image's {intensity.low:g} and {intensity.high:g} percentiles map to 0 "

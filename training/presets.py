@@ -22,6 +22,7 @@ DEFAULTS = {
     "batch_size": 32,
     "learning_rate": 1e-3,
     "augment": "none",
+    "crop_to_body": False,
     "pad_to_square": False,
     "intensity": "fixed",
     "label_smoothing": 0.0,

@@ -70,6 +70,7 @@ def make_metadata(config: TrainConfig, classes: list[str]) -> BundleMetadata:
         input=InputSpec(height=size, width=size, channels=1, colour="grayscale"),
         preprocessing=PreprocessingSpec(
             colour="grayscale",
+            crop_to_body=config.crop_to_body,
             pad_to_square=config.pad_to_square,
             resize=ResizeSpec(height=size, width=size, method="bilinear"),
             intensity=IntensitySpec(method=config.intensity, low=1.0, high=99.0),

@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--learning-rate", type=float)
     model.add_argument("--augment", choices=sorted(AUGMENTATIONS), help="training augmentation (none | light | strong)")
     switch = partial(model.add_argument, action=argparse.BooleanOptionalAction, default=None)  # --x / --no-x
+    switch(
+        "--crop-to-body",
+        help="crop to a square around the patient's body before resizing (declared in model.json)",
+    )
     switch("--pad-to-square", help="pad to a square before resizing instead of stretching (declared in model.json)")
     model.add_argument(
         "--intensity",
@@ -124,6 +128,7 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     augment: str
+    crop_to_body: bool
     pad_to_square: bool
     intensity: str
     label_smoothing: float
@@ -154,6 +159,7 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
             "augment": self.augment,
+            "crop_to_body": self.crop_to_body,
             "pad_to_square": self.pad_to_square,
             "intensity": self.intensity,
             "label_smoothing": self.label_smoothing,
@@ -224,6 +230,7 @@ def resolve_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         batch_size=int(pick("batch_size")),
         learning_rate=float(pick("learning_rate")),
         augment=pick("augment"),
+        crop_to_body=bool(pick("crop_to_body")),
         pad_to_square=bool(pick("pad_to_square")),
         intensity=pick("intensity"),
         label_smoothing=float(pick("label_smoothing")),

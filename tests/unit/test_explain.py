@@ -10,6 +10,7 @@ from PIL import Image
 from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
 from lungscan.classifier import Classifier
 from lungscan.imaging import DecodedImage
+from lungscan.transforms import build_preprocess
 
 SIZE = 32
 BLOB_RADIUS = 3
@@ -99,3 +100,44 @@ def test_overlay_has_the_uploaded_size_and_a_requested_class(blob_bundle):
     assert prediction.heatmap.size == (300, 200)
     assert prediction.heatmap.mode == "RGB"
     assert classifier.classify(DecodedImage(image=image, format="PNG")).heatmap is None
+
+
+def hot_rows(overlay: Image.Image) -> np.ndarray:
+    """Rows of an overlay on a black image where the map is hot (red over blue)."""
+    pixels = np.asarray(overlay, np.int32)
+    return np.flatnonzero((pixels[..., 0] - pixels[..., 2]).max(axis=1) > 40)
+
+
+def test_overlay_is_drawn_where_the_model_looked_on_a_padded_or_cropped_input():
+    from lungscan.explain import heatmap_overlay
+
+    upload = Image.new("L", (200, 100))  # wide: padded to a 200x200 square, 50 rows of black above and below
+    cam = np.zeros((4, 4), np.float32)
+    cam[1, 2] = 1.0  # square rows 50-100 = the upload's rows 0-50
+    rows = hot_rows(heatmap_overlay(upload, cam, view=(0, -50, 200, 150)))
+    assert rows.size and rows.min() >= 0 and rows.max() < 55 and rows.max() > 40
+    cam[1, 2], cam[0, 2] = 0.0, 1.0  # hot only over the padding: nothing of the upload is hot
+    assert hot_rows(heatmap_overlay(upload, cam, view=(0, -50, 200, 150))).size == 0
+    cam[0, 2] = 0.0
+    cam[3, 0] = 1.0  # a crop's view: the map lies inside it, the rest of the upload stays cold
+    rows = hot_rows(heatmap_overlay(upload, cam, view=(100, 20, 180, 100)))
+    assert rows.min() >= 20 + 50 and rows.max() < 100
+
+
+def test_classify_draws_a_padded_inputs_heatmap_inside_the_picture(blob_bundle):
+    """The bundle's chain pads: the overlay must follow the padding, not stretch the square over the upload."""
+    classifier = Classifier(blob_bundle)
+    classifier.preprocess = build_preprocess(
+        classifier.metadata.preprocessing.model_copy(update={"pad_to_square": True}).model_dump()
+    )
+    pixels = np.zeros((16, 32), np.float32)  # a wide upload: the blob near its top right
+    rows, cols = np.ogrid[:16, :32]
+    pixels[(rows - 3) ** 2 + (cols - 24) ** 2 <= 9] = 1.0
+    image = Image.fromarray(np.uint8(pixels * 255)).resize((320, 160), Image.Resampling.NEAREST)
+    overlay = classifier.classify(DecodedImage(image=image, format="PNG"), explain=True, explain_class="blob").heatmap
+    heat = np.asarray(overlay, np.int32)
+    redness = heat[..., 0] - heat[..., 2]
+    hottest_rows, hottest_cols = np.nonzero(redness >= 0.9 * redness.max())
+    peak_row, peak_col = hottest_rows.mean(), hottest_cols.mean()
+    # On the blob, at row 30: the square's map stretched over the upload would put it at row ~55.
+    assert abs(peak_row - 30) <= 12 and abs(peak_col - 240) <= 30, (peak_row, peak_col)

@@ -11,6 +11,7 @@ from test_core import metadata, tiny_cnn
 from lungscan.bundle import PreprocessingSpec, ResizeSpec, write_metadata
 from lungscan.classifier import MAX_SHOWN_PROBABILITY, Classifier
 from lungscan.conformal import ConformalSpec, prediction_set, set_mask
+from lungscan.imaging import DecodedImage
 from lungscan.transforms import build_preprocess
 from training.calibrate import fit_conformal, set_report
 
@@ -178,6 +179,46 @@ def test_pad_to_square_keeps_the_aspect_ratio():
         "Resize",
         "ScaleIntensity",
     ]
+
+
+def ct_like_field(body: tuple[int, int, int, int], size: tuple[int, int] = (512, 512)) -> Image.Image:
+    """A black field with a speckled "body" (a windowed slice is mostly black specks) and a thin couch below."""
+    rng = np.random.default_rng(5)
+    pixels = np.zeros(size[::-1], np.uint8)
+    left, top, right, bottom = body
+    pixels[top:bottom, left:right] = np.where(rng.random((bottom - top, right - left)) < 0.3, 220, 0)
+    pixels[size[1] - 30 : size[1] - 27, 20 : size[0] - 20] = 200  # the couch: a separate thin region
+    return Image.fromarray(pixels)
+
+
+def crop_chain():
+    spec = PreprocessingSpec(colour="grayscale", crop_to_body=True, resize=ResizeSpec(height=64, width=64))
+    return build_preprocess(spec.model_dump())
+
+
+def test_crop_to_body_frames_the_body_not_the_couch_or_the_field():
+    from lungscan.transforms import preprocess_image
+
+    image = ct_like_field((100, 150, 400, 350))  # a 300x200 body off-centre in 512x512
+    array, trace = preprocess_image(DecodedImage(image=image, format="PNG"), crop_chain())
+    left, top, right, bottom = trace["view"]
+    assert right - left == bottom - top  # a square, so nothing is stretched
+    assert abs(left - 100) <= 12 and abs(right - 400) <= 12  # the body's width, plus the smoothing's margin
+    assert abs((top + bottom) / 2 - 250) <= 6  # centred on the body, not pulled down to the couch at 482
+    assert bottom < 482
+    rows = array[..., 0].mean(axis=1)
+    assert rows[:8].max() == 0.0 and rows[-8:].max() == 0.0  # above and below the body: black fill
+    assert rows[24:40].min() > 0.1  # the body fills the width: it is magnified, 300 px over 64
+    assert [step["name"] for step in trace["applied_operations"]][:2] == ["ToColour", "CropToBody"]
+
+
+@pytest.mark.parametrize("pixels", [np.zeros((50, 80), np.uint8), np.full((50, 80), 5, np.uint8)])
+def test_crop_to_body_leaves_an_image_without_a_body_whole(pixels):
+    from lungscan.transforms import preprocess_image
+
+    _, trace = preprocess_image(DecodedImage(image=Image.fromarray(pixels), format="PNG"), crop_chain())
+    assert trace["view"] == (0, 0, 80, 50)
+    assert trace["applied_operations"][1] == {"name": "CropToBody", "box": None}
 
 
 def test_percentile_scaling_ignores_the_window_of_the_export():
