@@ -74,10 +74,10 @@ def _use_section(metadata: BundleMetadata, training: dict, preset, model_bytes: 
         if preprocessing.pad_to_square
         else f"resized to {size}x{size} (bilinear, aspect ratio ignored)"
     )
-    if preprocessing.crop_to_body:
+    if preprocessing.crop_to_body:  # the crop is square: nothing is stretched
         resize_text = (
             "cropped to a square around the body (the largest region of non-black pixels once smoothed into one "
-            f"blob; the couch and the empty field around are dropped), {resize_text}"
+            f"blob; the couch and the empty field around are dropped), resized to {size}x{size} (bilinear)"
         )
     intensity = preprocessing.intensity
     scale_text = (
