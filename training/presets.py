@@ -182,9 +182,9 @@ class Preset:
 
 
 _IQ_RECIPE_KEYS = (
-    "architecture", "image_size", "crop_to_body", "pad_to_square", "intensity", "ensemble", "epochs", "patience", "batch_size",
-    "learning_rate", "lr_schedule", "augment", "label_smoothing", "batch_norm", "filters", "last_filters", "dropout",
-    "blocks", "gap", "seed",
+    "architecture", "image_size", "crop_to_body", "pad_to_square", "intensity", "ensemble", "epochs", "patience",
+    "batch_size", "learning_rate", "lr_schedule", "augment", "label_smoothing", "batch_norm", "filters", "last_filters",
+    "dropout", "blocks", "gap", "seed",
 )  # fmt: skip
 
 IQ_OTH = Preset(
