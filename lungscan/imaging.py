@@ -58,6 +58,9 @@ class ImageLimits:
     max_bytes: int = 4 * 1024 * 1024
     min_side: int = 32
     max_pixels: int = 4096 * 4096
+    # Longer side over shorter side. Slices and their exports are at most ~2.6:1 in the datasets; a strip
+    # such as 32x524288 passes max_pixels yet padding or cropping it to a square would allocate ~275 GB.
+    max_aspect: float = 4.0
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -192,6 +195,11 @@ def check_dimensions(width: int, height: int, limits: ImageLimits = DEFAULT_LIMI
         raise NotACTSliceError(
             f"The image is {width}x{height}; a CT slice is at least {limits.min_side}x{limits.min_side} pixels.",
             code="image_too_small",
+        )
+    if max(width, height) > limits.max_aspect * min(width, height):
+        raise NotACTSliceError(
+            f"The image is {width}x{height}; a CT slice is at most {limits.max_aspect:g} times as long as it is wide.",
+            code="implausible_shape",
         )
 
 

@@ -165,6 +165,12 @@ BAD_INPUTS = {
     ),
     "truncated png": (lambda png: json_event({"image": b64(png[: len(png) // 2])}), 400, "corrupt_image"),
     "1x1 image": (lambda png: json_event({"image": b64(encode(Image.new("L", (1, 1))))}), 422, "image_too_small"),
+    # 16.7M pixels, within max_pixels: padding or cropping it to a square would have allocated ~275 GB.
+    "32x524288 strip": (
+        lambda png: json_event({"image": b64(encode(Image.linear_gradient("L").resize((524288, 32))))}),
+        422,
+        "implausible_shape",
+    ),
     "blank image": (lambda png: json_event({"image": b64(encode(Image.new("L", (256, 256), 7)))}), 422, "empty_image"),
     "30000x30000 bomb": (lambda png: json_event({"image": b64(bomb_png(30000, 30000))}), 422, "too_many_pixels"),
     "7 MB body": (lambda png: json_event({"image": "A" * (7 * 1024 * 1024)}), 413, "payload_too_large"),
