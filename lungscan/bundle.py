@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -211,9 +212,32 @@ SERVED_FIELDS = frozenset(
 )
 
 
+# Parts of served fields that only record how they were fitted and how they scored: no answer depends on them.
+REPORTED_PARTS = {"gate": {"fitted_on", "evaluation"}, "conformal": {"method", "calibration", "evaluation"}}
+# The same fit on another machine differs in the 7th-8th decimal (BLAS, threads); no answer moves at 1e-6.
+SERVED_TOLERANCE = 1e-6
+
+
 def served_differences(a: BundleMetadata, b: BundleMetadata) -> list[str]:
-    """The served fields in which two bundles' metadata differ (publish keeps versions immutable with it)."""
-    return sorted(name for name in SERVED_FIELDS if getattr(a, name) != getattr(b, name))
+    """The served fields in which two bundles' metadata differ (publish keeps versions immutable with it):
+    numbers beyond :data:`SERVED_TOLERANCE`, anything else at all, the reported-only parts ignored."""
+    return sorted(name for name in SERVED_FIELDS if not _alike(_served_part(a, name), _served_part(b, name)))
+
+
+def _served_part(metadata: BundleMetadata, name: str):
+    value = getattr(metadata, name)
+    return value.model_dump(exclude=REPORTED_PARTS.get(name)) if isinstance(value, BaseModel) else value
+
+
+def _alike(x, y) -> bool:
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_alike(x[key], y[key]) for key in x)
+    if isinstance(x, list | tuple) and isinstance(y, list | tuple):
+        return len(x) == len(y) and all(_alike(u, v) for u, v in zip(x, y, strict=True))
+    numbers = (int, float)
+    if isinstance(x, numbers) and isinstance(y, numbers) and not isinstance(x, bool) and not isinstance(y, bool):
+        return math.isclose(x, y, rel_tol=SERVED_TOLERANCE, abs_tol=SERVED_TOLERANCE)
+    return x == y
 
 
 def legacy_metadata(sha256: str | None = None) -> BundleMetadata:

@@ -220,6 +220,34 @@ def test_served_differences_names_every_field_that_changes_the_answers():
     assert served_differences(base, base.model_copy(update=reported)) == []
 
 
+def test_served_differences_ignore_how_a_part_was_fitted_and_float_noise_between_machines():
+    from test_gate import hand_made_spec
+
+    gate = hand_made_spec()
+    thresholds = {"normal": 0.5, "benign": 0.5, "malignant": 0.7138391}
+    base = metadata(gate=gate, conformal=ConformalSpec(coverage=0.9, thresholds=thresholds))
+    refitted = base.model_copy(
+        update={
+            "gate": gate.model_copy(update={"fitted_on": {"fitted_at": "later"}, "evaluation": {"non_ct": 0.97}}),
+            "conformal": base.conformal.model_copy(
+                update={
+                    "thresholds": {**thresholds, "malignant": 0.7138391 + 3.4e-8},  # another machine's BLAS
+                    "method": "reworded",
+                    "calibration": {"n": 115},
+                    "evaluation": {"test": {"coverage": 1.0}},
+                }
+            ),
+        }
+    )
+    assert served_differences(base, refitted) == []
+    moved = {"thresholds": {**thresholds, "malignant": 0.7139}}  # 6e-5: a real refit, answers can move
+    assert served_differences(base, base.model_copy(update={"conformal": base.conformal.model_copy(update=moved)})) == [
+        "conformal"
+    ]
+    nudged_gate = gate.model_copy(update={"output_bias": gate.output_bias + 1e-3})
+    assert served_differences(base, base.model_copy(update={"gate": nudged_gate})) == ["gate"]
+
+
 def test_the_served_probabilities_carry_the_bundles_calibration(tiny_bundle):
     classifier = Classifier(tiny_bundle)
     batch = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
