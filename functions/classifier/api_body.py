@@ -7,6 +7,7 @@ import base64
 import email.errors
 import email.parser
 import email.policy
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -109,10 +110,31 @@ def _read_json(raw: bytes, query: PredictOptions) -> Upload:
         request = PredictRequest.model_validate_json(raw)
     except ValidationError as error:
         raise invalid_request(error) from None
+    _refuse_repeated_patient_keys(raw)
     options = _with_query(query, request.model_dump(exclude_unset=True))
     if request.images is not None:
         return Upload(images=[decode_base64(image) for image in request.images], is_study=True, options=options)
     return Upload(images=[decode_base64(request.image or "")], options=options)
+
+
+def _refuse_repeated_patient_keys(raw: bytes) -> None:
+    """``{"patient": "A", ..., "patient": "B"}``: JSON parsers keep the last, which would store the scan under B.
+
+    A byte count rules it out almost always; only a body that may hold it (two ``"patient"`` strings, or a
+    ``\\u`` escape that could spell one) is parsed a second time, keeping every key.
+    """
+    if raw.count(b'"patient"') < 2 and b"\\u" not in raw:
+        return
+
+    def check(pairs: list[tuple[str, object]]) -> dict:
+        if len({str(value) for key, value in pairs if key == "patient"}) > 1:
+            raise _conflicting_patients()
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=check)
+    except (ValueError, RecursionError):  # what pydantic's parser took but Python's does not (e.g. deep nesting)
+        raise MalformedInputError("The body is not valid JSON.", code="invalid_json") from None
 
 
 def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upload:

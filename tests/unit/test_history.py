@@ -221,7 +221,12 @@ def test_two_different_patients_in_one_request_are_refused_not_one_picked(app_mo
     repeated = make_event(body=png, content_type="image/png", base64_body=True)
     repeated["multiValueQueryStringParameters"] = {"patient": ["P-ONE", "P-TWO"]}
     repeated["queryStringParameters"] = {"patient": "P-TWO"}  # API Gateway keeps the last
+    image = base64.b64encode(png).decode()
+    twice = f'{{"patient": "P-ONE", "image": "{image}", "patient": "P-TWO"}}'  # parsers keep the last
+    escaped = f'{{"patient": "P-ONE", "image": "{image}", "pati\\u0065nt": "P-TWO"}}'
     events = [
+        make_event(body=twice, content_type="application/json"),
+        make_event(body=escaped, content_type="application/json"),
         make_event(body=as_json, content_type="application/json", query={"patient": "P-QUERY"}),
         make_event(body=form_body("b0", png, "P-FORM"), content_type=form, base64_body=True, query={"patient": "P-Q"}),
         make_event(body=form_body("b0", png, "P-ONE", "P-TWO"), content_type=form, base64_body=True),
@@ -232,7 +237,12 @@ def test_two_different_patients_in_one_request_are_refused_not_one_picked(app_mo
         assert (status, error["error"]["code"]) == (400, "conflicting_patient"), error
         assert "P-" not in error["error"]["message"]
     assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
-    # The same reference twice is one patient.
+    # The same reference twice is one patient, in the body too.
+    same = f'{{"patient": "P-BODY", "image": "{image}", "patient": "P-BODY"}}'
+    status, answer = call(
+        app_module, lambda_context, signed_in(make_event(body=same, content_type="application/json"), ALICE)
+    )
+    assert status == 200 and answer["record_id"]
     event = make_event(body=as_json, content_type="application/json", query={"patient": "P-BODY"})
     status, answer = call(app_module, lambda_context, signed_in(event, ALICE))
     assert status == 200 and answer["record_id"]
