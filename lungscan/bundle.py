@@ -67,6 +67,10 @@ class IntensitySpec(BaseModel):
 
 
 class PreprocessingSpec(BaseModel):
+    # A step this version does not know is refused, never skipped: served without it, the model would see
+    # other pixels than in training and answer confidently wrong.
+    model_config = {"extra": "forbid"}
+
     colour: Literal["grayscale", "rgb"]
     crop_to_body: bool = False  # crop to a square around the body first (lungscan.transforms.CropToBody)
     pad_to_square: bool = False  # pad to a square before resizing (keeps the aspect ratio)

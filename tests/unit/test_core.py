@@ -193,6 +193,15 @@ def test_a_hostile_calibration_in_model_json_is_refused_at_load(tiny_bundle, tmp
         read_metadata(tmp_path)
 
 
+def test_a_preprocessing_step_this_version_does_not_know_is_refused_not_skipped(tiny_bundle, tmp_path):
+    (tmp_path / "model.h5").write_bytes((tiny_bundle / "model.h5").read_bytes())
+    saved = json.loads((tiny_bundle / "model.json").read_text())
+    saved["preprocessing"]["lung_mask"] = True  # a step a later version might add
+    (tmp_path / "model.json").write_text(json.dumps(saved))
+    with pytest.raises(InvalidBundleError, match=r"not a valid model\.json"):
+        read_metadata(tmp_path)
+
+
 def test_served_differences_names_every_field_that_changes_the_answers():
     from test_gate import hand_made_spec
 
