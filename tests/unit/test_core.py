@@ -88,6 +88,20 @@ def test_decompression_bomb_refused_before_pixels_are_allocated():
     assert error.value.code == "too_many_pixels"
 
 
+@pytest.mark.parametrize(
+    ("size", "refused"), [((128, 32), False), ((32, 128), False), ((129, 32), True), ((32, 129), True)]
+)
+def test_the_aspect_limit_is_4_to_1_either_way(size, refused):
+    """Exactly 4:1 is a slice (the datasets reach 2.6:1); anything longer, wide or tall, is refused from the header."""
+    data = encode(Image.linear_gradient("L").resize(size))
+    if not refused:
+        assert decode_image(data).image.size == size
+        return
+    with pytest.raises(NotACTSliceError) as error:
+        decode_image(data)
+    assert error.value.code == "implausible_shape"
+
+
 def test_sixteen_bit_images_are_stretched_to_full_range():
     pixels = (np.asarray(ct_like_image(64)).astype(np.uint16) * 4) + 1000  # values 1000..2020
     decoded = decode_image(encode(Image.fromarray(pixels)))
