@@ -260,3 +260,18 @@ def test_temperature_softens_probabilities_without_changing_the_label(tiny_bundl
     np.testing.assert_array_equal(plain.argmax(axis=1), softened.argmax(axis=1))
     assert (softened.max(axis=1) <= plain.max(axis=1) + 1e-9).all()
     np.testing.assert_allclose(softened.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_scipy_is_imported_when_a_cropping_chain_is_built_not_on_its_first_request(crop):
+    """A bundle is loaded (and warmed up) at the function's init; a cropping one must not import scipy later."""
+    import subprocess
+    import sys
+
+    config = {"colour": "grayscale", "crop_to_body": crop, "resize": {"height": 8, "width": 8}}
+    code = (
+        "import sys; from lungscan.transforms import build_preprocess; "
+        f"build_preprocess({config!r}); print('scipy.ndimage' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(crop)
