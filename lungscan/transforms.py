@@ -66,25 +66,40 @@ class CropToBody:
 
     THUMBNAIL_SIDE = 128  # the longer side of the thumbnail the body is found on
     BACKGROUND_LEVEL = 10  # 8-bit grey levels at or below this are background (air outside the body)
+    # A DICOM's window may show air grey (the lung window maps -1000 HU to 60): there the background is
+    # what the window makes of this, between air (-1000) and fat (-100); an export's air is black.
+    BODY_HU = -500.0
     SMOOTHING_SIGMA = 2.0  # thumbnail pixels: joins a windowed slice's speckle into one body blob
     MIN_DENSITY = 0.05  # smoothed share of non-background pixels that counts as body
 
+    def __init__(self) -> None:
+        # Only bundles that crop pay for scipy (about 0.2 s), and they pay when the chain is built at load,
+        # not on the first request after a cold start.
+        import scipy.ndimage  # noqa: F401
+
     def __call__(self, data: dict) -> dict:
-        box = body_box(data["image"], self)
+        box = body_box(data["image"], self, self.background_level(data.get("window")))
         if box is not None:
             data["image"] = data["image"].crop(box)
             _view(data, box)
         _record(data, "CropToBody", box=list(box) if box is not None else None)
         return data
 
+    def background_level(self, window: dict[str, float] | None) -> float:
+        """The 8-bit level at or below which a pixel is background, for an image shown through ``window``."""
+        if window is None:
+            return self.BACKGROUND_LEVEL
+        low = window["center"] - window["width"] / 2
+        return max(self.BACKGROUND_LEVEL, (self.BODY_HU - low) * 255.0 / window["width"])
 
-def body_box(image: Image.Image, params: CropToBody) -> tuple[int, int, int, int] | None:
+
+def body_box(image: Image.Image, params: CropToBody, background_level: float) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of a square around the largest body-like region, or None."""
-    from scipy import ndimage  # only bundles that crop pay for the import (about 0.15 s on a cold start)
+    from scipy import ndimage  # imported already, when the chain was built
 
     width, height = image.size
     scale = params.THUMBNAIL_SIDE / max(width, height)
-    foreground = image.convert("L").point(lambda level: 255 if level > params.BACKGROUND_LEVEL else 0)
+    foreground = image.convert("L").point(lambda level: 255 if level > background_level else 0)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     density = np.asarray(foreground.resize(size, Image.Resampling.BOX), np.float32) / 255.0
     mask = ndimage.gaussian_filter(density, params.SMOOTHING_SIGMA) > params.MIN_DENSITY
@@ -214,5 +229,5 @@ def build_preprocess(config: dict) -> Compose:
 def preprocess_image(decoded: DecodedImage, preprocess: Compose) -> tuple[np.ndarray, dict]:
     """Run ``preprocess`` on a decoded image; returns the HxWxC array and the trace: the operations and the
     ``view``, the region of the upload (left, top, right, bottom) the array shows."""
-    data = preprocess({"image": decoded.image, "view": (0, 0, *decoded.image.size)})
+    data = preprocess({"image": decoded.image, "view": (0, 0, *decoded.image.size), "window": decoded.window})
     return data["array"], {"applied_operations": data["applied_operations"], "view": data["view"]}

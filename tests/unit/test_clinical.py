@@ -246,3 +246,23 @@ def test_invalid_tag_values_are_not_quoted_in_warnings(app_module, lambda_contex
     assert (status, answer["error"]["code"]) == (422, "not_ct_modality")
     emitted = "".join(capfd.readouterr()) + "".join(str(warning.message) for warning in recwarn)
     assert "DOE^JANE" not in emitted + json.dumps(answer)
+
+
+@pytest.mark.parametrize("padding_hu", [-1000, -2000], ids=["air to the edges", "padding outside the field of view"])
+def test_a_dicom_is_cropped_to_the_body_as_its_export_is(padding_hu):
+    """The lung window shows air (-1000 HU) as grey 60, not the black of an export: the crop must still
+    find the body, not frame the whole field (the model would see the body ~1.5x smaller than in training)."""
+    from lungscan.bundle import PreprocessingSpec, ResizeSpec
+    from lungscan.transforms import build_preprocess, preprocess_image
+
+    rows, cols = np.mgrid[:256, :256]
+    hu = np.full((256, 256), -1000, np.int16)
+    hu[60:200, 40:200] = 40  # the body (soft tissue), off-centre
+    hu[((rows - 130) / 50) ** 2 + ((cols - 85) / 30) ** 2 < 1] = -850  # a lung
+    hu[((rows - 130) ** 2 + (cols - 128) ** 2 > 127**2) & (hu == -1000)] = padding_hu
+    decoded = decode_dicom(dicom_bytes(ct_dataset([hu])))  # the bundles' lung window
+    chain = build_preprocess(
+        PreprocessingSpec(colour="grayscale", crop_to_body=True, resize=ResizeSpec(height=64, width=64)).model_dump()
+    )
+    left, top, right, bottom = preprocess_image(decoded, chain)[1]["view"]
+    assert abs(left - 40) <= 12 and abs(right - 200) <= 12 and abs((top + bottom) / 2 - 130) <= 6, (left, top, right)

@@ -88,6 +88,20 @@ def test_decompression_bomb_refused_before_pixels_are_allocated():
     assert error.value.code == "too_many_pixels"
 
 
+@pytest.mark.parametrize(
+    ("size", "refused"), [((128, 32), False), ((32, 128), False), ((129, 32), True), ((32, 129), True)]
+)
+def test_the_aspect_limit_is_4_to_1_either_way(size, refused):
+    """Exactly 4:1 is a slice (the datasets reach 2.6:1); anything longer, wide or tall, is refused from the header."""
+    data = encode(Image.linear_gradient("L").resize(size))
+    if not refused:
+        assert decode_image(data).image.size == size
+        return
+    with pytest.raises(NotACTSliceError) as error:
+        decode_image(data)
+    assert error.value.code == "implausible_shape"
+
+
 def test_sixteen_bit_images_are_stretched_to_full_range():
     pixels = (np.asarray(ct_like_image(64)).astype(np.uint16) * 4) + 1000  # values 1000..2020
     decoded = decode_image(encode(Image.fromarray(pixels)))
@@ -283,3 +297,18 @@ def test_temperature_softens_probabilities_without_changing_the_label(tiny_bundl
     np.testing.assert_array_equal(plain.argmax(axis=1), softened.argmax(axis=1))
     assert (softened.max(axis=1) <= plain.max(axis=1) + 1e-9).all()
     np.testing.assert_allclose(softened.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_scipy_is_imported_when_a_cropping_chain_is_built_not_on_its_first_request(crop):
+    """A bundle is loaded (and warmed up) at the function's init; a cropping one must not import scipy later."""
+    import subprocess
+    import sys
+
+    config = {"colour": "grayscale", "crop_to_body": crop, "resize": {"height": 8, "width": 8}}
+    code = (
+        "import sys; from lungscan.transforms import build_preprocess; "
+        f"build_preprocess({config!r}); print('scipy.ndimage' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(crop)

@@ -12,7 +12,7 @@ from lungscan.bundle import PreprocessingSpec, ResizeSpec, write_metadata
 from lungscan.classifier import MAX_SHOWN_PROBABILITY, Classifier
 from lungscan.conformal import ConformalSpec, prediction_set, set_mask
 from lungscan.imaging import DecodedImage
-from lungscan.transforms import build_preprocess
+from lungscan.transforms import Compose, build_preprocess
 from training.calibrate import fit_conformal, set_report
 
 CLASSES = ["normal", "benign", "malignant"]
@@ -210,6 +210,43 @@ def test_crop_to_body_frames_the_body_not_the_couch_or_the_field():
     assert rows[:8].max() == 0.0 and rows[-8:].max() == 0.0  # above and below the body: black fill
     assert rows[24:40].min() > 0.1  # the body fills the width: it is magnified, 300 px over 64
     assert [step["name"] for step in trace["applied_operations"]][:2] == ["ToColour", "CropToBody"]
+
+
+def test_crop_to_body_squares_a_tall_body_on_its_height():
+    from lungscan.transforms import preprocess_image
+
+    image = ct_like_field((200, 60, 300, 420))  # 100 wide, 360 tall: the square's side is the height
+    _, trace = preprocess_image(DecodedImage(image=image, format="PNG"), crop_chain())
+    left, top, right, bottom = trace["view"]
+    assert right - left == bottom - top and abs(top - 60) <= 12 and abs(bottom - 420) <= 12
+    assert abs((left + right) / 2 - 250) <= 6  # centred across the body
+
+
+def test_crop_to_body_joins_a_sparse_body_into_one_region():
+    """A body drawn as isolated dots (a windowed slice's speckle at its sparsest) is one body, not its first dot."""
+    from lungscan.transforms import preprocess_image
+
+    pixels = np.zeros((512, 512), np.uint8)
+    pixels[150:350:8, 100:400:8] = 220  # one bright pixel every 8: isolated on the 128-px thumbnail
+    pixels[150:350:8, 101:400:8] = 220
+    pixels[151:350:8, 100:400:8] = 220
+    pixels[151:350:8, 101:400:8] = 220
+    _, trace = preprocess_image(DecodedImage(image=Image.fromarray(pixels), format="PNG"), crop_chain())
+    left, top, right, bottom = trace["view"]
+    assert abs(left - 100) <= 12 and abs(right - 400) <= 12 and abs((top + bottom) / 2 - 250) <= 6
+
+
+def test_the_view_stays_in_the_uploads_pixels_when_steps_compose():
+    """Each step's box is in the previous step's image: the view adds them up to the upload's pixels."""
+    from lungscan.transforms import CropToBody, PadToSquare, Resize, ScaleIntensity, ToColour
+
+    image = ct_like_field((100, 30, 400, 170), size=(512, 256))  # wide: padded by 128 rows above and below
+    chain = Compose([ToColour("grayscale"), PadToSquare(), CropToBody(), Resize(64, 64), ScaleIntensity()])
+    data = chain({"image": image, "view": (0, 0, 512, 256)})
+    crop = next(step["box"] for step in data["applied_operations"] if step["name"] == "CropToBody")
+    assert data["view"] == (crop[0], crop[1] - 128, crop[2], crop[3] - 128)
+    left, top, right, bottom = data["view"]
+    assert abs(left - 100) <= 12 and abs(right - 400) <= 12 and abs((top + bottom) / 2 - 100) <= 6
 
 
 @pytest.mark.parametrize("pixels", [np.zeros((50, 80), np.uint8), np.full((50, 80), 5, np.uint8)])
