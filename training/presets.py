@@ -265,11 +265,11 @@ CHEST_CT = Preset(
         "patient ids, no scanner or acquisition details, no guarantee that the labels were confirmed "
         "histologically.",
         "Shortcut risk: normal images come from another source (larger screenshots, the only JPEG files). "
-        "Grayscale conversion, resizing and deduplication remove the file format and size; cropping to a square "
-        "around the body removes the screenshot's shape and margins (padding the whole screenshot, the earlier "
-        "recipe, left black bands whose size followed it: normals are less elongated), but the body's own shape, "
-        "the framing inside it and the annotation style remain. Some of the normal-vs-cancer accuracy may come "
-        "from such cues.",
+        "Grayscale conversion, resizing and deduplication remove the file format and size. Cropping to a square "
+        "around the body removes the margins of the carcinoma screenshots, but the normal screenshots have a grey "
+        "background (levels ~50), so the crop keeps their whole picture, squared (as the earlier padding did): "
+        "the two sources are still framed differently, and the body's shape and annotation style remain. Some "
+        "of the normal-vs-cancer accuracy may come from such cues.",
         "Very few distinct normal images (58 after deduplication, about 38 after grouping near-copies): "
         "normal recall rests on a handful of pictures. The test split (the dataset's valid/ folder) keeps only "
         "3 normal images: the other valid/ normals are byte-identical copies of training images and were "
