@@ -75,10 +75,12 @@ class CropToBody:
     def __init__(self) -> None:
         # Only bundles that crop pay for scipy (about 0.2 s), and they pay when the chain is built at load,
         # not on the first request after a cold start.
-        import scipy.ndimage  # noqa: F401
+        from scipy import ndimage
+
+        self.ndimage = ndimage
 
     def __call__(self, data: dict) -> dict:
-        box = body_box(data["image"], self, self.background_level(data.get("window")))
+        box = self.body_box(data["image"], self.background_level(data.get("window")))
         if box is not None:
             data["image"] = data["image"].crop(box)
             _view(data, box)
@@ -92,27 +94,25 @@ class CropToBody:
         low = window["center"] - window["width"] / 2
         return max(self.BACKGROUND_LEVEL, (self.BODY_HU - low) * 255.0 / window["width"])
 
-
-def body_box(image: Image.Image, params: CropToBody, background_level: float) -> tuple[int, int, int, int] | None:
-    """(left, top, right, bottom) of a square around the largest body-like region, or None."""
-    from scipy import ndimage  # imported already, when the chain was built
-
-    width, height = image.size
-    scale = params.THUMBNAIL_SIDE / max(width, height)
-    foreground = image.convert("L").point(lambda level: 255 if level > background_level else 0)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    density = np.asarray(foreground.resize(size, Image.Resampling.BOX), np.float32) / 255.0
-    mask = ndimage.gaussian_filter(density, params.SMOOTHING_SIGMA) > params.MIN_DENSITY
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return None
-    largest = 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1))))
-    rows, cols = np.nonzero(labels == largest)
-    left, right = cols.min() / scale, (cols.max() + 1) / scale
-    top, bottom = rows.min() / scale, (rows.max() + 1) / scale
-    side = max(right - left, bottom - top, 1.0)
-    x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
-    return x0, y0, x0 + round(side), y0 + round(side)
+    def body_box(self, image: Image.Image, background_level: float) -> tuple[int, int, int, int] | None:
+        """(left, top, right, bottom) of a square around the largest body-like region, or None."""
+        ndimage = self.ndimage
+        width, height = image.size
+        scale = self.THUMBNAIL_SIDE / max(width, height)
+        foreground = image.convert("L").point(lambda level: 255 if level > background_level else 0)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        density = np.asarray(foreground.resize(size, Image.Resampling.BOX), np.float32) / 255.0
+        mask = ndimage.gaussian_filter(density, self.SMOOTHING_SIGMA) > self.MIN_DENSITY
+        labels, count = ndimage.label(mask)
+        if count == 0:
+            return None
+        largest = 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1))))
+        rows, cols = np.nonzero(labels == largest)
+        left, right = cols.min() / scale, (cols.max() + 1) / scale
+        top, bottom = rows.min() / scale, (rows.max() + 1) / scale
+        side = max(right - left, bottom - top, 1.0)
+        x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
+        return x0, y0, x0 + round(side), y0 + round(side)
 
 
 class PadToSquare:
