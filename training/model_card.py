@@ -69,16 +69,15 @@ def _use_section(metadata: BundleMetadata, training: dict, preset, model_bytes: 
     rationale = preset.positive_rationale if preset else f"`positive_classes` is [{positives}]."
     refit = bool(training.get("refit_on_validation"))
     preprocessing = metadata.preprocessing
-    resize_text = (
-        f"padded with black to a square (aspect ratio kept), resized to {size}x{size} (bilinear)"
-        if preprocessing.pad_to_square
-        else f"resized to {size}x{size} (bilinear, aspect ratio ignored)"
-    )
     if preprocessing.crop_to_body:  # the crop is square: nothing is stretched
         resize_text = (
             "cropped to a square around the body (the largest region of non-black pixels once smoothed into one "
             f"blob; the couch and the empty field around are dropped), resized to {size}x{size} (bilinear)"
         )
+    elif preprocessing.pad_to_square:
+        resize_text = f"padded with black to a square (aspect ratio kept), resized to {size}x{size} (bilinear)"
+    else:
+        resize_text = f"resized to {size}x{size} (bilinear, aspect ratio ignored)"
     intensity = preprocessing.intensity
     scale_text = (
         f"intensities scaled so that the image's {intensity.low:g} and {intensity.high:g} percentiles map to 0 "
