@@ -101,7 +101,6 @@ train: install
 	$(PY) -m training train --preset iq-oth-nccd
 	$(PY) -m training train --preset chest-ct-scan
 	$(PY) -m training gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
-	# The runtime twins the function serves without TensorFlow (after the gate: both rewrite model.json).
 	$(PY) -m training twin models/iq-oth-3class
 	$(PY) -m training twin models/chest-ct-4class
 

@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from lungscan.classifier import Classifier
-    from lungscan.dicom import decode_dicom
-    from lungscan.imaging import decode_image
+    from lungscan.inputs.dicom import decode_dicom
+    from lungscan.inputs.imaging import decode_image
+    from lungscan.model.classifier import Classifier
 
     slice_png = io.BytesIO()
     Image.fromarray(np.uint8(np.clip(np.random.default_rng(0).normal(110, 40, (512, 512)), 0, 255))).save(

@@ -127,16 +127,22 @@ def load_png(image_path: Path | None) -> tuple[bytes, str]:
 
 def bundle_variants(model_dir: Path, scratch: Path) -> tuple[dict[str, Path], dict]:
     """The bundle as it is (with its twin) and a copy without the twin (served from model.h5)."""
-    metadata_path = model_dir / "model.json"
-    if not metadata_path.is_file():
+    from lungscan.bundle.files import MODEL_FILE
+    from lungscan.bundle.store import has_metadata, read_metadata, write_metadata
+    from lungscan.model.runtime import verify_twin
+
+    if not has_metadata(model_dir):
         raise SystemExit(f"{model_dir} has no model.json")
-    info = json.loads(metadata_path.read_text())
-    if not info.get("twin") or not (model_dir / "model.onnx").is_file():
+    metadata = read_metadata(model_dir)
+    info = metadata.model_dump(mode="json")
+    if metadata.twin is None or not (model_dir / metadata.twin.file).is_file():
         raise SystemExit(f"{model_dir} has no runtime twin: run `python -m training twin {model_dir}` first")
+    verify_twin(model_dir, metadata.twin)
     h5_only = scratch / "h5-only" / model_dir.name
     h5_only.mkdir(parents=True)
-    shutil.copy2(model_dir / "model.h5", h5_only / "model.h5")
-    (h5_only / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "twin"}, indent=2))
+    shutil.copy2(model_dir / MODEL_FILE, h5_only / MODEL_FILE)
+    metadata.twin = None
+    write_metadata(h5_only, metadata)
     return {"twin": model_dir, "h5": h5_only}, info
 
 

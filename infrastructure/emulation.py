@@ -153,15 +153,17 @@ def standin_bundle(
     for tests and timings that need a model's shape, not its answers. ``filters``: one conv block each."""
     import keras
 
-    from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
-    from lungscan.conformal import ConformalSpec
+    from lungscan.bundle.files import MODEL_FILE
+    from lungscan.bundle.metadata import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec
+    from lungscan.bundle.store import write_metadata
+    from lungscan.model.conformal import ConformalSpec
 
     bundle_dir.mkdir(parents=True, exist_ok=True)
     layers = [keras.Input((size, size, 1))]
     for count in filters:
         layers += [keras.layers.Conv2D(count, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D()]
     layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")]
-    keras.Sequential(layers).save(bundle_dir / "model.h5")
+    keras.Sequential(layers).save(bundle_dir / MODEL_FILE)
     write_metadata(
         bundle_dir,
         BundleMetadata(

@@ -18,8 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 
 from infrastructure.emulation import AUTHORIZED_ROUTES
-from lungscan.history import create_table
-from lungscan.tokens import CognitoTokenVerifier, InvalidTokenError
+from lungscan.accounts.history import create_table
+from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
 
 POOL_NAME = "lungscan-local"
 CLIENT_NAME = "lungscan-page"

@@ -31,6 +31,7 @@ from typing import Any
 
 from infrastructure.emulation import FUNCTION_NAME, REGION, REPO_ROOT
 from infrastructure.runtime_api import InvocationError, InvocationTimeoutError, LocalRuntime
+from lungscan.bundle.files import MODEL_FILE
 
 TASK_ROOT = REPO_ROOT / "functions" / "classifier"  # /var/task in the image
 HANDLER = "app.lambda_handler"  # the Dockerfile's CMD
@@ -206,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"cannot read event {args.event}: {error}", file=sys.stderr)
         return 2
-    if not (args.model_dir / "model.h5").is_file():
-        print(f"no model bundle at {args.model_dir} (expected model.h5 there); pass --model-dir", file=sys.stderr)
+    if not (args.model_dir / MODEL_FILE).is_file():
+        print(f"no model bundle at {args.model_dir} (expected {MODEL_FILE} there); pass --model-dir", file=sys.stderr)
         return 2
 
     print(f"function log: {args.log}", file=sys.stderr)

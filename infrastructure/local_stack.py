@@ -1,7 +1,7 @@
 """The whole stack on one machine, no AWS account: ``make run``.
 
 - a moto server plays S3: the model bucket, with the bundled models published into it
-  by the training CLI's ``publish`` (validated, then ``lungscan.registry.publish_bundle``);
+  by the training CLI's ``publish`` (validated, then ``lungscan.registry.bundles.publish_bundle``);
 - the real Lambda handler (``functions/classifier/app.py``) answers the API; each HTTP
   request is turned into the REST proxy event API Gateway would send, with the same
   binary media types as ``template.yaml``;
@@ -199,7 +199,7 @@ def publish_models(bucket: str, bundles: list[Path]) -> list[str]:
     verify, record, move the pointer); returns their names."""
     import boto3
 
-    from training.publish import publish
+    from training.release.publish import publish
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)

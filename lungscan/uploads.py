@@ -6,11 +6,11 @@ from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, Field
 
-from lungscan.bundle import BundleMetadata
-from lungscan.classifier import Classifier, Prediction
-from lungscan.dicom import DicomOptions, decode_dicom, looks_like_dicom, read_dicom_header
+from lungscan.bundle.metadata import BundleMetadata
 from lungscan.errors import PayloadTooLargeError
-from lungscan.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, decode_image, open_image
+from lungscan.inputs.dicom import DicomOptions, decode_dicom, looks_like_dicom, read_dicom_header
+from lungscan.inputs.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, decode_image, open_image
+from lungscan.model.classifier import Classifier, Prediction
 
 # Slices in one study: 64 CT slices fit Lambda's 6 MB request as compressed PNG/JPEG.
 MAX_STUDY_SLICES = 64

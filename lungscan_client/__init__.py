@@ -38,7 +38,7 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-# The API's upload limit (lungscan.imaging.DEFAULT_LIMITS.max_bytes); larger files fail here, unsent.
+# The API's upload limit (lungscan.inputs.imaging.DEFAULT_LIMITS.max_bytes); larger files fail here, unsent.
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = f"lungscan-client/{__version__}"

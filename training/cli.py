@@ -11,7 +11,11 @@ import argparse
 import sys
 
 from lungscan.errors import LungScanError
-from training import evaluate, gate, publish, train, train_config, twin
+from training.fit import options as train_config
+from training.fit import train
+from training.gate import fit as gate
+from training.measure import evaluate
+from training.release import publish, twin
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
@@ -39,7 +43,7 @@ HELP = {
     ),
     "evaluate": (
         "measure a bundle as served; calibrate; write report/ and MODEL_CARD.md",
-        "Load the bundle with lungscan.classifier.Classifier and run its validation and test images (the files "
+        "Load the bundle with lungscan.model.classifier.Classifier and run its validation and test images (the files "
         "report/split.json lists, checked by sha256) through the serving path. Reports accuracy, macro-F1, "
         "per-class precision/recall, one-vs-rest ROC-AUC, the suspicious flag's sensitivity/specificity and "
         "the expected calibration error before/after the calibration fitted on the calibration split (a "

@@ -16,8 +16,8 @@ from api_schemas import (
 from PIL import Image
 from pydantic import BaseModel
 
-from lungscan.classifier import DISCLAIMER, VERDICT_CLEAR, VERDICT_SUSPICIOUS, Classifier, Prediction
 from lungscan.errors import PayloadTooLargeError
+from lungscan.model.classifier import DISCLAIMER, VERDICT_CLEAR, VERDICT_SUSPICIOUS, Classifier, Prediction
 from lungscan.uploads import ClassifiedUpload, SliceInput
 
 # Lambda returns at most 6 MB per synchronous answer, envelope included.

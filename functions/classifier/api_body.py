@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from pydantic import ValidationError
 
 from lungscan.errors import MalformedInputError, PayloadTooLargeError, UnsupportedFormatError
-from lungscan.imaging import decode_base64
+from lungscan.inputs.imaging import decode_base64
 from lungscan.uploads import MAX_STUDY_SLICES
 
 # Lambda takes at most 6 MB per synchronous request, event envelope included.

@@ -4,7 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from lungscan.bundle import NAME_PATTERN
+from lungscan.bundle.files import NAME_PATTERN
 from lungscan.uploads import MAX_STUDY_SLICES, UploadOptions
 
 

@@ -33,7 +33,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config as BotocoreConfig
 
-from lungscan.classifier import DISCLAIMER
 from lungscan.errors import (
     LungScanError,
     MalformedInputError,
@@ -43,7 +42,8 @@ from lungscan.errors import (
     UnknownModelError,
     UnsupportedFormatError,
 )
-from lungscan.serving import DEFAULT_REGISTRY_DEADLINE, ModelStore
+from lungscan.model.classifier import DISCLAIMER
+from lungscan.registry.model_store import DEFAULT_REGISTRY_DEADLINE, ModelStore
 from lungscan.uploads import classify_upload
 
 logger = Logger()
@@ -92,7 +92,7 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {
 }
 
 
-# The registry is read in a background thread (lungscan.serving): these timeouts only bound how long
+# The registry is read in a background thread (lungscan.registry.model_store): these timeouts only bound how long
 # that thread hangs on a slow S3; requests never wait for it, and cold start waits at most the deadline.
 REGISTRY_CLIENT_CONFIG = BotocoreConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2})
 

@@ -4,7 +4,7 @@
 Deployed, API Gateway's Cognito authorizer checks the ID token on the history routes and passes its
 claims in ``requestContext.authorizer.claims``; this module reads the caller from those claims only.
 ``POST /predict`` works without a token, so it cannot sit behind that authorizer: when it names a
-patient, the function checks the token itself, the same way (``lungscan.tokens``).
+patient, the function checks the token itself, the same way (``lungscan.accounts.tokens``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from lungscan.errors import MalformedInputError
-from lungscan.history import (
+from lungscan.accounts.history import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     Clinician,
@@ -42,7 +41,8 @@ from lungscan.history import (
     public_record,
     thumbnail_png,
 )
-from lungscan.tokens import CognitoTokenVerifier, InvalidTokenError
+from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
+from lungscan.errors import MalformedInputError
 
 logger = Logger(child=True)
 router = Router()

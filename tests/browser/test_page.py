@@ -106,7 +106,7 @@ def serious_axe_violations(page, axe_script: Path) -> list[str]:
 
 
 def test_config_carries_the_api_url_and_the_api_upload_limit():
-    from lungscan.imaging import DEFAULT_LIMITS
+    from lungscan.inputs.imaging import DEFAULT_LIMITS
 
     text = (REPO_ROOT / "frontend" / "config.js").read_text()
     assert re.search(r'apiUrl:\s*""', text), "the committed config.js must stay same-origin"
@@ -441,7 +441,7 @@ def test_a_phone_sized_viewport_has_no_horizontal_scroll(open_page, axe_script):
 
 def test_a_config_without_the_limit_falls_back_to_the_apis(open_page):
     """deploy.sh may write only apiUrl: the page then assumes the API's own limit."""
-    from lungscan.imaging import DEFAULT_LIMITS
+    from lungscan.inputs.imaging import DEFAULT_LIMITS
 
     page, _ = open_page(config='window.LUNGSCAN_CONFIG = {apiUrl: ""};\n')
     expect(page.locator("#max-size")).to_have_text(f"{DEFAULT_LIMITS.max_bytes // 2**20} MB")

@@ -167,7 +167,7 @@ def test_out_of_range_numbers_are_usage_errors(capsys, option, value, message):
 
 
 def test_the_default_size_limit_is_the_apis():
-    from lungscan.imaging import DEFAULT_LIMITS
+    from lungscan.inputs.imaging import DEFAULT_LIMITS
 
     assert DEFAULT_LIMITS.max_bytes == DEFAULT_MAX_BYTES
 

@@ -24,7 +24,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-from lungscan.imaging import to_8bit
+from lungscan.inputs.imaging import to_8bit
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 
@@ -308,7 +308,7 @@ def test_frames_of_several_dicoms_are_counted_from_the_headers(app_module, lambd
 
 
 def test_a_study_holds_one_decoded_slice_at_a_time(app_module, lambda_context, monkeypatch):
-    from lungscan.classifier import Classifier
+    from lungscan.model.classifier import Classifier
 
     alive_at_each_call = []
     seen: list[weakref.ref] = []

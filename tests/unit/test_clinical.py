@@ -18,8 +18,8 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 
-from lungscan.dicom import DicomOptions, decode_dicom
 from lungscan.errors import MalformedInputError
+from lungscan.inputs.dicom import DicomOptions, decode_dicom
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 
@@ -252,8 +252,8 @@ def test_invalid_tag_values_are_not_quoted_in_warnings(app_module, lambda_contex
 def test_a_dicom_is_cropped_to_the_body_as_its_export_is(padding_hu):
     """The lung window shows air (-1000 HU) as grey 60, not the black of an export: the crop must still
     find the body, not frame the whole field (the model would see the body ~1.5x smaller than in training)."""
-    from lungscan.bundle import PreprocessingSpec, ResizeSpec
-    from lungscan.transforms import build_preprocess, preprocess_image
+    from lungscan.bundle.metadata import PreprocessingSpec, ResizeSpec
+    from lungscan.model.transforms import build_preprocess, preprocess_image
 
     rows, cols = np.mgrid[:256, :256]
     hu = np.full((256, 256), -1000, np.int16)

@@ -11,21 +11,14 @@ import pytest
 from conftest import ct_like_image, encode
 from PIL import Image
 
-from lungscan.bundle import (
-    BundleMetadata,
-    InputSpec,
-    PreprocessingSpec,
-    ResizeSpec,
-    read_metadata,
-    served_differences,
-    write_metadata,
-)
-from lungscan.calibration import CalibrationSpec, apply_calibration
-from lungscan.classifier import Classifier
-from lungscan.conformal import ConformalSpec
+from lungscan.bundle.metadata import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, served_differences
+from lungscan.bundle.store import read_metadata, write_metadata
 from lungscan.errors import InvalidBundleError, MalformedInputError, NotACTSliceError, PayloadTooLargeError
-from lungscan.imaging import ImageLimits, decode_base64, decode_image
-from lungscan.transforms import build_preprocess, preprocess_image
+from lungscan.inputs.imaging import ImageLimits, decode_base64, decode_image
+from lungscan.model.calibration import CalibrationSpec, apply_calibration
+from lungscan.model.classifier import Classifier
+from lungscan.model.conformal import ConformalSpec
+from lungscan.model.transforms import build_preprocess, preprocess_image
 from lungscan.uploads import UploadOptions, classify_upload
 
 
@@ -307,7 +300,7 @@ def test_scipy_is_imported_when_a_cropping_chain_is_built_not_on_its_first_reque
 
     config = {"colour": "grayscale", "crop_to_body": crop, "resize": {"height": 8, "width": 8}}
     code = (
-        "import sys; from lungscan.transforms import build_preprocess; "
+        "import sys; from lungscan.model.transforms import build_preprocess; "
         f"build_preprocess({config!r}); print('scipy.ndimage' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

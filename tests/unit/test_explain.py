@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, write_metadata
-from lungscan.classifier import Classifier
-from lungscan.imaging import DecodedImage
-from lungscan.transforms import build_preprocess
+from lungscan.bundle.metadata import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec
+from lungscan.bundle.store import write_metadata
+from lungscan.inputs.imaging import DecodedImage
+from lungscan.model.classifier import Classifier
+from lungscan.model.transforms import build_preprocess
 
 SIZE = 32
 BLOB_RADIUS = 3
@@ -109,7 +110,7 @@ def hot_rows(overlay: Image.Image) -> np.ndarray:
 
 
 def test_overlay_is_drawn_where_the_model_looked_on_a_padded_or_cropped_input():
-    from lungscan.explain import heatmap_overlay
+    from lungscan.model.explain import heatmap_overlay
 
     upload = Image.new("L", (200, 100))  # wide: padded to a 200x200 square, 50 rows of black above and below
     cam = np.zeros((4, 4), np.float32)

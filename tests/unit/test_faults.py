@@ -13,9 +13,10 @@ import pytest
 from conftest import MODEL_BUCKET
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry, registry_keys
-from lungscan.bundle import write_metadata
-from lungscan.serving import ModelStore
+from lungscan.bundle.store import write_metadata
+from lungscan.registry import bundles as registry
+from lungscan.registry import keys as registry_keys
+from lungscan.registry.model_store import ModelStore
 
 BUCKET = MODEL_BUCKET
 
@@ -87,7 +88,7 @@ def test_a_truncated_download_is_refused_for_its_checksum(s3, tmp_path, serving,
             Path(filename).write_bytes(data[: len(data) // 2])
 
     s3.download_file = truncating_download
-    with caplog.at_level("WARNING", logger="lungscan.serving"):
+    with caplog.at_level("WARNING", logger="lungscan.registry.model_store"):
         assert served_after(store, clock, 20) == "v1"
     refusals = [record for record in caplog.records if getattr(record, "model_version", None) == "v2"]
     assert refusals and "sha256" in refusals[0].reason  # refused for its checksum, not because Keras choked

@@ -19,11 +19,12 @@ from conftest import BUNDLED_MODEL, FIXTURES_DIR, ct_like_image, encode, make_ev
 from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
-from lungscan.bundle import read_metadata
+from lungscan.bundle.store import read_metadata
 from lungscan.errors import NotACTSliceError, NotCTLikeError
-from lungscan.gate import FEATURE_NAMES, GateSpec, check_ct_like, gate_features, gate_scores, is_ct_like
-from lungscan.imaging import DecodedImage, to_8bit
-from training import non_ct, non_ct_generators
+from lungscan.inputs.imaging import DecodedImage, to_8bit
+from lungscan.model.gate import FEATURE_NAMES, GateSpec, check_ct_like, gate_features, gate_scores, is_ct_like
+from training.gate import generators as non_ct_generators
+from training.gate import non_ct
 
 
 def call(app_module, lambda_context, image_bytes: bytes) -> tuple[int, dict]:
@@ -223,7 +224,7 @@ def test_the_shipped_bundles_carry_a_gate_with_its_measured_rates():
 def test_a_bundle_without_a_gate_is_served_as_before(tmp_path):
     from conftest import standin_bundle
 
-    from lungscan.classifier import Classifier
+    from lungscan.model.classifier import Classifier
 
     classifier = Classifier(standin_bundle(tmp_path / "legacy"))
     assert classifier.metadata.gate is None
@@ -234,7 +235,7 @@ def test_a_bundle_without_a_gate_is_served_as_before(tmp_path):
 def test_publish_refuses_a_bundle_without_a_gate(s3, tmp_path, capsys):
     from test_publish import cli, evaluated_bundle, keys
 
-    from lungscan.bundle import write_metadata
+    from lungscan.bundle.store import write_metadata
 
     bundle = evaluated_bundle(tmp_path / "gated", "v1")
     assert cli(s3, capsys, "publish", str(bundle))[0] == 0

@@ -15,8 +15,8 @@ from conftest import ct_like_image, encode, make_event
 from cryptography.hazmat.primitives.asymmetric import rsa
 from PIL import Image
 
-from lungscan import history
-from lungscan.tokens import CognitoTokenVerifier, InvalidTokenError, as_authorizer_claims
+from lungscan.accounts import history
+from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError, as_authorizer_claims
 
 TABLE = "lungscan-history-test"
 ALICE = {"sub": "sub-a", "email": "clinician-a@example.org", "cognito:groups": "oncology"}
@@ -372,7 +372,7 @@ def test_openapi_documents_the_history_routes(app_module, lambda_context):
     assert paths["/predict"]["post"]["security"] == [{}, {"CognitoIdToken": []}]  # the token is optional there
 
 
-# ---------------------------------------------------------------- the token checks (lungscan.tokens)
+# ---------------------------------------------------------------- the token checks (lungscan.accounts.tokens)
 
 
 class FixedKeys:

@@ -11,8 +11,8 @@ import pytest
 from conftest import make_event
 from pydicom.data import get_testdata_file
 
-from lungscan.dicom import decode_dicom
 from lungscan.errors import UnsupportedFormatError
+from lungscan.inputs.dicom import decode_dicom
 
 MARKER = "1.2.826.0.1.3680043.2.1143.999.424242"  # a well-formed UID no standard registers
 

@@ -16,14 +16,17 @@ from conftest import BUNDLED_MODEL, MODEL_BUCKET
 from moto import mock_aws
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry, registry_pointer
-from lungscan.bundle import BundleMetrics, ReportRecord, read_metadata, write_metadata
-from lungscan.classifier import Classifier
-from lungscan.conformal import ConformalSpec
+from lungscan.bundle.files import SMOKE_FILE, report_files
+from lungscan.bundle.metadata import BundleMetrics, ReportRecord
+from lungscan.bundle.store import read_metadata, write_metadata
 from lungscan.errors import InvalidBundleError
+from lungscan.model.classifier import Classifier
+from lungscan.model.conformal import ConformalSpec
+from lungscan.registry import bundles as registry
+from lungscan.registry import pointer as registry_pointer
 from training.cli import EXIT_FAILED, EXIT_REFUSED, main
-from training.evaluate import SMOKE_FILE, report_files, write_smoke_set
-from training.layouts import Sample
+from training.data.layouts import Sample
+from training.measure.evaluate import write_smoke_set
 
 BUCKET = MODEL_BUCKET
 SAME_TEST_SET = "a" * 64
@@ -116,8 +119,27 @@ def test_publish_uploads_the_bundle_then_history_then_moves_the_pointer(s3, tmp_
     assert head["Metadata"]["sha256"] == registry.read_published_metadata(s3, BUCKET, "tiny", "v1").sha256
 
 
+def test_publish_reads_the_bundle_and_never_rewrites_it(s3, tmp_path, capsys):
+    bundle = evaluated_bundle(tmp_path / "v1", "v1")
+    before = {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    code, out, _ = cli(s3, capsys, "publish", str(bundle))
+    assert code == 0 and "no runtime twin" in out and "training twin" in out
+    assert {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+
+
+def test_a_bundle_whose_twin_is_stale_is_refused(s3, tmp_path, capsys):
+    bundle = evaluated_bundle(tmp_path / "v1", "v1")
+    assert main(["twin", str(bundle)]) == 0
+    (bundle / "model.onnx").unlink()
+    code, _, err = cli(s3, capsys, "publish", str(bundle))
+    assert code == EXIT_FAILED and "twin" in err
+    assert keys(s3) == set()
+
+
 def test_serving_downloads_only_model_twin_and_metadata(s3, tmp_path, capsys):
-    cli(s3, capsys, "publish", str(evaluated_bundle(tmp_path / "v1", "v1")))  # publish derives the twin
+    bundle = evaluated_bundle(tmp_path / "v1", "v1")
+    assert main(["twin", str(bundle)]) == 0
+    assert cli(s3, capsys, "publish", str(bundle))[0] == 0
     local = registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache")
     assert sorted(p.name for p in local.iterdir()) == ["model.h5", "model.json", "model.onnx"]
     classifier = Classifier(local)
@@ -208,7 +230,7 @@ def test_a_bundle_that_does_not_reproduce_its_smoke_set_is_refused(s3, tmp_path,
     tiny_cnn((32, 32, 1), 3, "softmax").save(bundle / "model.h5")  # other weights, same shapes
     meta = json.loads((bundle / "model.json").read_text())
     meta["sha256"] = None  # re-signed by write_metadata below: only the smoke set can tell
-    from lungscan.bundle import BundleMetadata
+    from lungscan.bundle.metadata import BundleMetadata
 
     write_metadata(bundle, BundleMetadata.model_validate(meta))
     code, _, err = cli(s3, capsys, "publish", str(bundle))
@@ -229,7 +251,7 @@ def test_a_bundle_without_conformal_calibration_is_refused(s3, tmp_path, capsys)
     bundle = evaluated_bundle(tmp_path / "noconformal", "v1")
     meta = json.loads((bundle / "model.json").read_text())
     meta.pop("conformal")
-    from lungscan.bundle import BundleMetadata
+    from lungscan.bundle.metadata import BundleMetadata
 
     write_metadata(bundle, BundleMetadata.model_validate(meta))
     code, _, err = cli(s3, capsys, "publish", str(bundle))

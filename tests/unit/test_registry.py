@@ -12,10 +12,13 @@ import pytest
 from conftest import MODEL_BUCKET
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry, registry_keys, registry_pointer, serving
-from lungscan.bundle import write_metadata
+from lungscan.bundle.store import write_metadata
 from lungscan.errors import InvalidBundleError, RegistryError
-from lungscan.serving import ModelStore
+from lungscan.registry import bundles as registry
+from lungscan.registry import keys as registry_keys
+from lungscan.registry import model_store as serving
+from lungscan.registry import pointer as registry_pointer
+from lungscan.registry.model_store import ModelStore
 
 BUCKET = MODEL_BUCKET
 

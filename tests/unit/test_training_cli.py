@@ -17,18 +17,19 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 
-import lungscan.classifier
-import lungscan.transforms
-import training.evaluate
-import training.image_arrays
-import training.layouts
-import training.train
-from lungscan import registry, registry_pointer
-from lungscan.bundle import read_metadata
-from lungscan.classifier import Classifier
+import lungscan.model.classifier
+import lungscan.model.transforms
+import training.data.arrays
+import training.data.layouts
+import training.fit.train
+import training.measure.evaluate
+from lungscan.bundle.store import read_metadata
+from lungscan.model.classifier import Classifier
+from lungscan.registry import bundles as registry
+from lungscan.registry import pointer as registry_pointer
 from lungscan.uploads import decode_upload
 from training.cli import build_parser, main
-from training.twin import derive_twin
+from training.release.twin import derive_twin
 
 CLASS_ROWS = {"alpha": 5, "beta": 15, "gamma": 25}  # each class: a bright bar at its own height
 CLASS_ORDER = sorted(CLASS_ROWS)
@@ -54,19 +55,19 @@ def trained(tmp_path_factory) -> dict:
     data = make_dataset(root / "data")
     bundle = root / "bundle"
     calls: list[str] = []
-    original = lungscan.transforms.preprocess_image
+    original = lungscan.model.transforms.preprocess_image
 
     def spy(decoded, preprocess):
         calls.append("call")
         return original(decoded, preprocess)
 
     patch = pytest.MonkeyPatch()
-    # Training (training.image_arrays) and serving (lungscan.classifier) both bound the core function at import.
-    assert training.image_arrays.preprocess_image is original is lungscan.classifier.preprocess_image
-    patch.setattr(training.image_arrays, "preprocess_image", spy)
-    patch.setattr(lungscan.classifier, "preprocess_image", spy)
+    # Training (training.data.arrays) and serving (lungscan.model.classifier) both bound the core function at import.
+    assert training.data.arrays.preprocess_image is original is lungscan.model.classifier.preprocess_image
+    patch.setattr(training.data.arrays, "preprocess_image", spy)
+    patch.setattr(lungscan.model.classifier, "preprocess_image", spy)
     writes: list[Path] = []  # model.json is written once per run, after evaluation
-    for module in (training.train, training.evaluate):
+    for module in (training.fit.train, training.measure.evaluate):
         original_write = module.write_metadata
         patch.setattr(
             module, "write_metadata", lambda path, meta, write=original_write: [writes.append(path), write(path, meta)]
@@ -78,7 +79,7 @@ def trained(tmp_path_factory) -> dict:
             loads.append(bundle_dir)
             super().__init__(bundle_dir, **kwargs)
 
-    patch.setattr(lungscan.classifier, "Classifier", CountedClassifier)
+    patch.setattr(lungscan.model.classifier, "Classifier", CountedClassifier)
     try:
         argv = [
             "train",
@@ -148,11 +149,11 @@ def test_training_and_serving_call_the_same_preprocessing(trained):
     assert trained["calls"] >= 24 + 6 + 6 + 6
     manifest = json.loads((trained["bundle"] / "report" / "split.json").read_text())
     files = [trained["data"] / item["file"] for item in manifest["splits"]["train"][:4]]
-    samples = training.layouts.samples_from_manifest(
+    samples = training.data.layouts.samples_from_manifest(
         {"splits": {"train": manifest["splits"]["train"][:4]}}, trained["data"]
     )["train"]
     classifier = Classifier(trained["bundle"])
-    trained_on, _ = training.image_arrays.load_arrays(samples, classifier.preprocess, CLASS_ORDER)
+    trained_on, _ = training.data.arrays.load_arrays(samples, classifier.preprocess, CLASS_ORDER)
     served = np.stack([classifier.prepare(decode_upload(path.read_bytes()))[0] for path in files])
     assert np.array_equal(trained_on, served)
 
@@ -260,11 +261,12 @@ def test_training_and_evaluation_decode_dicom_with_the_bundles_window(tmp_path):
     from test_clinical import ct_dataset, dicom_bytes, frame
 
     from infrastructure.emulation import standin_bundle
-    from lungscan.bundle import DicomWindowSpec, write_metadata
+    from lungscan.bundle.metadata import DicomWindowSpec
+    from lungscan.bundle.store import write_metadata
     from lungscan.uploads import UploadOptions, classify_upload
-    from training.evaluate import served_inputs
-    from training.layouts import Sample
-    from training.train import training_arrays
+    from training.data.layouts import Sample
+    from training.fit.train import training_arrays
+    from training.measure.evaluate import served_inputs
 
     bundle = standin_bundle(tmp_path / "bundle", size=32)
     metadata = read_metadata(bundle)
@@ -286,7 +288,7 @@ def test_training_and_evaluation_decode_dicom_with_the_bundles_window(tmp_path):
 
 
 def test_the_model_card_shows_every_calibration_tried_and_says_when_the_ece_cannot_be_trusted(trained):
-    from training.model_card import model_card
+    from training.measure.model_card import model_card
 
     meta = read_metadata(trained["bundle"])
     figures = meta.metrics["calibration"]

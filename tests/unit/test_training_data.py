@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungscan.transforms import build_preprocess
-from training.datasets import prepare_dataset
-from training.dedup import deduplicate, deduplicate_across_splits, near_duplicate_groups, near_duplicate_preprocess
-from training.image_arrays import load_arrays
-from training.layouts import (
+from lungscan.model.transforms import build_preprocess
+from training.data.arrays import load_arrays
+from training.data.datasets import prepare_dataset
+from training.data.dedup import deduplicate, deduplicate_across_splits, near_duplicate_groups, near_duplicate_preprocess
+from training.data.layouts import (
     CLASSES,
     class_name_from_folder,
     detect_layout,
@@ -29,7 +29,7 @@ from training.layouts import (
     scan_dataset,
     scan_split_layout,
 )
-from training.splits import SPLITS, block_split, drop_near_duplicates, evaluation_fingerprint, group_holdout
+from training.data.splits import SPLITS, block_split, drop_near_duplicates, evaluation_fingerprint, group_holdout
 
 FILE_PREFIX = {"normal": "Normal case", "benign": "Bengin case", "malignant": "Malignant case"}
 PER_CLASS = {"normal": 40, "benign": 26, "malignant": 52}

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungscan.calibration import CalibrationSpec, apply_calibration
-from training.calibrate import choose_calibration, fit_calibration, neighbour_folds
-from training.layouts import Sample
-from training.metrics import (
+from lungscan.model.calibration import CalibrationSpec, apply_calibration
+from training.data.layouts import Sample
+from training.measure.calibrate import choose_calibration, fit_calibration, neighbour_folds
+from training.measure.metrics import (
     apply_temperature,
     balanced_class_weights,
     classification_metrics,
@@ -21,7 +21,7 @@ from training.metrics import (
     negative_log_likelihood,
     roc_auc,
 )
-from training.model_card import wilson_interval
+from training.measure.model_card import wilson_interval
 
 
 def test_roc_auc_counts_ties_as_half() -> None:

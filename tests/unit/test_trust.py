@@ -8,12 +8,13 @@ import pytest
 from PIL import Image
 from test_core import metadata, tiny_cnn
 
-from lungscan.bundle import PreprocessingSpec, ResizeSpec, write_metadata
-from lungscan.classifier import MAX_SHOWN_PROBABILITY, Classifier
-from lungscan.conformal import ConformalSpec, prediction_set, set_mask
-from lungscan.imaging import DecodedImage
-from lungscan.transforms import Compose, build_preprocess
-from training.calibrate import fit_conformal, set_report
+from lungscan.bundle.metadata import PreprocessingSpec, ResizeSpec
+from lungscan.bundle.store import write_metadata
+from lungscan.inputs.imaging import DecodedImage
+from lungscan.model.classifier import MAX_SHOWN_PROBABILITY, Classifier
+from lungscan.model.conformal import ConformalSpec, prediction_set, set_mask
+from lungscan.model.transforms import Compose, build_preprocess
+from training.measure.calibrate import fit_conformal, set_report
 
 CLASSES = ["normal", "benign", "malignant"]
 
@@ -197,7 +198,7 @@ def crop_chain():
 
 
 def test_crop_to_body_frames_the_body_not_the_couch_or_the_field():
-    from lungscan.transforms import preprocess_image
+    from lungscan.model.transforms import preprocess_image
 
     image = ct_like_field((100, 150, 400, 350))  # a 300x200 body off-centre in 512x512
     array, trace = preprocess_image(DecodedImage(image=image, format="PNG"), crop_chain())
@@ -213,7 +214,7 @@ def test_crop_to_body_frames_the_body_not_the_couch_or_the_field():
 
 
 def test_crop_to_body_squares_a_tall_body_on_its_height():
-    from lungscan.transforms import preprocess_image
+    from lungscan.model.transforms import preprocess_image
 
     image = ct_like_field((200, 60, 300, 420))  # 100 wide, 360 tall: the square's side is the height
     _, trace = preprocess_image(DecodedImage(image=image, format="PNG"), crop_chain())
@@ -224,7 +225,7 @@ def test_crop_to_body_squares_a_tall_body_on_its_height():
 
 def test_crop_to_body_joins_a_sparse_body_into_one_region():
     """A body drawn as isolated dots (a windowed slice's speckle at its sparsest) is one body, not its first dot."""
-    from lungscan.transforms import preprocess_image
+    from lungscan.model.transforms import preprocess_image
 
     pixels = np.zeros((512, 512), np.uint8)
     pixels[150:350:8, 100:400:8] = 220  # one bright pixel every 8: isolated on the 128-px thumbnail
@@ -238,7 +239,7 @@ def test_crop_to_body_joins_a_sparse_body_into_one_region():
 
 def test_the_view_stays_in_the_uploads_pixels_when_steps_compose():
     """Each step's box is in the previous step's image: the view adds them up to the upload's pixels."""
-    from lungscan.transforms import CropToBody, PadToSquare, Resize, ScaleIntensity, ToColour
+    from lungscan.model.transforms import CropToBody, PadToSquare, Resize, ScaleIntensity, ToColour
 
     image = ct_like_field((100, 30, 400, 170), size=(512, 256))  # wide: padded by 128 rows above and below
     chain = Compose([ToColour("grayscale"), PadToSquare(), CropToBody(), Resize(64, 64), ScaleIntensity()])
@@ -251,7 +252,7 @@ def test_the_view_stays_in_the_uploads_pixels_when_steps_compose():
 
 @pytest.mark.parametrize("pixels", [np.zeros((50, 80), np.uint8), np.full((50, 80), 5, np.uint8)])
 def test_crop_to_body_leaves_an_image_without_a_body_whole(pixels):
-    from lungscan.transforms import preprocess_image
+    from lungscan.model.transforms import preprocess_image
 
     _, trace = preprocess_image(DecodedImage(image=Image.fromarray(pixels), format="PNG"), crop_chain())
     assert trace["view"] == (0, 0, 80, 50)

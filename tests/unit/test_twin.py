@@ -16,17 +16,25 @@ from conftest import BUNDLED_MODEL, FIXTURES_DIR, MODEL_BUCKET, REPO_ROOT
 from PIL import Image
 from test_core import metadata, tiny_cnn
 
-from lungscan import registry, registry_keys
-from lungscan.bundle import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, read_metadata, write_metadata
-from lungscan.classifier import Classifier
+from lungscan.bundle.files import SMOKE_FILE, TWIN_FILE
+from lungscan.bundle.metadata import CAM_WEIGHTS, FEATURES, BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec
+from lungscan.bundle.smoke import smoke_inputs
+from lungscan.bundle.store import read_metadata, write_metadata
 from lungscan.errors import InvalidBundleError
-from lungscan.explain import gradcam_from_weights
-from lungscan.imaging import DecodedImage
-from lungscan.runtime import CAM_WEIGHTS, FEATURES, TWIN_FILE
+from lungscan.inputs.imaging import DecodedImage
+from lungscan.model.classifier import Classifier
+from lungscan.model.explain import gradcam_from_weights
+from lungscan.registry import bundles as registry
+from lungscan.registry import keys as registry_keys
 from lungscan.uploads import decode_upload
 from training.cli import EXIT_FAILED, main
-from training.evaluate import SMOKE_FILE, smoke_inputs
-from training.twin import PROBABILITY_TOLERANCE, TwinUnsupportedError, derive_twin, explained_head, has_current_twin
+from training.release.twin import (
+    PROBABILITY_TOLERANCE,
+    TwinUnsupportedError,
+    derive_twin,
+    explained_head,
+    has_current_twin,
+)
 
 SHIPPED = [BUNDLED_MODEL, REPO_ROOT / "models" / "chest-ct-4class"]
 FIXTURES = sorted(p for p in FIXTURES_DIR.iterdir() if p.suffix in (".png", ".jpg"))

@@ -1,0 +1,1 @@
+"""Clinicians' accounts: ID tokens, and each care team's patient history."""

@@ -1,0 +1,169 @@
+"""Load a bundle and classify images with it.
+
+The model runs on the bundle's runtime twin (onnxruntime) when it has one, else on
+``model.h5`` through Keras (``lungscan.model.runtime``); this module does not know which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lungscan.bundle.metadata import BundleMetadata
+from lungscan.bundle.store import read_metadata
+from lungscan.errors import InvalidBundleError, MalformedInputError
+from lungscan.inputs.imaging import DecodedImage
+from lungscan.model.calibration import apply_calibration, apply_temperature
+from lungscan.model.conformal import prediction_set
+from lungscan.model.explain import heatmap_overlay
+from lungscan.model.gate import check_ct_like
+from lungscan.model.runtime import ModelRuntime, load_runtime
+from lungscan.model.transforms import build_preprocess, preprocess_image
+
+VERDICT_SUSPICIOUS = "Cancer Detected"
+VERDICT_CLEAR = "No Cancer Detected"
+DISCLAIMER = "Research tool. Not a diagnosis. A clinician must review every scan."
+# A calibrated probability is never certainty: shown confidences stop short of 100%.
+MAX_SHOWN_PROBABILITY = 0.999
+
+
+@dataclass
+class Prediction:
+    """One slice's answer.
+
+    ``positive_probability`` is the summed probability of the bundle's ``positive_classes`` (P(cancer)
+    for the shipped models), shown to 4 places and capped like every probability. ``suspicious`` is the
+    flag: ``positive_probability`` at or above ``threshold``, a positive class on top, or one in the
+    conformal set. The API answers both (and ``suspicion``, the deprecated name of ``positive_probability``).
+    """
+
+    label: str
+    probabilities: dict[str, float]
+    confidence: float
+    suspicious: bool  # the screening flag (the verdict "Cancer Detected")
+    positive_probability: float  # summed probability of the positive classes
+    threshold: float
+    heatmap: Image.Image | None = None  # Grad-CAM overlay at the input's size, when asked for
+    explained_class: str | None = None
+    # The conformal prediction set (classes, most probable first) and whether it holds more than one
+    # class; None for a bundle without conformal calibration.
+    prediction_set: list[str] | None = None
+    uncertain: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        return VERDICT_SUSPICIOUS if self.suspicious else VERDICT_CLEAR
+
+
+class Classifier:
+    """A loaded model with its metadata and preprocessing, ready to answer."""
+
+    def __init__(
+        self, bundle_dir: Path | str, *, runtime: str = "twin", metadata: BundleMetadata | None = None
+    ) -> None:
+        """
+        Args:
+            runtime: "twin" serves the bundle's runtime twin when it has a current one (else
+                model.h5 with Keras); "keras" always serves model.h5 (parity checks).
+            metadata: the bundle's metadata held in memory instead of its model.json (``evaluate``
+                measures before its one write); its sha256 must be the model.h5's.
+        """
+        self.bundle_dir = Path(bundle_dir)
+        self.metadata: BundleMetadata = read_metadata(self.bundle_dir) if metadata is None else metadata
+        self.runtime: ModelRuntime = load_runtime(self.bundle_dir, self.metadata, prefer=runtime)
+        spec = self.metadata.input
+        self.input_shape = (spec.height, spec.width, spec.channels)
+        self._check_shapes()
+        self.preprocess = build_preprocess(self.metadata.preprocessing.model_dump())
+        self.predict_batch(np.zeros((1, *self.input_shape), np.float32))  # warm up at load, not on a request
+
+    def _check_shapes(self) -> None:
+        model_input = self.runtime.input_shape
+        if model_input != self.input_shape:
+            raise InvalidBundleError(f"model input {model_input} does not match model.json {self.input_shape}")
+        outputs = self.runtime.output_width
+        expected = 1 if self.metadata.output == "sigmoid" else len(self.metadata.classes)
+        if outputs != expected:
+            raise InvalidBundleError(f"model has {outputs} outputs; model.json implies {expected}")
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (N, len(classes)), for preprocessed inputs."""
+        return self.probabilities_from(self.runtime.forward(np.asarray(batch, dtype=np.float32)))
+
+    def probabilities_from(self, raw: np.ndarray) -> np.ndarray:
+        """The served class probabilities from the model's raw outputs (sigmoid expanded, calibration applied)."""
+        raw = np.asarray(raw, dtype=np.float64)
+        if self.metadata.output == "sigmoid":
+            positive = raw[:, :1]  # P(classes[1]); the original app's P(no cancer)
+            return np.concatenate([1.0 - positive, positive], axis=1)
+        if self.metadata.calibration is not None:
+            return apply_calibration(raw, self.metadata.calibration)
+        if self.metadata.temperature != 1.0:  # a bundle evaluated before per-class calibration
+            raw = apply_temperature(raw, self.metadata.temperature)
+        return raw
+
+    def prepare(self, decoded: DecodedImage) -> tuple[np.ndarray, list[dict]]:
+        array, trace = preprocess_image(decoded, self.preprocess)
+        return array, trace["applied_operations"]
+
+    def classify(self, decoded: DecodedImage, explain: bool = False, explain_class: str | None = None) -> Prediction:
+        """Classify one decoded image; with ``explain``, add a Grad-CAM overlay.
+
+        Args:
+            explain_class: the class to explain; the predicted label by default.
+
+        Raises:
+            MalformedInputError: ``explain_class`` is not one of the model's classes.
+            NotCTLikeError: the bundle's gate says the image is not a CT slice (no verdict).
+        """
+        if explain_class is not None and explain_class not in self.metadata.classes:
+            raise MalformedInputError(
+                f"explain_class is not one of this model's classes: {', '.join(self.metadata.classes)}.",
+                code="invalid_request",
+            )
+        if self.metadata.gate is not None:  # a bare legacy model.h5 has none and is served as before
+            check_ct_like(decoded, self.metadata.gate)
+        array, trace = preprocess_image(decoded, self.preprocess)
+        probabilities = self.predict_batch(array[np.newaxis])[0]
+        prediction = self.interpret(probabilities)
+        if explain:
+            prediction.explained_class = explain_class or prediction.label
+            cam = self.gradcam(array, self.metadata.classes.index(prediction.explained_class))
+            prediction.heatmap = heatmap_overlay(decoded.image, cam, trace["view"])
+        return prediction
+
+    def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
+        """Grad-CAM map (values in [0, 1], feature-map resolution) for one preprocessed image."""
+        return self.runtime.gradcam(array, class_index)
+
+    def interpret(self, probabilities: np.ndarray) -> Prediction:
+        metadata = self.metadata
+        classes = metadata.classes
+        by_class = {
+            name: min(round(float(p), 4), MAX_SHOWN_PROBABILITY) for name, p in zip(classes, probabilities, strict=True)
+        }
+        best = int(np.argmax(probabilities))
+        positive_probability = float(sum(probabilities[classes.index(name)] for name in metadata.positive_classes))
+        conformal_set = prediction_set(probabilities, classes, metadata.conformal) if metadata.conformal else None
+        positives = set(metadata.positive_classes)
+        # Screening favours sensitivity: each rule can only flag more cases. A positive class on top
+        # always flags (label and verdict never contradict); so does a positive class anywhere in the
+        # conformal set (it could not be ruled out at the set's coverage).
+        suspicious = (
+            positive_probability >= metadata.threshold
+            or classes[best] in positives
+            or bool(conformal_set and positives.intersection(conformal_set))
+        )
+        return Prediction(
+            label=classes[best],
+            probabilities=by_class,
+            confidence=min(round(float(probabilities[best]), 4), MAX_SHOWN_PROBABILITY),
+            suspicious=suspicious,
+            positive_probability=min(round(positive_probability, 4), MAX_SHOWN_PROBABILITY),
+            threshold=metadata.threshold,
+            prediction_set=conformal_set,
+            uncertain=None if conformal_set is None else len(conformal_set) > 1,
+        )

@@ -1,0 +1,203 @@
+"""The not-CT gate: refuse an image that is not a CT slice at all, before any verdict.
+
+It answers one question only: "is this a CT slice of the chest?" (photos, charts, logos,
+screenshots, text, noise, X-ray radiographs and MR images are not). Whether a CT slice is
+like the ones a model learned from is another question, answered by the model's own
+uncertainty, never by a refusal.
+
+Serving needs numpy and Pillow only: the features are cheap image statistics of the decoded
+image, and the fitted parameters (``GateSpec``, stored in ``model.json`` as ``gate``) are a
+standardisation, a small neural network (one hidden layer) CT-vs-not-CT, and a Mahalanobis distance to the CT
+feature distribution (for kinds of non-CT nobody showed the classifier). ``training/gate/fit.py``
+fits them with scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field, model_validator
+
+from lungscan.errors import NotCTLikeError
+from lungscan.inputs.imaging import DecodedImage, to_8bit
+
+GATE_SIZE = 128  # every image is looked at as a 128x128 grayscale copy (plus its colours)
+THUMBNAIL = 8  # body layout: mean intensity over an 8x8 grid
+DARK_GRID = 4  # where the dark (air) pixels are: the lungs inside the body, the air around it
+RINGS = 6
+ORIENTATIONS = 8
+FEATURES_VERSION = 1
+
+NOT_CT_MESSAGE = (
+    "This does not look like a CT slice of the chest, so no verdict is given. "
+    "Send one axial slice of a chest CT scan: the DICOM file from the scanner, or a PNG or JPEG export "
+    "of that slice. Photos, screenshots of other things, charts, drawings, X-ray radiographs and MR images "
+    "are not read."
+)
+
+
+def _feature_names() -> list[str]:
+    names = ["chroma_mean", "chroma_fraction"]
+    names += [f"histogram_{i}" for i in range(16)]
+    names += ["entropy", "grey_levels", "dark_fraction", "bright_fraction"]
+    names += ["border_mean", "border_dark_fraction", "centre_mean"]
+    names += [f"ring_{i}" for i in range(RINGS)]
+    names += [f"layout_{row}_{col}" for row in range(THUMBNAIL) for col in range(THUMBNAIL)]
+    names += [f"dark_{row}_{col}" for row in range(DARK_GRID) for col in range(DARK_GRID)]
+    names += [f"orientation_{i}" for i in range(ORIENTATIONS)]
+    names += ["gradient_mean", "flat_fraction", "edge_fraction", "fine_texture", "centre_noise", "symmetry"]
+    return names
+
+
+FEATURE_NAMES = _feature_names()
+
+
+def gate_features(image: Image.Image) -> np.ndarray:
+    """Cheap statistics of a decoded image that separate CT slices from other pictures.
+
+    Colour (CT has none), the intensity histogram (a large dark mode of air), the dark
+    border around the body, the body's layout on an 8x8 grid and by ring from the centre,
+    gradient orientations (charts and screenshots are axis-aligned), flat areas (drawings),
+    fine texture and noise in the middle of the picture (CT has quantum noise; drawings have
+    none) and left-right symmetry.
+    """
+    image = to_8bit(image)
+    features: list[float] = []
+    if image.mode == "RGB":
+        small = np.asarray(image.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.int16)
+        chroma = small.max(axis=2) - small.min(axis=2)
+        features += [float(chroma.mean()) / 255.0, float((chroma > 24).mean())]
+        grey_image = image.convert("L")
+    else:
+        features += [0.0, 0.0]
+        grey_image = image
+    original = np.asarray(grey_image)
+    step = max(1, int(np.sqrt(original.size / 65536)))
+    levels = np.unique(original[::step, ::step]).size / 256.0
+
+    grey = np.asarray(grey_image.resize((GATE_SIZE, GATE_SIZE), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    histogram = np.histogram(grey, bins=16, range=(0.0, 1.0))[0] / grey.size
+    fine_histogram = np.histogram(grey, bins=64, range=(0.0, 1.0))[0] / grey.size
+    nonzero = fine_histogram[fine_histogram > 0]
+    entropy = float(-(nonzero * np.log(nonzero)).sum() / np.log(64))
+    features += histogram.tolist()
+    features += [entropy, levels, float((grey < 0.12).mean()), float((grey > 0.88).mean())]
+
+    ring = GATE_SIZE // 10
+    border = np.concatenate(
+        [grey[:ring].ravel(), grey[-ring:].ravel(), grey[:, :ring].ravel(), grey[:, -ring:].ravel()]
+    )
+    quarter = GATE_SIZE // 4
+    features += [
+        float(border.mean()),
+        float((border < 0.12).mean()),
+        float(grey[quarter:-quarter, quarter:-quarter].mean()),
+    ]
+
+    centre = (GATE_SIZE - 1) / 2.0
+    yy, xx = np.mgrid[0:GATE_SIZE, 0:GATE_SIZE]
+    radius = np.hypot(yy - centre, xx - centre) / (GATE_SIZE / 2.0)
+    ring_index = np.minimum((radius * RINGS / 1.42).astype(int), RINGS - 1)
+    sums = np.bincount(ring_index.ravel(), weights=grey.ravel(), minlength=RINGS)
+    counts = np.bincount(ring_index.ravel(), minlength=RINGS)
+    features += (sums / np.maximum(counts, 1)).tolist()
+
+    block = GATE_SIZE // THUMBNAIL
+    features += grey.reshape(THUMBNAIL, block, THUMBNAIL, block).mean(axis=(1, 3)).ravel().tolist()
+    block = GATE_SIZE // DARK_GRID
+    dark = (grey < 0.12).astype(np.float32)
+    features += dark.reshape(DARK_GRID, block, DARK_GRID, block).mean(axis=(1, 3)).ravel().tolist()
+
+    gy, gx = np.gradient(grey)
+    magnitude = np.hypot(gx, gy)
+    angle = np.mod(np.arctan2(gy, gx), np.pi)
+    bins = np.minimum((angle / np.pi * ORIENTATIONS).astype(int), ORIENTATIONS - 1)
+    orientation = np.bincount(bins.ravel(), weights=magnitude.ravel(), minlength=ORIENTATIONS)
+    features += (orientation / max(float(orientation.sum()), 1e-9)).tolist()
+
+    padded = np.pad(grey, 1, mode="edge")
+    blurred = sum(padded[i : i + GATE_SIZE, j : j + GATE_SIZE] for i in range(3) for j in range(3)) / 9.0
+    mirrored = grey[:, ::-1]
+    spread = float(grey.std())
+    symmetry = float(((grey - grey.mean()) * (mirrored - mirrored.mean())).mean() / (spread**2)) if spread > 0 else 1.0
+    features += [
+        float(magnitude.mean()),
+        float((magnitude < 0.002).mean()),
+        float((magnitude > 0.15).mean()),
+        float((grey - blurred).std()),
+        # robust to edges: scanner noise inside the picture (drawings and cartoons have none)
+        float(np.median(np.abs(grey - blurred)[quarter:-quarter, quarter:-quarter])),
+        symmetry,
+    ]
+    return np.asarray(features, dtype=np.float64)
+
+
+class GateSpec(BaseModel):
+    """The fitted gate, as stored in ``model.json`` (``gate``).
+
+    A slice passes when both say CT: the classifier's probability of CT is at least
+    ``probability_threshold`` and the squared Mahalanobis distance of its standardised
+    features to the CT training features is at most ``distance_threshold``.
+    """
+
+    features_version: int = FEATURES_VERSION
+    feature_names: list[str]
+    mean: list[float]
+    scale: list[float]
+    hidden_weights: list[list[float]]  # (features, hidden): one ReLU layer, then a logistic output
+    hidden_bias: list[float]
+    output_weights: list[float]
+    output_bias: float
+    probability_threshold: float = Field(gt=0.0, lt=1.0)
+    ct_location: list[float]
+    ct_precision: list[list[float]]
+    distance_threshold: float = Field(gt=0.0)
+    fitted_on: dict = {}
+    evaluation: dict = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GateSpec:
+        n = len(self.feature_names)
+        if self.features_version != FEATURES_VERSION or self.feature_names != FEATURE_NAMES:
+            raise ValueError("gate features differ from this version of lungscan.model.gate: refit the gate")
+        hidden = len(self.hidden_bias)
+        sized = [self.mean, self.scale, self.ct_location, self.ct_precision, self.hidden_weights]
+        if any(len(values) != n for values in sized) or len(self.output_weights) != hidden:
+            raise ValueError("gate parameters do not match its feature count")
+        if any(len(row) != n for row in self.ct_precision) or any(len(row) != hidden for row in self.hidden_weights):
+            raise ValueError("gate weight matrices have the wrong shape")
+        return self
+
+
+def gate_scores(features: np.ndarray, spec: GateSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(probability of CT, squared Mahalanobis distance to CT) for a (N, F) or (F,) feature array."""
+    standard = (np.atleast_2d(features) - np.asarray(spec.mean)) / np.asarray(spec.scale)
+    hidden = np.maximum(standard @ np.asarray(spec.hidden_weights) + np.asarray(spec.hidden_bias), 0.0)
+    logits = hidden @ np.asarray(spec.output_weights) + spec.output_bias
+    probability = 1.0 / (1.0 + np.exp(-np.clip(logits, -500, 500)))
+    centred = standard - np.asarray(spec.ct_location)
+    distance = np.einsum("ij,jk,ik->i", centred, np.asarray(spec.ct_precision), centred)
+    return probability, distance
+
+
+def is_ct_like(features: np.ndarray, spec: GateSpec) -> np.ndarray:
+    """Boolean per row: the gate lets it through."""
+    probability, distance = gate_scores(features, spec)
+    return (probability >= spec.probability_threshold) & (distance <= spec.distance_threshold)
+
+
+def check_ct_like(decoded: DecodedImage, spec: GateSpec) -> None:
+    """Refuse an image that does not look like a CT slice.
+
+    A DICOM whose header says CT (its pixels calibrated to Hounsfield units and shown through
+    the requested window) answers the question itself: the gate judges images whose origin is
+    unknown (PNG, JPEG...) and DICOMs of other modalities let in with ``allow_non_ct``. It would
+    refuse some real CT files otherwise, e.g. pydicom's 128x128 small-field-of-view crop.
+
+    Raises:
+        NotCTLikeError: (HTTP 422, ``not_ct_like``) with what to send instead.
+    """
+    if decoded.format == "DICOM" and decoded.meta.get("modality") == "CT":
+        return
+    if not bool(is_ct_like(gate_features(decoded.image), spec)[0]):
+        raise NotCTLikeError(NOT_CT_MESSAGE)

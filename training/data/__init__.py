@@ -1,0 +1,1 @@
+"""The dataset: folder layouts, de-duplication, leakage-free splits, arrays for fitting."""

@@ -1,0 +1,1 @@
+"""Fitting a model: the run, its options, the networks, the HOG front end."""

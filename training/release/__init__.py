@@ -1,0 +1,1 @@
+"""Release: the runtime twin of model.h5, and publishing to the S3 registry."""
