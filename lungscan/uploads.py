@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, Field
 
 from lungscan.bundle.metadata import BundleMetadata
 from lungscan.errors import PayloadTooLargeError
-from lungscan.inputs.dicom import DicomOptions, decode_dicom, looks_like_dicom, read_dicom_header
+from lungscan.inputs.dicom import DicomFile, DicomOptions, decode_dicom, looks_like_dicom, read_dicom, read_dicom_header
+from lungscan.inputs.dicom_budget import DicomBudget
 from lungscan.inputs.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, decode_image, open_image
 from lungscan.model.classifier import Classifier, Prediction
 
@@ -17,6 +19,9 @@ MAX_STUDY_SLICES = 64
 # Pixels in one study, summed from the headers: 64 slices of 1024x1024 (a CT series is 512x512),
 # or four of the largest single image. Bounds a study's decoding time as max_pixels bounds a slice's.
 MAX_STUDY_PIXELS = 64 * 1024 * 1024
+# Pixels a study decodes at full size, in all: 64 slices of 512x512 (a CT series). Past it, each slice is decoded
+# at reduced size (ImageLimits.max_decoded_pixels), to at most its share: 64 slices of 1024x1024 decode at 512x512.
+MAX_STUDY_DECODED_PIXELS = 64 * 512 * 512
 
 
 class Window(BaseModel):
@@ -99,9 +104,10 @@ def classify_upload(
     predictions: list[Prediction] = []
     inputs: list[SliceInput] = []
     focus, focus_image = 0, None
-    for index, item in enumerate(plan_study(files, limits, dicom)):
+    budget = DicomBudget()  # every DICOM parse of the request, headers and pixels, spends from it
+    slices = plan_study(files, limits, dicom, budget=budget)
+    for index, decoded in enumerate(decode_study(slices, study_limits(slices, limits), dicom, budget)):
         # Decode, classify, drop: at most this slice and the most suspicious so far are held.
-        decoded = item.decode(limits, dicom)
         predictions.append(classifier.classify(decoded))
         inputs.append(SliceInput.of(decoded))
         if focus_image is None or predictions[index].positive_probability > predictions[focus].positive_probability:
@@ -132,10 +138,40 @@ class StudySlice:
     height: int
     frame: int | None = None  # the frame of a DICOM; None for a raster image
 
-    def decode(self, limits: ImageLimits = DEFAULT_LIMITS, dicom: DicomOptions | None = None) -> DecodedImage:
+    def decode(
+        self,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        dicom: DicomOptions | None = None,
+        parsed: DicomFile | None = None,
+    ) -> DecodedImage:
+        """``parsed``: this slice's DICOM file already read (:func:`read_dicom`), else it is read here."""
         if self.frame is None:
             return decode_image(self.data, limits)
-        return decode_dicom(self.data, limits, replace(dicom or DicomOptions(), frame=self.frame))
+        return decode_dicom(parsed or self.data, limits, replace(dicom or DicomOptions(), frame=self.frame))
+
+
+def decode_study(
+    slices: list[StudySlice],
+    limits: ImageLimits = DEFAULT_LIMITS,
+    dicom: DicomOptions | None = None,
+    budget: DicomBudget | None = None,
+) -> Iterator[DecodedImage]:
+    """The slices decoded in order, one at a time; a DICOM file is parsed once for all its frames."""
+    parsed: tuple[bytes, DicomFile] | None = None
+    for item in slices:
+        if item.frame is not None and (parsed is None or parsed[0] is not item.data):
+            parsed = None  # the previous file goes before the next is read
+            parsed = (item.data, read_dicom(item.data, limits, dicom, budget))
+        yield item.decode(limits, dicom, parsed[1] if parsed is not None and item.frame is not None else None)
+
+
+def study_limits(slices: list[StudySlice], limits: ImageLimits = DEFAULT_LIMITS) -> ImageLimits:
+    """``limits``, with each slice's share of ``MAX_STUDY_DECODED_PIXELS`` when the study holds more in all."""
+    pixels = sum(item.width * item.height for item in slices)
+    if pixels <= MAX_STUDY_DECODED_PIXELS:
+        return limits
+    share = max(1, MAX_STUDY_DECODED_PIXELS // len(slices))
+    return replace(limits, max_decoded_pixels=min(limits.max_decoded_pixels, share))
 
 
 def plan_study(
@@ -144,11 +180,15 @@ def plan_study(
     dicom: DicomOptions | None = None,
     max_slices: int = MAX_STUDY_SLICES,
     max_pixels: int = MAX_STUDY_PIXELS,
+    budget: DicomBudget | None = None,
 ) -> list[StudySlice]:
     """The slices of a study (every frame of every DICOM, each raster image), from the headers alone.
 
     Nothing is decoded here: the caller decodes, classifies and drops one slice at a time,
     so a study holds one decoded slice in memory, whatever its size.
+
+    Args:
+        budget: what pydicom may parse for the whole request (the DICOM headers read here, then the pixels).
 
     Raises:
         PayloadTooLargeError: more than ``max_slices`` slices or ``max_pixels`` pixels in all.
@@ -156,9 +196,10 @@ def plan_study(
     """
     slices: list[StudySlice] = []
     pixels = 0
+    budget = budget or DicomBudget()
     for data in files:
         if looks_like_dicom(data):
-            width, height, frames = read_dicom_header(data, limits, dicom)
+            width, height, frames = read_dicom_header(data, limits, dicom, budget)
             entries = [StudySlice(data, width, height, frame) for frame in range(frames)]
         else:
             width, height = open_image(data, limits).size

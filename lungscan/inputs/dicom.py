@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +26,7 @@ from lungscan.errors import (
     PayloadTooLargeError,
     UnsupportedFormatError,
 )
+from lungscan.inputs.dicom_budget import DicomBudget, read_within_budget
 from lungscan.inputs.imaging import (
     CORRUPT_FILE_ERRORS,
     DEFAULT_LIMITS,
@@ -32,8 +34,10 @@ from lungscan.inputs.imaging import (
     ImageLimits,
     check_dimensions,
     check_jpeg_scans,
+    reduce_to,
     reject_blank,
 )
+from lungscan.inputs.prescan import check_jpeg_segments
 
 # The lung window radiologists read parenchyma in: -1350 .. +150 HU.
 LUNG_WINDOW = {"center": -600.0, "width": 1500.0}
@@ -41,6 +45,7 @@ MAX_FRAMES = 512
 DEFLATED_EXPLICIT_VR = "1.2.840.10008.1.2.1.99"
 # A deflated dataset is inflated at most this far: a 4096x4096 16-bit slice is 32 MB.
 MAX_INFLATED_BYTES = 32 * 1024 * 1024
+WINDOW_BAND_PIXELS = 512 * 512  # pixels windowed at a time (see _window)
 # What pydicom raises on damaged files, at read time or later when a tag is first converted
 # (fuzzing found each of them): all mean the file is malformed, none is a server fault.
 DICOM_PARSE_ERRORS = (
@@ -92,7 +97,7 @@ def _malformed_on_parse_errors() -> Iterator[None]:
         raise MalformedInputError("The DICOM file is corrupt or has no image.", code="corrupt_image") from error
 
 
-def _inflate_if_deflated(data: bytes) -> bytes:
+def _inflate_if_deflated(data: bytes, budget: DicomBudget) -> bytes:
     """A deflated dataset, inflated with a bound and re-labelled Explicit VR Little Endian.
 
     pydicom inflates a Deflated Explicit VR file whole, with no bound (1 MB inflates to 1 GB), at
@@ -107,7 +112,7 @@ def _inflate_if_deflated(data: bytes) -> bytes:
     from pydicom.filewriter import write_file_meta_info
     from pydicom.uid import ExplicitVRLittleEndian
 
-    stream = io.BytesIO(data)
+    stream = budget.stream(data)
     read_preamble(stream, True)  # after it, the stream is where dcmread looks for the file meta
     meta = _read_file_meta_info(stream)
     if str(meta.get("TransferSyntaxUID", "") or "").strip("\0 ") != DEFLATED_EXPLICIT_VR:
@@ -131,14 +136,18 @@ def _inflate_if_deflated(data: bytes) -> bytes:
     return header.getvalue() + dataset
 
 
-def _read(data: bytes, limits: ImageLimits, options: DicomOptions):
-    """Parse the header and check it describes a CT image we may decode."""
+def _read(data: bytes, limits: ImageLimits, options: DicomOptions, budget: DicomBudget):
+    """Parse the header, within ``budget``, and check it describes a CT image we may decode."""
     import pydicom  # imported lazily: only DICOM uploads pay for it
     import pydicom.config
 
     # pydicom's validation warnings quote tag values, patient names included: never emit them.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    dataset = pydicom.dcmread(io.BytesIO(_inflate_if_deflated(data)), force=True)
+    budget.spend_items(data)  # before anything reads it: the file meta comes first, deflated dataset or not
+    inflated = _inflate_if_deflated(data, budget)
+    if inflated is not data:
+        budget.spend_items(inflated)
+    dataset = read_within_budget(inflated, budget)
     try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
@@ -196,6 +205,7 @@ def _check_compressed_frame(dataset, index: int, frames: int) -> None:
         return  # pydicom finds the same fault and names it
     if frame[:2] == b"\xff\xd8":
         check_jpeg_scans(frame)
+        check_jpeg_segments(frame)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -233,37 +243,76 @@ def _pixels(dataset, index: int | None, frames: int = 1) -> np.ndarray:
 def _window(pixels: np.ndarray, dataset, window: dict[str, float]) -> Image.Image:
     from pydicom.pixels import apply_modality_lut
 
-    # Without RescaleSlope/Intercept the stored values are taken as HU already.
-    try:
-        hounsfield = apply_modality_lut(pixels, dataset).astype(np.float32)
-    except (*DICOM_PARSE_ERRORS, ArithmeticError) as error:
-        raise MalformedInputError(
-            "The DICOM's rescale or modality LUT tags are invalid.", code="corrupt_image"
-        ) from error
-    if not np.isfinite(hounsfield).all():
-        raise NotACTSliceError("The DICOM's pixel values are not finite numbers.", code="non_finite_pixels")
     low = window["center"] - window["width"] / 2
-    scaled = (np.clip(hounsfield, low, low + window["width"]) - low) * (255.0 / window["width"])
-    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-        scaled = 255.0 - scaled  # MONOCHROME1 shows low values as white
-    image = Image.fromarray((scaled + 0.5).astype(np.uint8))
+    inverted = dataset.get("PhotometricInterpretation") == "MONOCHROME1"  # shows low values as white
+    windowed = np.empty(pixels.shape, np.uint8)
+    # A band of rows at a time: every step is per pixel, and a 4096x4000 slice's float64 copy alone is 128 MB.
+    rows = max(1, WINDOW_BAND_PIXELS // max(1, pixels.shape[-1]))
+    for top in range(0, pixels.shape[0], rows):
+        # Without RescaleSlope/Intercept the stored values are taken as HU already.
+        try:
+            hounsfield = apply_modality_lut(pixels[top : top + rows], dataset).astype(np.float32)
+        except (*DICOM_PARSE_ERRORS, ArithmeticError) as error:
+            raise MalformedInputError(
+                "The DICOM's rescale or modality LUT tags are invalid.", code="corrupt_image"
+            ) from error
+        if not np.isfinite(hounsfield).all():
+            raise NotACTSliceError("The DICOM's pixel values are not finite numbers.", code="non_finite_pixels")
+        scaled = (np.clip(hounsfield, low, low + window["width"]) - low) * (255.0 / window["width"])
+        if inverted:
+            scaled = 255.0 - scaled
+        windowed[top : top + rows] = (scaled + 0.5).astype(np.uint8)
+    image = Image.fromarray(windowed)
     reject_blank(image)
     return image
 
 
+@dataclass
+class DicomFile:
+    """A parsed DICOM file whose header passed the checks: its frames decode from it without parsing it again."""
+
+    dataset: Any
+    frames: int
+
+
+def read_dicom(
+    data: bytes,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    options: DicomOptions | None = None,
+    budget: DicomBudget | None = None,
+) -> DicomFile:
+    """Parse a DICOM file within ``budget`` (a fresh one by default) and check its header.
+
+    Raises:
+        PayloadTooLargeError, MalformedInputError, UnsupportedFormatError, NotACTSliceError: as ``decode_dicom``.
+    """
+    with _malformed_on_parse_errors():
+        return DicomFile(*_read(data, limits, options or DicomOptions(), budget or DicomBudget()))
+
+
 def decode_dicom(
-    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, options: DicomOptions | None = None
+    data: bytes | DicomFile,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    options: DicomOptions | None = None,
+    budget: DicomBudget | None = None,
 ) -> DecodedImage:
     """Decode one DICOM frame to an 8-bit grayscale image through a HU window.
+
+    A slice over ``limits.max_decoded_pixels`` is windowed whole, then reduced (``width`` and ``height`` stay its own).
+
+    Args:
+        data: the file, or the file already read (:func:`read_dicom`) with the same limits and options.
+        budget: what pydicom may parse, shared by every file of a request; a fresh one by default.
 
     Raises:
         MalformedInputError: not parseable as DICOM, no pixel data, or no such frame.
         UnsupportedFormatError: a compressed transfer syntax with no decoder installed, or colour.
-        NotACTSliceError: not CT, too small, too many pixels, or blank after windowing.
+        NotACTSliceError: not CT, too small, too many pixels or elements, or blank after windowing.
     """
     options = options or DicomOptions()
+    parsed = data if isinstance(data, DicomFile) else read_dicom(data, limits, options, budget)
+    dataset, frames = parsed.dataset, parsed.frames
     with _malformed_on_parse_errors():
-        dataset, frames = _read(data, limits, options)
         frame = frames // 2 if options.frame is None else options.frame
         if not 0 <= frame < frames:
             raise MalformedInputError(
@@ -271,22 +320,27 @@ def decode_dicom(
             )
         window = dict(options.window or LUNG_WINDOW)
         image = _window(_pixels(dataset, frame if frames > 1 else None, frames), dataset, window)
+    size = image.size
+    image = reduce_to(image, limits.max_decoded_pixels)
     return DecodedImage(
         image=image,
         format="DICOM",
         window=window,
         meta={"frame": frame, "frames": frames, "modality": _modality(dataset)},
+        source_size=size if image.size != size else None,
     )
 
 
 def read_dicom_header(
-    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, options: DicomOptions | None = None
+    data: bytes,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    options: DicomOptions | None = None,
+    budget: DicomBudget | None = None,
 ) -> tuple[int, int, int]:
     """``(width, height, frames)`` from the header alone, checked like :func:`decode_dicom`; no pixel is decoded.
 
     Raises:
         PayloadTooLargeError, MalformedInputError, UnsupportedFormatError, NotACTSliceError: as ``decode_dicom``.
     """
-    with _malformed_on_parse_errors():
-        dataset, frames = _read(data, limits, options or DicomOptions())
-        return int(dataset.Columns), int(dataset.Rows), frames
+    parsed = read_dicom(data, limits, options, budget)
+    return int(parsed.dataset.Columns), int(parsed.dataset.Rows), parsed.frames

@@ -24,6 +24,7 @@ from lungscan.errors import (
     NotACTSliceError,
     UnsupportedFormatError,
 )
+from lungscan.inputs.prescan import PNG_SIGNATURE, check_bmp_compression, check_jpeg_segments, check_png_chunks
 
 # What Pillow's decoders raise on damaged files (fuzzing found them).
 CORRUPT_FILE_ERRORS = (
@@ -61,6 +62,9 @@ class ImageLimits:
     # Longer side over shorter side. Slices and their exports are at most ~2.6:1 in the datasets; a strip
     # such as 32x524288 passes max_pixels yet padding or cropping it to a square would allocate ~275 GB.
     max_aspect: float = 4.0
+    # An image over this is decoded at reduced size (see reduce_to): the models read 96-128 px and an answer
+    # shows at most 1024 px, so decoding 4096x4096 whole only costs seconds and hundreds of MB.
+    max_decoded_pixels: int = 2048 * 2048
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -83,14 +87,17 @@ class DecodedImage:
     format: str
     window: dict[str, float] | None = None
     meta: DecodedMeta = field(default_factory=lambda: DecodedMeta())
+    source_size: tuple[int, int] | None = None  # the upload's (width, height) when ``image`` is a reduced copy
 
     @property
     def width(self) -> int:
-        return self.image.width
+        """The upload's width (``image`` may be a reduced copy)."""
+        return (self.source_size or self.image.size)[0]
 
     @property
     def height(self) -> int:
-        return self.image.height
+        """The upload's height (``image`` may be a reduced copy)."""
+        return (self.source_size or self.image.size)[1]
 
 
 _DATA_URL_PREFIX = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -119,21 +126,32 @@ def decode_base64(text: str) -> bytes:
 def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Decode PNG, JPEG, BMP or TIFF bytes (8/16-bit, float, grey, RGB, RGBA, palette) to 8-bit.
 
+    An image over ``limits.max_decoded_pixels`` is decoded at reduced size: a JPEG by its decoder's DCT
+    scaling (1/2, 1/4, 1/8: draft mode, which also skips most of the work), anything else reduced (a box
+    filter) as soon as it is decoded, before any conversion. ``width`` and ``height`` stay the upload's.
+
     Raises:
         MalformedInputError: empty or corrupt (e.g. truncated) image data.
-        UnsupportedFormatError: any other format, DICOM included (decoded by ``decode_upload``).
-        NotACTSliceError: too small, too many pixels, too many JPEG scans, non-finite or blank.
+        UnsupportedFormatError: any other format, DICOM included (decoded by ``decode_upload``), or RLE BMP.
+        NotACTSliceError: too small, too many pixels, scans, chunks or segments, non-finite or blank.
     """
     image = open_image(data, limits)
+    image_format, source_size = image.format or "unknown", image.size
+    factor = reduction_factor(*source_size, limits.max_decoded_pixels)
+    if factor > 1 and image_format == "JPEG":
+        image.draft(image.mode, (-(-source_size[0] // factor), -(-source_size[1] // factor)))
     try:
         image.load()
     except CORRUPT_FILE_ERRORS as error:
         raise MalformedInputError(f"The {image.format} file is corrupt or truncated.", code="corrupt_image") from error
     source_mode = image.mode
     reject_non_finite(image)
+    image = reduce_to(image, limits.max_decoded_pixels)
     # The 8-bit image is what every later step sees; the blank check runs on it, since a
     # 16-bit or float image can be non-constant yet convert to a single grey.
-    decoded = DecodedImage(image=to_8bit(image), format=image.format or "unknown")
+    decoded = DecodedImage(
+        image=to_8bit(image), format=image_format, source_size=source_size if image.size != source_size else None
+    )
     decoded.meta["source_mode"] = source_mode
     reject_blank(decoded.image)
     return decoded
@@ -147,6 +165,10 @@ def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image
     """
     if not data:
         raise MalformedInputError("The image is empty.", code="empty_body")
+    if data.startswith(PNG_SIGNATURE):
+        check_png_chunks(data)  # Pillow reads the chunks before the image data as it opens the file
+    elif data.startswith(b"\xff\xd8\xff"):
+        check_jpeg_segments(data)  # likewise the marker segments before the first scan
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -162,7 +184,30 @@ def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image
     check_dimensions(image.width, image.height, limits)
     if image.format == "JPEG":
         check_jpeg_scans(data)
+    if image.format == "BMP":
+        check_bmp_compression(image.info)
     return image
+
+
+def reduction_factor(width: int, height: int, max_pixels: int) -> int:
+    """The smallest integer factor that brings ``width`` x ``height`` (each rounded up) within ``max_pixels``."""
+    factor = 1
+    while -(-width // factor) * -(-height // factor) > max_pixels:
+        factor += 1
+    return factor
+
+
+def reduce_to(image: Image.Image, max_pixels: int) -> Image.Image:
+    """``image`` reduced (each output pixel the mean of a factor x factor block) to at most ``max_pixels``;
+    ``image`` itself when it is within. 16-bit and float images stay 16-bit and float (reduced, then stretched)."""
+    factor = reduction_factor(image.width, image.height, max_pixels)
+    if factor == 1:
+        return image
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # Pillow reduces 32-bit integers, not 16-bit
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        image = to_8bit(image)  # palette, 1-bit, CMYK...: reduced as the 8-bit image every later step sees
+    return image.reduce(factor)
 
 
 def check_jpeg_scans(data: bytes, max_scans: int = MAX_JPEG_SCANS) -> None:
