@@ -164,6 +164,12 @@ def png_with_split_data(image: Image.Image, chunks: int) -> bytes:
     return head + png_chunk(b"IDAT") * max(0, chunks - len(pieces)) + b"".join(pieces) + end
 
 
+def jpeg_with_filler(jpeg: bytes, filler: bytes, count: int) -> bytes:
+    """A JPEG with ``count`` copies of ``filler`` (fill bytes ``FF``, empty comments ``FF FE 00 02``) before its
+    first segment: Pillow's header reader steps over each in Python."""
+    return jpeg[:2] + filler * count + jpeg[2:]
+
+
 # ---------------------------------------------------------------- the largest legitimate inputs
 
 

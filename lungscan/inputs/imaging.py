@@ -146,7 +146,9 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
         raise MalformedInputError(f"The {image.format} file is corrupt or truncated.", code="corrupt_image") from error
     source_mode = image.mode
     reject_non_finite(image)
-    image = reduce_to(image, limits.max_decoded_pixels)
+    if (reduced := reduce_to(image, limits.max_decoded_pixels)) is not image:
+        image = reduced
+        reject_non_finite(image)  # Pillow sums a float box in single precision: values near 3e38 overflow
     # The 8-bit image is what every later step sees; the blank check runs on it, since a
     # 16-bit or float image can be non-constant yet convert to a single grey.
     decoded = DecodedImage(

@@ -24,6 +24,7 @@ from hostile_inputs import (
     dicom_with_items_in_a_defined_length_sequence,
     float_tiff,
     jpeg_slice,
+    jpeg_with_filler,
     png_16_bit,
     png_chunk,
     png_parts,
@@ -206,8 +207,7 @@ def test_a_jpeg_of_thousands_of_segments_is_refused_before_pillow_reads_it(
     app_module, lambda_context, pillow_opens, filler
 ):
     # 4 MB of fill bytes before the first scan cost Pillow's header reader 1.9 s, a byte at a time.
-    jpeg = encode(ct_like_image(256), "JPEG")
-    data = jpeg[:2] + filler * (5 * MAX_JPEG_SEGMENTS) + jpeg[2:]
+    data = jpeg_with_filler(encode(ct_like_image(256), "JPEG"), filler, 5 * MAX_JPEG_SEGMENTS)
     status, answer = call(app_module, lambda_context, {"image": b64(data)})
     assert_refused(status, answer, 422, "too_many_segments")
     assert pillow_opens == []
@@ -222,7 +222,7 @@ def test_a_dicom_jpeg_frame_of_thousands_of_segments_is_refused_before_pillow_re
     jpeg = encode(ct_like_image(64), "JPEG")
     dataset = ct_dicom(64)
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
-    dataset.PixelData = encapsulate([jpeg[:2] + b"\xff" * (5 * MAX_JPEG_SEGMENTS) + jpeg[2:]])
+    dataset.PixelData = encapsulate([jpeg_with_filler(jpeg, b"\xff", 5 * MAX_JPEG_SEGMENTS)])
     dataset["PixelData"].VR = "OB"
     dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     status, answer = call(app_module, lambda_context, {"image": b64(dicom_bytes(dataset))})
