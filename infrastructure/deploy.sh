@@ -82,7 +82,7 @@ done
 aws cloudfront create-invalidation --distribution-id "$DISTRIBUTION_ID" --paths "/*" >/dev/null
 
 # First model publish: validates the bundle, then lungscan.registry.publish_bundle uploads
-# models/<name>/<version>/, checks what landed, then moves models/<name>/latest.json (see the README).
+# models/<name>/<version>/, checks what landed, then moves models/<name>/latest.json (see docs/training.md).
 for bundle in "$MODEL_DIR" $MODEL_EXTRA_DIRS; do
   echo "==> model $bundle -> s3://$MODEL_BUCKET"
   "$PYTHON" -m training publish --bucket "$MODEL_BUCKET" "$bundle"

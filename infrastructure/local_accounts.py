@@ -2,7 +2,7 @@
 Gateway's Cognito authorizer played in front of the history routes.
 
 - a user pool whose name contains ``lungscan``, one app client (USER_PASSWORD_AUTH and SRP), the care
-  teams as groups, and the demo users (DEMO_USERS, listed in the README);
+  teams as groups, and the demo users (DEMO_USERS, listed in docs/accounts.md);
 - the history table, keyed as template.yaml declares it;
 - ``LocalAuthorizer``: on the routes the template puts behind the authorizer, the raw ID token in
   ``Authorization`` is checked against the pool's JWKS (signature, expiry, audience, token use) and its

@@ -1,8 +1,8 @@
 """How a bundle's model is run: onnxruntime on its runtime twin, or Keras on ``model.h5``.
 
-``model.h5`` is the artifact of record. ``publish`` (``training/release/twin.py``) derives
-``model.onnx`` from it, checks that both give the same answers, and records the twin in
-``model.json`` (:class:`TwinSpec`). Serving prefers the twin: onnxruntime starts in well
+``model.h5`` is the artifact of record. ``python -m training twin`` (``training/release/twin.py``)
+derives ``model.onnx`` from it, checks that both give the same answers, and records the twin in
+``model.json`` (:class:`~lungscan.bundle.metadata.TwinSpec`). Serving prefers the twin: onnxruntime starts in well
 under a second, where ``import tensorflow`` alone takes ~5 s. A bundle without a usable twin
 (the original app's bare ``model.h5``, an older published version) is run by Keras, imported
 only then.
