@@ -42,6 +42,9 @@ FRONTEND_DIR = REPO_ROOT / "frontend"
 DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class", REPO_ROOT / "models" / "chest-ct-4class"]
 API_PATHS = {path for _, path in ROUTES}
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads before Lambda runs
+# The page's ES modules load only when served with a JavaScript MIME type, and mimetypes answers from this machine's
+# own table (text/plain for .js on some Windows setups): say it here, as deploy.sh does for the site bucket.
+SITE_CONTENT_TYPES = {".js": "text/javascript; charset=utf-8"}
 
 
 def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_accounts.LocalAccounts | None = None):
@@ -145,7 +148,11 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
             target = (frontend_dir / relative).resolve()
             if not target.is_relative_to(frontend_dir.resolve()) or not target.is_file():
                 return self._send(404, {"Content-Type": "text/plain"}, b"Not found")
-            content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+            content_type = (
+                SITE_CONTENT_TYPES.get(target.suffix)
+                or mimetypes.guess_type(target.name)[0]
+                or "application/octet-stream"
+            )
             data = target.read_bytes()
             if relative == "config.js" and accounts:  # where the page signs in, as deploy.sh would write it
                 data += local_accounts.page_config(accounts).encode()
