@@ -60,7 +60,7 @@ STAGING="$(mktemp -d)"
 trap 'rm -rf "$STAGING"' EXIT
 cp -R frontend/. "$STAGING/"
 # The upload limit comes from the core, so the page refuses exactly what the API would.
-MAX_UPLOAD_BYTES="$("$PYTHON" -c 'from lungscan.imaging import DEFAULT_LIMITS; print(DEFAULT_LIMITS.max_bytes)')"
+MAX_UPLOAD_BYTES="$("$PYTHON" -c 'from lungscan.inputs.imaging import DEFAULT_LIMITS; print(DEFAULT_LIMITS.max_bytes)')"
 if [ -n "$PAGE_KEY" ]; then
   printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s", maxUploadBytes: %s, apiKey: "%s"};\n' \
     "$API_URL" "$MAX_UPLOAD_BYTES" "$PAGE_KEY" > "$STAGING/config.js"
