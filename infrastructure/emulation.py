@@ -5,7 +5,8 @@ types, and one Lambda context: the local stack (``make run``), the local Runtime
 ``events/generate.py`` and the benchmarks all use them. ``standin_bundle`` builds a tiny untrained
 bundle where the shipped one is not needed (or missing).
 
-Only the standard library is imported at module level (the Runtime API's process stays TF-free).
+Only the standard library and the core's access table (standard library too) are imported at module
+level: the Runtime API's process stays TF-free.
 """
 
 from __future__ import annotations
@@ -18,17 +19,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
+from lungscan.accounts import access
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # template.yaml: the API's routes (explicit, not {proxy+}), its default Stage and its BinaryMediaTypes
 # (tests/unit/test_template.py checks each against the template).
-# The history routes sit behind the Cognito authorizer.
-AUTHORIZED_ROUTES = {
-    ("GET", "/patients"),
-    ("GET", "/patients/{ref}/scans"),
-    ("DELETE", "/patients/{ref}/scans/{record_id}"),
-}
-ROUTES = {("POST", "/predict"), ("GET", "/model"), ("GET", "/health"), ("GET", "/openapi.json")} | AUTHORIZED_ROUTES
+# The routes are the access table's (lungscan.accounts.access), which also says which the authorizer guards.
+ROUTES = set(access.ROUTES)
 STAGE = "dev"
 BINARY_MEDIA_TYPES = {
     "image/png",
