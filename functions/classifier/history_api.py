@@ -20,9 +20,9 @@ from typing import Annotated, Any
 import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
-from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, SecurityScheme
 from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -45,11 +45,12 @@ from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
 from lungscan.errors import MalformedInputError
 
 logger = Logger(child=True)
-router = Router()
+router = APIGatewayRouter()  # a Router whose current_event is typed as the REST API's proxy event
 
-SECURITY = [{"CognitoIdToken": []}]
-OPTIONAL_TOKEN = [{}, {"CognitoIdToken": []}]  # POST /predict: anonymous, or signed in to store
-SECURITY_SCHEMES = {
+SECURITY: list[dict[str, list[str]]] = [{"CognitoIdToken": []}]
+# POST /predict: anonymous, or signed in to store
+OPTIONAL_TOKEN: list[dict[str, list[str]]] = [{}, {"CognitoIdToken": []}]
+SECURITY_SCHEMES: dict[str, SecurityScheme] = {
     # What API Gateway's Cognito authorizer reads: the ID token in the Authorization header (raw or 'Bearer ').
     "CognitoIdToken": APIKey(
         name="Authorization",
