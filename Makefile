@@ -7,11 +7,11 @@ CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 PORT ?= 5001
 
-.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration fuzz lint format events bench train evaluate publish deploy clean
+.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration fuzz lint typecheck format events bench train evaluate publish deploy clean
 
 help:
 	@echo "make run    - install and serve page + API on http://127.0.0.1:$(PORT) (local S3, bundled model)"
-	@echo "make test   - install and run lint + every test (unit, integration, template, local stack, browser)"
+	@echo "make test   - install and run lint + type check + every test (unit, integration, template, local stack, browser)"
 	@echo "make bench  - print latency / cold start / memory figures"
 	@echo "make fuzz   - long fuzz run with fresh random inputs (FUZZ_EXAMPLES per property, default 5000)"
 	@echo "make train  - retrain both shipped models (models/iq-oth-3class, models/chest-ct-4class) from ../shared/data"
@@ -68,11 +68,15 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# mypy over lungscan/, functions/classifier/, training/ and lungscan_client/ ([tool.mypy] in pyproject.toml).
+typecheck: install-dev
+	$(VENV)/bin/mypy
+
 format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install-dev install-sam install-checkov install-browser lint
+test: install-dev install-sam install-checkov install-browser lint typecheck
 	$(PY) -m pytest
 
 test-unit: install-dev

@@ -3,6 +3,7 @@
 import base64
 import io
 from collections import Counter
+from typing import Any
 
 from api_schemas import (
     InputInfo,
@@ -38,7 +39,7 @@ def predict_answer(
         _slice_result(info, prediction, result if index == result.focus else None)
         for index, (info, prediction) in enumerate(zip(result.inputs, result.predictions, strict=True))
     ]
-    common = {
+    common: dict[str, Any] = {  # the fields both answers share
         "threshold": classifier.metadata.threshold,
         "model": ModelInfo(
             name=classifier.metadata.name, version=classifier.metadata.version, sha256=classifier.metadata.sha256

@@ -185,6 +185,7 @@ def predict(query: Annotated[QueryOptions, Query()]) -> PredictResponse | StudyR
         metrics.add_metric(name=f"Predicted_{prediction.label}", unit=MetricUnit.Count, value=1)
     answer = predict_answer(classifier, result, _request_id())
     if caller is not None:  # one slice: a study with a patient was refused above
+        assert isinstance(answer, PredictResponse) and options.patient is not None  # as caller_for_prediction checked
         answer.record_id = history_api.store_prediction(
             caller, options.patient, classifier.metadata, result, len(upload.images[0])
         )

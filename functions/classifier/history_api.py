@@ -20,9 +20,9 @@ import boto3
 from api_answers import shown_image
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
-from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, SecurityScheme
 from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from pydantic import BaseModel, Field
 
@@ -52,9 +52,9 @@ from lungscan.errors import (
 from lungscan.uploads import ClassifiedUpload
 
 logger = Logger(child=True)
-router = Router()
+router = APIGatewayRouter()  # a Router whose current_event is typed as the REST API's proxy event
 
-SECURITY_SCHEMES = {
+SECURITY_SCHEMES: dict[str, SecurityScheme] = {
     # What API Gateway's Cognito authorizer reads: the ID token in the Authorization header (raw or 'Bearer ').
     TOKEN_SCHEME: APIKey(
         name="Authorization",
