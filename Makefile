@@ -61,8 +61,9 @@ node_modules/.installed: package.json $(wildcard package-lock.json)
 	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 	touch $@
 
+# The handler's flat modules (import app) from its task root, as the Lambda image has them.
 run: install
-	$(PY) -m infrastructure.local_stack --port $(PORT)
+	PYTHONPATH=functions/classifier $(PY) -m infrastructure.local_stack --port $(PORT)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
@@ -92,10 +93,10 @@ fuzz: install-dev
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(PY) -m pytest tests/unit/test_fuzz.py -p no:cacheprovider
 
 events: install-sam
-	$(PY) events/generate.py
+	$(PY) -m events.generate
 
 bench: install-dev
-	$(PY) benchmarks/bench_predict.py
+	$(PY) -m benchmarks.bench_predict
 
 # The shipped bundles, reproduced (python -m training train --help; each preset holds its dataset credit).
 # Each preset holds its recipe (model cards: Recipe selection), its data folder and models/<name>. About 6 minutes

@@ -12,6 +12,7 @@ level: the Runtime API's process stays TF-free.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import time
 import uuid
@@ -22,6 +23,18 @@ from urllib.parse import unquote
 from lungscan.accounts import access
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TASK_ROOT = REPO_ROOT / "functions" / "classifier"  # /var/task in the image: app.py and its flat modules
+
+
+def with_function_path(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with the repository root and the function's task root first on ``PYTHONPATH``.
+
+    A Python process started with it imports ``lungscan``, ``infrastructure`` and the function's flat
+    modules (``import app``) as the image's process does; nothing edits ``sys.path`` at run time.
+    """
+    paths = [str(REPO_ROOT), str(TASK_ROOT), *([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else [])]
+    return {**environ, "PYTHONPATH": os.pathsep.join(paths)}
+
 
 # template.yaml: the API's routes (explicit, not {proxy+}), its default Stage and its BinaryMediaTypes
 # (tests/unit/test_template.py checks each against the template).

@@ -10,15 +10,14 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import FIXTURES_DIR, PHONE, REPO_ROOT, serious_axe_violations
 from PIL import Image
 from playwright.sync_api import expect
 
-from .conftest import FIXTURES, PHONE, REPO_ROOT
-
 pytestmark = pytest.mark.slow
 
-NORMAL_PNG = FIXTURES / "ct_normal_256.png"
-MALIGNANT_JPG = FIXTURES / "ct_malignant_256.jpg"
+NORMAL_PNG = FIXTURES_DIR / "ct_normal_256.png"
+MALIGNANT_JPG = FIXTURES_DIR / "ct_malignant_256.jpg"
 VERDICTS = {"Cancer Detected", "No Cancer Detected"}
 CLASSES = {"normal", "benign", "malignant"}
 
@@ -87,19 +86,6 @@ def rewrite_answers(page, change) -> None:
         route.fulfill(response=response, body=json.dumps(answer))
 
     page.route("**/predict", handler)
-
-
-def serious_axe_violations(page, axe_script: Path) -> list[str]:
-    """Run axe-core on the page as it is; describe its serious and critical violations."""
-    # The production CSP allows no inline script: hand axe over as a same-origin file.
-    page.route("**/__axe.min.js", lambda route: route.fulfill(path=str(axe_script), content_type="text/javascript"))
-    page.add_script_tag(url="/__axe.min.js")
-    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} -> {[node['target'] for node in v['nodes']][:5]}"
-        for v in results["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 # ---------------------------------------------------------------- config

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import boto3
 import pytest
-from conftest import FIXTURES_DIR, ct_like_image, encode
+from helpers import FIXTURES_DIR, ct_like_image, encode
 from PIL import Image
 
 from infrastructure.local_stack import FRONTEND_DIR, stack_subprocess

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 DOCS_DIR = REPO_ROOT / "docs"
 PAGES = [REPO_ROOT / "README.md", *sorted(DOCS_DIR.glob("*.md"))]

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import jwt
 import pytest
-from conftest import ct_like_image, encode, make_event
 from cryptography.hazmat.primitives.asymmetric import rsa
+from helpers import ct_like_image, encode, make_event
 from PIL import Image
 
 from lungscan.accounts import access, history

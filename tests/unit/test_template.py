@@ -568,8 +568,9 @@ def test_generated_shape_matches_this_sam_cli() -> None:
 def test_events_are_reproducible_from_fixtures(tmp_path: Path) -> None:
     environment = {**os.environ, "SAM_CLI": sam_cli()}
     subprocess.run(
-        [sys.executable, str(EVENTS_DIR / "generate.py"), str(tmp_path)],
+        [sys.executable, "-m", "events.generate", str(tmp_path)],
         check=True,
+        cwd=REPO_ROOT,
         capture_output=True,
         env=environment,
     )
