@@ -7,11 +7,11 @@ CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 PORT ?= 5001
 
-.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration fuzz lint format events bench train evaluate publish deploy clean
+.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration fuzz lint typecheck format events bench train evaluate publish deploy clean
 
 help:
 	@echo "make run    - install and serve page + API on http://127.0.0.1:$(PORT) (local S3, bundled model)"
-	@echo "make test   - install and run lint + every test (unit, integration, template, local stack, browser)"
+	@echo "make test   - install and run lint + type check + every test (unit, integration, template, local stack, browser)"
 	@echo "make bench  - print latency / cold start / memory figures"
 	@echo "make fuzz   - long fuzz run with fresh random inputs (FUZZ_EXAMPLES per property, default 5000)"
 	@echo "make train  - retrain both shipped models (models/iq-oth-3class, models/chest-ct-4class) from ../shared/data"
@@ -61,18 +61,23 @@ node_modules/.installed: package.json $(wildcard package-lock.json)
 	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 	touch $@
 
+# The handler's flat modules (import app) from its task root, as the Lambda image has them.
 run: install
-	$(PY) -m infrastructure.local_stack --port $(PORT)
+	PYTHONPATH=functions/classifier $(PY) -m infrastructure.local_stack --port $(PORT)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# mypy over lungscan/, functions/classifier/, training/ and lungscan_client/ ([tool.mypy] in pyproject.toml).
+typecheck: install-dev
+	$(VENV)/bin/mypy
+
 format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install-dev install-sam install-checkov install-browser lint
+test: install-dev install-sam install-checkov install-browser lint typecheck
 	$(PY) -m pytest
 
 test-unit: install-dev
@@ -88,10 +93,10 @@ fuzz: install-dev
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(PY) -m pytest tests/unit/test_fuzz.py -p no:cacheprovider
 
 events: install-sam
-	$(PY) events/generate.py
+	$(PY) -m events.generate
 
 bench: install-dev
-	$(PY) benchmarks/bench_predict.py
+	$(PY) -m benchmarks.bench_predict
 
 # The shipped bundles, reproduced (python -m training train --help; each preset holds its dataset credit).
 # Each preset holds its recipe (model cards: Recipe selection), its data folder and models/<name>. About 6 minutes

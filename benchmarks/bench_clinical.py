@@ -7,7 +7,7 @@ Prints a table (or one JSON object with --json):
 
 Timings are medians of repeated runs in one process on this machine; nothing is asserted.
 
-Usage: python benchmarks/bench_clinical.py [--repeats 200] [--json]
+Usage (from the repository root): python -m benchmarks.bench_clinical [--repeats 200] [--json]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, run as a script
 from infrastructure.emulation import standin_bundle
 
 

@@ -10,13 +10,14 @@ through ``lambda_handler`` (JSON base64 event) and reports:
 - the answer: HTTP status and error code (or the label).
 
 ``--code-root DIR`` measures another checkout's code (``git worktree add --detach /tmp/before 0248d57``)
-with the same files: run it once with and once without to get before and after. The files are built by
-``tests/hostile_inputs.py``, the generators the tests use, at the sizes the issue measured.
+with the same files: run it once with and once without to get before and after. The files are built here,
+by ``tests/hostile_inputs.py`` (the generators the tests use) at the sizes the issue measured, and handed
+to the worker on disk; the worker imports the code under test from ``PYTHONPATH`` (``--code-root``).
 
 Targets (the issue's): an answer in under 3 s and under 500 MiB more memory, explain included, or a
 4xx in under 1 s. Printed beside the figures, never asserted (wall-clock times vary with the machine).
 
-Usage: python benchmarks/bench_hostile_inputs.py [--code-root DIR] [--case NAME ...] [--repeat N] [--json]
+Usage: python -m benchmarks.bench_hostile_inputs [--code-root DIR] [--case NAME ...] [--repeat N] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,8 +54,7 @@ def base_slice():
 
 def cases() -> dict[str, tuple[str, Callable[[], list[bytes]], dict]]:
     """name -> (finding, files, request options); a case with several files is sent as a study."""
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    import hostile_inputs as h
+    from tests import hostile_inputs as h
 
     return {
         "dicom_520k_items": ("1", lambda: [h.dicom_with_empty_items(520_000)], {}),
@@ -93,8 +94,9 @@ def memory_kib(field: str) -> int:
     return 0
 
 
-def worker(case: str, code_root: Path, repeat: int = 1) -> dict:
-    """Import the function from ``code_root``, warm it, then send ``case`` ``repeat`` times and measure."""
+def worker(folder: Path, code_root: Path, repeat: int = 1) -> dict:
+    """Import the function (from ``PYTHONPATH``: ``code_root``), warm it with ``folder``'s ``warm.bin``, then send
+    the case (``folder``'s numbered files, ``options.json``) ``repeat`` times and measure."""
     os.environ.setdefault("MODEL_DIR", str(code_root / "models" / "iq-oth-3class"))
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "classifier")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "LungScan")
@@ -102,16 +104,13 @@ def worker(case: str, code_root: Path, repeat: int = 1) -> dict:
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     os.environ.pop("MODEL_BUCKET", None)
-    for path in (code_root / "functions" / "classifier", code_root):
-        sys.path.insert(0, str(path))
     from infrastructure.emulation import LambdaContext, proxy_event
 
-    finding, build, options = cases()[case]
-    options = dict(options)
-    study = options.pop("study", False)
-    files = build()
+    options = json.loads((folder / "options.json").read_text())
+    finding, study = options.pop("finding"), options.pop("study", False)
+    files = [path.read_bytes() for path in sorted(folder.glob("[0-9]*.bin"), key=lambda path: int(path.stem))]
 
-    import app  # the function, with its model, from code_root
+    import app  # the function, with its model, from code_root (PYTHONPATH)
 
     def send(files: list[bytes], options: dict, study: bool) -> dict:
         encoded = [base64.b64encode(data).decode() for data in files]
@@ -121,7 +120,7 @@ def worker(case: str, code_root: Path, repeat: int = 1) -> dict:
         )
         return app.lambda_handler(event, LambdaContext(timeout_s=600))
 
-    warm = send([cases()["ordinary_512_explain"][1]()[0]], {"explain": True}, False)
+    warm = send([(folder / "warm.bin").read_bytes()], {"explain": True}, False)
     assert warm["statusCode"] == 200, warm["body"][:300]
     import gc
 
@@ -141,7 +140,6 @@ def worker(case: str, code_root: Path, repeat: int = 1) -> dict:
     after = memory_kib("VmRSS")
     error = body.get("error", {})
     return {
-        "case": case,
         "finding": finding,
         "bytes": sum(len(data) for data in files),
         "status": status,
@@ -156,9 +154,19 @@ def worker(case: str, code_root: Path, repeat: int = 1) -> dict:
 
 
 def run_case(case: str, code_root: Path, repeat: int) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--code-root", str(code_root)]
-    command += ["--repeat", str(repeat)]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    """Build the case's files here, then measure them in a fresh worker that imports ``code_root``'s code."""
+    finding, build, options = cases()[case]
+    with tempfile.TemporaryDirectory(prefix="bench-hostile-") as scratch:
+        folder = Path(scratch)
+        for index, data in enumerate(build()):
+            (folder / f"{index}.bin").write_bytes(data)
+        (folder / "warm.bin").write_bytes(cases()["ordinary_512_explain"][1]()[0])
+        (folder / "options.json").write_text(json.dumps({**options, "finding": finding}))
+        # Run as a script, not with -m: the worker's first import path entry is benchmarks/, then PYTHONPATH.
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--files", scratch]
+        command += ["--code-root", str(code_root), "--repeat", str(repeat)]
+        path = os.pathsep.join([str(code_root), str(code_root / "functions" / "classifier")])
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
     if done.returncode != 0:
         return {"case": case, "error": done.stderr[-2000:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -196,10 +204,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="sends per case; the median time is printed")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     code_root = args.code_root.resolve()
     if args.worker:
-        print(json.dumps(worker(args.worker, code_root, args.repeat)))
+        print(json.dumps({"case": args.worker, **worker(args.files, code_root, args.repeat)}))
         return
     names = args.case or list(cases())
     rows = []

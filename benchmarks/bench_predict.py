@@ -20,7 +20,8 @@ sigmoid CNN (random weights unless ``--legacy-model``), and the speed-ups over i
 
 Targets are printed beside the figures, never asserted (wall-clock times vary with the machine).
 
-Usage: python benchmarks/bench_predict.py [--model-dir DIR] [--requests N] [--image PNG] [--json]
+Usage, from the repository root:
+    python -m benchmarks.bench_predict [--model-dir DIR] [--requests N] [--image PNG] [--json]
 """
 
 from __future__ import annotations
@@ -43,10 +44,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, run as a script
-from infrastructure.emulation import REPO_ROOT, LambdaContext, proxy_event
+from infrastructure.emulation import REPO_ROOT, LambdaContext, proxy_event, with_function_path
 
-TASK_ROOT = REPO_ROOT / "functions" / "classifier"
 # The shared data folder sits beside the checkout (or beside the folder of worktrees).
 _SLICE = Path("shared") / "data" / "iq-oth-nccd" / "malignant" / "Malignant case (1).jpg"
 DEFAULT_IMAGE = next((p / _SLICE for p in REPO_ROOT.parents[:2] if (p / _SLICE).is_file()), REPO_ROOT.parent / _SLICE)
@@ -224,14 +223,11 @@ def handler_worker(model_dir: Path, png_path: Path, requests: int, explain_reque
 
     os.environ["MODEL_DIR"] = str(model_dir)
     os.environ.pop("MODEL_BUCKET", None)
-    for path in (REPO_ROOT, TASK_ROOT):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
     png = png_path.read_bytes()
     event, explain_event = predict_event(png), predict_event(png, explain=True)
     with stdout_to(log_path):
         started = time.perf_counter()
-        import app  # the import is the init phase (model load) of the in-process run
+        import app  # the init phase (model load) of the in-process run; bench_handler put it on PYTHONPATH
 
         import_s = time.perf_counter() - started
         context = LambdaContext("bench", memory_mb=3008)
@@ -263,7 +259,8 @@ def handler_worker(model_dir: Path, png_path: Path, requests: int, explain_reque
 def bench_handler(variant: str, model_dir: Path, png_path: Path, args, scratch: Path) -> dict:
     command = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "benchmarks.bench_predict",
         "--handler-worker",
         str(model_dir),
         "--image",
@@ -275,7 +272,7 @@ def bench_handler(variant: str, model_dir: Path, png_path: Path, args, scratch: 
         "--worker-log",
         str(scratch / f"handler-{variant}.log"),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=with_function_path(os.environ))
     if done.returncode != 0:
         raise SystemExit(f"handler worker ({variant}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -452,8 +449,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "classifier")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "LungScan")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
 
     if args.handler_worker is not None:
         result = handler_worker(args.handler_worker, args.image, args.requests, args.explain_requests, args.worker_log)

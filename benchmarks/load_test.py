@@ -5,7 +5,7 @@ fixed number of mixed requests (valid PNG/JPEG/DICOM, and bad inputs expecting 4
 prints throughput, p50/p99 latency, the stack's peak RSS and the count of unexpected
 answers (a status other than the one each request expects). Stops by itself.
 
-Usage: python benchmarks/load_test.py [--clients 20] [--requests 5000] [--json]
+Usage (from the repository root): python -m benchmarks.load_test [--clients 20] [--requests 5000] [--json]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infrastructure.emulation import REPO_ROOT
 from infrastructure.local_stack import stack_subprocess
 

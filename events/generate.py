@@ -5,7 +5,8 @@ API Gateway REST request to this stack would differ in is changed afterwards: th
 its isBase64Encoded flag (only BinaryMediaTypes arrive base64-encoded), Content-Type, and no
 query string or path parameters (explicit routes, not {proxy+}).
 
-Usage: python events/generate.py [OUT_DIR]    (default: events/; SAM_CLI overrides the sam path)
+Usage, from the repository root:
+    python -m events.generate [OUT_DIR]    (default: events/; SAM_CLI overrides the sam path)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, run as a script
 from infrastructure.emulation import REPO_ROOT, STAGE, with_body
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"

@@ -60,7 +60,7 @@ STAGING="$(mktemp -d)"
 trap 'rm -rf "$STAGING"' EXIT
 cp -R frontend/. "$STAGING/"
 # The upload limit comes from the core, so the page refuses exactly what the API would.
-MAX_UPLOAD_BYTES="$("$PYTHON" -c 'from lungscan.imaging import DEFAULT_LIMITS; print(DEFAULT_LIMITS.max_bytes)')"
+MAX_UPLOAD_BYTES="$("$PYTHON" -c 'from lungscan.inputs.imaging import DEFAULT_LIMITS; print(DEFAULT_LIMITS.max_bytes)')"
 if [ -n "$PAGE_KEY" ]; then
   printf 'window.LUNGSCAN_CONFIG = {apiUrl: "%s", maxUploadBytes: %s, apiKey: "%s"};\n' \
     "$API_URL" "$MAX_UPLOAD_BYTES" "$PAGE_KEY" > "$STAGING/config.js"
@@ -72,17 +72,21 @@ fi
 REGION="$(aws configure get region || echo "${AWS_REGION:-${AWS_DEFAULT_REGION:-}}")"
 printf 'window.LUNGSCAN_CONFIG.cognito = {endpoint: "https://cognito-idp.%s.amazonaws.com/", clientId: "%s", region: "%s"};\n' \
   "$REGION" "$(output UserPoolClientId)" "$REGION" >> "$STAGING/config.js"
-# Long-lived cache for assets; index.html and config.js are revalidated on every load.
+# Long-lived cache for styles and images; index.html and every script are revalidated on every load: the
+# page's ES modules import one another, and a cached module from an older deploy beside a newer one fails to load.
 aws s3 sync "$STAGING/" "s3://$SITE_BUCKET/" --delete \
-  --exclude index.html --exclude config.js \
+  --exclude index.html --exclude "*.js" \
   --cache-control "public, max-age=86400"
-for page in index.html config.js; do
-  aws s3 cp "$STAGING/$page" "s3://$SITE_BUCKET/$page" --cache-control "no-cache"
-done
+# Every .js (config.js and the modules) as text/javascript: browsers refuse a module script of any other type, and
+# the CLI would guess the type from this machine's MIME table. --delete here removes scripts no longer in frontend/.
+aws s3 sync "$STAGING/" "s3://$SITE_BUCKET/" --delete \
+  --exclude "*" --include "*.js" \
+  --content-type "text/javascript; charset=utf-8" --cache-control "no-cache"
+aws s3 cp "$STAGING/index.html" "s3://$SITE_BUCKET/index.html" --cache-control "no-cache"
 aws cloudfront create-invalidation --distribution-id "$DISTRIBUTION_ID" --paths "/*" >/dev/null
 
 # First model publish: validates the bundle, then lungscan.registry.publish_bundle uploads
-# models/<name>/<version>/, checks what landed, then moves models/<name>/latest.json (see the README).
+# models/<name>/<version>/, checks what landed, then moves models/<name>/latest.json (see docs/training.md).
 for bundle in "$MODEL_DIR" $MODEL_EXTRA_DIRS; do
   echo "==> model $bundle -> s3://$MODEL_BUCKET"
   "$PYTHON" -m training publish --bucket "$MODEL_BUCKET" "$bundle"

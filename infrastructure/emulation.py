@@ -5,12 +5,14 @@ types, and one Lambda context: the local stack (``make run``), the local Runtime
 ``events/generate.py`` and the benchmarks all use them. ``standin_bundle`` builds a tiny untrained
 bundle where the shipped one is not needed (or missing).
 
-Only the standard library is imported at module level (the Runtime API's process stays TF-free).
+Only the standard library and the core's access table (standard library too) are imported at module
+level: the Runtime API's process stays TF-free.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import time
 import uuid
@@ -18,17 +20,26 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
+from lungscan.accounts import access
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TASK_ROOT = REPO_ROOT / "functions" / "classifier"  # /var/task in the image: app.py and its flat modules
+
+
+def with_function_path(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with the repository root and the function's task root first on ``PYTHONPATH``.
+
+    A Python process started with it imports ``lungscan``, ``infrastructure`` and the function's flat
+    modules (``import app``) as the image's process does; nothing edits ``sys.path`` at run time.
+    """
+    paths = [str(REPO_ROOT), str(TASK_ROOT), *([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else [])]
+    return {**environ, "PYTHONPATH": os.pathsep.join(paths)}
+
 
 # template.yaml: the API's routes (explicit, not {proxy+}), its default Stage and its BinaryMediaTypes
 # (tests/unit/test_template.py checks each against the template).
-# The history routes sit behind the Cognito authorizer.
-AUTHORIZED_ROUTES = {
-    ("GET", "/patients"),
-    ("GET", "/patients/{ref}/scans"),
-    ("DELETE", "/patients/{ref}/scans/{record_id}"),
-}
-ROUTES = {("POST", "/predict"), ("GET", "/model"), ("GET", "/health"), ("GET", "/openapi.json")} | AUTHORIZED_ROUTES
+# The routes are the access table's (lungscan.accounts.access), which also says which the authorizer guards.
+ROUTES = set(access.ROUTES)
 STAGE = "dev"
 BINARY_MEDIA_TYPES = {
     "image/png",

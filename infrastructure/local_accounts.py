@@ -2,12 +2,12 @@
 Gateway's Cognito authorizer played in front of the history routes.
 
 - a user pool whose name contains ``lungscan``, one app client (USER_PASSWORD_AUTH and SRP), the care
-  teams as groups, and the demo users (DEMO_USERS, listed in the README);
+  teams as groups, and the demo users (DEMO_USERS, listed in docs/accounts.md);
 - the history table, keyed as template.yaml declares it;
-- ``LocalAuthorizer``: on the routes the template puts behind the authorizer, the raw ID token in
-  ``Authorization`` is checked against the pool's JWKS (signature, expiry, audience, token use) and its
-  claims are added to ``requestContext.authorizer.claims``, or the request is answered 401 as the
-  template's UNAUTHORIZED gateway response would, before the function runs.
+- ``LocalAuthorizer``: on the routes behind the authorizer (``lungscan.accounts.access``, as the template
+  declares them), the raw ID token in ``Authorization`` is checked against the pool's JWKS (signature,
+  expiry, audience, token use) and its claims are added to ``requestContext.authorizer.claims``, or the
+  request is answered 401 as the template's UNAUTHORIZED gateway response would, before the function runs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from infrastructure.emulation import AUTHORIZED_ROUTES
+from lungscan.accounts.access import checked_by_gateway
 from lungscan.accounts.history import create_table
 from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
+from lungscan.errors import UnauthorizedError
 
 POOL_NAME = "lungscan-local"
 CLIENT_NAME = "lungscan-page"
@@ -36,13 +37,8 @@ COGNITO_PROXY_PATH = "/cognito-idp/"
 # forwarded AdminSetUserPassword or AdminAddUserToGroup would let anyone who reaches the page (make run
 # --host 0.0.0.0) take over an account or join another care team.
 PUBLIC_COGNITO_CALLS = {"InitiateAuth", "RespondToAuthChallenge", "GetUser", "GlobalSignOut", "RevokeToken"}
-# template.yaml's UNAUTHORIZED gateway response.
-UNAUTHORIZED_BODY = {
-    "error": {
-        "code": "unauthorized",
-        "message": "Sign in: send a valid Cognito ID token in the Authorization header.",
-    }
-}
+# template.yaml's UNAUTHORIZED gateway response: the function's own 401 (tests/unit/test_template.py).
+UNAUTHORIZED_BODY = {"error": {"code": UnauthorizedError.code, "message": UnauthorizedError().message}}
 
 
 @dataclass
@@ -102,8 +98,8 @@ class LocalAuthorizer:
 
     @staticmethod
     def guards(event: dict) -> bool:
-        """Whether the template puts this request's route behind the Cognito authorizer."""
-        return (event["httpMethod"], event["resource"]) in AUTHORIZED_ROUTES
+        """Whether this request's route is behind the Cognito authorizer."""
+        return checked_by_gateway((event["httpMethod"], event["resource"]))
 
     def authorize(self, event: dict) -> bool:
         """Add the claims to the event and return True, or return False (answer 401, do not invoke)."""

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infrastructure.emulation import FUNCTION_NAME, REGION, REPO_ROOT
+from infrastructure.emulation import FUNCTION_NAME, REGION, REPO_ROOT, TASK_ROOT
 from infrastructure.runtime_api import InvocationError, InvocationTimeoutError, LocalRuntime
 from lungscan.bundle.files import MODEL_FILE
 
-TASK_ROOT = REPO_ROOT / "functions" / "classifier"  # /var/task in the image
 HANDLER = "app.lambda_handler"  # the Dockerfile's CMD
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "iq-oth-3class"
 DEFAULT_MEMORY_MB = 3008

@@ -11,12 +11,17 @@
   (``infrastructure/local_accounts.py``).
 
 Everything listens on 127.0.0.1 only. Ctrl-C stops all of it.
+
+The handler is imported as the image imports it, from its task root (``functions/classifier``), which
+must be on ``PYTHONPATH``: ``make run`` runs ``PYTHONPATH=functions/classifier python -m infrastructure.local_stack``
+from the repository root, and ``stack_subprocess`` sets it for its child.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
 import mimetypes
 import os
@@ -36,12 +41,24 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from infrastructure import local_accounts
-from infrastructure.emulation import REPO_ROOT, ROUTES, LambdaContext, is_binary, proxy_event, resource_of
+from infrastructure.emulation import (
+    REPO_ROOT,
+    ROUTES,
+    TASK_ROOT,
+    LambdaContext,
+    is_binary,
+    proxy_event,
+    resource_of,
+    with_function_path,
+)
 
 FRONTEND_DIR = REPO_ROOT / "frontend"
 DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class", REPO_ROOT / "models" / "chest-ct-4class"]
 API_PATHS = {path for _, path in ROUTES}
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads before Lambda runs
+# The page's ES modules load only when served with a JavaScript MIME type, and mimetypes answers from this machine's
+# own table (text/plain for .js on some Windows setups): say it here, as deploy.sh does for the site bucket.
+SITE_CONTENT_TYPES = {".js": "text/javascript; charset=utf-8"}
 
 
 def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_accounts.LocalAccounts | None = None):
@@ -145,7 +162,11 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
             target = (frontend_dir / relative).resolve()
             if not target.is_relative_to(frontend_dir.resolve()) or not target.is_file():
                 return self._send(404, {"Content-Type": "text/plain"}, b"Not found")
-            content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+            content_type = (
+                SITE_CONTENT_TYPES.get(target.suffix)
+                or mimetypes.guess_type(target.name)[0]
+                or "application/octet-stream"
+            )
             data = target.read_bytes()
             if relative == "config.js" and accounts:  # where the page signs in, as deploy.sh would write it
                 data += local_accounts.page_config(accounts).encode()
@@ -230,8 +251,7 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MODEL_CACHE_DIR", str(REPO_ROOT / "build" / "model-cache"))
-    sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "functions" / "classifier")]
-    import app  # loads the models from the local registry, as a cold start would
+    import app  # loads the models from the local registry, as a cold start would (PYTHONPATH: TASK_ROOT)
 
     server = LocalServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR, accounts))
     return server, s3_server
@@ -253,7 +273,9 @@ def stack_subprocess(log_path: Path, bundles: Sequence[Path] = (), timeout: floa
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
-    env = {**os.environ, "MODEL_CACHE_DIR": str(log_path.parent / "model-cache"), "PYTHONUNBUFFERED": "1"}
+    env = with_function_path(
+        {**os.environ, "MODEL_CACHE_DIR": str(log_path.parent / "model-cache"), "PYTHONUNBUFFERED": "1"}
+    )
     env.pop("MODEL_DIR", None)
     command = [sys.executable, "-m", "infrastructure.local_stack", "--port", str(ports[0]), "--s3-port", str(ports[1])]
     for bundle in bundles:
@@ -291,6 +313,12 @@ def _wait_until_healthy(stack: StackProcess, timeout: float) -> None:
         time.sleep(0.3)
 
 
+def handler_importable() -> bool:
+    """Whether ``import app`` finds the function's ``app.py`` (its task root is on ``PYTHONPATH``)."""
+    spec = importlib.util.find_spec("app")
+    return spec is not None and spec.origin is not None and Path(spec.origin).resolve() == TASK_ROOT / "app.py"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
@@ -302,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     bundles = args.bundle or [path for path in DEFAULT_BUNDLES if path.is_dir()]
     if not bundles:
         parser.error("no model bundle found under models/; pass --bundle DIR")
+    if not handler_importable():
+        parser.error(
+            f"the handler is not importable: put {TASK_ROOT} on PYTHONPATH (`make run` does: "
+            "PYTHONPATH=functions/classifier python -m infrastructure.local_stack)"
+        )
     server, s3_server = serve(args.host, args.port, args.s3_port, bundles, args.bucket)
     print(f"LungScan is running: page and API on http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
     users = ", ".join(f"{email} ({team})" for email, team in local_accounts.DEMO_USERS.items())

@@ -71,3 +71,39 @@ class UnknownModelError(LungScanError):
     """The request names a model this function does not serve."""
 
     code = "unknown_model"
+
+
+# ---- accounts and patient history
+
+
+class UnauthorizedError(LungScanError):
+    """No ID token, or one that is not valid (malformed, tampered, expired, another client's, not an ID token)."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str = "Sign in: send a valid Cognito ID token in the Authorization header.") -> None:
+        super().__init__(message)
+
+
+class NoTeamError(LungScanError):
+    """A signed-in user in no care team, or in several."""
+
+    code = "no_team"
+
+    def __init__(self, message: str = "Your account belongs to no single care team: ask an administrator.") -> None:
+        super().__init__(message)
+
+
+class RecordNotFoundError(LungScanError):
+    """No such patient or record for this team (whether it exists for another team is never said)."""
+
+    code = "not_found"
+
+
+class HistoryUnavailableError(LungScanError):
+    """This deployment keeps no patient history (no table configured)."""
+
+    code = "history_unavailable"
+
+    def __init__(self, message: str = "This deployment keeps no patient history.") -> None:
+        super().__init__(message)

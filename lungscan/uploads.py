@@ -113,6 +113,7 @@ def classify_upload(
         if focus_image is None or predictions[index].positive_probability > predictions[focus].positive_probability:
             focus, focus_image = index, decoded
         del decoded
+    assert focus_image is not None  # a study has a slice: a request without an image is refused before the core
     if options.explain:  # explain the slice that matters; all heatmaps would overflow the response
         predictions[focus] = classifier.classify(focus_image, explain=True, explain_class=options.explain_class)
     return ClassifiedUpload(predictions, inputs, is_study=True, focus=focus, focus_image=focus_image)

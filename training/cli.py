@@ -56,7 +56,7 @@ HELP = {
         "Convert model.h5 with tf2onnx (opset 17) into model.onnx with three outputs: probabilities, the last "
         "feature maps and their Grad-CAM channel weights. Check it against Keras on report/smoke.npz (served "
         "probabilities within 1e-5, same labels; Grad-CAM within 1e-2), then write it and record its sha256, "
-        "opset and parity in model.json's `twin`. publish runs this when a bundle has no current twin.",
+        "opset and parity in model.json's `twin`. Run it before publish: publish only reads the bundle.",
     ),
     "gate": (
         "fit the not-CT gate on training data and store it in model.json",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # presets' data folders are relative to it
 
 # Defaults for a dataset without a preset; a preset's recipe replaces them, the command line wins.
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "image_size": 96,
     "epochs": 40,
     "patience": 0,

@@ -79,7 +79,7 @@ def invalid_request(error: ValidationError) -> MalformedInputError:
     return MalformedInputError("Invalid request: " + "; ".join(problems), code="invalid_request")
 
 
-def _body_bytes(body: str, is_base64_encoded: bool) -> bytes:
+def _body_bytes(body: str, is_base64_encoded: bool | None) -> bytes:
     if not is_base64_encoded:
         return body.encode("utf-8", errors="surrogateescape")
     try:
@@ -154,7 +154,9 @@ def _read_multipart(content_type: str, raw: bytes, query: PredictOptions) -> Upl
         fields: dict[str, str] = {}
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
-            payload = part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes):  # None: a part that is itself multipart
+                payload = b""
             if name == "file":
                 files.append(payload)
             elif name in PredictOptions.model_fields:

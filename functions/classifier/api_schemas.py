@@ -19,13 +19,11 @@ class PredictOptions(UploadOptions):
 
 
 # The options a query string may carry, as PredictOptions declares them (the others are JSON or form only).
-QueryOptions = create_model(
-    "QueryOptions",
-    **{
-        name: (PredictOptions.model_fields[name].annotation, PredictOptions.model_fields[name])
-        for name in ("model", "explain", "frame", "all_frames", "patient")
-    },
-)
+_QUERY_FIELDS: dict[str, Any] = {
+    name: (PredictOptions.model_fields[name].annotation, PredictOptions.model_fields[name])
+    for name in ("model", "explain", "frame", "all_frames", "patient")
+}
+QueryOptions = create_model("QueryOptions", **_QUERY_FIELDS)
 
 
 class PredictRequest(PredictOptions):

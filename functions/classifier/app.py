@@ -1,9 +1,10 @@
 """ClassifierFunction: the Lambda adapter around the ``lungscan`` core, and its routes.
 
 HTTP only: read the request (``api_body``), call the core (``lungscan.uploads.classify_upload``),
-shape the answer (``api_answers``, ``api_schemas``), map errors to statuses. The models are loaded
-once per container, at import (the Lambda init phase); a registry refresh runs in a background
-thread started by ``ModelStore.get``, so a request never waits for S3.
+shape the answer (``api_answers``, ``api_schemas``), map the core's errors to statuses (one table and one
+error body for every route, the history routes included). The models are loaded once per container, at
+import (the Lambda init phase); a registry refresh runs in a background thread started by
+``ModelStore.get``, so a request never waits for S3.
 """
 
 import json
@@ -33,12 +34,17 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config as BotocoreConfig
 
+from lungscan.accounts.access import openapi_security
 from lungscan.errors import (
+    HistoryUnavailableError,
     LungScanError,
     MalformedInputError,
     ModelUnavailableError,
     NotACTSliceError,
+    NoTeamError,
     PayloadTooLargeError,
+    RecordNotFoundError,
+    UnauthorizedError,
     UnknownModelError,
     UnsupportedFormatError,
 )
@@ -84,11 +90,15 @@ app.configure_openapi(title="LungScan API", security_schemes=history_api.SECURIT
 
 STATUS_BY_ERROR: dict[type[LungScanError], int] = {
     MalformedInputError: 400,
+    UnauthorizedError: 401,
+    NoTeamError: 403,
     UnknownModelError: 404,
+    RecordNotFoundError: 404,
     PayloadTooLargeError: 413,
     UnsupportedFormatError: 415,
     NotACTSliceError: 422,
     ModelUnavailableError: 503,
+    HistoryUnavailableError: 503,
 }
 
 
@@ -142,10 +152,20 @@ def describe_models() -> ModelsResponse:
 @app.get("/openapi.json")
 def openapi():  # no return annotation: a Response is not a pydantic type
     document = json.loads(app.get_openapi_json_schema(title="LungScan API"))
-    return Response(200, content_types.APPLICATION_JSON, json.dumps(document_predict_body(document)))
+    return Response(200, content_types.APPLICATION_JSON, json.dumps(document_access(document_predict_body(document))))
 
 
-@app.post("/predict", security=history_api.OPTIONAL_TOKEN)  # a token only to store a patient's scan
+def document_access(document: dict) -> dict:
+    """Each operation's ``security``, from the one table of who may call what (``lungscan.accounts.access``)."""
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            security = openapi_security((method.upper(), path))
+            if security is not None:
+                operation["security"] = security
+    return document
+
+
+@app.post("/predict")  # a token only to store a patient's scan (lungscan.accounts.access)
 def predict(query: Annotated[QueryOptions, Query()]) -> PredictResponse | StudyResponse:
     """Classify one CT slice, or the slices of one study.
 
@@ -165,9 +185,9 @@ def predict(query: Annotated[QueryOptions, Query()]) -> PredictResponse | StudyR
         metrics.add_metric(name=f"Predicted_{prediction.label}", unit=MetricUnit.Count, value=1)
     answer = predict_answer(classifier, result, _request_id())
     if caller is not None:  # one slice: a study with a patient was refused above
-        side = max(classifier.metadata.input.height, classifier.metadata.input.width)
+        assert isinstance(answer, PredictResponse) and options.patient is not None  # as caller_for_prediction checked
         answer.record_id = history_api.store_prediction(
-            caller, options.patient, answer.model_dump(), result.focus_image.image, side, len(upload.images[0])
+            caller, options.patient, classifier.metadata, result, len(upload.images[0])
         )
     elapsed_ms = (time.perf_counter() - started) * 1000
     metrics.add_metric(name="PredictLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
@@ -187,10 +207,14 @@ def predict(query: Annotated[QueryOptions, Query()]) -> PredictResponse | StudyR
 
 
 def _request_id() -> str:
+    """API Gateway's request id (its own error answers carry it too), else the Lambda invocation's: never null."""
     try:
-        return app.current_event.request_context.request_id or str(uuid.uuid4())
-    except (AttributeError, KeyError, TypeError):
-        return str(uuid.uuid4())
+        request_id = app.current_event.request_context.request_id
+    except (AttributeError, KeyError, TypeError):  # no current event (outside a request)
+        request_id = None
+    if not request_id:  # an event that did not come through API Gateway
+        request_id = getattr(getattr(app, "lambda_context", None), "aws_request_id", None)
+    return request_id or str(uuid.uuid4())
 
 
 def _error(status: int, code: str, message: str) -> Response:

@@ -1,38 +1,37 @@
 """Patient history routes (``GET /patients``, ``GET /patients/{ref}/scans``,
 ``DELETE /patients/{ref}/scans/{record_id}``) and the signed-in part of ``POST /predict``.
 
-Deployed, API Gateway's Cognito authorizer checks the ID token on the history routes and passes its
-claims in ``requestContext.authorizer.claims``; this module reads the caller from those claims only.
-``POST /predict`` works without a token, so it cannot sit behind that authorizer: when it names a
-patient, the function checks the token itself, the same way (``lungscan.accounts.tokens``).
+Which route needs a token is ``lungscan.accounts.access``'s to say. Deployed, API Gateway's Cognito
+authorizer checks the ID token on the history routes and passes its claims in
+``requestContext.authorizer.claims``; this module reads the caller from those claims only. ``POST /predict``
+works without a token, so it cannot sit behind that authorizer: when it names a patient, the function
+checks the token itself, the same way (``lungscan.accounts.tokens``). Errors are the core's
+(``lungscan.errors``), answered by ``app.py``'s one error handler.
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import os
 import re
 import secrets
 from typing import Annotated, Any
 
 import boto3
+from api_answers import shown_image
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
-from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, SecurityScheme
 from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
-from PIL import Image
 from pydantic import BaseModel, Field
 
+from lungscan.accounts.access import TOKEN_SCHEME, checked_by_gateway, needs_token
 from lungscan.accounts.history import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     Clinician,
     HistoryStore,
-    RecordNotFoundError,
     build_record,
     check_patient_ref,
     decode_page_token,
@@ -42,33 +41,27 @@ from lungscan.accounts.history import (
     thumbnail_png,
 )
 from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
-from lungscan.errors import MalformedInputError
+from lungscan.bundle.metadata import BundleMetadata
+from lungscan.errors import (
+    HistoryUnavailableError,
+    MalformedInputError,
+    NoTeamError,
+    RecordNotFoundError,
+    UnauthorizedError,
+)
+from lungscan.uploads import ClassifiedUpload
 
 logger = Logger(child=True)
-router = Router()
+router = APIGatewayRouter()  # a Router whose current_event is typed as the REST API's proxy event
 
-SECURITY = [{"CognitoIdToken": []}]
-OPTIONAL_TOKEN = [{}, {"CognitoIdToken": []}]  # POST /predict: anonymous, or signed in to store
-SECURITY_SCHEMES = {
+SECURITY_SCHEMES: dict[str, SecurityScheme] = {
     # What API Gateway's Cognito authorizer reads: the ID token in the Authorization header (raw or 'Bearer ').
-    "CognitoIdToken": APIKey(
+    TOKEN_SCHEME: APIKey(
         name="Authorization",
         in_=APIKeyIn.header,
         description="The Cognito ID token from InitiateAuth's IdToken, raw or after 'Bearer '.",
     )
 }
-
-
-class UnauthorizedError(Exception):
-    """No, or no valid, ID token: 401 ``unauthorized``."""
-
-
-class NoTeamError(Exception):
-    """A signed-in user in no care team (or in several): 403 ``no_team``."""
-
-
-class HistoryUnavailableError(Exception):
-    """This deployment keeps no history (no table configured): 503."""
 
 
 # ---------------------------------------------------------------- configuration, read on first use
@@ -134,23 +127,14 @@ def _authorizer_claims(event: APIGatewayProxyEvent) -> dict[str, Any] | None:
     return authorizer.get("claims")
 
 
-def _current_caller() -> Clinician:
-    caller = caller_from_claims(_authorizer_claims(router.current_event))
-    get_hash_key()  # before any read or write: none may happen without its audit line
-    return caller
-
-
-def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_study: bool) -> Clinician | None:
-    """Before classifying: who will store the result, if anyone. No patient: nobody (works as before)."""
-    if patient is None:
+def caller_for(event: APIGatewayProxyEvent, patient: str | None = None) -> Clinician | None:
+    """Who asks, where the request's route needs a token (``lungscan.accounts.access``); None where it needs
+    none. Behind the authorizer the claims are in the event already; elsewhere the function checks the token."""
+    route = (event.http_method, event.get("resource") or event.path)  # API Gateway's resource: the table's key
+    if not needs_token(route, patient=patient):
         return None
-    check_patient_ref(patient)
-    if is_study:
-        raise MalformedInputError(
-            "A history record holds one slice: send one slice with 'patient'.", code="history_single_slice"
-        )
     claims = _authorizer_claims(event)
-    if not claims:
+    if not claims and not checked_by_gateway(route):
         token = event.get_header_value("authorization", default_value="", case_sensitive=False) or ""
         if not token:
             raise UnauthorizedError()
@@ -158,25 +142,48 @@ def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_s
             claims = get_verifier().authorizer_claims(token)
         except InvalidTokenError:
             raise UnauthorizedError() from None
-    caller = caller_from_claims(claims)
-    get_store()  # 503 before classifying when this deployment keeps no history
-    get_hash_key()  # and before storing: no record without its audit line
+    return caller_from_claims(claims)
+
+
+def _current_caller() -> Clinician:
+    caller = caller_for(router.current_event)
+    if caller is None:  # a route open to anyone has no caller to keep history for
+        raise UnauthorizedError()
+    get_hash_key()  # before any read or write: none may happen without its audit line
+    return caller
+
+
+def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_study: bool) -> Clinician | None:
+    """Before classifying: who will store the result, if anyone (nobody when no token is needed: no patient)."""
+    if patient is not None:
+        check_patient_ref(patient)
+        if is_study:
+            raise MalformedInputError(
+                "A history record holds one slice: send one slice with 'patient'.", code="history_single_slice"
+            )
+    caller = caller_for(event, patient)
+    if caller is not None:
+        get_store()  # 503 before classifying when this deployment keeps no history
+        get_hash_key()  # and before storing: no record without its audit line
     return caller
 
 
 def store_prediction(
-    caller: Clinician, patient: str, answer: dict[str, Any], image: Image.Image, preview_side: int, input_bytes: int
+    caller: Clinician, patient: str, model: BundleMetadata, result: ClassifiedUpload, input_bytes: int
 ) -> str:
-    """Store one classified slice for the caller's team; returns its record id."""
+    """Store one classified slice for the caller's team, previews at the model's input size; returns its record id."""
+    (prediction,), (source,) = result.predictions, result.inputs  # one slice: a study with a patient is refused
+    side = max(model.input.height, model.input.width)
     heatmap = None
-    if answer.get("heatmap"):
-        overlay = Image.open(io.BytesIO(base64.b64decode(answer["heatmap"])))
-        heatmap = thumbnail_png(overlay, preview_side)
+    if prediction.heatmap is not None:  # from the overlay as the answer shows it
+        heatmap = thumbnail_png(shown_image(prediction.heatmap), side)
     record = build_record(
-        answer,
+        prediction,
+        source,
+        model,
         caller,
         input_bytes=input_bytes,
-        preview=thumbnail_png(image, preview_side),
+        preview=thumbnail_png(result.focus_image.image, side),
         heatmap=heatmap,
     )
     record_id = get_store().add(caller.team, patient, record)
@@ -257,7 +264,7 @@ class ScansResponse(BaseModel):
 # ---------------------------------------------------------------- routes
 
 
-@router.get("/patients", security=SECURITY, tags=["history"])
+@router.get("/patients", tags=["history"])
 def list_patients() -> PatientsResponse:
     """The caller's team's patients: reference, number of scans, last scan time and verdict."""
     caller = _current_caller()
@@ -266,7 +273,7 @@ def list_patients() -> PatientsResponse:
     return PatientsResponse(team=caller.team, patients=[PatientSummary(**patient) for patient in patients])
 
 
-@router.get("/patients/<ref>/scans", security=SECURITY, tags=["history"])
+@router.get("/patients/<ref>/scans", tags=["history"])
 def list_scans(
     ref: str,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Records per page")] = DEFAULT_PAGE_SIZE,
@@ -285,7 +292,7 @@ def list_scans(
     )
 
 
-@router.delete("/patients/<ref>/scans/<record_id>", security=SECURITY, tags=["history"])
+@router.delete("/patients/<ref>/scans/<record_id>", tags=["history"])
 def delete_scan(ref: str, record_id: str):  # no return annotation: a 204 Response is not a pydantic type
     """Delete one record for the whole team: 204. Another team's record: 404."""
     caller = _current_caller()
@@ -293,35 +300,3 @@ def delete_scan(ref: str, record_id: str):  # no return annotation: a 204 Respon
     get_store().delete(caller.team, ref, record_id)
     _audit("scan.delete", caller, ref, record_id)
     return Response(204, content_types.APPLICATION_JSON, "")
-
-
-# ---------------------------------------------------------------- errors
-
-
-def _error(status: int, code: str, message: str) -> Response:
-    try:
-        request_id = router.current_event.request_context.request_id
-    except (AttributeError, KeyError, TypeError):
-        request_id = None
-    body = {"error": {"code": code, "message": message, "request_id": request_id}}
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
-
-
-@router.exception_handler(UnauthorizedError)
-def handle_unauthorized(error: UnauthorizedError) -> Response:
-    return _error(401, "unauthorized", "Sign in: send a valid Cognito ID token in the Authorization header.")
-
-
-@router.exception_handler(NoTeamError)
-def handle_no_team(error: NoTeamError) -> Response:
-    return _error(403, "no_team", "Your account belongs to no single care team: ask an administrator.")
-
-
-@router.exception_handler(RecordNotFoundError)
-def handle_not_found(error: RecordNotFoundError) -> Response:
-    return _error(404, "not_found", error.message)
-
-
-@router.exception_handler(HistoryUnavailableError)
-def handle_unavailable(error: HistoryUnavailableError) -> Response:
-    return _error(503, "history_unavailable", "This deployment keeps no patient history.")

@@ -25,25 +25,22 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from lungscan.errors import LungScanError, MalformedInputError
+from lungscan.errors import MalformedInputError, RecordNotFoundError
+
+if TYPE_CHECKING:  # read, never built here: keeps this module free of the model's imports
+    from lungscan.bundle.metadata import BundleMetadata
+    from lungscan.model.classifier import Prediction
+    from lungscan.uploads import SliceInput
 
 PATIENT_REF_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 RECORD_ID_PATTERN = r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{12}$"  # ASCII digits: \d also takes "٢"
 MAX_PREVIEW_SIDE = 256
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-# Copied from the answer when the model gives them (conformal set, uncertainty).
-OPTIONAL_ANSWER_FIELDS = ("prediction_set", "uncertain")
-
-
-class RecordNotFoundError(LungScanError):
-    """No such patient or record for this team (whether it exists for another team is never said)."""
-
-    code = "not_found"
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,9 @@ def thumbnail_png(image: Image.Image, side: int) -> bytes:
 
 
 def build_record(
-    answer: dict[str, Any],
+    prediction: Prediction,
+    source: SliceInput,
+    model: BundleMetadata,
     clinician: Clinician,
     *,
     input_bytes: int,
@@ -104,25 +103,26 @@ def build_record(
     heatmap: bytes | None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The stored record of one classified slice, from the API's answer (a dict)."""
+    """The stored record of one classified slice: its prediction, what was read (``source``) and the model."""
     now = now or datetime.now(UTC)
-    info = answer.get("input") or {}
-    record = {
+    record: dict[str, Any] = {
         "record_id": new_record_id(now),
         "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "clinician": {"sub": clinician.sub, "email": clinician.email},
-        "model": {"name": answer["model"]["name"], "version": answer["model"]["version"]},
-        "label": answer["label"],
-        "verdict": answer["verdict"],
-        "suspicious": answer.get("suspicious"),
-        "probabilities": answer["probabilities"],
-        "input": {"format": info.get("format"), "width": info.get("width"), "height": info.get("height")},
+        "model": {"name": model.name, "version": model.version},
+        "label": prediction.label,
+        "verdict": prediction.verdict,
+        "suspicious": prediction.suspicious,
+        "probabilities": prediction.probabilities,
+        "input": {"format": source.format, "width": source.width, "height": source.height},
         "input_bytes": input_bytes,
         "preview": preview,
     }
-    for name in OPTIONAL_ANSWER_FIELDS:
-        if answer.get(name) is not None:
-            record[name] = answer[name]
+    # When the model gives them (a conformal set, and whether it holds more than one class).
+    if prediction.prediction_set is not None:
+        record["prediction_set"] = prediction.prediction_set
+    if prediction.uncertain is not None:
+        record["uncertain"] = prediction.uncertain
     if heatmap is not None:
         record["heatmap"] = heatmap
     return record

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Final
 
 MODEL_FILE = "model.h5"
-TWIN_FILE = "model.onnx"
+TWIN_FILE: Final = "model.onnx"  # Final: typed as the literal TwinSpec.file requires
 METADATA_FILE = "model.json"
 CARD_FILE = "MODEL_CARD.md"
 REPORT_DIR = "report"  # evaluation figures, split lists, smoke set: for people and tools, not served

@@ -234,7 +234,7 @@ def _pixels(dataset, index: int | None, frames: int = 1) -> np.ndarray:
         syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID")
         # Name a transfer syntax the DICOM standard registers; never echo what the file wrote there.
         known = getattr(syntax, "type", "") == "Transfer Syntax"  # pydicom's UID: registered in the standard
-        name = f"the '{syntax.name}' transfer syntax" if known else "a transfer syntax"
+        name = f"the '{syntax.name}' transfer syntax" if known and syntax is not None else "a transfer syntax"
         raise UnsupportedFormatError(f"This DICOM uses {name}, which this service cannot decode.") from error
     except (ValueError, TypeError, AttributeError, EOFError, KeyError, IndexError) as error:
         raise MalformedInputError("The DICOM pixel data is corrupt.", code="corrupt_image") from error

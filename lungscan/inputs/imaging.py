@@ -261,7 +261,7 @@ def _extrema(image: Image.Image) -> tuple[float, float]:
     extrema = image.getextrema()
     if isinstance(extrema[0], tuple):  # one (min, max) per band
         return min(band[0] for band in extrema), max(band[1] for band in extrema)
-    return extrema  # type: ignore[return-value]
+    return extrema
 
 
 def to_8bit(image: Image.Image) -> Image.Image:

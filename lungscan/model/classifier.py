@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -62,7 +63,11 @@ class Classifier:
     """A loaded model with its metadata and preprocessing, ready to answer."""
 
     def __init__(
-        self, bundle_dir: Path | str, *, runtime: str = "twin", metadata: BundleMetadata | None = None
+        self,
+        bundle_dir: Path | str,
+        *,
+        runtime: Literal["twin", "keras"] = "twin",
+        metadata: BundleMetadata | None = None,
     ) -> None:
         """
         Args:

@@ -161,7 +161,7 @@ class GateSpec(BaseModel):
         if self.features_version != FEATURES_VERSION or self.feature_names != FEATURE_NAMES:
             raise ValueError("gate features differ from this version of lungscan.model.gate: refit the gate")
         hidden = len(self.hidden_bias)
-        sized = [self.mean, self.scale, self.ct_location, self.ct_precision, self.hidden_weights]
+        sized: list[list] = [self.mean, self.scale, self.ct_location, self.ct_precision, self.hidden_weights]
         if any(len(values) != n for values in sized) or len(self.output_weights) != hidden:
             raise ValueError("gate parameters do not match its feature count")
         if any(len(row) != n for row in self.ct_precision) or any(len(row) != hidden for row in self.hidden_weights):

@@ -1,8 +1,8 @@
 """How a bundle's model is run: onnxruntime on its runtime twin, or Keras on ``model.h5``.
 
-``model.h5`` is the artifact of record. ``publish`` (``training/release/twin.py``) derives
-``model.onnx`` from it, checks that both give the same answers, and records the twin in
-``model.json`` (:class:`TwinSpec`). Serving prefers the twin: onnxruntime starts in well
+``model.h5`` is the artifact of record. ``python -m training twin`` (``training/release/twin.py``)
+derives ``model.onnx`` from it, checks that both give the same answers, and records the twin in
+``model.json`` (:class:`~lungscan.bundle.metadata.TwinSpec`). Serving prefers the twin: onnxruntime starts in well
 under a second, where ``import tensorflow`` alone takes ~5 s. A bundle without a usable twin
 (the original app's bare ``model.h5``, an older published version) is run by Keras, imported
 only then.
@@ -17,13 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from lungscan.bundle.files import MODEL_FILE, file_sha256
 from lungscan.bundle.metadata import CAM_WEIGHTS, FEATURES, PROBABILITIES, TwinSpec
 from lungscan.errors import InvalidBundleError
+
+if TYPE_CHECKING:
+    from lungscan.model.explain import GradCam
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ class KerasRuntime:
             input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)],
             reduce_retracing=True,
         )
-        self._gradcam = None  # traced on first use: cold starts stay short
+        self._gradcam: GradCam | None = None  # traced on first use: cold starts stay short
         self._gradcam_lock = threading.Lock()
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from lungscan.errors import InvalidBundleError, ModelUnavailableError, UnknownModelError
 from lungscan.model.classifier import Classifier
@@ -30,6 +31,14 @@ from lungscan.registry import bundles, pointer
 SOURCE_BAKED = "baked"
 SOURCE_REGISTRY = "registry"
 DEFAULT_REGISTRY_DEADLINE = 3.0
+
+
+class Log(Protocol):
+    """What the store logs through: a ``logging.Logger``, or the function's powertools ``Logger``."""
+
+    def info(self, msg: str, *, extra: Mapping[str, Any] | None = ...) -> None: ...
+    def warning(self, msg: str, *, extra: Mapping[str, Any] | None = ...) -> None: ...
+    def error(self, msg: str, *, extra: Mapping[str, Any] | None = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ class ModelStore:
         refresh_seconds: float = 300.0,
         registry_deadline: float = DEFAULT_REGISTRY_DEADLINE,
         cache_dir: Path | str = "/tmp/lungscan-models",
-        logger: logging.Logger | None = None,
+        logger: Log | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """
@@ -160,7 +169,7 @@ class ModelStore:
 
         Runs in the refresher thread (or directly, in tests); it may block on S3.
         """
-        if not self.uses_registry:
+        if self.s3 is None or not self.bucket:  # not uses_registry, spelled out so that the bucket is a str below
             return
         for name in self.names:
             version = None

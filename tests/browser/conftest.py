@@ -6,8 +6,9 @@
   test fails if the page breaks it or throws a JavaScript error;
 - a failing test leaves full-page screenshots of its pages in ``build/artifacts/``.
 
-``tests/browser`` is a package (``__init__.py``) so that this conftest does not replace
-``tests/conftest.py`` as the module ``conftest`` that other test modules import from.
+``tests/browser`` is a package (``__init__.py``) so that this conftest is imported as ``browser.conftest``
+and does not replace ``tests/conftest.py`` as the module ``conftest``. The viewports are in
+``tests/helpers.py``, with the other helpers test modules share.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import DESKTOP
 
 from infrastructure.emulation import REPO_ROOT
 from infrastructure.local_stack import stack_subprocess
@@ -33,9 +35,6 @@ CHROMIUM_ARGS = [
 ]
 AXE_SCRIPT = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
 ARTIFACTS = REPO_ROOT / "build" / "artifacts"
-FIXTURES = REPO_ROOT / "tests" / "fixtures"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 375, "height": 667}
 # template.yaml's SiteResponseHeadersPolicy, with the API on the same origin.
 DEPLOYED_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "

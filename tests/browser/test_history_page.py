@@ -5,16 +5,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from helpers import FIXTURES_DIR, PHONE, serious_axe_violations
 from playwright.sync_api import expect
 
 from infrastructure.local_accounts import DEMO_PASSWORD
 
-from .conftest import FIXTURES, PHONE
-
 pytestmark = pytest.mark.slow
 
-NORMAL_PNG = FIXTURES / "ct_normal_256.png"
-MALIGNANT_JPG = FIXTURES / "ct_malignant_256.jpg"
+NORMAL_PNG = FIXTURES_DIR / "ct_normal_256.png"
+MALIGNANT_JPG = FIXTURES_DIR / "ct_malignant_256.jpg"
 
 
 def sign_in(page, email: str) -> None:
@@ -132,8 +131,6 @@ def test_a_wrong_password_and_a_name_as_reference_read_plainly(open_page):
 
 
 def test_axe_and_a_phone_find_no_problem_in_the_signed_in_timeline(open_page, axe_script, tmp_path):
-    from .test_page import serious_axe_violations
-
     page, _ = open_page(PHONE, mobile=True)
     sign_in(page, "clinician-b@example.org")
     page.fill("#patient-ref", "MRN-" + uuid.uuid4().hex[:6])

@@ -10,15 +10,14 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import FIXTURES_DIR, PHONE, REPO_ROOT, serious_axe_violations
 from PIL import Image
 from playwright.sync_api import expect
 
-from .conftest import FIXTURES, PHONE, REPO_ROOT
-
 pytestmark = pytest.mark.slow
 
-NORMAL_PNG = FIXTURES / "ct_normal_256.png"
-MALIGNANT_JPG = FIXTURES / "ct_malignant_256.jpg"
+NORMAL_PNG = FIXTURES_DIR / "ct_normal_256.png"
+MALIGNANT_JPG = FIXTURES_DIR / "ct_malignant_256.jpg"
 VERDICTS = {"Cancer Detected", "No Cancer Detected"}
 CLASSES = {"normal", "benign", "malignant"}
 
@@ -89,19 +88,6 @@ def rewrite_answers(page, change) -> None:
     page.route("**/predict", handler)
 
 
-def serious_axe_violations(page, axe_script: Path) -> list[str]:
-    """Run axe-core on the page as it is; describe its serious and critical violations."""
-    # The production CSP allows no inline script: hand axe over as a same-origin file.
-    page.route("**/__axe.min.js", lambda route: route.fulfill(path=str(axe_script), content_type="text/javascript"))
-    page.add_script_tag(url="/__axe.min.js")
-    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} -> {[node['target'] for node in v['nodes']][:5]}"
-        for v in results["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
-
-
 # ---------------------------------------------------------------- config
 
 
@@ -114,13 +100,39 @@ def test_config_carries_the_api_url_and_the_api_upload_limit():
 
 
 def test_page_has_no_inline_code_or_external_links():
-    for name in ("index.html", "app.js", "styles.css"):
-        text = (REPO_ROOT / "frontend" / name).read_text()
-        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", text), f"{name} links outside the site"
+    for path in sorted((REPO_ROOT / "frontend").iterdir()):
+        text = path.read_text()
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", text), f"{path.name} links outside the site"
     html = (REPO_ROOT / "frontend" / "index.html").read_text()
     assert not re.search(r"<script(?![^>]*\bsrc=)", html), "inline <script>"
     assert not re.search(r"\son[a-z]+\s*=", html), "inline event handler"
     assert not re.search(r"\sstyle\s*=", html), "inline style attribute"
+
+
+def test_the_page_is_es_modules_from_main_js_that_read_config_once_and_write_text_only():
+    """index.html loads config.js, then main.js; every other script is a module main.js reaches by import."""
+    frontend = REPO_ROOT / "frontend"
+    html = (frontend / "index.html").read_text()
+    assert re.findall(r"<script\b[^>]*>", html) == [
+        '<script src="config.js" defer>',
+        '<script type="module" src="main.js">',
+    ]
+    scripts = {path.name: path.read_text() for path in frontend.glob("*.js")}
+    reached, todo = set(), ["main.js"]
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        assert name in scripts, f"a module imports ./{name}, which is not in frontend/"
+        reached.add(name)
+        todo += re.findall(r'^import\b[^;]*?\bfrom "\./([\w.-]+\.js)";', scripts[name], re.MULTILINE | re.DOTALL)
+    assert reached == set(scripts) - {"config.js"}, "frontend/ holds a script no page loads"
+    for name, text in scripts.items():
+        text = re.sub(r"^\s*//.*$", "", text, flags=re.MULTILINE)  # the code, not the comments about it
+        # Server data and file names go into the page as text: never parsed as HTML.
+        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(", text), name
+        if name not in ("config.js", "settings.js"):
+            assert "LUNGSCAN_CONFIG" not in text, f"{name} reads config.js itself: import config from settings.js"
 
 
 # ---------------------------------------------------------------- results

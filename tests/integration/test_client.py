@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES_DIR, REPO_ROOT
+from helpers import FIXTURES_DIR, REPO_ROOT
 
 from infrastructure.local_stack import stack_subprocess
 from lungscan_client import DEFAULT_MAX_BYTES, RetryPolicy, classify_files

@@ -12,7 +12,7 @@ import urllib.request
 
 import boto3
 import pytest
-from conftest import ct_like_image, encode
+from helpers import ct_like_image, encode
 
 from infrastructure.local_accounts import DEMO_PASSWORD, DEMO_USERS
 from infrastructure.local_stack import stack_subprocess

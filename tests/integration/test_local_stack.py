@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 import boto3
 import pytest
-from conftest import FIXTURES_DIR, ct_like_image, encode
+from helpers import FIXTURES_DIR, ct_like_image, encode
 from PIL import Image
 
-from infrastructure.local_stack import stack_subprocess
+from infrastructure.local_stack import FRONTEND_DIR, stack_subprocess
 
 
 def request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
@@ -39,8 +39,11 @@ def test_page_is_served(stack):
     assert status == 200
     assert headers["Content-Type"].startswith("text/html")
     assert b"Not a diagnosis" in body
-    for asset in ("/app.js", "/styles.css", "/config.js"):
-        assert request(stack["base"] + asset)[0] == 200
+    for path in sorted(FRONTEND_DIR.iterdir()):  # every file of the page, the modules included
+        status, asset_headers, _ = request(stack["base"] + "/" + path.name)
+        assert status == 200, path.name
+        if path.suffix == ".js":  # a module script of any other type does not run
+            assert asset_headers["Content-Type"].startswith("text/javascript"), path.name
     assert request(stack["base"] + "/../../etc/passwd")[0] == 404
 
 

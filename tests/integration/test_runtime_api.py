@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ct_like_image
+from helpers import ct_like_image
 from PIL import Image
 
 from infrastructure.emulation import REPO_ROOT, proxy_event

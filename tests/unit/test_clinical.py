@@ -11,12 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-from conftest import ct_like_image, encode, make_event
+from helpers import ct_dataset, ct_like_image, dicom_bytes, encode, frame, make_event
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian
 
 from lungscan.errors import MalformedInputError
 from lungscan.inputs.dicom import DicomOptions, decode_dicom
@@ -32,38 +30,6 @@ def call(app_module, lambda_context, payload: dict, query: dict | None = None) -
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def dicom_bytes(dataset: pydicom.Dataset, preamble: bool = True) -> bytes:
-    buffer = io.BytesIO()
-    if not preamble:  # a bare dataset: no preamble, no "DICM", no file meta
-        dataset.preamble = None
-        del dataset.file_meta
-    dataset.save_as(buffer, enforce_file_format=preamble, implicit_vr=False, little_endian=True)
-    return buffer.getvalue()
-
-
-def ct_dataset(frames: list[np.ndarray] | None = None, **tags) -> pydicom.Dataset:
-    """CT_small with its pixels replaced (int16 HU, one or several frames) and tags overridden."""
-    dataset = pydicom.dcmread(CT_SMALL)
-    dataset.RescaleIntercept, dataset.RescaleSlope = 0, 1  # stored values are HU
-    if frames is not None:
-        stack = np.stack(frames).astype(np.int16)
-        dataset.Rows, dataset.Columns = stack.shape[1:]
-        dataset.NumberOfFrames = len(frames)
-        dataset.PixelData = stack.tobytes()
-        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for name, value in tags.items():
-        if value is None:
-            delattr(dataset, name)
-        else:
-            setattr(dataset, name, value)
-    return dataset
-
-
-def frame(value: int, size: int = 64) -> np.ndarray:
-    """A frame with a gradient so it is never blank; ``value`` shifts it to tell frames apart."""
-    return np.add.outer(np.arange(size), np.arange(size)).astype(np.int16) * 4 + value
 
 
 def test_real_ct_dicom_with_a_chosen_window(app_module, lambda_context):

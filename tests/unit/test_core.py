@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import json
 
-import keras
 import numpy as np
 import pytest
-from conftest import ct_like_image, encode
+from helpers import build_bundle, ct_like_image, encode, hand_made_spec, metadata, tiny_cnn
 from PIL import Image
 
-from lungscan.bundle.metadata import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec, served_differences
+from lungscan.bundle.metadata import PreprocessingSpec, ResizeSpec, served_differences
 from lungscan.bundle.store import read_metadata, write_metadata
 from lungscan.errors import InvalidBundleError, MalformedInputError, NotACTSliceError, PayloadTooLargeError
 from lungscan.inputs.imaging import ImageLimits, decode_base64, decode_image
@@ -22,35 +21,9 @@ from lungscan.model.transforms import build_preprocess, preprocess_image
 from lungscan.uploads import UploadOptions, classify_upload
 
 
-def tiny_cnn(input_shape, outputs: int, activation: str) -> keras.Model:
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(outputs, activation=activation),
-        ]
-    )
-
-
-def metadata(**overrides) -> BundleMetadata:
-    fields = {
-        "name": "tiny",
-        "version": "v1",
-        "classes": ["normal", "benign", "malignant"],
-        "positive_classes": ["malignant"],
-        "input": InputSpec(height=32, width=32, channels=1, colour="grayscale"),
-        "preprocessing": PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=32, width=32)),
-    }
-    return BundleMetadata(**{**fields, **overrides})
-
-
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    bundle = tmp_path_factory.mktemp("bundle")
-    tiny_cnn((32, 32, 1), 3, "softmax").save(bundle / "model.h5")
-    write_metadata(bundle, metadata())
-    return bundle
+    return build_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def test_the_byte_limit_is_decided_before_decoding(tiny_bundle, monkeypatch):
@@ -210,8 +183,6 @@ def test_a_preprocessing_step_this_version_does_not_know_is_refused_not_skipped(
 
 
 def test_served_differences_names_every_field_that_changes_the_answers():
-    from test_gate import hand_made_spec
-
     base = metadata(
         calibration=CalibrationSpec(family="class_bias", scale=[1, 1, 1], bias=[0.5, 0, -0.5]),
         conformal=ConformalSpec(coverage=0.9, thresholds={"normal": 0.5, "benign": 0.5, "malignant": 0.5}),
@@ -237,8 +208,6 @@ def test_served_differences_names_every_field_that_changes_the_answers():
 
 
 def test_served_differences_ignore_how_a_part_was_fitted_and_float_noise_between_machines():
-    from test_gate import hand_made_spec
-
     gate = hand_made_spec()
     thresholds = {"normal": 0.5, "benign": 0.5, "malignant": 0.7138391}
     base = metadata(gate=gate, conformal=ConformalSpec(coverage=0.9, thresholds=thresholds))

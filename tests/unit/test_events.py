@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import EVENTS_DIR, load_event
+from helpers import EVENTS_DIR, load_event
 
 EXPECTED = {
     "predict_png_json.json": (200, None),

@@ -10,46 +10,20 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODEL_BUCKET
-from test_core import metadata, tiny_cnn
+from helpers import MODEL_BUCKET, Clock, build_bundle, loaded_store, served_after, tiny_cnn
 
-from lungscan.bundle.store import write_metadata
 from lungscan.registry import bundles as registry
 from lungscan.registry import keys as registry_keys
-from lungscan.registry.model_store import ModelStore
 
 BUCKET = MODEL_BUCKET
-
-
-def bundle(path, version: str, outputs: int = 3, input_size: int = 32):
-    path.mkdir(parents=True, exist_ok=True)
-    tiny_cnn((input_size, input_size, 1), outputs, "softmax").save(path / "model.h5")
-    write_metadata(path, metadata(version=version))  # claims 32x32 input, 3 classes
-    return path
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def served_after(store: ModelStore, clock: Clock, at: float) -> str:
-    """The version served once a refresh started by a request at ``at`` has finished."""
-    clock.now = at
-    store.get()
-    assert store.wait_for_refresh(timeout=60)
-    return store.get().metadata.version
 
 
 @pytest.fixture
 def serving(s3, tmp_path):
     """A store serving v1 from the registry, refreshing every 10 s of a fake clock."""
-    registry.publish_bundle(s3, BUCKET, bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
     clock = Clock()
-    store = ModelStore("tiny", s3=s3, bucket=BUCKET, refresh_seconds=10, cache_dir=tmp_path / "cache", clock=clock)
-    store.load()
+    store = loaded_store(s3, tmp_path / "cache", refresh_seconds=10, clock=clock)
     assert store.get().metadata.version == "v1"
     return store, clock
 
@@ -57,13 +31,14 @@ def serving(s3, tmp_path):
 @pytest.mark.parametrize(("outputs", "input_size"), [(4, 32), (3, 48)], ids=["wrong output", "wrong input"])
 def test_a_model_with_the_wrong_shape_is_not_swapped_in(s3, tmp_path, serving, outputs, input_size):
     store, clock = serving
-    registry.publish_bundle(s3, BUCKET, bundle(tmp_path / "v2", "v2", outputs=outputs, input_size=input_size))
+    wrong = tiny_cnn((input_size, input_size, 1), outputs, "softmax")
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2", model=wrong))  # claims 32x32, 3 classes
     assert served_after(store, clock, 20) == "v1"
 
 
 def test_a_full_tmp_keeps_the_current_model(s3, tmp_path, serving, monkeypatch):
     store, clock = serving
-    registry.publish_bundle(s3, BUCKET, bundle(tmp_path / "v2", "v2"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -78,7 +53,7 @@ def test_a_full_tmp_keeps_the_current_model(s3, tmp_path, serving, monkeypatch):
 def test_a_truncated_download_is_refused_for_its_checksum(s3, tmp_path, serving, caplog):
     """The bytes that arrive are cut short: the sha256 check refuses them before they reach the cache."""
     store, clock = serving
-    registry.publish_bundle(s3, BUCKET, bundle(tmp_path / "v2", "v2"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))
     real_download = s3.download_file
 
     def truncating_download(bucket, key, filename, **kwargs):
@@ -120,7 +95,7 @@ def test_a_publish_is_never_half_visible(s3, tmp_path, serving, monkeypatch):
         "upload_file",
         lambda filename, bucket, key, **kw: put_then_refresh(Bucket=bucket, Key=key, Body=Path(filename).read_bytes()),
     )
-    registry.publish_bundle(s3, BUCKET, bundle(tmp_path / "v2", "v2"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))
     assert {"models/tiny/v2/model.h5", "models/tiny/v2/model.json"} <= set(written)
     assert written[-1] == registry_keys.pointer_key("tiny")  # the pointer moves last
 
@@ -167,7 +142,7 @@ def test_slow_s3_cold_start_and_refresh_finish_within_the_deadline(tmp_path, app
     monkeypatch.setenv("MODEL_BUCKET", BUCKET)
     monkeypatch.setenv("MODEL_NAME", "tiny")
     monkeypatch.setenv("MODEL_NAMES", "tiny,other")
-    monkeypatch.setenv("MODEL_DIR", str(bundle(tmp_path / "baked", "baked")))
+    monkeypatch.setenv("MODEL_DIR", str(build_bundle(tmp_path / "baked", "baked")))
     monkeypatch.setenv("MODEL_REFRESH_SECONDS", "1")
     monkeypatch.setenv("MODEL_REGISTRY_DEADLINE_SECONDS", str(DEADLINE))
     monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES_DIR, REPO_ROOT, ct_like_image, encode, make_event
+from helpers import FIXTURES_DIR, REPO_ROOT, ct_like_image, encode, make_event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file

@@ -15,7 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLED_MODEL, FIXTURES_DIR, ct_like_image, encode, make_event
+from helpers import (
+    BUNDLED_MODEL,
+    FIXTURES_DIR,
+    cli,
+    ct_like_image,
+    encode,
+    evaluated_bundle,
+    hand_made_spec,
+    keys,
+    make_event,
+)
 from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
@@ -161,27 +171,6 @@ def test_features_are_finite_and_see_colour():
     np.testing.assert_allclose(gate_features(image16), gate_features(to_8bit(image16)), atol=1e-6)
 
 
-def hand_made_spec(probability_threshold: float = 0.5, distance_threshold: float = 10.0) -> GateSpec:
-    """A gate whose scores can be worked out by hand: one hidden unit reads feature 0."""
-    n = len(FEATURE_NAMES)
-    hidden = np.zeros((n, 1))
-    hidden[0, 0] = 1.0
-    precision = np.eye(n) * 0.5
-    return GateSpec(
-        feature_names=FEATURE_NAMES,
-        mean=[0.0] * n,
-        scale=[2.0] * n,
-        hidden_weights=hidden.tolist(),
-        hidden_bias=[0.0],
-        output_weights=[3.0],
-        output_bias=-1.5,
-        probability_threshold=probability_threshold,
-        ct_location=[0.0] * n,
-        ct_precision=precision.tolist(),
-        distance_threshold=distance_threshold,
-    )
-
-
 def test_scores_follow_the_stored_parameters():
     spec = hand_made_spec()
     features = np.zeros((2, len(FEATURE_NAMES)))
@@ -222,8 +211,7 @@ def test_the_shipped_bundles_carry_a_gate_with_its_measured_rates():
 
 
 def test_a_bundle_without_a_gate_is_served_as_before(tmp_path):
-    from conftest import standin_bundle
-
+    from infrastructure.emulation import standin_bundle
     from lungscan.model.classifier import Classifier
 
     classifier = Classifier(standin_bundle(tmp_path / "legacy"))
@@ -233,8 +221,6 @@ def test_a_bundle_without_a_gate_is_served_as_before(tmp_path):
 
 
 def test_publish_refuses_a_bundle_without_a_gate(s3, tmp_path, capsys):
-    from test_publish import cli, evaluated_bundle, keys
-
     from lungscan.bundle.store import write_metadata
 
     bundle = evaluated_bundle(tmp_path / "gated", "v1")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ct_like_image, encode, make_event
+from helpers import ct_like_image, encode, make_event
 from PIL import Image
 
 

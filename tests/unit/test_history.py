@@ -8,15 +8,20 @@ import io
 import json
 import logging
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import jwt
 import pytest
-from conftest import ct_like_image, encode, make_event
 from cryptography.hazmat.primitives.asymmetric import rsa
+from helpers import ct_like_image, encode, make_event
 from PIL import Image
 
-from lungscan.accounts import history
+from lungscan.accounts import access, history
 from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError, as_authorizer_claims
+from lungscan.bundle.metadata import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec
+from lungscan.model.classifier import Prediction
+from lungscan.uploads import SliceInput
 
 TABLE = "lungscan-history-test"
 ALICE = {"sub": "sub-a", "email": "clinician-a@example.org", "cognito:groups": "oncology"}
@@ -273,21 +278,51 @@ def test_a_study_with_a_patient_is_refused(app_module, lambda_context, store):
     assert (status, error["error"]["code"]) == (400, "history_single_slice")
 
 
+def typed_slice(**changes) -> tuple[Prediction, SliceInput, BundleMetadata]:
+    """What ``build_record`` reads: one slice's prediction, what was read, and the model."""
+    prediction = Prediction(
+        label="benign",
+        probabilities={"normal": 0.1, "benign": 0.6, "malignant": 0.3},
+        confidence=0.6,
+        suspicious=False,
+        positive_probability=0.3,
+        threshold=0.5,
+    )
+    model = BundleMetadata(
+        name="m",
+        version="v1",
+        classes=["normal", "benign", "malignant"],
+        positive_classes=["malignant"],
+        input=InputSpec(height=96, width=96, channels=1, colour="grayscale"),
+        preprocessing=PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=96, width=96)),
+    )
+    return replace(prediction, **changes), SliceInput("PNG", 4, 3, None, None), model
+
+
 def test_records_copy_the_conformal_fields_when_the_answer_has_them():
     clinician = history.Clinician("s", "e@example.org", "t")
-    answer = {
-        "model": {"name": "m", "version": "v"},
+    now = datetime(2026, 3, 4, 5, 6, 7, 891234, tzinfo=UTC)
+    plain = history.build_record(*typed_slice(), clinician, input_bytes=10, preview=b"png", heatmap=None, now=now)
+    # The stored shape, key order included (HistoryStore.add writes it as JSON).
+    assert plain == {
+        "record_id": plain["record_id"],
+        "created_at": "2026-03-04T05:06:07.891Z",
+        "clinician": {"sub": "s", "email": "e@example.org"},
+        "model": {"name": "m", "version": "v1"},
         "label": "benign",
         "verdict": "No Cancer Detected",
-        "probabilities": {"benign": 0.6, "malignant": 0.4},
-        "input": {"format": "PNG", "width": 4, "height": 4},
-        "filename": "DOE_JOHN.png",
+        "suspicious": False,
+        "probabilities": {"normal": 0.1, "benign": 0.6, "malignant": 0.3},
+        "input": {"format": "PNG", "width": 4, "height": 3},
+        "input_bytes": 10,
+        "preview": b"png",
     }
-    plain = history.build_record(answer, clinician, input_bytes=10, preview=b"png", heatmap=None)
-    assert "prediction_set" not in plain and "uncertain" not in plain and "heatmap" not in plain
-    assert "DOE_JOHN" not in json.dumps({k: v for k, v in plain.items() if k != "preview"})
-    conformal = {**answer, "prediction_set": ["benign", "malignant"], "uncertain": True}
-    record = history.build_record(conformal, clinician, input_bytes=10, preview=b"png", heatmap=b"h")
+    keys = "record_id created_at clinician model label verdict suspicious probabilities input input_bytes preview"
+    assert " ".join(plain) == keys
+    assert plain["record_id"].startswith("20260304T050607891Z-")
+    conformal = typed_slice(prediction_set=["benign", "malignant"], uncertain=True)
+    record = history.build_record(*conformal, clinician, input_bytes=10, preview=b"png", heatmap=b"h")
+    assert list(record)[-3:] == ["prediction_set", "uncertain", "heatmap"]
     assert (record["prediction_set"], record["uncertain"], record["heatmap"]) == (["benign", "malignant"], True, b"h")
 
 
@@ -370,6 +405,69 @@ def test_openapi_documents_the_history_routes(app_module, lambda_context):
     predict_parameters = {parameter["name"] for parameter in paths["/predict"]["post"]["parameters"]}
     assert "patient" in predict_parameters
     assert paths["/predict"]["post"]["security"] == [{}, {"CognitoIdToken": []}]  # the token is optional there
+
+
+def test_every_route_and_its_openapi_security_come_from_the_access_table(app_module, lambda_context):
+    document = call(app_module, lambda_context, make_event("GET", "/openapi.json"))[1]
+    operations = {(method.upper(), path): op for path, ops in document["paths"].items() for method, op in ops.items()}
+    assert set(operations) == set(access.ROUTES)  # a new route must say who may call it
+    for route, operation in operations.items():
+        assert operation.get("security") == access.openapi_security(route), route
+
+
+def test_predict_may_be_anonymous_unless_it_names_a_patient():
+    predict_route, patients = ("POST", "/predict"), ("GET", "/patients")
+    assert not access.needs_token(predict_route) and access.needs_token(predict_route, patient="P-1")
+    assert not access.checked_by_gateway(predict_route)  # the authorizer would refuse the anonymous calls
+    for route in access.AUTHORIZED_ROUTES:
+        assert access.needs_token(route) and access.checked_by_gateway(route)
+    assert not any(access.needs_token(route) for route in [("GET", "/health"), ("GET", "/model")])
+    assert access.needs_token(("GET", "/not-in-the-table"))  # fails closed
+    assert access.openapi_security(patients) == [{"CognitoIdToken": []}]
+
+
+HISTORY_ERRORS = {
+    "unauthorized": (401, "Sign in: send a valid Cognito ID token in the Authorization header."),
+    "no_team": (403, "Your account belongs to no single care team: ask an administrator."),
+    "not_found": (404, "No such patient for your team."),
+    "history_unavailable": (503, "This deployment keeps no patient history."),
+}
+
+
+def history_error_event(code: str, monkeypatch) -> dict:
+    import history_api
+
+    if code == "history_unavailable":
+        monkeypatch.setattr(history_api, "_store", None)
+        monkeypatch.delenv("HISTORY_TABLE", raising=False)
+    claims = {"unauthorized": None, "no_team": {"sub": "x", "email": "x@example.org"}}.get(code, CAROL)
+    path = "/patients/P-0001/scans" if code == "not_found" else "/patients"
+    return signed_in(make_event("GET", path), claims)
+
+
+@pytest.mark.parametrize("code", HISTORY_ERRORS)
+def test_history_errors_have_the_apis_one_error_body(app_module, lambda_context, store, monkeypatch, code):
+    """The same body as every other error: code, message and request id (API Gateway's, as its own 401 has)."""
+    status, body = call(app_module, lambda_context, history_error_event(code, monkeypatch))
+    assert status == HISTORY_ERRORS[code][0]
+    assert body == {"error": {"code": code, "message": HISTORY_ERRORS[code][1], "request_id": "test-request-id"}}
+
+
+@pytest.mark.parametrize("code", [*HISTORY_ERRORS, "route_not_found", "predict_unauthorized"])
+def test_an_error_without_api_gateways_request_id_quotes_the_invocations(
+    app_module, lambda_context, store, monkeypatch, code
+):
+    """An event that did not come through API Gateway: the Lambda request id, never null (history errors had null)."""
+    if code == "route_not_found":
+        event = make_event("GET", "/nowhere")
+    elif code == "predict_unauthorized":
+        event = make_event(body=json.dumps({"image": "AAAA", "patient": "P-0001"}), content_type="application/json")
+    else:
+        event = history_error_event(code, monkeypatch)
+    del event["requestContext"]["requestId"]
+    status, body = call(app_module, lambda_context, event)
+    assert status >= 400 and set(body["error"]) == {"code", "message", "request_id"}
+    assert body["error"]["request_id"] == lambda_context.aws_request_id
 
 
 # ---------------------------------------------------------------- the token checks (lungscan.accounts.tokens)

@@ -14,7 +14,7 @@ import json
 import pydicom
 import pydicom.filereader
 import pytest
-from conftest import ct_like_image, encode, make_event
+from helpers import ct_like_image, encode, make_event
 from hostile_inputs import (
     ct_dicom,
     deflated_dicom,

@@ -1,12 +1,14 @@
-"""The code's shape, checked: imports point inward, no import circles, model.json has one writer."""
+"""The code's shape, checked: imports point inward, no import circles, model.json has one writer,
+no code edits sys.path, and test modules share helpers through tests/helpers.py only."""
 
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 # Where each top-level name lives. The function's modules are flat in the Lambda image (app, api_*).
 PACKAGES = ("lungscan", "lungscan_client", "training", "infrastructure")
@@ -134,3 +136,74 @@ def test_each_bundle_file_name_is_spelled_in_the_bundle_package_alone():
         for match in spelled.findall(path.read_text())
     )
     assert found == []
+
+
+# ---------------------------------------------------------------- plumbing
+
+# Where the import path comes from: pyproject.toml's pytest `pythonpath`, `python -m` from the repository
+# root, and PYTHONPATH in the environment of the processes the code starts. Read as text, so that code
+# inside a string (a snippet a test runs with `python -c`) counts too.
+SYS_PATH_EDIT = re.compile(
+    r"\bsys\s*\.\s*path\s*(\.\s*(insert|append|extend|remove|pop|clear)\s*\(|(\[[^\]]*\]\s*)?\+?=(?!=))"
+    r"|\bfrom\s+sys\s+import\b.*\bpath\b|\bsite\s*\.\s*addsitedir\s*\("
+)
+SKIPPED_FOLDERS = {"build", "node_modules", "__pycache__"}
+
+
+def repository_python_files() -> list[Path]:
+    """Every .py file of the checkout, outside hidden folders (.venv, .venv-sam, .aws-sam, .git), build/ and
+    node_modules/."""
+    found = []
+    for folder, subfolders, files in os.walk(REPO_ROOT):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".") and name not in SKIPPED_FOLDERS]
+        found += [Path(folder) / name for name in files if name.endswith(".py")]
+    return sorted(found)
+
+
+def test_no_code_edits_the_import_path():
+    files = repository_python_files()
+    assert {REPO_ROOT / "tests" / "conftest.py", REPO_ROOT / "benchmarks" / "bench_predict.py"} <= set(files)
+    assert not any(".venv" in path.parts for path in files)
+    for edit in (".insert(0, root)", "[:0] = [root]", ".append(root)", " += [root]", "[0] = root"):
+        assert SYS_PATH_EDIT.search(f"import sys\nsys.path{edit}\n"), edit
+    assert SYS_PATH_EDIT.search(" ".join(["from", "sys", "import", "argv,", "path"]))
+    assert SYS_PATH_EDIT.search("site" + ".addsitedir(root)")
+    assert not SYS_PATH_EDIT.search("if root not in sys.path or sys.path == []:")
+    edits = sorted(
+        f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if SYS_PATH_EDIT.search(line)
+    )
+    assert edits == []
+
+
+def imported_names(tree: ast.AST) -> set[str]:
+    """Every module an ``import`` or ``from ... import`` in ``tree`` names, relative ones included."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+            if node.module is None:  # `from . import test_page`
+                names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_test_modules_share_helpers_through_helpers_py_not_through_each_other():
+    """A test module imports shared helpers from tests/helpers.py (fixtures come from conftest.py by
+    name), never from another test module or from a conftest."""
+
+    def is_test_module(name: str) -> bool:
+        return any(part.startswith("test_") or part == "conftest" for part in name.split("."))
+
+    assert is_test_module("test_core") and is_test_module("conftest") and is_test_module("browser.test_page")
+    assert not is_test_module("helpers") and not is_test_module("training.measure.evaluate")
+    wrong = sorted(
+        f"{path.relative_to(REPO_ROOT)} imports {name}"
+        for path in (REPO_ROOT / "tests").rglob("*.py")
+        for name in imported_names(ast.parse(path.read_text()))
+        if is_test_module(name)
+    )
+    assert wrong == []

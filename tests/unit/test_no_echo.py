@@ -8,7 +8,7 @@ import json
 
 import pydicom
 import pytest
-from conftest import make_event
+from helpers import make_event
 from pydicom.data import get_testdata_file
 
 from lungscan.errors import UnsupportedFormatError

@@ -7,59 +7,20 @@ so no dataset and no training are needed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import boto3
-import numpy as np
 import pytest
-from conftest import BUNDLED_MODEL, MODEL_BUCKET
+from helpers import MODEL_BUCKET, build_bundle, cli, evaluated_bundle, keys, tiny_cnn
 from moto import mock_aws
-from test_core import metadata, tiny_cnn
 
-from lungscan.bundle.files import SMOKE_FILE, report_files
-from lungscan.bundle.metadata import BundleMetrics, ReportRecord
 from lungscan.bundle.store import read_metadata, write_metadata
 from lungscan.errors import InvalidBundleError
 from lungscan.model.classifier import Classifier
-from lungscan.model.conformal import ConformalSpec
 from lungscan.registry import bundles as registry
 from lungscan.registry import pointer as registry_pointer
 from training.cli import EXIT_FAILED, EXIT_REFUSED, main
-from training.data.layouts import Sample
-from training.measure.evaluate import write_smoke_set
 
 BUCKET = MODEL_BUCKET
-SAME_TEST_SET = "a" * 64
-
-
-def evaluated_bundle(path: Path, version: str, macro_f1: float = 0.6, fingerprint: str | None = SAME_TEST_SET) -> Path:
-    """A bundle as `evaluate` leaves it: metrics with a test-set fingerprint, report/smoke.npz, report sha256s."""
-    path.mkdir(parents=True, exist_ok=True)
-    tiny_cnn((32, 32, 1), 3, "softmax").save(path / "model.h5")
-    write_metadata(path, metadata(version=version))
-    classifier = Classifier(path)
-    rng = np.random.default_rng(0)
-    inputs = rng.integers(0, 256, (6, 32, 32, 1)).astype(np.float32) / 255.0
-    labels = np.array([0, 1, 2, 0, 1, 2])
-    samples = [Sample(Path(f"img{i}.png"), "normal", i, "0" * 64) for i in range(6)]
-    smoke = write_smoke_set(path / SMOKE_FILE, classifier, inputs, labels, samples, path, 6)
-    meta = classifier.metadata
-    meta.metrics = BundleMetrics(
-        **{
-            "accuracy": 0.7,
-            "macro_f1": macro_f1,
-            "suspicious_sensitivity": 0.9,
-            "suspicious_specificity": 0.8,
-            "evaluation_set": {"split": "test", "n": 6, "fingerprint": fingerprint} if fingerprint else {},
-            "smoke": smoke,
-        }
-    )
-    meta.conformal = ConformalSpec(coverage=0.9, thresholds=dict.fromkeys(meta.classes, 0.8))
-    (path / "MODEL_CARD.md").write_text(f"# tiny {version}\n")
-    meta.report = ReportRecord(files=report_files(path))
-    meta.gate = read_metadata(BUNDLED_MODEL).gate  # publish refuses a bundle without a not-CT gate
-    write_metadata(path, meta)
-    return path
 
 
 class RecordingS3:
@@ -79,17 +40,6 @@ class RecordingS3:
 
     def __getattr__(self, name):
         return getattr(self._client, name)
-
-
-def cli(s3, capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([*argv, "--bucket", BUCKET], s3=s3)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
-
-
-def keys(s3) -> set[str]:
-    return {item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
 
 
 def history(s3) -> list[dict]:
@@ -239,10 +189,7 @@ def test_a_bundle_that_does_not_reproduce_its_smoke_set_is_refused(s3, tmp_path,
 
 
 def test_an_unevaluated_bundle_is_refused(s3, tmp_path, capsys):
-    bundle = tmp_path / "raw"
-    bundle.mkdir()
-    tiny_cnn((32, 32, 1), 3, "softmax").save(bundle / "model.h5")
-    write_metadata(bundle, metadata(version="raw"))
+    bundle = build_bundle(tmp_path / "raw", "raw")
     code, _, err = cli(s3, capsys, "publish", str(bundle))
     assert code == EXIT_FAILED and "evaluate" in err
 

@@ -9,45 +9,19 @@ from pathlib import Path
 import boto3
 import botocore.config
 import pytest
-from conftest import MODEL_BUCKET
-from test_core import metadata, tiny_cnn
+from helpers import MODEL_BUCKET, Clock, build_bundle, loaded_store, served_after
 
-from lungscan.bundle.store import write_metadata
 from lungscan.errors import InvalidBundleError, RegistryError
 from lungscan.registry import bundles as registry
 from lungscan.registry import keys as registry_keys
 from lungscan.registry import model_store as serving
 from lungscan.registry import pointer as registry_pointer
-from lungscan.registry.model_store import ModelStore
 
 BUCKET = MODEL_BUCKET
 
 
-def make_bundle(path, version: str):
-    path.mkdir(parents=True, exist_ok=True)
-    tiny_cnn((32, 32, 1), 3, "softmax").save(path / "model.h5")
-    write_metadata(path, metadata(version=version))
-    return path
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def version_after_refresh(store: ModelStore, clock: Clock, at: float) -> str:
-    """Move the clock to ``at``, let a request start the refresh, wait for it, and say what is served."""
-    clock.now = at
-    store.get()  # starts the refresh, if due, in the background and answers at once
-    assert store.wait_for_refresh(timeout=60)
-    return store.get().metadata.version
-
-
 def test_publish_writes_bundle_then_moves_pointer(s3, tmp_path):
-    published = registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    published = registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
     assert keys == {
         "models/tiny/v1/model.h5",
@@ -61,7 +35,7 @@ def test_publish_writes_bundle_then_moves_pointer(s3, tmp_path):
 
 
 def test_corrupt_upload_is_rejected_and_leaves_nothing_behind(s3, tmp_path):
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
     s3.put_object(Bucket=BUCKET, Key="models/tiny/v1/model.h5", Body=b"truncated")
     with pytest.raises(InvalidBundleError, match="sha256"):
         registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache")
@@ -70,39 +44,35 @@ def test_corrupt_upload_is_rejected_and_leaves_nothing_behind(s3, tmp_path):
 
 
 def test_store_swaps_in_a_new_version_after_the_refresh_interval(s3, tmp_path):
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
     clock = Clock()
-    store = ModelStore("tiny", s3=s3, bucket=BUCKET, refresh_seconds=60, cache_dir=tmp_path / "cache", clock=clock)
-    store.load()
+    store = loaded_store(s3, tmp_path / "cache", refresh_seconds=60, clock=clock)
     assert store.get().metadata.version == "v1"
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
-    assert version_after_refresh(store, clock, 59) == "v1"  # not yet due
-    assert version_after_refresh(store, clock, 61) == "v2"
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))
+    assert served_after(store, clock, 59) == "v1"  # not yet due
+    assert served_after(store, clock, 61) == "v2"
     assert store.sources == {"tiny": "registry"}
     registry_pointer.move_pointer(s3, BUCKET, "tiny", "v1", action="promote")  # rollback
-    assert version_after_refresh(store, clock, 200) == "v1"
+    assert served_after(store, clock, 200) == "v1"
 
 
 def test_store_keeps_serving_the_last_good_model(s3, tmp_path):
-    baked = make_bundle(tmp_path / "baked", "baked")
+    baked = build_bundle(tmp_path / "baked", "baked")
     clock = Clock()
-    store = ModelStore(
-        "tiny", baked, s3=s3, bucket=BUCKET, refresh_seconds=1, cache_dir=tmp_path / "cache", clock=clock
-    )
-    store.load()  # no pointer yet: the baked model serves
+    store = loaded_store(s3, tmp_path / "cache", baked, refresh_seconds=1, clock=clock)  # no pointer: baked serves
     assert store.get().metadata.version == "baked"
     assert store.sources == {"tiny": "baked"}
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))
     s3.put_object(Bucket=BUCKET, Key="models/tiny/v2/model.h5", Body=b"corrupt")  # sha mismatch
-    assert version_after_refresh(store, clock, 5) == "baked"
+    assert served_after(store, clock, 5) == "baked"
     s3.put_object(Bucket=BUCKET, Key="models/tiny/latest.json", Body=json.dumps({"version": "missing"}).encode())
-    assert version_after_refresh(store, clock, 10) == "baked"
+    assert served_after(store, clock, 10) == "baked"
     s3.put_object(Bucket=BUCKET, Key="models/tiny/latest.json", Body=b"{not json")
-    assert version_after_refresh(store, clock, 15) == "baked"
+    assert served_after(store, clock, 15) == "baked"
 
 
 def test_unreachable_s3_at_cold_start_falls_back_to_the_baked_model(tmp_path):
-    baked = make_bundle(tmp_path / "baked", "baked")
+    baked = build_bundle(tmp_path / "baked", "baked")
     config = botocore.config.Config(connect_timeout=0.5, read_timeout=0.5, retries={"max_attempts": 1})
     unreachable = boto3.client(
         "s3",
@@ -112,13 +82,12 @@ def test_unreachable_s3_at_cold_start_falls_back_to_the_baked_model(tmp_path):
         aws_secret_access_key="x",
         config=config,
     )
-    store = ModelStore("tiny", baked, s3=unreachable, bucket=BUCKET, cache_dir=tmp_path / "cache")
-    store.load()
+    store = loaded_store(unreachable, tmp_path / "cache", baked)
     assert store.get().metadata.version == "baked"
 
 
 def test_a_tampered_cached_copy_is_downloaded_again(s3, tmp_path):
-    original = make_bundle(tmp_path / "v1", "v1")
+    original = build_bundle(tmp_path / "v1", "v1")
     registry.publish_bundle(s3, BUCKET, original)
     local = registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache")
     (local / "model.h5").write_bytes(b"tampered")
@@ -127,8 +96,8 @@ def test_a_tampered_cached_copy_is_downloaded_again(s3, tmp_path):
 
 
 def test_every_pointer_move_is_recorded_before_the_pointer(s3, tmp_path):
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))
     registry_pointer.move_pointer(s3, BUCKET, "tiny", "v1", action="promote")
     moves = [(e["action"], e["version"], e["previous"]) for e in registry_pointer.read_history(s3, BUCKET, "tiny")]
     assert moves == [("publish", "v1", None), ("publish", "v2", "v1"), ("promote", "v1", "v2")]
@@ -199,12 +168,11 @@ class BlockingS3:
 
 
 def test_a_request_never_waits_for_a_refresh(s3, tmp_path):
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
     slow = BlockingS3(s3)
     clock = Clock()
-    store = ModelStore("tiny", s3=slow, bucket=BUCKET, refresh_seconds=60, cache_dir=tmp_path / "cache", clock=clock)
-    store.load()
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
+    store = loaded_store(slow, tmp_path / "cache", refresh_seconds=60, clock=clock)
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))
     slow.block = True
     clock.now = 61
     answered = []
@@ -220,32 +188,30 @@ def test_a_request_never_waits_for_a_refresh(s3, tmp_path):
 
 
 def test_zero_refresh_seconds_reads_the_registry_at_cold_start_only(s3, tmp_path):
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
     counting = BlockingS3(s3)
     clock = Clock()
-    store = ModelStore("tiny", s3=counting, bucket=BUCKET, refresh_seconds=0, cache_dir=tmp_path / "cache", clock=clock)
-    store.load()
+    store = loaded_store(counting, tmp_path / "cache", refresh_seconds=0, clock=clock)
     assert store.get().metadata.version == "v1"
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))
     reads = counting.gets
     for now in (1, 1000, 10**6):
-        assert version_after_refresh(store, clock, now) == "v1"
+        assert served_after(store, clock, now) == "v1"
     assert counting.gets == reads  # no request touched S3
 
 
 def test_a_bundle_published_under_another_version_is_refused_once(s3, tmp_path, monkeypatch):
     """latest.json says v9 but its model.json says v1: refused, and not loaded again at every refresh."""
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
     for file in ("model.h5", "model.json"):
         s3.copy_object(Bucket=BUCKET, Key=f"models/tiny/v9/{file}", CopySource=f"{BUCKET}/models/tiny/v1/{file}")
     s3.put_object(Bucket=BUCKET, Key=registry_keys.pointer_key("tiny"), Body=json.dumps({"version": "v9"}).encode())
-    baked = make_bundle(tmp_path / "baked", "baked")
+    baked = build_bundle(tmp_path / "baked", "baked")
     loads = []
     real_classifier = serving.Classifier
     monkeypatch.setattr(serving, "Classifier", lambda path: loads.append(Path(path).name) or real_classifier(path))
     clock = Clock()
-    store = ModelStore("tiny", baked, s3=s3, bucket=BUCKET, refresh_seconds=1, cache_dir=tmp_path / "c", clock=clock)
-    store.load()
+    store = loaded_store(s3, tmp_path / "c", baked, refresh_seconds=1, clock=clock)
     assert store.wait_for_refresh(timeout=60)
     downloads = []
     real_download = s3.download_file
@@ -253,14 +219,14 @@ def test_a_bundle_published_under_another_version_is_refused_once(s3, tmp_path, 
         s3, "download_file", lambda *args, **kw: downloads.append(args[1]) or real_download(*args, **kw)
     )
     for now in (5, 10, 15):
-        assert version_after_refresh(store, clock, now) == "baked"
+        assert served_after(store, clock, now) == "baked"
     assert loads == ["baked"]  # v9 was never loaded as a model, let alone once per refresh
     assert downloads == []  # nor downloaded again: the pointer has not moved since it was refused
     monkeypatch.setattr(s3, "download_file", real_download)
     with pytest.raises(InvalidBundleError, match="describes tiny v1"):
         registry.download_bundle(s3, BUCKET, "tiny", "v9", tmp_path / "other")
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v2", "v2"))  # the pointer moves: tried again
-    assert version_after_refresh(store, clock, 20) == "v2"
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v2", "v2"))  # the pointer moves: tried again
+    assert served_after(store, clock, 20) == "v2"
 
 
 # ---------------------------------------------------------------- names and versions
@@ -278,8 +244,7 @@ def test_a_pointer_with_an_invalid_version_touches_nothing(s3, tmp_path, version
         registry_pointer.latest_version(s3, BUCKET, "tiny")
     with pytest.raises(RegistryError, match="invalid version"):
         registry.download_bundle(s3, BUCKET, "tiny", version, cache)
-    store = ModelStore("tiny", make_bundle(tmp_path / "baked", "baked"), s3=s3, bucket=BUCKET, cache_dir=cache)
-    store.load()
+    store = loaded_store(s3, cache, build_bundle(tmp_path / "baked", "baked"))
     assert store.wait_for_refresh(timeout=60)
     assert store.get().metadata.version == "baked"
     assert all(sentinel.read_text() == "x" for sentinel in sentinels)
@@ -298,7 +263,7 @@ def test_keys_are_built_only_from_valid_names_and_versions(name, version):
 
 def test_concurrent_pointer_moves_never_lose_a_history_entry(s3, tmp_path):
     """Another publisher writes history.json between our read and our write: S3 refuses ours, we append again."""
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
 
     class RacingS3:
         raced = False
@@ -339,7 +304,7 @@ def test_history_is_written_only_if_unchanged(s3):
 
 
 def test_listing_skips_folders_that_are_not_valid_names_or_versions(s3, tmp_path):
-    registry.publish_bundle(s3, BUCKET, make_bundle(tmp_path / "v1", "v1"))
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
     for key in ("models/Not A Name/v1/model.json", "models/tiny/-stray/model.json"):
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
     assert registry_pointer.list_names(s3, BUCKET) == ["tiny"]

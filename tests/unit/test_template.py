@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import decode
 
-from infrastructure.emulation import AUTHORIZED_ROUTES, REPO_ROOT, ROUTES, STAGE, proxy_event
+from infrastructure.emulation import REPO_ROOT, ROUTES, STAGE, proxy_event
+from lungscan.accounts import access
+from lungscan.errors import UnauthorizedError
 
 TEMPLATE = REPO_ROOT / "template.yaml"
 EVENTS_DIR = REPO_ROOT / "events"
@@ -53,7 +55,7 @@ GENERATED_REQUEST_CONTEXT_KEYS = {
     "protocol",
 }
 EXPECTED_ROUTES = ROUTES  # what the local emulation sends; the template must declare the same
-HISTORY_ROUTES = AUTHORIZED_ROUTES  # behind the Cognito authorizer
+HISTORY_ROUTES = access.AUTHORIZED_ROUTES  # behind the Cognito authorizer
 TLS_ONLY = {"Bool": {"aws:SecureTransport": "false"}}
 ACCESS_LOGS_BUCKET = "AccessLogsBucket"
 
@@ -566,8 +568,9 @@ def test_generated_shape_matches_this_sam_cli() -> None:
 def test_events_are_reproducible_from_fixtures(tmp_path: Path) -> None:
     environment = {**os.environ, "SAM_CLI": sam_cli()}
     subprocess.run(
-        [sys.executable, str(EVENTS_DIR / "generate.py"), str(tmp_path)],
+        [sys.executable, "-m", "events.generate", str(tmp_path)],
         check=True,
+        cwd=REPO_ROOT,
         capture_output=True,
         env=environment,
     )
@@ -663,6 +666,26 @@ def test_history_routes_sit_behind_the_cognito_authorizer(resources: dict) -> No
     assert authorizer == {"type": "cognito_user_pools", "providerARNs": [{"Fn::GetAtt": ["ClinicianPool", "Arn"]}]}
     template = json.loads(api["GatewayResponses"]["UNAUTHORIZED"]["ResponseTemplates"]["application/json"])
     assert template["error"]["code"] == "unauthorized" and template["error"]["request_id"] == "$context.requestId"
+
+
+def test_the_template_guards_exactly_the_routes_the_access_table_names(resources: dict) -> None:
+    """lungscan.accounts.access decides who may call what; the template's authorizer must agree with it."""
+    api = resources["ClassifierApi"]["Properties"]
+    guarded = set()
+    for path, methods in api["DefinitionBody"]["paths"].items():
+        for method, operation in methods.items():
+            _, with_key, without_key = operation["security"]["Fn::If"]
+            options = [*with_key, *(without_key if isinstance(without_key, list) else [])]
+            if any(access.TOKEN_SCHEME in option for option in options):
+                assert all(access.TOKEN_SCHEME in option for option in options), (method, path)  # never optional
+                guarded.add((method.upper(), path))
+    assert guarded == access.AUTHORIZED_ROUTES
+    events = resources["ClassifierFunction"]["Properties"]["Events"].values()
+    routes = {(event["Properties"]["Method"].upper(), event["Properties"]["Path"]) for event in events}
+    assert routes == set(access.ROUTES)
+    # The authorizer's 401 is the function's own: same code and message.
+    error = json.loads(api["GatewayResponses"]["UNAUTHORIZED"]["ResponseTemplates"]["application/json"])["error"]
+    assert (error["code"], error["message"]) == (UnauthorizedError.code, UnauthorizedError().message)
 
 
 def test_history_table_is_recoverable_encrypted_with_a_rotated_key_and_expires(template: dict, resources: dict) -> None:

@@ -258,7 +258,7 @@ def test_training_and_evaluation_decode_dicom_with_the_bundles_window(tmp_path):
     """A bundle that declares its own DICOM window is trained, evaluated and served through that window."""
     from types import SimpleNamespace
 
-    from test_clinical import ct_dataset, dicom_bytes, frame
+    from helpers import ct_dataset, dicom_bytes, frame
 
     from infrastructure.emulation import standin_bundle
     from lungscan.bundle.metadata import DicomWindowSpec

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import build_bundle, metadata
 from PIL import Image
-from test_core import metadata, tiny_cnn
 
 from lungscan.bundle.metadata import PreprocessingSpec, ResizeSpec
-from lungscan.bundle.store import write_metadata
 from lungscan.inputs.imaging import DecodedImage
 from lungscan.model.classifier import MAX_SHOWN_PROBABILITY, Classifier
 from lungscan.model.conformal import ConformalSpec, prediction_set, set_mask
@@ -22,10 +21,8 @@ CLASSES = ["normal", "benign", "malignant"]
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory) -> Classifier:
     """A multi-class bundle (3 classes, malignant positive) with conformal thresholds."""
-    bundle = tmp_path_factory.mktemp("trust")
-    tiny_cnn((32, 32, 1), 3, "softmax").save(bundle / "model.h5")
-    write_metadata(bundle, metadata(conformal=ConformalSpec(coverage=0.9, thresholds=dict.fromkeys(CLASSES, 0.5))))
-    return Classifier(bundle)
+    conformal = ConformalSpec(coverage=0.9, thresholds=dict.fromkeys(CLASSES, 0.5))
+    return Classifier(build_bundle(tmp_path_factory.mktemp("trust"), conformal=conformal))
 
 
 def configure(classifier: Classifier, threshold: float, thresholds: dict[str, float] | None) -> Classifier:

@@ -12,10 +12,10 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import BUNDLED_MODEL, FIXTURES_DIR, MODEL_BUCKET, REPO_ROOT
+from helpers import BUNDLED_MODEL, FIXTURES_DIR, MODEL_BUCKET, REPO_ROOT, build_bundle, tiny_cnn
 from PIL import Image
-from test_core import metadata, tiny_cnn
 
+from infrastructure.emulation import with_function_path
 from lungscan.bundle.files import SMOKE_FILE, TWIN_FILE
 from lungscan.bundle.metadata import CAM_WEIGHTS, FEATURES, BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec
 from lungscan.bundle.smoke import smoke_inputs
@@ -45,10 +45,7 @@ def quiet(_message: str) -> None:
 
 
 def bundle_with(model: keras.Model, path, **overrides):
-    path.mkdir(parents=True, exist_ok=True)
-    model.save(path / "model.h5")
-    write_metadata(path, metadata(**overrides))
-    return path
+    return build_bundle(path, model=model, **overrides)
 
 
 # ---------------------------------------------------------------- the shipped bundles
@@ -116,7 +113,6 @@ def test_the_function_answers_without_ever_importing_tensorflow(bundle):
     script = textwrap.dedent(
         f"""
         import base64, json, sys
-        sys.path[:0] = [{str(REPO_ROOT)!r}, {str(REPO_ROOT / "functions" / "classifier")!r}]
         import app
         from infrastructure.emulation import LambdaContext, proxy_event
 
@@ -131,14 +127,16 @@ def test_the_function_answers_without_ever_importing_tensorflow(bundle):
                           "tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules}}))
         """
     )
-    env = {
-        **os.environ,
-        "MODEL_DIR": str(bundle),
-        "MODEL_NAME": read_metadata(bundle).name,
-        "POWERTOOLS_TRACE_DISABLED": "1",
-        "POWERTOOLS_METRICS_NAMESPACE": "LungScan",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = with_function_path(  # PYTHONPATH: the repository root and functions/classifier (import app)
+        {
+            **os.environ,
+            "MODEL_DIR": str(bundle),
+            "MODEL_NAME": read_metadata(bundle).name,
+            "POWERTOOLS_TRACE_DISABLED": "1",
+            "POWERTOOLS_METRICS_NAMESPACE": "LungScan",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     env.pop("MODEL_BUCKET", None)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

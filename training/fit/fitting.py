@@ -147,9 +147,9 @@ def strong_augmentation(seed: int):
         ],
         name="augment_geometry",
     )
-    blur_kernel = np.exp(-0.5 * (np.arange(-2, 3) / 0.8) ** 2)
-    blur_kernel = np.outer(blur_kernel, blur_kernel) / np.outer(blur_kernel, blur_kernel).sum()
-    blur_kernel = tf.constant(blur_kernel[:, :, None, None], tf.float32)
+    gaussian = np.exp(-0.5 * (np.arange(-2, 3) / 0.8) ** 2)
+    gaussian = np.outer(gaussian, gaussian) / np.outer(gaussian, gaussian).sum()
+    blur_kernel = tf.constant(gaussian[:, :, None, None], tf.float32)
     generator = tf.random.Generator.from_seed(seed + 10)
 
     def apply(images, labels):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 from training.data.layouts import LAYOUTS
 from training.presets import DEFAULTS, PRESETS, REPO_ROOT, Preset
@@ -130,7 +131,7 @@ class TrainConfig:
     augment: str
     crop_to_body: bool
     pad_to_square: bool
-    intensity: str
+    intensity: Literal["fixed", "percentile"]
     label_smoothing: float
     ensemble: int
     lr_schedule: str

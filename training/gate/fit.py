@@ -279,7 +279,8 @@ def build_gate(
 ) -> GateSpec:
     """Load the training CT of every bundle and the generated negatives, fit, and evaluate."""
     rng = np.random.default_rng(SEED)
-    ct_images, ct_groups, sources = [], [], {}
+    ct_images, sources = [], {}
+    ct_groups: list[int] = []  # one per image: the file it comes from, augmented copies included
     for bundle in ct_bundles:
         files = ct_files(bundle, data_dir, "train")
         sources[str(bundle.name)] = len(files)

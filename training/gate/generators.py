@@ -20,10 +20,11 @@ def _colour(rng: np.random.Generator, grey: bool = False) -> tuple[int, int, int
     if grey:
         value = int(rng.integers(0, 256))
         return value, value, value
-    return tuple(int(v) for v in rng.integers(0, 256, 3))  # type: ignore[return-value]
+    red, green, blue = (int(v) for v in rng.integers(0, 256, 3))
+    return red, green, blue
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 

@@ -11,6 +11,7 @@ the gate and not the DICOM modality check.
 
 from __future__ import annotations
 
+import gzip
 import os
 import warnings
 from collections.abc import Callable
@@ -51,7 +52,8 @@ def _package_images() -> dict[str, list[Image.Image]]:
     for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"):
         with Image.open(matplotlib.cbook.get_sample_data(name, asfileobj=False)) as image:
             photos.append(image.convert("RGB"))
-    with matplotlib.cbook.get_sample_data("s1045.ima.gz") as stream:  # a 256x256 16-bit MR slice of a head
+    mr_slice = matplotlib.cbook.get_sample_data("s1045.ima.gz", asfileobj=False)  # a 256x256 16-bit MR head slice
+    with gzip.open(mr_slice) as stream:
         pixels = np.frombuffer(stream.read(), dtype="<u2").reshape(256, 256).astype(np.float32)
     return {"photo": photos, "mr": [to_image(pixels / pixels.max())]}
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,7 +52,8 @@ class SplitOutputs:
     labels: np.ndarray
     outputs: np.ndarray  # the model's raw outputs (runtime.forward), before the calibration
     raw: np.ndarray  # probabilities as trained (uncalibrated)
-    served: np.ndarray | None = None  # probabilities with the fitted calibration: what the function serves
+    # Probabilities with the fitted calibration: what the function serves. Set by calibrate(), unset before.
+    served: np.ndarray = field(init=False)
 
 
 def _largest_included_score(calibration_scores: np.ndarray, coverage: float, bins=None, bin_value=None) -> float | None:

@@ -112,6 +112,7 @@ def evaluate_bundle(
     splits = {name: run_split(classifier, split, name) for name, split in samples.items()}
     test = splits["test"]
     conformal, candidates = calibrate(classifier, splits)  # sets metadata.calibration and .conformal: the served rule
+    assert metadata.calibration is not None  # calibrate() set it
     measured = {name: measure(classifier, split.labels, split.served) for name, split in splits.items()}
 
     report = bundle_dir / REPORT_DIR
@@ -327,12 +328,14 @@ def print_metrics(metadata: BundleMetadata) -> None:
         flush=True,
     )
     print(f"majority baseline on test: {metrics['majority_baseline']}", flush=True)
-    sets = metadata.conformal.evaluation["test"]
+    conformal = metadata.conformal
+    assert conformal is not None  # every evaluated bundle has its conformal sets
+    sets = conformal.evaluation["test"]
     per_class = ", ".join(
         f"{name} {v['coverage']}/{v['mean_set_size']}" for name, v in sets["per_class"].items() if v["n"]
     )
     print(
-        f"conformal sets on test ({metadata.conformal.coverage:.0%} target): coverage {sets['coverage']}, "
+        f"conformal sets on test ({conformal.coverage:.0%} target): coverage {sets['coverage']}, "
         f"mean size {sets['mean_set_size']}; per class coverage/size: {per_class}",
         flush=True,
     )

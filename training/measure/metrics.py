@@ -15,7 +15,7 @@ from lungscan.model.calibration import apply_temperature  # the rescaling older 
 ECE_BINS = 15
 
 
-def four_places(value: float) -> float:
+def four_places(value: float | np.floating) -> float:
     return round(float(value), 4)
 
 

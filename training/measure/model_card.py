@@ -227,6 +227,7 @@ def _performance_section(metadata: BundleMetadata, training: dict) -> str:
     ece_after = f"{calibration['test_ece_after']:.3f} | {calibration['validation_ece_after']:.3f}"
     calibration_note = ""
     if calibration["test_ece_after"] > calibration["test_ece_before"]:
+        assert metadata.calibration is not None  # the metrics' calibration report describes it
         calibration_note = (
             f"\n\nCalibration did not carry over: the {metadata.calibration.family.replace('_', ' ')} fitted on the "
             f"calibration split made the test calibration worse (ECE "

@@ -127,7 +127,7 @@ def validate_bundle(bundle_dir: Path | str) -> BundleMetadata:
             raise InvalidBundleError(f"{path} is declared in model.json but missing")
         if file_sha256(path) != digest:
             raise InvalidBundleError(f"sha256 of {path} does not match model.json (edited after evaluate?)")
-    metrics = metadata.metrics or {}
+    metrics = metadata.metrics
     if metrics.get("macro_f1") is None or "smoke" not in metrics:
         raise InvalidBundleError(f"{bundle_dir} has no evaluation metrics: run `python -m training evaluate` first")
     if metadata.conformal is None:
@@ -162,7 +162,7 @@ def validate_bundle(bundle_dir: Path | str) -> BundleMetadata:
 
 
 def _test_figures(metadata: BundleMetadata) -> tuple[float | None, str | None]:
-    metrics = metadata.metrics or {}
+    metrics = metadata.metrics
     fingerprint = (metrics.get("evaluation_set") or {}).get("fingerprint")
     return metrics.get("macro_f1"), fingerprint
 
@@ -298,7 +298,7 @@ def describe(s3, bucket: str, name: str | None = None) -> list[dict]:
             except InvalidBundleError as error:
                 rows.append({"name": model_name, "version": version, "latest": version == latest, "error": str(error)})
                 continue
-            metrics = metadata.metrics or {}
+            metrics = metadata.metrics
             rows.append(
                 {
                     "name": model_name,

@@ -58,7 +58,7 @@ from lungscan.bundle.metadata import CAM_WEIGHTS, FEATURES, PROBABILITIES, TwinP
 from lungscan.bundle.smoke import smoke_inputs
 from lungscan.bundle.store import edit_metadata, read_metadata
 from lungscan.errors import InvalidBundleError, LungScanError
-from lungscan.model.runtime import OnnxRuntime
+from lungscan.model.runtime import KerasRuntime, OnnxRuntime
 
 OPSET = 17
 PROBABILITY_TOLERANCE = 1e-5  # max |served probability difference|, twin vs Keras
@@ -162,9 +162,9 @@ def explained_head(model) -> ExplainedHead:
     elif supported:
         supported = not averaged and denses[0].output is model.outputs[0]
     concatenated = [layer for layer in downstream if isinstance(layer, keras.layers.Concatenate)]
-    if supported and concatenated:  # the flattened maps must come first in the heads' input
+    if supported and concatenated and pool is not None:  # the flattened maps must come first in the heads' input
         supported = flatten and len(concatenated) == 1 and _inputs(concatenated[0])[0] is pool.output
-    if supported:  # every head reads the pooled maps (through dropout/concatenation only)
+    if supported and pool is not None:  # every head reads the pooled maps (through dropout/concatenation only)
         width = int(np.prod(pool.output.shape[1:]))
         supported = all(int(dense.kernel.shape[0]) >= width for dense in denses)
     if not supported:
@@ -271,11 +271,14 @@ def derive_twin(bundle_dir: Path | str, *, out=print) -> TwinSpec:
         raise InvalidBundleError(f"{bundle_dir} has no model.json: a bare model.h5 is served by Keras")
     keras_classifier = Classifier(bundle_dir, runtime="keras")
     metadata = keras_classifier.metadata
-    head = explained_head(keras_classifier.runtime.model)
-    function = twin_function(keras_classifier.runtime.model, metadata.output == "sigmoid")
-    handle, scratch = tempfile.mkstemp(prefix=".model-", suffix=".onnx", dir=bundle_dir)
+    assert metadata.sha256 is not None  # read_metadata records the sha256 of the model.h5 beside it
+    keras_runtime = keras_classifier.runtime
+    assert isinstance(keras_runtime, KerasRuntime)  # runtime="keras" always serves model.h5 with Keras
+    head = explained_head(keras_runtime.model)
+    function = twin_function(keras_runtime.model, metadata.output == "sigmoid")
+    handle, scratch_name = tempfile.mkstemp(prefix=".model-", suffix=".onnx", dir=bundle_dir)
     os.close(handle)
-    scratch = Path(scratch)
+    scratch = Path(scratch_name)
     try:
         tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=OPSET, output_path=str(scratch)

@@ -1,0 +1,63 @@
+"""Who may call what: every route of the API and the ID token it needs, decided here and nowhere else.
+
+Read by the function (``functions/classifier``: who is asking, and the ``security`` of each operation in
+``/openapi.json``) and by the local stack (``infrastructure.emulation``: the routes, and those its stand-in
+for API Gateway's Cognito authorizer guards); ``template.yaml`` declares the same authorizer on the same
+routes (tests/unit/test_template.py holds it to this table).
+
+A route is API Gateway's ``(method, resource)``: ``("GET", "/patients/{ref}/scans")``. Standard library only.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+# The security scheme of the ID token (the Authorization header), named as template.yaml names it.
+TOKEN_SCHEME = "CognitoIdToken"
+
+Route = tuple[str, str]
+
+
+class Access(Enum):
+    OPEN = "open"  # anyone (with the API key, on a stage that requires one)
+    SIGNED_IN = "signed_in"  # a valid ID token, checked by API Gateway's Cognito authorizer before the function runs
+    # Anyone; a valid ID token only to store the result for a patient, checked by the function itself
+    # (the authorizer would refuse the anonymous calls).
+    TOKEN_TO_STORE = "token_to_store"
+
+
+ROUTES: dict[Route, Access] = {
+    ("POST", "/predict"): Access.TOKEN_TO_STORE,
+    ("GET", "/model"): Access.OPEN,
+    ("GET", "/health"): Access.OPEN,
+    ("GET", "/openapi.json"): Access.OPEN,
+    ("GET", "/patients"): Access.SIGNED_IN,
+    ("GET", "/patients/{ref}/scans"): Access.SIGNED_IN,
+    ("DELETE", "/patients/{ref}/scans/{record_id}"): Access.SIGNED_IN,
+}
+
+# The routes behind the Cognito authorizer.
+AUTHORIZED_ROUTES = frozenset(route for route, access in ROUTES.items() if access is Access.SIGNED_IN)
+
+
+def needs_token(route: Route, *, patient: str | None = None) -> bool:
+    """Whether a request must carry a valid ID token: always behind the authorizer; on ``POST /predict`` only
+    when it names a ``patient`` (anonymous use stores nothing). A route missing from the table: always."""
+    access = ROUTES.get(route, Access.SIGNED_IN)
+    return access is Access.SIGNED_IN or (access is Access.TOKEN_TO_STORE and patient is not None)
+
+
+def checked_by_gateway(route: Route) -> bool:
+    """Whether API Gateway's Cognito authorizer checks the token before the function runs (and hands on its
+    claims); elsewhere a token the route needs is the function's to check."""
+    return route in AUTHORIZED_ROUTES
+
+
+def openapi_security(route: Route) -> list[dict[str, list[str]]] | None:
+    """The operation's OpenAPI ``security``: the token required, optional (``{}`` first), or none at all."""
+    access = ROUTES[route]
+    if access is Access.SIGNED_IN:
+        return [{TOKEN_SCHEME: []}]
+    if access is Access.TOKEN_TO_STORE:
+        return [{}, {TOKEN_SCHEME: []}]
+    return None

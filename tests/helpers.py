@@ -1,0 +1,300 @@
+"""What several test modules share, as plain functions and classes (fixtures live in ``conftest.py``).
+
+Test modules import these from here (``from helpers import ...``; pyproject.toml puts ``tests/`` on
+pytest's ``pythonpath``), never from another test module or from a conftest.
+
+Keras, pydicom and the training package are imported inside the helpers that need them, so that
+importing this module (``conftest.py`` does, before it sets the function's environment) stays light.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from infrastructure.emulation import REPO_ROOT, proxy_event
+from lungscan.bundle.metadata import BundleMetadata, InputSpec, PreprocessingSpec, ResizeSpec
+from lungscan.bundle.store import write_metadata
+from lungscan.model.gate import FEATURE_NAMES, GateSpec
+from lungscan.registry.model_store import ModelStore
+
+if TYPE_CHECKING:
+    import keras
+    import pydicom
+
+BUNDLED_MODEL = REPO_ROOT / "models" / "iq-oth-3class"
+EVENTS_DIR = REPO_ROOT / "events"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+MODEL_BUCKET = "lungscan-models-test"
+SAME_TEST_SET = "a" * 64  # the test-set fingerprint evaluated_bundle records by default
+
+
+# ---------------------------------------------------------------- images and events
+
+
+def ct_like_image(size: int = 256, seed: int = 0, mode: str = "L") -> Image.Image:
+    """A synthetic axial chest CT slice in a soft-tissue window: black air, the table, a body with a
+    fat layer, ribs, spine and mediastinum, two dark lungs with vessels, and scanner noise.
+
+    Realistic enough for the not-CT gate (flat ellipses with uniform noise are refused as drawings).
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+
+    def ellipse(cx, cy, rx, ry):
+        return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
+
+    pixels = np.full((size, size), 4.0)
+    pixels[np.abs(yy - 0.9 - 0.15 * (xx - 0.5) ** 2) < 0.012] = 120  # the table
+    pixels[ellipse(0.5, 0.52, 0.44, 0.33)] = 85  # subcutaneous fat
+    pixels[ellipse(0.5, 0.52, 0.41, 0.3)] = 135  # muscle
+    for angle in np.linspace(0.25, np.pi - 0.25, 8):  # ribs along the chest wall
+        for side in (-1, 1):
+            pixels[ellipse(0.5 + side * 0.37 * np.cos(angle), 0.52 - 0.27 * np.sin(angle) + 0.05, 0.02, 0.025)] = 225
+    for cx in (0.3, 0.7):  # lungs, with vessels
+        pixels[ellipse(cx, 0.5, 0.15, 0.22)] = 22
+        for _ in range(int(rng.integers(15, 30))):
+            vx, vy = cx + rng.uniform(-0.11, 0.11), 0.5 + rng.uniform(-0.17, 0.17)
+            pixels[ellipse(vx, vy, rng.uniform(0.004, 0.012), rng.uniform(0.004, 0.012))] = rng.uniform(90, 150)
+    pixels[ellipse(0.52, 0.47, 0.1, 0.13)] = 150  # heart and mediastinum
+    pixels[ellipse(0.47, 0.4, 0.03, 0.03)] = 175  # aorta
+    pixels[ellipse(0.5, 0.77, 0.045, 0.045)] = 230  # vertebra
+    pixels[ellipse(0.5, 0.77, 0.025, 0.025)] = 140
+    pixels += rng.normal(0, 7, pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L").filter(ImageFilter.GaussianBlur(0.6))
+    return image.convert(mode) if mode != "L" else image
+
+
+def encode(image: Image.Image, image_format: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **params)
+    return buffer.getvalue()
+
+
+def make_event(
+    method: str = "POST",
+    path: str = "/predict",
+    body: str | bytes | None = None,
+    content_type: str | None = None,
+    *,
+    base64_body: bool = False,
+    query: dict | None = None,
+    headers: dict | None = None,
+) -> dict:
+    """An API Gateway REST proxy event (``infrastructure.emulation.proxy_event``) with a fixed request id.
+
+    ``bytes`` go base64-encoded with ``base64_body``, else as latin-1 text: any byte reaches the handler.
+    """
+    headers = {**(headers or {}), **({"Content-Type": content_type} if content_type else {})}
+    if isinstance(body, bytes) and not base64_body:
+        body = body.decode("latin-1")
+    return proxy_event(
+        method, path, body=body, headers=headers, query=query, is_base64=base64_body, request_id="test-request-id"
+    )
+
+
+def load_event(name: str) -> dict:
+    return json.loads((EVENTS_DIR / name).read_text())
+
+
+# ---------------------------------------------------------------- the page (Playwright)
+
+DESKTOP = {"width": 1280, "height": 900}  # viewports
+PHONE = {"width": 375, "height": 667}
+
+
+def serious_axe_violations(page, axe_script: Path) -> list[str]:
+    """Run axe-core on the page as it is; describe its serious and critical violations."""
+    # The production CSP allows no inline script: hand axe over as a same-origin file.
+    page.route("**/__axe.min.js", lambda route: route.fulfill(path=str(axe_script), content_type="text/javascript"))
+    page.add_script_tag(url="/__axe.min.js")
+    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} -> {[node['target'] for node in v['nodes']][:5]}"
+        for v in results["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def dicom_bytes(dataset: pydicom.Dataset, preamble: bool = True) -> bytes:
+    buffer = io.BytesIO()
+    if not preamble:  # a bare dataset: no preamble, no "DICM", no file meta
+        dataset.preamble = None
+        del dataset.file_meta
+    dataset.save_as(buffer, enforce_file_format=preamble, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+def ct_dataset(frames: list[np.ndarray] | None = None, **tags) -> pydicom.Dataset:
+    """CT_small with its pixels replaced (int16 HU, one or several frames) and tags overridden."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.RescaleIntercept, dataset.RescaleSlope = 0, 1  # stored values are HU
+    if frames is not None:
+        stack = np.stack(frames).astype(np.int16)
+        dataset.Rows, dataset.Columns = stack.shape[1:]
+        dataset.NumberOfFrames = len(frames)
+        dataset.PixelData = stack.tobytes()
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for name, value in tags.items():
+        if value is None:
+            delattr(dataset, name)
+        else:
+            setattr(dataset, name, value)
+    return dataset
+
+
+def frame(value: int, size: int = 64) -> np.ndarray:
+    """A frame with a gradient so it is never blank; ``value`` shifts it to tell frames apart."""
+    return np.add.outer(np.arange(size), np.arange(size)).astype(np.int16) * 4 + value
+
+
+# ---------------------------------------------------------------- tiny bundles
+
+
+def tiny_cnn(input_shape, outputs: int, activation: str) -> keras.Model:
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(outputs, activation=activation),
+        ]
+    )
+
+
+def metadata(**overrides) -> BundleMetadata:
+    """model.json of the model "tiny": 32x32 grayscale, normal/benign/malignant, malignant positive."""
+    fields = {
+        "name": "tiny",
+        "version": "v1",
+        "classes": ["normal", "benign", "malignant"],
+        "positive_classes": ["malignant"],
+        "input": InputSpec(height=32, width=32, channels=1, colour="grayscale"),
+        "preprocessing": PreprocessingSpec(colour="grayscale", resize=ResizeSpec(height=32, width=32)),
+    }
+    return BundleMetadata(**{**fields, **overrides})
+
+
+def build_bundle(path: Path, version: str = "v1", *, model: keras.Model | None = None, **overrides) -> Path:
+    """A bundle folder at ``path``: ``model`` (an untrained 32x32 three-class ``tiny_cnn`` by default) saved
+    as model.h5, and ``metadata(version=version, **overrides)`` as model.json, whatever the model's shape."""
+    path.mkdir(parents=True, exist_ok=True)
+    (model or tiny_cnn((32, 32, 1), 3, "softmax")).save(path / "model.h5")
+    write_metadata(path, metadata(version=version, **overrides))
+    return path
+
+
+def evaluated_bundle(path: Path, version: str, macro_f1: float = 0.6, fingerprint: str | None = SAME_TEST_SET) -> Path:
+    """A bundle as `evaluate` leaves it: metrics with a test-set fingerprint, report/smoke.npz, report sha256s."""
+    from lungscan.bundle.files import SMOKE_FILE, report_files
+    from lungscan.bundle.metadata import BundleMetrics, ReportRecord
+    from lungscan.bundle.store import read_metadata
+    from lungscan.model.classifier import Classifier
+    from lungscan.model.conformal import ConformalSpec
+    from training.data.layouts import Sample
+    from training.measure.evaluate import write_smoke_set
+
+    build_bundle(path, version)
+    classifier = Classifier(path)
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, 256, (6, 32, 32, 1)).astype(np.float32) / 255.0
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    samples = [Sample(Path(f"img{i}.png"), "normal", i, "0" * 64) for i in range(6)]
+    smoke = write_smoke_set(path / SMOKE_FILE, classifier, inputs, labels, samples, path, 6)
+    meta = classifier.metadata
+    meta.metrics = BundleMetrics(
+        **{
+            "accuracy": 0.7,
+            "macro_f1": macro_f1,
+            "suspicious_sensitivity": 0.9,
+            "suspicious_specificity": 0.8,
+            "evaluation_set": {"split": "test", "n": 6, "fingerprint": fingerprint} if fingerprint else {},
+            "smoke": smoke,
+        }
+    )
+    meta.conformal = ConformalSpec(coverage=0.9, thresholds=dict.fromkeys(meta.classes, 0.8))
+    (path / "MODEL_CARD.md").write_text(f"# tiny {version}\n")
+    meta.report = ReportRecord(files=report_files(path))
+    meta.gate = read_metadata(BUNDLED_MODEL).gate  # publish refuses a bundle without a not-CT gate
+    write_metadata(path, meta)
+    return path
+
+
+def hand_made_spec(probability_threshold: float = 0.5, distance_threshold: float = 10.0) -> GateSpec:
+    """A gate whose scores can be worked out by hand: one hidden unit reads feature 0."""
+    n = len(FEATURE_NAMES)
+    hidden = np.zeros((n, 1))
+    hidden[0, 0] = 1.0
+    precision = np.eye(n) * 0.5
+    return GateSpec(
+        feature_names=FEATURE_NAMES,
+        mean=[0.0] * n,
+        scale=[2.0] * n,
+        hidden_weights=hidden.tolist(),
+        hidden_bias=[0.0],
+        output_weights=[3.0],
+        output_bias=-1.5,
+        probability_threshold=probability_threshold,
+        ct_location=[0.0] * n,
+        ct_precision=precision.tolist(),
+        distance_threshold=distance_threshold,
+    )
+
+
+# ---------------------------------------------------------------- the registry (moto's S3)
+
+
+class Clock:
+    """A clock the test moves by hand (``clock.now = 61``), for a ModelStore's refresh interval."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def loaded_store(s3, cache_dir: Path, baked: Path | None = None, **options) -> ModelStore:
+    """A ModelStore for the model "tiny" in ``s3``'s MODEL_BUCKET, ``baked`` its fallback, after its cold start.
+
+    ``options`` go to ModelStore as they are (``refresh_seconds``, ``clock``...): its defaults otherwise.
+    """
+    store = ModelStore("tiny", baked, s3=s3, bucket=MODEL_BUCKET, cache_dir=cache_dir, **options)
+    store.load()
+    return store
+
+
+def served_after(store: ModelStore, clock: Clock, at: float) -> str:
+    """Move the clock to ``at``, let a request start the refresh, wait for it, and say what is served."""
+    clock.now = at
+    store.get()  # starts the refresh, if due, in the background and answers at once
+    assert store.wait_for_refresh(timeout=60)
+    return store.get().metadata.version
+
+
+def cli(s3, capsys, *argv: str) -> tuple[int, str, str]:
+    """``python -m training ARGV --bucket MODEL_BUCKET`` against ``s3``: (exit code, stdout, stderr)."""
+    from training.cli import main
+
+    code = main([*argv, "--bucket", MODEL_BUCKET], s3=s3)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+def keys(s3) -> set[str]:
+    return {item["Key"] for item in s3.list_objects_v2(Bucket=MODEL_BUCKET).get("Contents", [])}
