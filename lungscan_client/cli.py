@@ -136,7 +136,8 @@ def csv_rows(results: list[ClassifyResult]) -> tuple[list[str], list[dict]]:
         for name in (result.answer or {}).get("probabilities", {}):
             if name not in classes:
                 classes.append(name)
-    columns = ["file", "ok", "status", "label", "verdict", "suspicious", "confidence", "prediction_set", "uncertain"]
+    columns = ["file", "ok", "status", "label", "tier", "verdict", "suspicious", "confidence", "prediction_set"]
+    columns += ["uncertain", "unfamiliar"]
     columns += [f"p_{name}" for name in classes]
     columns += ["threshold", "model_name", "model_version", "request_id", "error_code", "error_message", "attempts"]
     rows = []
@@ -148,12 +149,14 @@ def csv_rows(results: list[ClassifyResult]) -> tuple[list[str], list[dict]]:
             "ok": str(result.ok).lower(),
             "status": result.status if result.status is not None else "",
             "label": answer.get("label", ""),
+            "tier": answer.get("tier", ""),
             "verdict": answer.get("verdict", ""),
             "suspicious": str(answer["suspicious"]).lower() if "suspicious" in answer else "",
             "confidence": answer.get("confidence", ""),
-            # The conformal set as one cell (classes joined by "|"); uncertain when it holds more than one.
+            # The conformal set as one cell (classes joined by "|"); uncertain when it mixes flagged and unflagged.
             "prediction_set": "|".join(answer.get("prediction_set") or []),
             "uncertain": str(answer["uncertain"]).lower() if answer.get("uncertain") is not None else "",
+            "unfamiliar": str(answer["unfamiliar"]).lower() if answer.get("unfamiliar") is not None else "",
             "threshold": answer.get("threshold", ""),
             "model_name": model.get("name", ""),
             "model_version": model.get("version", ""),

@@ -18,7 +18,16 @@ from PIL import Image
 from pydantic import BaseModel
 
 from lungscan.errors import PayloadTooLargeError
-from lungscan.model.classifier import DISCLAIMER, VERDICT_CLEAR, VERDICT_SUSPICIOUS, Classifier, Prediction
+from lungscan.model.classifier import (
+    DISCLAIMER,
+    TIER_CLEAR,
+    TIER_NOT_EXCLUDED,
+    TIER_SUSPICIOUS,
+    VERDICT_CLEAR,
+    VERDICT_SUSPICIOUS,
+    Classifier,
+    Prediction,
+)
 from lungscan.uploads import ClassifiedUpload, SliceInput
 
 # Lambda returns at most 6 MB per synchronous answer, envelope included.
@@ -50,9 +59,11 @@ def predict_answer(
     if result.is_study:
         predictions, focus = result.predictions, result.focus
         suspicious = any(prediction.suspicious for prediction in predictions)
+        ranked = [TIER_CLEAR, TIER_NOT_EXCLUDED, TIER_SUSPICIOUS]
         summary = StudySummary(
             slices=len(predictions),
             suspicious=suspicious,
+            tier=max((prediction.tier for prediction in predictions), key=ranked.index),
             verdict=VERDICT_SUSPICIOUS if suspicious else VERDICT_CLEAR,
             most_suspicious_slice=focus,
             max_positive_probability=predictions[focus].positive_probability,
@@ -60,6 +71,7 @@ def predict_answer(
             label_counts=dict(Counter(prediction.label for prediction in predictions)),
             uncertain=None if predictions[0].uncertain is None else any(p.uncertain for p in predictions),
             uncertain_slices=[index for index, prediction in enumerate(predictions) if prediction.uncertain],
+            unfamiliar_slices=[index for index, prediction in enumerate(predictions) if prediction.unfamiliar],
         )
         answer: PredictResponse | StudyResponse = StudyResponse(study=summary, slices=slices, **common)
     else:
@@ -92,6 +104,8 @@ def _slice_result(info: SliceInput, prediction: Prediction, focus: ClassifiedUpl
     decoded = focus.focus_image if focus is not None else None
     return SliceResult(
         label=prediction.label,
+        tier=prediction.tier,
+        tier_text=prediction.tier_words,
         verdict=prediction.verdict,
         suspicious=prediction.suspicious,
         confidence=prediction.confidence,
@@ -100,6 +114,8 @@ def _slice_result(info: SliceInput, prediction: Prediction, focus: ClassifiedUpl
         probabilities=prediction.probabilities,
         prediction_set=prediction.prediction_set,
         uncertain=prediction.uncertain,
+        unfamiliar=prediction.unfamiliar,
+        notes=prediction.notes,
         input=InputInfo(format=info.format, width=info.width, height=info.height, window=info.window, frame=info.frame),
         heatmap=_png_base64(prediction.heatmap) if decoded is not None and prediction.heatmap is not None else None,
         explained_class=prediction.explained_class if decoded is not None else None,

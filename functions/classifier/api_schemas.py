@@ -1,6 +1,6 @@
 """The API's request and response models: what ``/openapi.json`` publishes and every answer is built from."""
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -54,10 +54,23 @@ class InputInfo(BaseModel):
     frame: int | None = None
 
 
+TierCode = Literal["suspicious", "not_excluded", "clear"]
+
+
 class SliceResult(BaseModel):
     label: str
-    verdict: str
-    suspicious: bool
+    tier: TierCode = Field(
+        description="What a clinician reads, consistent with the set: 'suspicious' (Suspicious — review first: a "
+        "flagged class is the label), 'not_excluded' (Malignancy not excluded — review: a flagged class is in the "
+        "set but is not the label), 'clear' (No suspicious finding: no flagged class in the set)"
+    )
+    tier_text: str = Field(description="The tier in the page's words")
+    verdict: str = Field(
+        deprecated=True,
+        description="Deprecated: the original app's text ('Cancer Detected' / 'No Cancer Detected'), derived from "
+        "suspicious; for its page and scripts only",
+    )
+    suspicious: bool = Field(description="The screening flag: true for the tiers suspicious and not_excluded")
     confidence: float
     positive_probability: float = Field(description="Summed probability of the model's positive classes")
     # The first name of positive_probability, kept for the integrations that read it.
@@ -69,8 +82,16 @@ class SliceResult(BaseModel):
         "coverage (90%: the true class is in the set for about 9 cases in 10), most probable first",
     )
     uncertain: bool | None = Field(
-        default=None, description="True when the prediction set holds more than one class: needs review"
+        default=None,
+        description="True when the prediction set holds both a flagged and an unflagged class, or the slice is "
+        "unfamiliar: needs review. A set such as {normal, benign} is not uncertain about malignancy",
     )
+    unfamiliar: bool | None = Field(
+        default=None,
+        description="True when the slice looks unlike the scans this model learned from (its bundle's detector): "
+        "answered, its set widened to hold every flagged class, and its answer unreliable; null without a detector",
+    )
+    notes: list[str] = Field(default=[], description="Plain words on what this answer's tier and set mean")
     input: InputInfo
     heatmap: str | None = Field(default=None, description="Grad-CAM overlay (PNG, base64) at the input's size")
     explained_class: str | None = None
@@ -78,7 +99,7 @@ class SliceResult(BaseModel):
 
 
 class PredictResponse(SliceResult):
-    prediction: str = Field(description="The original app's field: same text as verdict")
+    prediction: str = Field(deprecated=True, description="Deprecated: the original app's field, same text as verdict")
     threshold: float
     model: ModelInfo
     disclaimer: str
@@ -89,7 +110,8 @@ class PredictResponse(SliceResult):
 class StudySummary(BaseModel):
     slices: int
     suspicious: bool
-    verdict: str
+    tier: TierCode = Field(description="The study's highest tier over its slices (suspicious > not_excluded > clear)")
+    verdict: str = Field(deprecated=True, description="Deprecated: the original app's text, derived from suspicious")
     most_suspicious_slice: int = Field(description="Index of the slice with the highest positive_probability")
     max_positive_probability: float = Field(description="positive_probability of the most suspicious slice")
     max_suspicion: float = Field(
@@ -98,6 +120,7 @@ class StudySummary(BaseModel):
     label_counts: dict[str, int]
     uncertain: bool | None = Field(default=None, description="True when any slice's answer is uncertain")
     uncertain_slices: list[int] = Field(default=[], description="Indices of the slices whose answer is uncertain")
+    unfamiliar_slices: list[int] = Field(default=[], description="Indices of the slices that look unfamiliar")
 
 
 class StudyResponse(BaseModel):

@@ -244,11 +244,13 @@ class ScanRecord(BaseModel):
     clinician: StoredClinician
     model: StoredModel
     label: str
-    verdict: str
+    tier: str | None = Field(default=None, description="suspicious, not_excluded or clear (records since tiers)")
+    verdict: str = Field(description="Deprecated: the original app's text, derived from suspicious")
     suspicious: bool | None = None
     probabilities: dict[str, float]
     prediction_set: list[str] | None = None
     uncertain: bool | None = None
+    unfamiliar: bool | None = None
     input: StoredInput
     input_bytes: int
     preview: str = Field(description="PNG (base64), at most 256 px, of what the model saw")

@@ -111,6 +111,7 @@ def build_record(
         "clinician": {"sub": clinician.sub, "email": clinician.email},
         "model": {"name": model.name, "version": model.version},
         "label": prediction.label,
+        "tier": prediction.tier,
         "verdict": prediction.verdict,
         "suspicious": prediction.suspicious,
         "probabilities": prediction.probabilities,
@@ -118,11 +119,14 @@ def build_record(
         "input_bytes": input_bytes,
         "preview": preview,
     }
-    # When the model gives them (a conformal set, and whether it holds more than one class).
+    # When the model gives them (a conformal set, whether it mixes flagged and unflagged classes, and
+    # whether the slice looked unfamiliar to the model's detector).
     if prediction.prediction_set is not None:
         record["prediction_set"] = prediction.prediction_set
     if prediction.uncertain is not None:
         record["uncertain"] = prediction.uncertain
+    if prediction.unfamiliar is not None:
+        record["unfamiliar"] = prediction.unfamiliar
     if heatmap is not None:
         record["heatmap"] = heatmap
     return record

@@ -6,7 +6,7 @@ The model runs on the bundle's runtime twin (onnxruntime) when it has one, else 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -24,8 +24,20 @@ from lungscan.model.gate import check_ct_like
 from lungscan.model.runtime import ModelRuntime, load_runtime
 from lungscan.model.transforms import build_preprocess, preprocess_image
 
+# The original app's two strings: deprecated fields (``verdict``, ``prediction``) derived from ``suspicious``,
+# kept for its page and scripts only; never shown by LungScan's page (diagnostic words).
 VERDICT_SUSPICIOUS = "Cancer Detected"
 VERDICT_CLEAR = "No Cancer Detected"
+# The three tiers a clinician reads, consistent with the prediction set: their codes and their words.
+TIER_SUSPICIOUS = "suspicious"
+TIER_NOT_EXCLUDED = "not_excluded"
+TIER_CLEAR = "clear"
+TIER_WORDS = {
+    TIER_SUSPICIOUS: "Suspicious — review first",
+    TIER_NOT_EXCLUDED: "Malignancy not excluded — review",
+    TIER_CLEAR: "No suspicious finding",
+}
+UNFAMILIAR_NOTE = "This scan looks unlike the scans this model learned from; its answer is unreliable."
 DISCLAIMER = "Research tool. Not a diagnosis. A clinician must review every scan."
 # A calibrated probability is never certainty: shown confidences stop short of 100%.
 MAX_SHOWN_PROBABILITY = 0.999
@@ -36,15 +48,16 @@ class Prediction:
     """One slice's answer.
 
     ``positive_probability`` is the summed probability of the bundle's ``positive_classes`` (P(cancer)
-    for the shipped models), shown to 4 places and capped like every probability. ``suspicious`` is the
-    flag: ``positive_probability`` at or above ``threshold``, a positive class on top, or one in the
-    conformal set. The API answers both (and ``suspicion``, the deprecated name of ``positive_probability``).
+    for the shipped models), shown to 4 places and capped like every probability. ``tier`` is what a
+    clinician reads (``suspicious``: a flagged class is the label; ``not_excluded``: one is in the set but
+    is not the label; ``clear``: none in the set) and ``suspicious`` is true for the first two. The API
+    answers both (and ``suspicion``, the deprecated name of ``positive_probability``).
     """
 
     label: str
     probabilities: dict[str, float]
     confidence: float
-    suspicious: bool  # the screening flag (the verdict "Cancer Detected")
+    suspicious: bool  # the screening flag: tier suspicious or not_excluded
     positive_probability: float  # summed probability of the positive classes
     threshold: float
     heatmap: Image.Image | None = None  # Grad-CAM overlay at the input's size, when asked for
@@ -52,11 +65,22 @@ class Prediction:
     # The conformal prediction set (classes, most probable first) and whether it holds more than one
     # class; None for a bundle without conformal calibration.
     prediction_set: list[str] | None = None
+    # True when the set holds both a flagged and an unflagged class, or the slice is unfamiliar;
+    # None for a bundle without conformal calibration (unless the slice is unfamiliar).
     uncertain: bool | None = None
+    tier: str = TIER_CLEAR
+    # The slice looks unlike the model's training data (its bundle's detector); None without one.
+    unfamiliar: bool | None = None
+    notes: list[str] = field(default_factory=list)  # plain words on what the tier and the set mean
 
     @property
     def verdict(self) -> str:
+        """Deprecated: the original app's text, derived from ``suspicious``."""
         return VERDICT_SUSPICIOUS if self.suspicious else VERDICT_CLEAR
+
+    @property
+    def tier_words(self) -> str:
+        return TIER_WORDS[self.tier]
 
 
 class Classifier:
@@ -144,7 +168,12 @@ class Classifier:
         """Grad-CAM map (values in [0, 1], feature-map resolution) for one preprocessed image."""
         return self.runtime.gradcam(array, class_index)
 
-    def interpret(self, probabilities: np.ndarray) -> Prediction:
+    def interpret(self, probabilities: np.ndarray, unfamiliar: bool | None = None) -> Prediction:
+        """The answer for one slice's served probabilities.
+
+        Args:
+            unfamiliar: the bundle's detector says the slice is unlike its training data (None: no detector).
+        """
         metadata = self.metadata
         classes = metadata.classes
         by_class = {
@@ -153,22 +182,88 @@ class Classifier:
         best = int(np.argmax(probabilities))
         positive_probability = float(sum(probabilities[classes.index(name)] for name in metadata.positive_classes))
         conformal_set = prediction_set(probabilities, classes, metadata.conformal) if metadata.conformal else None
-        positives = set(metadata.positive_classes)
-        # Screening favours sensitivity: each rule can only flag more cases. A positive class on top
-        # always flags (label and verdict never contradict); so does a positive class anywhere in the
-        # conformal set (it could not be ruled out at the set's coverage).
-        suspicious = (
-            positive_probability >= metadata.threshold
-            or classes[best] in positives
-            or bool(conformal_set and positives.intersection(conformal_set))
+        if conformal_set is not None:
+            conformal_set = widened_set(
+                conformal_set,
+                probabilities,
+                classes,
+                metadata.positive_classes,
+                positive_probability,
+                metadata,
+                unfamiliar,
+            )
+        tier = answer_tier(
+            classes[best], conformal_set, metadata.positive_classes, positive_probability >= metadata.threshold
         )
-        return Prediction(
+        positives = set(metadata.positive_classes)
+        if conformal_set is None:
+            uncertain = True if unfamiliar else None
+        else:
+            mixed = bool(positives.intersection(conformal_set)) and bool(set(conformal_set) - positives)
+            uncertain = bool(unfamiliar) or mixed
+        prediction = Prediction(
             label=classes[best],
             probabilities=by_class,
             confidence=min(round(float(probabilities[best]), 4), MAX_SHOWN_PROBABILITY),
-            suspicious=suspicious,
+            suspicious=tier != TIER_CLEAR,
             positive_probability=min(round(positive_probability, 4), MAX_SHOWN_PROBABILITY),
             threshold=metadata.threshold,
             prediction_set=conformal_set,
-            uncertain=None if conformal_set is None else len(conformal_set) > 1,
+            uncertain=uncertain,
+            tier=tier,
+            unfamiliar=unfamiliar,
         )
+        coverage = metadata.conformal.coverage if metadata.conformal else None
+        prediction.notes = answer_notes(prediction, metadata.positive_classes, coverage)
+        return prediction
+
+
+def widened_set(
+    conformal_set: list[str],
+    probabilities: np.ndarray,
+    classes: list[str],
+    positive_classes: list[str],
+    positive_probability: float,
+    metadata: BundleMetadata,
+    unfamiliar: bool | None,
+) -> list[str]:
+    """The conformal set, widened so that it agrees with the flag; classes most probable first, the label first.
+
+    Screening may only ask for review more often: when the summed positive probability reaches the
+    threshold, the most probable positive class joins the set (it was not ruled out); when the slice
+    is unfamiliar, every positive class does (the model's probabilities cannot be trusted to exclude one).
+    """
+    members = set(conformal_set)
+    positives = [name for name in classes if name in positive_classes]
+    if positives and positive_probability >= metadata.threshold and not members.intersection(positives):
+        members.add(max(positives, key=lambda name: probabilities[classes.index(name)]))
+    if unfamiliar:
+        members.update(positives)
+    label = classes[int(np.argmax(probabilities))]
+    rest = sorted(members - {label}, key=lambda name: -probabilities[classes.index(name)])
+    return [label, *rest]
+
+
+def answer_tier(label: str, conformal_set: list[str] | None, positive_classes: list[str], threshold_met: bool) -> str:
+    """``suspicious``: a flagged class is the label; ``not_excluded``: one is in the set (or, without a set,
+    the positive probability reaches the threshold) but is not the label; ``clear`` otherwise."""
+    if label in positive_classes:
+        return TIER_SUSPICIOUS
+    if conformal_set is not None:
+        return TIER_NOT_EXCLUDED if set(positive_classes).intersection(conformal_set) else TIER_CLEAR
+    return TIER_NOT_EXCLUDED if threshold_met else TIER_CLEAR
+
+
+def answer_notes(prediction: Prediction, positive_classes: list[str], coverage: float | None) -> list[str]:
+    """Plain words on what this answer's tier and set mean (the page and scripts show them as they are)."""
+    notes = []
+    if prediction.unfamiliar:
+        notes.append(UNFAMILIAR_NOTE)
+    answer_set = prediction.prediction_set
+    if answer_set is not None and len(answer_set) > 1 and not set(positive_classes).intersection(answer_set):
+        notes.append(
+            f"The model cannot tell {' from '.join(answer_set)} here, but {' and '.join(positive_classes)} "
+            f"is outside the set that holds the true class for about {round((coverage or 0.9) * 100)} cases in 100: "
+            "no doubt about malignancy."
+        )
+    return notes

@@ -187,7 +187,11 @@ def test_several_files_with_a_bad_one_exit_1_with_a_summary(stack, scans, capsys
         assert set(result["result"]["probabilities"]) == CLASSES
         assert result["result"]["verdict"] in ("Cancer Detected", "No Cancer Detected")
         assert result["result"]["prediction_set"][0] == result["result"]["label"]
-        assert result["result"]["uncertain"] is (len(result["result"]["prediction_set"]) > 1)
+        answer_set = set(result["result"]["prediction_set"])
+        assert result["result"]["uncertain"] is (
+            ("malignant" in answer_set and len(answer_set) > 1) or bool(result["result"]["unfamiliar"])
+        )
+        assert result["result"]["tier"] in ("suspicious", "not_excluded", "clear")
     bad = results[2]
     assert not bad["ok"] and bad["status"] == 415 and bad["attempts"] == 1  # a 4xx is never retried
     assert bad["error"]["code"] == "unsupported_format" and bad["error"]["request_id"]
@@ -209,7 +213,10 @@ def test_csv_output(stack, scans, capsys):
         assert row["model_name"] == "iq-oth-3class" and row["model_version"] and row["request_id"]
         assert row["error_code"] == ""
         assert row["prediction_set"].split("|")[0] == row["label"]
-        assert row["uncertain"] == str(len(row["prediction_set"].split("|")) > 1).lower()
+        answer_set = set(row["prediction_set"].split("|"))
+        mixed = "malignant" in answer_set and len(answer_set) > 1
+        assert row["uncertain"] == str(mixed or row["unfamiliar"] == "true").lower()
+        assert row["tier"] in ("suspicious", "not_excluded", "clear")
     assert "2 files: 2 classified" in err
 
 

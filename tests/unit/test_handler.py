@@ -39,12 +39,21 @@ def assert_prediction(answer: dict, app_module) -> None:
     expected = sum(answer["probabilities"][name] for name in positives)
     assert answer["positive_probability"] == pytest.approx(expected, abs=1e-3)
     assert answer["suspicion"] == answer["positive_probability"]  # the deprecated alias
-    # The conformal set: the label first, then whatever could not be ruled out; uncertain when more than one.
+    # The conformal set: the label first, then whatever could not be ruled out; uncertain when it mixes
+    # flagged and unflagged classes (or the slice is unfamiliar); the tier follows the set and the label.
     assert answer["prediction_set"][0] == answer["label"]
     assert set(answer["prediction_set"]) <= set(classes)
-    assert answer["uncertain"] is (len(answer["prediction_set"]) > 1)
-    if set(answer["prediction_set"]) & set(classifier.metadata.positive_classes):
-        assert answer["suspicious"] is True
+    flagged = set(answer["prediction_set"]) & set(positives)
+    mixed = bool(flagged) and bool(set(answer["prediction_set"]) - set(positives))
+    assert answer["uncertain"] is (mixed or bool(answer["unfamiliar"]))
+    expected_tier = "suspicious" if answer["label"] in positives else "not_excluded" if flagged else "clear"
+    assert answer["tier"] == expected_tier
+    assert answer["suspicious"] is (expected_tier != "clear")
+    assert answer["tier_text"] in (
+        "Suspicious — review first",
+        "Malignancy not excluded — review",
+        "No suspicious finding",
+    )
     assert answer["model"]["name"] == classifier.metadata.name
     assert answer["model"]["sha256"] == classifier.metadata.sha256
     assert "Not a diagnosis" in answer["disclaimer"]

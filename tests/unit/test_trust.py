@@ -31,54 +31,80 @@ def configure(classifier: Classifier, threshold: float, thresholds: dict[str, fl
     return classifier
 
 
-# Each case is flagged by exactly one branch of the rule: deleting that branch turns it into a miss.
+HALF = {"normal": 0.5, "benign": 0.5, "malignant": 0.5}
+
+
+# Each case is decided by exactly one branch of the rule: deleting that branch changes its tier, flag or set.
 @pytest.mark.parametrize(
-    ("why", "threshold", "thresholds", "probabilities", "expected_set"),
+    ("why", "threshold", "thresholds", "probabilities", "expected_set", "tier", "uncertain"),
     [
-        # summed positive probability 0.35 >= 0.3; normal on top; malignant outside the set (0.65 > 0.5)
-        ("threshold met", 0.3, {"normal": 0.5, "benign": 0.5, "malignant": 0.5}, [0.6, 0.05, 0.35], ["normal"]),
-        # malignant on top at 0.4 < 0.5, in a bundle without conformal sets (with one, the label is always
-        # in the set, so the set rule would flag it too)
-        ("positive argmax", 0.5, None, [0.3, 0.3, 0.4], None),
+        # malignant on top: the label is a flagged class (in a set of one: sure, and suspicious)
+        ("flagged label", 0.5, HALF, [0.2, 0.1, 0.7], ["malignant"], "suspicious", False),
+        # malignant on top at 0.4 < 0.5, in a bundle without conformal sets
+        ("flagged label, no set", 0.5, None, [0.3, 0.3, 0.4], None, "suspicious", None),
         # malignant neither on top nor over the threshold, but it could not be ruled out (0.75 <= 0.8)
         (
-            "positive in the set",
+            "flagged class in the set",
             0.5,
-            {"normal": 0.5, "benign": 0.5, "malignant": 0.8},
+            {**HALF, "malignant": 0.8},
             [0.7, 0.05, 0.25],
             ["normal", "malignant"],
+            "not_excluded",
+            True,
         ),
+        # summed positive probability 0.35 >= 0.3; normal on top; malignant outside the conformal set
+        # (0.65 > 0.5): the set is widened to hold it, so set, tier and flag agree
+        ("threshold met", 0.3, HALF, [0.6, 0.05, 0.35], ["normal", "malignant"], "not_excluded", True),
+        # the same without a set: the threshold alone says not excluded
+        ("threshold met, no set", 0.3, None, [0.6, 0.05, 0.35], None, "not_excluded", None),
+        # nothing flagged: a set of one unflagged class
+        ("clear", 0.5, HALF, [0.9, 0.06, 0.04], ["normal"], "clear", False),
+        ("clear, no set", 0.5, None, [0.9, 0.06, 0.04], None, "clear", None),
+        # {normal, benign}: two unflagged classes are not uncertainty about malignancy
+        ("unflagged pair", 0.5, {**HALF, "benign": 0.8}, [0.7, 0.25, 0.05], ["normal", "benign"], "clear", False),
     ],
 )
-def test_each_branch_of_the_suspicious_rule_flags_on_its_own(
-    classifier, why, threshold, thresholds, probabilities, expected_set
+def test_each_branch_of_the_tier_rule(
+    classifier, why, threshold, thresholds, probabilities, expected_set, tier, uncertain
 ):
     prediction = configure(classifier, threshold, thresholds).interpret(np.array(probabilities))
     assert prediction.prediction_set == expected_set, why
-    assert prediction.suspicious is True, why
-    assert prediction.verdict == "Cancer Detected"
-    assert prediction.uncertain is (None if expected_set is None else len(expected_set) > 1)
+    assert prediction.tier == tier, why
+    assert prediction.suspicious is (tier != "clear"), why
+    assert prediction.uncertain is uncertain, why
+    assert prediction.verdict == ("No Cancer Detected" if tier == "clear" else "Cancer Detected"), why
+    assert prediction.unfamiliar is None, why
 
 
-def test_a_clear_case_is_neither_suspicious_nor_uncertain(classifier):
-    prediction = configure(classifier, 0.5, {"normal": 0.5, "benign": 0.5, "malignant": 0.5}).interpret(
-        np.array([0.9, 0.06, 0.04])
+def test_an_unflagged_pair_says_what_it_means(classifier):
+    prediction = configure(classifier, 0.5, {**HALF, "benign": 0.8}).interpret(np.array([0.7, 0.25, 0.05]))
+    assert len(prediction.notes) == 1 and "normal from benign" in prediction.notes[0]
+    assert "no doubt about malignancy" in prediction.notes[0]
+    assert configure(classifier, 0.5, HALF).interpret(np.array([0.9, 0.06, 0.04])).notes == []
+
+
+@pytest.mark.parametrize("thresholds", [HALF, None])
+def test_an_unfamiliar_slice_is_uncertain_and_its_set_holds_every_flagged_class(classifier, thresholds):
+    prediction = configure(classifier, 0.5, thresholds).interpret(np.array([0.9, 0.06, 0.04]), unfamiliar=True)
+    assert prediction.unfamiliar is True and prediction.uncertain is True
+    assert prediction.notes[0] == (
+        "This scan looks unlike the scans this model learned from; its answer is unreliable."
     )
-    assert (prediction.prediction_set, prediction.uncertain, prediction.suspicious) == (["normal"], False, False)
+    if thresholds is not None:
+        assert prediction.prediction_set == ["normal", "malignant"]  # the label first, then the flagged class
+        assert (prediction.tier, prediction.suspicious) == ("not_excluded", True)
+    familiar = classifier.interpret(np.array([0.9, 0.06, 0.04]), unfamiliar=False)
+    assert familiar.unfamiliar is False and familiar.uncertain is (False if thresholds else None)
 
 
-def test_benign_in_the_set_makes_the_answer_uncertain_but_not_suspicious(classifier):
-    prediction = configure(classifier, 0.5, {"normal": 0.5, "benign": 0.8, "malignant": 0.5}).interpret(
-        np.array([0.7, 0.25, 0.05])
-    )
-    assert prediction.prediction_set == ["normal", "benign"]
-    assert (prediction.uncertain, prediction.suspicious) == (True, False)
+def test_the_tier_words_are_the_pages():
+    from lungscan.model.classifier import TIER_WORDS
 
-
-def test_a_bundle_without_conformal_calibration_answers_without_a_set(classifier):
-    classifier.metadata.conformal = None
-    prediction = classifier.interpret(np.array([0.9, 0.06, 0.04]))
-    assert (prediction.prediction_set, prediction.uncertain) == (None, None)
+    assert TIER_WORDS == {
+        "suspicious": "Suspicious — review first",
+        "not_excluded": "Malignancy not excluded — review",
+        "clear": "No suspicious finding",
+    }
 
 
 def test_confidence_is_never_shown_as_certain(classifier):

@@ -126,10 +126,12 @@ scan; the model's output never replaces a radiologist's reading.
   (center {window["center"]:g} HU, width {window["width"]:g} HU).
 - Output: softmax probabilities over `{classes}`, calibrated by {calibration_words} (below); shown
   confidences are capped at 99.9%. With them, a conformal **prediction set** (below) and `uncertain`
-  when it holds more than one class.
-- Suspicious flag ("Cancer Detected"): raised when the summed probability of {positives} reaches
-  {metadata.threshold}, when a positive class is the most probable one, or when a positive class is in
-  the prediction set (it could not be ruled out). {rationale}
+  when it holds both a flagged and an unflagged class (or the slice is unfamiliar).
+- Tier and suspicious flag: `suspicious` ("Suspicious — review first") when a positive class is the most
+  probable one, `not_excluded` ("Malignancy not excluded — review") when one is in the prediction set
+  (it could not be ruled out; the set is widened to hold one when the summed probability of {positives}
+  reaches {metadata.threshold}), `clear` ("No suspicious finding") otherwise; the flag is raised for the
+  first two. {rationale}
   The threshold is the default {metadata.threshold}, not tuned on validation or test data.
 - Architecture: {training.get("architecture", "")}; {training.get("parameters", 0):,} parameters,
   `model.h5` {model_bytes / 1024:.0f} KiB.
@@ -369,7 +371,8 @@ def _conformal_section(metadata: BundleMetadata) -> str:
 ## Prediction sets (conformal)
 
 Each answer carries `prediction_set`: the classes that could not be ruled out at {spec.coverage:.0%}
-coverage, and `uncertain: true` when it holds more than one class ("Uncertain — needs review").
+coverage, and `uncertain: true` when it holds both a flagged and an unflagged class ("uncertain — needs review";
+a set of unflagged classes only is no doubt about malignancy).
 Method: {spec.method}. Calibration images per class: {spec.calibration.get("per_class")}.
 Coverage is a guarantee only for cases exchangeable with the calibration split; on other sources
 (the test split of a source-disjoint evaluation) it is measured below, not promised.
