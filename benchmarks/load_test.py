@@ -28,12 +28,11 @@ from infrastructure.local_stack import stack_subprocess
 def request_mix() -> list[tuple[str, bytes, str, int]]:
     """(name, body, content type, expected status)."""
     from PIL import Image
-    from pydicom.data import get_testdata_file
 
     fixtures = REPO_ROOT / "tests" / "fixtures"
     png = (fixtures / "ct_normal_256.png").read_bytes()
     jpeg = (fixtures / "ct_malignant_256.jpg").read_bytes()
-    dicom = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    dicom = (fixtures / "ct_normal_256.dcm").read_bytes()  # real CT pixels: the gate reads a DICOM's pixels
     tiny = io.BytesIO()
     Image.new("L", (1, 1)).save(tiny, "PNG")
     as_json = json.dumps({"image": base64.b64encode(png).decode()}).encode()

@@ -133,20 +133,30 @@ def dicom_bytes(dataset: pydicom.Dataset, preamble: bool = True) -> bytes:
     return buffer.getvalue()
 
 
+def ct_hounsfield(size: int = 256, offset: int = 0) -> np.ndarray:
+    """A real CT slice in Hounsfield units (int16): the shipped fixture through the inverse of the lung
+    window (-600/1500), so that the lung window shows it as its PNG export. The not-CT gate reads a DICOM's
+    pixels, so a DICOM that must be answered carries these; ``offset`` (HU) tells frames apart."""
+    grey = np.asarray(Image.open(FIXTURES_DIR / "ct_normal_256.png").convert("L").resize((size, size)), np.float32)
+    return (grey / 255.0 * 1500.0 - 1350.0 + offset).round().astype(np.int16)
+
+
 def ct_dataset(frames: list[np.ndarray] | None = None, **tags) -> pydicom.Dataset:
-    """CT_small with its pixels replaced (int16 HU, one or several frames) and tags overridden."""
+    """pydicom's CT_small (its tags: Modality CT, ORIGINAL/PRIMARY/AXIAL) carrying ``frames`` of HU
+    (by default one ``ct_hounsfield`` slice: the gate reads a DICOM's pixels), stored as HU (slope 1,
+    intercept 0); tags overridden, None deletes."""
     import pydicom
     from pydicom.data import get_testdata_file
     from pydicom.uid import ExplicitVRLittleEndian
 
     dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     dataset.RescaleIntercept, dataset.RescaleSlope = 0, 1  # stored values are HU
+    stack = np.stack(frames if frames is not None else [ct_hounsfield()]).astype(np.int16)
+    dataset.Rows, dataset.Columns = stack.shape[1:]
     if frames is not None:
-        stack = np.stack(frames).astype(np.int16)
-        dataset.Rows, dataset.Columns = stack.shape[1:]
         dataset.NumberOfFrames = len(frames)
-        dataset.PixelData = stack.tobytes()
-        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.PixelData = stack.tobytes()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     for name, value in tags.items():
         if value is None:
             delattr(dataset, name)
@@ -156,8 +166,9 @@ def ct_dataset(frames: list[np.ndarray] | None = None, **tags) -> pydicom.Datase
 
 
 def frame(value: int, size: int = 64) -> np.ndarray:
-    """A frame with a gradient so it is never blank; ``value`` shifts it to tell frames apart."""
-    return np.add.outer(np.arange(size), np.arange(size)).astype(np.int16) * 4 + value
+    """A real CT slice in HU (the gate reads DICOM pixels); ``value`` (around -1200..0) shifts it a little
+    to tell frames apart."""
+    return ct_hounsfield(size, offset=(value + 600) // 20)
 
 
 # ---------------------------------------------------------------- tiny bundles

@@ -160,12 +160,63 @@ def _read(data: bytes, limits: ImageLimits, options: DicomOptions, budget: Dicom
     if modality and modality != "CT" and not options.allow_non_ct:
         shown = modality if re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality) else "non-CT"  # echo only a valid code
         raise NotACTSliceError(f"This DICOM is a {shown} image; the models read CT only.", code="not_ct_modality")
+    check_image_kind(dataset)
     check_dimensions(columns, rows, limits)
     if not 1 <= frames <= MAX_FRAMES or rows * columns * frames > limits.max_pixels * 4:
         raise NotACTSliceError(f"The DICOM declares {frames} frames; at most {MAX_FRAMES}.", code="too_many_pixels")
     if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
         raise UnsupportedFormatError("Only single-channel (grayscale) DICOM images are supported.")
     return dataset, frames
+
+
+# What a DICOM says it is, beyond its modality: a scanner sends localizers (scouts), dose screens and screen
+# captures as Modality CT too. Each is refused with its own code; an axial slice, original or derived
+# (a reconstruction, e.g. pydicom's 693_J2KI: DERIVED\\PRIMARY\\AXIAL), goes on to the not-CT gate.
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture and its multi-frame kinds
+LOCALIZER_WORDS = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM", "PILOT"}
+DOSE_WORDS = {"DOSE", "DOSE_INFO", "DOSE INFO", "DOSE REPORT", "SCREEN SAVE", "DOSE_REPORT"}
+RENDERED_WORDS = {"PROJECTION IMAGE", "MIP", "MINIP", "MPR", "CPR", "CURVED", "VOLUME", "VR", "VRT", "SSD", "3D"}
+RENDERED_WORDS |= {"CORONAL", "SAGITTAL", "OBLIQUE", "REFORMATTED", "CAPTURE", "SCREENSHOT"}
+DOSE_DESCRIPTION = re.compile(r"dose|patient protocol|exam protocol", re.IGNORECASE)
+
+IMAGE_KIND_REFUSALS = {
+    "not_ct_localizer": "This DICOM is a localizer (scout) image, not an axial slice.",
+    "not_ct_dose_report": "This DICOM is a dose report or protocol screen, not an image of the patient.",
+    "not_ct_secondary_capture": "This DICOM is a secondary capture (a screenshot or a picture), not a scanner's slice.",
+    "not_ct_derived": "This DICOM is a derived image (a reformat, projection or rendering), not an axial slice.",
+}
+IMAGE_KIND_ADVICE = " Send an axial slice of the chest CT series."
+
+
+def check_image_kind(dataset) -> None:
+    """Refuse a DICOM that declares itself a localizer, dose screen, secondary capture or rendering.
+
+    Read from ``ImageType``, ``SOPClassUID`` and ``SeriesDescription`` (never echoed); whatever passes
+    still faces the not-CT gate on its pixels.
+
+    Raises:
+        NotACTSliceError: with ``not_ct_localizer``, ``not_ct_dose_report``, ``not_ct_secondary_capture``
+            or ``not_ct_derived``.
+    """
+    raw = dataset.get("ImageType", None)
+    values = [
+        str(value).strip().upper() for value in ([raw or ""] if isinstance(raw, str | bytes) or raw is None else raw)
+    ]
+    sop_class = str(dataset.get("SOPClassUID", "") or "").strip("\0 ")
+    description = str(dataset.get("SeriesDescription", "") or "")
+    code = None
+    if LOCALIZER_WORDS.intersection(values):
+        code = "not_ct_localizer"
+    elif DOSE_WORDS.intersection(values) or DOSE_DESCRIPTION.search(description):
+        code = "not_ct_dose_report"
+    elif sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        code = "not_ct_secondary_capture"
+    elif RENDERED_WORDS.intersection(values) or (
+        values[:1] == ["DERIVED"] and values[2:3] not in ([], [""], ["AXIAL"])
+    ):
+        code = "not_ct_derived"
+    if code is not None:
+        raise NotACTSliceError(IMAGE_KIND_REFUSALS[code] + IMAGE_KIND_ADVICE, code=code)
 
 
 def _modality(dataset) -> str:

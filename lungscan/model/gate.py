@@ -186,18 +186,20 @@ def is_ct_like(features: np.ndarray, spec: GateSpec) -> np.ndarray:
     return (probability >= spec.probability_threshold) & (distance <= spec.distance_threshold)
 
 
-def check_ct_like(decoded: DecodedImage, spec: GateSpec) -> None:
-    """Refuse an image that does not look like a CT slice.
+def check_ct_like(decoded: DecodedImage, spec: GateSpec, features: np.ndarray | None = None) -> None:
+    """Refuse an image that does not look like a CT slice, whatever its wrapper.
 
-    A DICOM whose header says CT (its pixels calibrated to Hounsfield units and shown through
-    the requested window) answers the question itself: the gate judges images whose origin is
-    unknown (PNG, JPEG...) and DICOMs of other modalities let in with ``allow_non_ct``. It would
-    refuse some real CT files otherwise, e.g. pydicom's 128x128 small-field-of-view crop.
+    The pixels decide: a DICOM's ``Modality: CT`` proves nothing (scouts, dose screens and screen
+    captures carry it too, and any picture can be wrapped in one), so a DICOM faces the gate on what
+    its window makes of it, as a PNG or JPEG does.
+
+    Args:
+        features: ``gate_features(decoded.image)`` when the caller has them already.
 
     Raises:
         NotCTLikeError: (HTTP 422, ``not_ct_like``) with what to send instead.
     """
-    if decoded.format == "DICOM" and decoded.meta.get("modality") == "CT":
-        return
-    if not bool(is_ct_like(gate_features(decoded.image), spec)[0]):
+    if features is None:
+        features = gate_features(decoded.image)
+    if not bool(is_ct_like(features, spec)[0]):
         raise NotCTLikeError(NOT_CT_MESSAGE)

@@ -28,9 +28,7 @@ def config_max_bytes() -> int:
 
 
 def dicom_bytes() -> bytes:
-    from pydicom.data import get_testdata_file
-
-    return Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    return (REPO_ROOT / "tests" / "fixtures" / "ct_normal_256.dcm").read_bytes()  # real CT pixels in HU
 
 
 def upload(name: str, data: bytes, mime: str = "") -> dict:

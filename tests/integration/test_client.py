@@ -221,10 +221,8 @@ def test_csv_output(stack, scans, capsys):
 
 
 def test_json_output_for_a_dicom_with_explain(stack, tmp_path, capsys):
-    from pydicom.data import get_testdata_file
-
     dicom = tmp_path / "IM0001"  # DICOM files often have no extension
-    dicom.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    dicom.write_bytes((FIXTURES_DIR / "ct_normal_256.dcm").read_bytes())
     code = main(["classify", str(dicom), "--api", stack + "/predict", "--explain", "--model", "iq-oth-3class"])
     out, _ = capsys.readouterr()
     assert code == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from helpers import ct_like_image, encode, make_event
+from helpers import FIXTURES_DIR, ct_dataset, ct_like_image, encode, make_event
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
@@ -122,7 +122,7 @@ def test_deflated_dicom_bomb_is_inflated_only_up_to_the_cap(app_module, lambda_c
 
 
 def test_an_honest_deflated_dicom_reads_like_its_uncompressed_twin(app_module, lambda_context, pydicom_inflations):
-    dataset = pydicom.dcmread(CT_SMALL)
+    dataset = ct_dataset()  # real CT pixels: the not-CT gate reads a DICOM's pixels
     plain = dicom_bytes(dataset)
     dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     deflated = dicom_bytes(dataset)
@@ -173,12 +173,15 @@ def test_an_ordinary_progressive_jpeg_is_classified(app_module, lambda_context):
 
 
 def jpeg2000_dicom(codestream_side: int, declared_side: int) -> bytes:
-    """A JPEG 2000 CT DICOM whose codestream is ``codestream_side`` square, its header ``declared_side``."""
-    codestream = encode(ct_like_image(codestream_side), "JPEG2000", no_jp2=True, irreversible=False)
+    """A JPEG 2000 CT DICOM whose codestream is ``codestream_side`` square, its header ``declared_side``.
+
+    Its 8-bit values are a CT slice's lung-window grey levels, stored so that HU = -1350 + 1500/255 x value."""
+    slice_ = Image.open(FIXTURES_DIR / "ct_normal_256.png").convert("L").resize((codestream_side, codestream_side))
+    codestream = encode(slice_, "JPEG2000", no_jp2=True, irreversible=False)
     dataset = pydicom.dcmread(CT_SMALL)
     dataset.Rows = dataset.Columns = declared_side
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
-    dataset.RescaleIntercept, dataset.RescaleSlope = -1024, 8
+    dataset.RescaleIntercept, dataset.RescaleSlope = -1350, 1500 / 255
     dataset.PixelData = encapsulate([codestream])
     dataset["PixelData"].VR = "OB"
     dataset.file_meta.TransferSyntaxUID = JPEG2000Lossless

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from helpers import ct_dataset, ct_like_image, dicom_bytes, encode, frame, make_event
 from PIL import Image
@@ -33,26 +34,34 @@ def b64(data: bytes) -> str:
 
 
 def test_real_ct_dicom_with_a_chosen_window(app_module, lambda_context):
-    data = Path(CT_SMALL).read_bytes()
-    status, answer = call(app_module, lambda_context, {"image": b64(data), "window": {"center": 40, "width": 400}})
+    data = dicom_bytes(ct_dataset())
+    status, answer = call(app_module, lambda_context, {"image": b64(data), "window": {"center": -500, "width": 1400}})
     assert status == 200, answer
-    assert answer["input"]["window"] == {"center": 40.0, "width": 400.0}
+    assert answer["input"]["window"] == {"center": -500.0, "width": 1400.0}
+    data = Path(CT_SMALL).read_bytes()
     lung = decode_dicom(data)
     soft_tissue = decode_dicom(data, options=DicomOptions(window={"center": 40, "width": 400}))
     assert np.asarray(lung.image).tolist() != np.asarray(soft_tissue.image).tolist()
 
 
 def test_jpeg2000_dicom_is_decoded(app_module, lambda_context):
-    status, answer = call(
-        app_module, lambda_context, {"image": b64(Path(get_testdata_file("693_J2KI.dcm")).read_bytes())}
-    )
-    assert status == 200, answer
-    assert answer["input"]["format"] == "DICOM"
-    assert Image.open(io.BytesIO(base64.b64decode(answer["preview"]))).size == (512, 512)
+    data = Path(get_testdata_file("693_J2KI.dcm")).read_bytes()
+    assert decode_dicom(data).image.size == (512, 512)
+    # pydicom's 693_J2KI is a head CT (DERIVED/PRIMARY/AXIAL): decoded, then refused by the gate on its
+    # pixels (not a chest slice), whatever its Modality CT says.
+    status, answer = call(app_module, lambda_context, {"image": b64(data)})
+    assert (status, answer["error"]["code"]) == (422, "not_ct_like"), answer
+
+
+def original_axial(name: str) -> bytes:
+    """One of pydicom's files declared an original axial image (MR_small is DERIVED/SECONDARY/OTHER)."""
+    dataset = pydicom.dcmread(get_testdata_file(name))
+    dataset.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    return dicom_bytes(dataset)
 
 
 def test_non_ct_modality_needs_permission(app_module, lambda_context):
-    mr = b64(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    mr = b64(original_axial("MR_small.dcm"))
     status, answer = call(app_module, lambda_context, {"image": mr})
     assert (status, answer["error"]["code"]) == (422, "not_ct_modality")
     # allow_non_ct lifts the header check only: the not-CT gate still judges the pixels, and an MR is no CT slice.
@@ -61,7 +70,7 @@ def test_non_ct_modality_needs_permission(app_module, lambda_context):
 
 
 def test_undecodable_transfer_syntax_is_named(app_module, lambda_context):
-    jpeg_ls = b64(Path(get_testdata_file("MR_small_jpeg_ls_lossless.dcm")).read_bytes())
+    jpeg_ls = b64(original_axial("MR_small_jpeg_ls_lossless.dcm"))
     status, answer = call(app_module, lambda_context, {"image": jpeg_ls, "allow_non_ct": True})
     assert status == 415
     assert "JPEG-LS" in answer["error"]["message"]
@@ -76,7 +85,9 @@ def test_monochrome1_is_inverted():
 
 
 def test_missing_rescale_tags_read_stored_values_as_hounsfield():
-    data = dicom_bytes(ct_dataset([frame(-1000)], RescaleSlope=None, RescaleIntercept=None))
+    pixels = np.full((64, 64), -1000, np.int16)
+    pixels[32:, 32:] = 0  # not blank
+    data = dicom_bytes(ct_dataset([pixels], RescaleSlope=None, RescaleIntercept=None))
     image = np.asarray(decode_dicom(data).image)
     # The lung window spans -1350..150 HU, so -1000 HU maps to 350/1500 of the grey range.
     assert image[0, 0] == round((-1000 + 1350) * 255 / 1500)

@@ -19,6 +19,8 @@ from helpers import (
     BUNDLED_MODEL,
     FIXTURES_DIR,
     cli,
+    ct_dataset,
+    ct_hounsfield,
     ct_like_image,
     encode,
     evaluated_bundle,
@@ -118,12 +120,26 @@ def test_non_ct_images_are_refused_with_422_not_ct_like(app_module, lambda_conte
     assert "label" not in answer and "verdict" not in answer
 
 
+def dicom_bytes(dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+def as_ct_dicom(image: Image.Image, **tags) -> bytes:
+    """A picture wrapped the way a PACS might send it: Modality CT, ORIGINAL/PRIMARY/AXIAL, its grey levels
+    stored as the HU the lung window shows as those levels."""
+    grey = np.asarray(image.convert("L"), np.float32)
+    return dicom_bytes(ct_dataset([(grey / 255.0 * 1500.0 - 1350.0).round().astype(np.int16)], **tags))
+
+
 def ct_fixtures() -> dict[str, bytes]:
     slices = {path.name: path.read_bytes() for path in sorted(FIXTURES_DIR.glob("ct_*")) if path.suffix != ".md"}
     for seed, size in ((0, 256), (1, 512), (2, 128), (3, 300)):
         slices[f"ct_like_{seed}_{size}"] = encode(ct_like_image(size, seed=seed))
     slices["ct_like_rgb_jpeg"] = encode(ct_like_image(320, seed=4, mode="RGB"), "JPEG", quality=85)
-    slices["CT_small.dcm"] = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    slices["ct_dicom_hu_512"] = dicom_bytes(ct_dataset([ct_hounsfield(512)]))
+    slices["ct_dicom_hu_256"] = dicom_bytes(ct_dataset())
     return slices
 
 
@@ -131,22 +147,72 @@ def ct_fixtures() -> dict[str, bytes]:
 def test_ct_slices_pass_the_gate_and_get_a_verdict(app_module, lambda_context, name):
     status, answer = call(app_module, lambda_context, ct_fixtures()[name])
     assert status == 200, (name, answer)
-    assert answer["verdict"] in ("Cancer Detected", "No Cancer Detected")
+    assert answer["tier"] in ("suspicious", "not_excluded", "clear")
+
+
+@pytest.mark.parametrize(
+    "kind", ["photo_cat", "photo_grey_cameraman", "bar_chart", "text", "screenshot", "noise_uniform", "mr_dicom_as_png"]
+)
+def test_a_picture_wrapped_in_a_ct_dicom_faces_the_gate(app_module, lambda_context, kind):
+    """Modality CT proves nothing: the pixels decide, whatever the wrapper."""
+    status, answer = call(app_module, lambda_context, as_ct_dicom(NON_CT[kind]()))
+    assert (status, answer.get("error", {}).get("code")) == (422, "not_ct_like"), (kind, answer)
+    assert "label" not in answer and "tier" not in answer
+
+
+def test_pydicoms_ct_small_a_small_field_of_view_crop_is_refused_as_not_ct_like(app_module, lambda_context):
+    """A 128x128 crop of a CT slice (no body outline, no air around it): the README says it is refused."""
+    status, answer = call(app_module, lambda_context, Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    assert (status, answer["error"]["code"]) == (422, "not_ct_like"), answer
+
+
+@pytest.mark.parametrize(
+    ("tags", "code"),
+    [
+        ({"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}, "not_ct_localizer"),
+        ({"ImageType": ["ORIGINAL", "PRIMARY", "TOPOGRAM"]}, "not_ct_localizer"),
+        ({"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}, "not_ct_dose_report"),
+        ({"ImageType": ["ORIGINAL", "PRIMARY", "OTHER"], "SeriesDescription": "Dose Report"}, "not_ct_dose_report"),
+        (
+            {"ImageType": ["ORIGINAL", "PRIMARY", "OTHER"], "SeriesDescription": "Patient Protocol"},
+            "not_ct_dose_report",
+        ),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, "not_ct_secondary_capture"),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.4"}, "not_ct_secondary_capture"),
+        ({"ImageType": ["DERIVED", "SECONDARY", "MIP"]}, "not_ct_derived"),
+        ({"ImageType": ["DERIVED", "SECONDARY", "CORONAL"]}, "not_ct_derived"),
+        ({"ImageType": ["DERIVED", "SECONDARY", "OTHER"]}, "not_ct_derived"),
+        ({"ImageType": ["ORIGINAL", "PRIMARY", "VOLUME"]}, "not_ct_derived"),
+    ],
+)
+def test_localizers_dose_screens_captures_and_renderings_are_refused_with_their_code(
+    app_module, lambda_context, tags, code
+):
+    """Even with real CT pixels: these are not axial slices of the patient (each says so in its header)."""
+    status, answer = call(app_module, lambda_context, dicom_bytes(ct_dataset(**tags)))
+    assert (status, answer["error"]["code"]) == (422, code), answer
+    assert answer["error"]["message"].endswith("Send an axial slice of the chest CT series.")
+
+
+@pytest.mark.parametrize("image_type", [["DERIVED", "PRIMARY", "AXIAL"], ["ORIGINAL", "PRIMARY", "AXIAL", "HELIX"]])
+def test_a_derived_axial_reconstruction_is_a_slice(app_module, lambda_context, image_type):
+    status, answer = call(app_module, lambda_context, dicom_bytes(ct_dataset(ImageType=image_type)))
+    assert status == 200, answer
 
 
 def test_a_dicom_of_another_modality_keeps_its_own_refusal(app_module, lambda_context):
-    status, answer = call(app_module, lambda_context, Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    status, answer = call(app_module, lambda_context, dicom_bytes(ct_dataset(Modality="MR")))
     assert (status, answer["error"]["code"]) == (422, "not_ct_modality")
 
 
-def test_a_ct_dicom_is_taken_at_its_header_and_other_modalities_face_the_gate():
+def test_a_ct_dicom_faces_the_gate_like_any_image():
     refusing = hand_made_spec(probability_threshold=0.99)
     image = ct_like_image(128)
-    check_ct_like(DecodedImage(image=image, format="DICOM", meta={"modality": "CT"}), refusing)
     for decoded in (
+        DecodedImage(image=image, format="DICOM", meta={"modality": "CT"}),  # the header proves nothing
         DecodedImage(image=image, format="DICOM", meta={"modality": "MR"}),  # let in with allow_non_ct
         DecodedImage(image=image, format="DICOM", meta={"modality": ""}),  # no modality tag
-        DecodedImage(image=image, format="PNG", meta={"modality": "CT"}),  # only the DICOM decoder sets it
+        DecodedImage(image=image, format="PNG", meta={}),
     ):
         with pytest.raises(NotCTLikeError):
             check_ct_like(decoded, refusing)

@@ -8,7 +8,6 @@ import json
 import logging
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,22 +218,24 @@ def test_bad_input_gets_a_json_error_and_the_right_status(app_module, lambda_con
 
 
 def test_dicom_is_decoded_through_the_lung_window(app_module, lambda_context):
-    from pydicom.data import get_testdata_file
+    from helpers import ct_dataset
 
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    buffer = io.BytesIO()
+    ct_dataset().save_as(buffer, implicit_vr=False, little_endian=True)
+    data = buffer.getvalue()
     status, answer = call(
         app_module, lambda_context, make_event(body=data, content_type="application/dicom", base64_body=True)
     )
     assert status == 200, answer
     assert answer["input"] == {
         "format": "DICOM",
-        "width": 128,
-        "height": 128,
+        "width": 256,
+        "height": 256,
         "window": {"center": -600.0, "width": 1500.0},
         "frame": 0,
     }
     preview = Image.open(io.BytesIO(base64.b64decode(answer["preview"])))
-    assert preview.size == (128, 128)
+    assert preview.size == (256, 256)
 
 
 def test_unexpected_errors_are_500_without_a_trace(app_module, lambda_context, ct_png, monkeypatch):

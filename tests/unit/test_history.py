@@ -310,6 +310,7 @@ def test_records_copy_the_conformal_fields_when_the_answer_has_them():
         "clinician": {"sub": "s", "email": "e@example.org"},
         "model": {"name": "m", "version": "v1"},
         "label": "benign",
+        "tier": "clear",
         "verdict": "No Cancer Detected",
         "suspicious": False,
         "probabilities": {"normal": 0.1, "benign": 0.6, "malignant": 0.3},
@@ -317,23 +318,23 @@ def test_records_copy_the_conformal_fields_when_the_answer_has_them():
         "input_bytes": 10,
         "preview": b"png",
     }
-    keys = "record_id created_at clinician model label verdict suspicious probabilities input input_bytes preview"
+    keys = "record_id created_at clinician model label tier verdict suspicious probabilities input input_bytes preview"
     assert " ".join(plain) == keys
     assert plain["record_id"].startswith("20260304T050607891Z-")
-    conformal = typed_slice(prediction_set=["benign", "malignant"], uncertain=True)
+    conformal = typed_slice(prediction_set=["benign", "malignant"], uncertain=True, unfamiliar=False)
     record = history.build_record(*conformal, clinician, input_bytes=10, preview=b"png", heatmap=b"h")
-    assert list(record)[-3:] == ["prediction_set", "uncertain", "heatmap"]
+    assert list(record)[-4:] == ["prediction_set", "uncertain", "unfamiliar", "heatmap"]
     assert (record["prediction_set"], record["uncertain"], record["heatmap"]) == (["benign", "malignant"], True, b"h")
+    assert record["unfamiliar"] is False
 
 
 def test_a_dicom_record_holds_neither_the_file_nor_its_patient_tags(app_module, lambda_context, store):
-    import pydicom
-    from pydicom.data import get_testdata_file
+    from helpers import ct_dataset
 
-    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset = ct_dataset()  # real CT pixels: the not-CT gate reads a DICOM's pixels
     dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate = "DOE^JANE", "PID-4242", "19500101"
     buffer = io.BytesIO()
-    dataset.save_as(buffer)
+    dataset.save_as(buffer, implicit_vr=False, little_endian=True)
     event = make_event(
         body=buffer.getvalue(), content_type="application/dicom", base64_body=True, query={"patient": "P-DCM"}
     )
