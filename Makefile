@@ -108,6 +108,7 @@ train: install
 	$(PY) -m training gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
 	$(PY) -m training twin models/iq-oth-3class
 	$(PY) -m training twin models/chest-ct-4class
+	$(PY) -m training unfamiliar models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
 
 BUNDLE ?= models/iq-oth-3class
 evaluate: install

@@ -15,6 +15,7 @@ from training.fit import options as train_config
 from training.fit import train
 from training.gate import fit as gate
 from training.measure import evaluate
+from training.measure import familiarity as unfamiliar
 from training.release import publish, twin
 
 EXIT_FAILED = 1
@@ -68,6 +69,17 @@ HELP = {
         "(other seeds, scikit-image sample images, pydicom's non-CT test files). Example: python -m training "
         "gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data",
     ),
+    "unfamiliar": (
+        "fit the unfamiliar-CT detector on a bundle's training data; measure it across sources",
+        "Fit each bundle's detector of slices unlike its training data (a probabilistic PCA of the model's own "
+        "spatially averaged feature maps, on the training split only; threshold: at most --target-share, 5%, of "
+        "the bundle's own validation and calibration slices flagged), then measure it through the serving path "
+        "on the bundle's test split and on every other dataset at hand (the other bundles' split files): share "
+        "flagged, cancer slices answered neither suspicious nor uncertain, flag sensitivity/specificity, "
+        "uncertain share, screening coverage. Stored in model.json's `familiarity` and the card. Run it after "
+        "evaluate (it measures with the calibration). Example: python -m training unfamiliar "
+        "models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data",
+    ),
     "publish": (
         "validate a bundle, upload it, then move latest.json",
         "Validate (sha256, loads with Classifier, shapes match model.json, reproduces report/smoke.npz), "
@@ -105,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate": evaluate.add_arguments,
         "twin": twin.add_arguments,
         "gate": gate.add_arguments,
+        "unfamiliar": unfamiliar.add_arguments,
         "publish": publish.add_publish_arguments,
         "promote": publish.add_promote_arguments,
         "rollback": publish.add_rollback_arguments,
@@ -128,6 +141,9 @@ def run(args: argparse.Namespace, argv: list[str], s3=None) -> int:
         return 0
     if args.command == "gate":
         gate.run(args)
+        return 0
+    if args.command == "unfamiliar":
+        unfamiliar.run(args)
         return 0
     bucket = publish.resolve_bucket(args.bucket)
     s3 = s3 or publish.s3_client()

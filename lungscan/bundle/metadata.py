@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_serializer, model_validator
 from lungscan.bundle.files import NAME_PATTERN, TWIN_FILE, VERSION_PATTERN
 from lungscan.model.calibration import CalibrationSpec
 from lungscan.model.conformal import ConformalSpec
+from lungscan.model.familiarity import FamiliaritySpec
 from lungscan.model.gate import GateSpec
 
 INTENDED_USE = "Research and first-pass triage only. Not a diagnosis: a clinician must review every scan."
@@ -209,6 +210,8 @@ class BundleMetadata(BaseModel):
     twin: TwinSpec | None = None  # model.onnx derived from model.h5 (served by lungscan/model/runtime.py)
     gate: GateSpec | None = None  # the not-CT gate (lungscan.model.gate); None: served without one (legacy)
     conformal: ConformalSpec | None = None  # conformal prediction sets (lungscan.model.conformal)
+    # the unfamiliar-CT detector on the model's own features (lungscan.model.familiarity); None: no signal
+    familiarity: FamiliaritySpec | None = None
     training: TrainingRecord | None = None  # absent from a bundle not made by `training train`
     report: ReportRecord | None = None  # absent until `training evaluate`
 
@@ -235,12 +238,16 @@ class BundleMetadata(BaseModel):
 # What decides the answers: two model.json that agree on these answer alike with the same model.h5.
 SERVED_FIELDS = frozenset(
     {"classes", "positive_classes", "threshold", "output", "temperature", "calibration", "input", "preprocessing"}
-    | {"gate", "conformal"}
+    | {"gate", "conformal", "familiarity"}
 )
 
 
 # Parts of served fields that only record how they were fitted and how they scored: no answer depends on them.
-REPORTED_PARTS = {"gate": {"fitted_on", "evaluation"}, "conformal": {"method", "calibration", "evaluation"}}
+REPORTED_PARTS = {
+    "gate": {"fitted_on", "evaluation"},
+    "conformal": {"method", "calibration", "evaluation"},
+    "familiarity": {"method", "fitted_on", "evaluation"},
+}
 # The same fit on another machine differs in the 7th-8th decimal (BLAS, threads); no answer moves at 1e-6.
 SERVED_TOLERANCE = 1e-6
 

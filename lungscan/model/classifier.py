@@ -20,7 +20,8 @@ from lungscan.inputs.imaging import DecodedImage
 from lungscan.model.calibration import apply_calibration, apply_temperature
 from lungscan.model.conformal import prediction_set
 from lungscan.model.explain import heatmap_overlay
-from lungscan.model.gate import check_ct_like
+from lungscan.model.familiarity import familiarity_vectors, is_unfamiliar
+from lungscan.model.gate import check_ct_like, gate_features
 from lungscan.model.runtime import ModelRuntime, load_runtime
 from lungscan.model.transforms import build_preprocess, preprocess_image
 
@@ -122,6 +123,22 @@ class Classifier:
         """Class probabilities, shape (N, len(classes)), for preprocessed inputs."""
         return self.probabilities_from(self.runtime.forward(np.asarray(batch, dtype=np.float32)))
 
+    def predict_with_familiarity(
+        self, batch: np.ndarray, image_features: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and, per input, whether the bundle's detector finds it unfamiliar (None
+        for a bundle without one): one pass of the model.
+
+        Args:
+            image_features: (N, F) ``gate_features`` of the decoded images (the detector's first view).
+        """
+        batch = np.asarray(batch, dtype=np.float32)
+        spec = self.metadata.familiarity
+        if spec is None or image_features is None:
+            return self.predict_batch(batch), None
+        raw, pooled = self.runtime.forward_with_features(batch)
+        return self.probabilities_from(raw), is_unfamiliar(familiarity_vectors(image_features, pooled), spec)
+
     def probabilities_from(self, raw: np.ndarray) -> np.ndarray:
         """The served class probabilities from the model's raw outputs (sigmoid expanded, calibration applied)."""
         raw = np.asarray(raw, dtype=np.float64)
@@ -153,11 +170,15 @@ class Classifier:
                 f"explain_class is not one of this model's classes: {', '.join(self.metadata.classes)}.",
                 code="invalid_request",
             )
+        needs_features = self.metadata.gate is not None or self.metadata.familiarity is not None
+        image_features = gate_features(decoded.image) if needs_features else None
         if self.metadata.gate is not None:  # a bare legacy model.h5 has none and is served as before
-            check_ct_like(decoded, self.metadata.gate)
+            check_ct_like(decoded, self.metadata.gate, image_features)
         array, trace = preprocess_image(decoded, self.preprocess)
-        probabilities = self.predict_batch(array[np.newaxis])[0]
-        prediction = self.interpret(probabilities)
+        probabilities, unfamiliar = self.predict_with_familiarity(
+            array[np.newaxis], None if image_features is None else image_features[np.newaxis]
+        )
+        prediction = self.interpret(probabilities[0], None if unfamiliar is None else bool(unfamiliar[0]))
         if explain:
             prediction.explained_class = explain_class or prediction.label
             cam = self.gradcam(array, self.metadata.classes.index(prediction.explained_class))

@@ -42,6 +42,9 @@ class ModelRuntime(Protocol):
     def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
         """A Grad-CAM map in [0, 1] at the feature maps' resolution, for one preprocessed input."""
 
+    def forward_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``forward``'s outputs and the explained feature maps (N, h, w, K) averaged over space (N, K)."""
+
 
 # ---------------------------------------------------------------- Keras (model.h5)
 
@@ -75,9 +78,20 @@ class KerasRuntime:
         )
         self._gradcam: GradCam | None = None  # traced on first use: cold starts stay short
         self._gradcam_lock = threading.Lock()
+        self._with_features = None
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         return self._forward(np.asarray(batch, dtype=np.float32)).numpy()
+
+    def forward_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from lungscan.model.explain import gradient_model
+        from lungscan.model.familiarity import pool_features
+
+        with self._gradcam_lock:
+            if self._with_features is None:
+                self._with_features = gradient_model(self.model)  # (feature maps, outputs), as Grad-CAM's
+        features, outputs = self._with_features(np.asarray(batch, dtype=np.float32), training=False)
+        return np.asarray(outputs), pool_features(np.asarray(features))
 
     def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
         from lungscan.model.explain import GradCam
@@ -126,6 +140,13 @@ class OnnxRuntime:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
         return self.session.run([PROBABILITIES], feed)[0]
+
+    def forward_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from lungscan.model.familiarity import pool_features
+
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        outputs, features = self.session.run([PROBABILITIES, FEATURES], feed)
+        return outputs, pool_features(features)
 
     def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
         from lungscan.model.explain import gradcam_from_weights
