@@ -1,10 +1,11 @@
 """The API's request and response models: what ``/openapi.json`` publishes and every answer is built from."""
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from lungscan.bundle.files import NAME_PATTERN
+from lungscan.model.classifier import Tier
 from lungscan.uploads import MAX_STUDY_SLICES, UploadOptions
 
 
@@ -54,7 +55,7 @@ class InputInfo(BaseModel):
     frame: int | None = None
 
 
-TierCode = Literal["suspicious", "not_excluded", "clear"]
+TierCode = Tier  # suspicious, not_excluded, clear (lungscan.model.classifier)
 
 
 class SliceResult(BaseModel):

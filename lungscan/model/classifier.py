@@ -30,10 +30,11 @@ from lungscan.model.transforms import build_preprocess, preprocess_image
 VERDICT_SUSPICIOUS = "Cancer Detected"
 VERDICT_CLEAR = "No Cancer Detected"
 # The three tiers a clinician reads, consistent with the prediction set: their codes and their words.
-TIER_SUSPICIOUS = "suspicious"
-TIER_NOT_EXCLUDED = "not_excluded"
-TIER_CLEAR = "clear"
-TIER_WORDS = {
+Tier = Literal["suspicious", "not_excluded", "clear"]
+TIER_SUSPICIOUS: Tier = "suspicious"
+TIER_NOT_EXCLUDED: Tier = "not_excluded"
+TIER_CLEAR: Tier = "clear"
+TIER_WORDS: dict[Tier, str] = {
     TIER_SUSPICIOUS: "Suspicious — review first",
     TIER_NOT_EXCLUDED: "Malignancy not excluded — review",
     TIER_CLEAR: "No suspicious finding",
@@ -69,7 +70,7 @@ class Prediction:
     # True when the set holds both a flagged and an unflagged class, or the slice is unfamiliar;
     # None for a bundle without conformal calibration (unless the slice is unfamiliar).
     uncertain: bool | None = None
-    tier: str = TIER_CLEAR
+    tier: Tier = TIER_CLEAR
     # The slice looks unlike the model's training data (its bundle's detector); None without one.
     unfamiliar: bool | None = None
     notes: list[str] = field(default_factory=list)  # plain words on what the tier and the set mean
@@ -265,7 +266,7 @@ def widened_set(
     return [label, *rest]
 
 
-def answer_tier(label: str, conformal_set: list[str] | None, positive_classes: list[str], threshold_met: bool) -> str:
+def answer_tier(label: str, conformal_set: list[str] | None, positive_classes: list[str], threshold_met: bool) -> Tier:
     """``suspicious``: a flagged class is the label; ``not_excluded``: one is in the set (or, without a set,
     the positive probability reaches the threshold) but is not the label; ``clear`` otherwise."""
     if label in positive_classes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class KerasRuntime:
         )
         self._gradcam: GradCam | None = None  # traced on first use: cold starts stay short
         self._gradcam_lock = threading.Lock()
-        self._with_features = None
+        self._with_features: Any = None  # (feature maps, outputs), built on first use
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         return self._forward(np.asarray(batch, dtype=np.float32)).numpy()

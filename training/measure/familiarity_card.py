@@ -27,10 +27,10 @@ def _cell(value: dict | None) -> str:
 
 
 def familiarity_section(metadata: BundleMetadata) -> str:
-    spec = getattr(metadata, "familiarity", None)
-    evaluation = (spec.evaluation or {}) if spec is not None else {}
-    if not evaluation:
+    spec = metadata.familiarity
+    if spec is None or not spec.evaluation:
         return ""
+    evaluation = spec.evaluation
     rows = [(f"own test split (`{metadata.name}`)", row) for row in evaluation.get("own", {}).values()]
     rows += [(f"another hospital: `{name}`", row) for name, row in evaluation.get("other_sources", {}).items()]
     header = "| slices | n | " + " | ".join(title for _, title in COLUMNS) + " |"
