@@ -14,7 +14,7 @@ help:
 	@echo "make test   - install and run lint + type check + every test (unit, integration, template, local stack, browser)"
 	@echo "make bench  - print latency / cold start / memory figures"
 	@echo "make fuzz   - long fuzz run with fresh random inputs (FUZZ_EXAMPLES per property, default 5000)"
-	@echo "make train  - retrain both shipped models (models/iq-oth-3class, models/chest-ct-4class) from ../shared/data"
+	@echo "make train  - retrain the shipped models (models/malignancy-screen, iq-oth-3class, chest-ct-4class) from ../shared/data"
 	@echo "make evaluate BUNDLE=models/... - re-measure a bundle as served, rewrite its report/ and model card"
 	@echo "make publish BUNDLE=models/... MODEL_BUCKET=... - validate, upload, move latest.json"
 	@echo "make deploy - sam build + deploy + site sync + model publish (needs an AWS account and Docker)"
@@ -103,12 +103,16 @@ bench: install-dev
 # on 2 CPU cores: the 3-class CNN ensemble ~4.5 min (reproduced bit for bit), the 4-class HOG model ~15 s, the gate
 # ~50 s, the twins ~30 s.
 train: install
+	$(PY) -m training train --preset both-datasets
 	$(PY) -m training train --preset iq-oth-nccd
 	$(PY) -m training train --preset chest-ct-scan
-	$(PY) -m training gate models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
+	$(PY) -m training gate models/malignancy-screen models/iq-oth-3class models/chest-ct-4class \
+		--ct-bundles models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
+	$(PY) -m training twin models/malignancy-screen
 	$(PY) -m training twin models/iq-oth-3class
 	$(PY) -m training twin models/chest-ct-4class
-	$(PY) -m training unfamiliar models/iq-oth-3class models/chest-ct-4class --data-dir ../shared/data
+	$(PY) -m training unfamiliar models/malignancy-screen models/iq-oth-3class models/chest-ct-4class \
+		--data-dir ../shared/data
 
 BUNDLE ?= models/iq-oth-3class
 evaluate: install

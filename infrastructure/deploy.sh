@@ -9,8 +9,8 @@
 # executions, the account-wide API Gateway logging role left alone. Opening the API is explicit:
 #   infrastructure/deploy.sh lungscan-dev --parameter-overrides RequireApiKey=false
 # Env: STACK_NAME (default lungscan), SAM_CLI (default: sam on PATH, else .venv-sam/bin/sam),
-#      PYTHON (default .venv/bin/python), MODEL_DIR (default models/iq-oth-3class),
-#      MODEL_EXTRA_DIRS (default models/chest-ct-4class),
+#      PYTHON (default .venv/bin/python), MODEL_DIR (default models/malignancy-screen),
+#      MODEL_EXTRA_DIRS (default models/iq-oth-3class models/chest-ct-4class),
 #      PAGE_API_KEY=1 to put the API key in the page's config.js (anyone who loads the page can read it).
 # Docs: https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/sam-cli-command-reference-sam-deploy.html
 set -euo pipefail
@@ -20,9 +20,9 @@ STACK_NAME="${1:-${STACK_NAME:-lungscan}}"
 shift || true
 SAM="${SAM_CLI:-$(command -v sam || echo .venv-sam/bin/sam)}"
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
-MODEL_DIR="${MODEL_DIR:-models/iq-oth-3class}"
+MODEL_DIR="${MODEL_DIR:-models/malignancy-screen}"
 # The other bundles the stack serves (template.yaml ModelNames), published after the default.
-MODEL_EXTRA_DIRS="${MODEL_EXTRA_DIRS:-models/chest-ct-4class}"
+MODEL_EXTRA_DIRS="${MODEL_EXTRA_DIRS:-models/iq-oth-3class models/chest-ct-4class}"
 export SAM_CLI_TELEMETRY="${SAM_CLI_TELEMETRY:-0}"
 
 echo "==> sam build"

@@ -34,7 +34,7 @@ from infrastructure.runtime_api import InvocationError, InvocationTimeoutError, 
 from lungscan.bundle.files import MODEL_FILE
 
 HANDLER = "app.lambda_handler"  # the Dockerfile's CMD
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "iq-oth-3class"
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "malignancy-screen"
 DEFAULT_MEMORY_MB = 3008
 
 

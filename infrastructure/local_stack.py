@@ -53,7 +53,12 @@ from infrastructure.emulation import (
 )
 
 FRONTEND_DIR = REPO_ROOT / "frontend"
-DEFAULT_BUNDLES = [REPO_ROOT / "models" / "iq-oth-3class", REPO_ROOT / "models" / "chest-ct-4class"]
+# The first is the default: the screening model trained on both hospitals; the single-source models beside it.
+DEFAULT_BUNDLES = [
+    REPO_ROOT / "models" / "malignancy-screen",
+    REPO_ROOT / "models" / "iq-oth-3class",
+    REPO_ROOT / "models" / "chest-ct-4class",
+]
 API_PATHS = {path for _, path in ROUTES}
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads before Lambda runs
 # The page's ES modules load only when served with a JavaScript MIME type, and mimetypes answers from this machine's

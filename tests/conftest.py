@@ -17,6 +17,9 @@ from infrastructure.emulation import LambdaContext, standin_bundle
 
 # The handler reads its configuration at import: set it before any test imports app.py.
 os.environ.setdefault("MODEL_DIR", str(BUNDLED_MODEL))
+# The handler's unit tests serve the 3-class bundle (its three classes exercise every tier); a deployed
+# function's default is the screening model (app.py, template.yaml).
+os.environ.setdefault("MODEL_NAME", BUNDLED_MODEL.name)
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "classifier")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "LungScan")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")

@@ -94,6 +94,7 @@ def describe_model(classifier: Classifier, is_default: bool, source: str) -> Mod
         metrics=metadata.metrics.model_dump(mode="json"),
         dataset=metadata.dataset,
         intended_use=metadata.intended_use,
+        purpose=metadata.purpose,
         sha256=metadata.sha256,
         source=source,
     )

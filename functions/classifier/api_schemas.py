@@ -147,6 +147,7 @@ class ModelDescription(BaseModel):
     metrics: dict[str, Any]
     dataset: dict[str, Any]
     intended_use: str
+    purpose: str = Field(default="", description="Which images and which question this model is for")
     sha256: str | None
     source: str = Field(description="Where the served copy came from: 'registry' (S3) or 'baked' (the image)")
 

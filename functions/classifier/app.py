@@ -109,7 +109,7 @@ REGISTRY_CLIENT_CONFIG = BotocoreConfig(connect_timeout=2, read_timeout=10, retr
 
 def _create_store() -> ModelStore:
     bucket = os.environ.get("MODEL_BUCKET")
-    default_name = os.environ.get("MODEL_NAME", "iq-oth-3class")
+    default_name = os.environ.get("MODEL_NAME", "malignancy-screen")
     names = [name for name in os.environ.get("MODEL_NAMES", default_name).split(",") if name]
     store = ModelStore(
         default_name,

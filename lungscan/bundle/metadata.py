@@ -206,6 +206,7 @@ class BundleMetadata(BaseModel):
     dataset: dict = {}
     framework: dict = {}
     intended_use: str = INTENDED_USE
+    purpose: str = ""  # which images and which question this model is for (GET /model, the page's picker)
     sha256: str | None = None
     twin: TwinSpec | None = None  # model.onnx derived from model.h5 (served by lungscan/model/runtime.py)
     gate: GateSpec | None = None  # the not-CT gate (lungscan.model.gate); None: served without one (legacy)

@@ -61,7 +61,7 @@ def test_models_come_from_the_local_s3_registry(stack):
         aws_secret_access_key="testing",
     )
     published = {}
-    for name in ("iq-oth-3class", "chest-ct-4class"):
+    for name in ("malignancy-screen", "iq-oth-3class", "chest-ct-4class"):
         pointer = s3.get_object(Bucket="lungscan-models-local", Key=f"models/{name}/latest.json")
         published[name] = json.loads(pointer["Body"].read())["version"]
     expected = {name: ("registry", version) for name, version in published.items()}
@@ -75,7 +75,14 @@ def test_models_come_from_the_local_s3_registry(stack):
             break
         time.sleep(0.5)
     assert served == expected
-    assert described["default"] == "iq-oth-3class"
+    # The screening model trained on both hospitals is the default; each model says what it is for.
+    assert described["default"] == "malignancy-screen"
+    by_name = {model["name"]: model for model in described["models"]}
+    assert by_name["malignancy-screen"]["default"] is True and by_name["malignancy-screen"]["classes"] == [
+        "normal",
+        "malignant",
+    ]
+    assert all(model["purpose"] for model in described["models"])
 
 
 def test_upload_like_the_original_flask_app(stack):

@@ -373,7 +373,7 @@ def test_the_image_bakes_the_twin_beside_model_h5():
     """The Dockerfile copies the baked bundle's model.onnx, and every file it copies exists."""
     lines = (REPO_ROOT / "functions" / "classifier" / "Dockerfile").read_text().splitlines()
     sources = [source for line in lines if line.startswith("COPY ") for source in line.split()[1:-1]]
-    assert {"models/iq-oth-3class/model.onnx", "models/iq-oth-3class/model.h5"} <= set(sources)
+    assert {"models/malignancy-screen/model.onnx", "models/malignancy-screen/model.h5"} <= set(sources)  # the default
     assert all(list(REPO_ROOT.glob(source)) for source in sources)  # a COPY may name a glob
     assert "onnxruntime==" in (REPO_ROOT / "functions" / "classifier" / "requirements.txt").read_text()
 

@@ -41,6 +41,8 @@ from training.data.layouts import (
     scan_dataset,
     scan_split_layout,
 )
+from training.data.sources import CLASSES as MALIGNANCY_CLASSES
+from training.data.sources import SOURCES, combine
 from training.data.splits import (
     SPLITS,
     Split,
@@ -137,6 +139,18 @@ def prepare_dataset(
         layout = detect_layout(data_dir)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    if layout == "multi":  # several datasets, each split as its own preset splits it (training.data.sources)
+        found = [name for name in SOURCES if (data_dir / name).is_dir()]
+        if len(found) < 2:
+            raise FileNotFoundError(f"the multi layout needs the datasets {sorted(SOURCES)} in {data_dir}")
+        parts = {
+            name: prepare_dataset(
+                data_dir / name, layout=SOURCES[name][0], near_duplicate_rmse=near_duplicate_rmse, **SOURCES[name][1]
+            )
+            for name in found
+        }
+        split, report = combine({n: p.split for n, p in parts.items()}, {n: p.dedup for n, p in parts.items()})
+        return PreparedDataset(layout, data_dir, MALIGNANCY_CLASSES, split, report, [])
     skipped: list[str] = []
     if layout == "kaggle":
         by_origin, classes = scan_split_layout(data_dir, classes)

@@ -25,7 +25,7 @@ CLASS_FOLDERS: dict[str, tuple[str, ...]] = {
 }
 
 _NUMBER = re.compile(r"\((\d+)\)")
-LAYOUTS = ("auto", "iq-oth", "folders", "kaggle")
+LAYOUTS = ("auto", "iq-oth", "folders", "kaggle", "multi")  # multi: training.data.sources
 # The dataset's own split folders, in the order that decides which copy of a duplicate is kept.
 SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
     "train": ("train", "training"),

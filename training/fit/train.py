@@ -71,6 +71,7 @@ def make_metadata(config: TrainConfig, classes: list[str]) -> BundleMetadata:
             normalisation=NormalisationSpec(scale=1.0 / 255.0, offset=0.0),
         ),
         intended_use=INTENDED_USE,
+        purpose=config.preset.purpose if config.preset else "",
     )
 
 

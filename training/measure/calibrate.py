@@ -256,6 +256,35 @@ def calibrate(classifier, splits: dict[str, SplitOutputs]):
     return conformal, candidates
 
 
+def choose_threshold(classifier, calibration: SplitOutputs, target_sensitivity: float) -> dict:
+    """The flag's threshold for a sensitivity target, chosen on the calibration split (never on test).
+
+    The largest threshold on a 0.01 grid whose served flag (``Classifier.interpret``: the label, the
+    conformal set and the threshold) reaches the target on the calibration split's positive images: the
+    most specific flag that meets it there. Sets ``metadata.threshold``.
+    """
+    metadata = classifier.metadata
+    positives = np.isin(np.array(metadata.classes)[calibration.labels], metadata.positive_classes)
+    chosen = {"threshold": 0.01, "sensitivity": None, "specificity": None}
+    for threshold in np.round(np.arange(0.5, 0.0, -0.01), 2):
+        metadata.threshold = float(threshold)
+        flags = np.array([classifier.interpret(row).suspicious for row in calibration.served])
+        sensitivity = float(flags[positives].mean())
+        chosen = {
+            "threshold": float(threshold),
+            "sensitivity": round(sensitivity, 4),
+            "specificity": round(float((~flags[~positives]).mean()), 4) if (~positives).any() else None,
+        }
+        if sensitivity >= target_sensitivity:
+            break
+    metadata.threshold = chosen["threshold"]
+    return chosen | {
+        "target_sensitivity": target_sensitivity,
+        "method": "the largest threshold (0.01 grid, from 0.5 down) whose served flag reaches the target "
+        f"sensitivity on the calibration split (n={len(calibration.labels)}; positives {int(positives.sum())})",
+    }
+
+
 def neighbour_folds(samples: list[Sample], folds: int = 5) -> np.ndarray:
     """A fold per image: each class's files in number order, cut into ``folds`` contiguous blocks.
 

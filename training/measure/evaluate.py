@@ -25,6 +25,7 @@ import csv
 import io
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,10 @@ from lungscan.bundle.store import read_metadata, write_metadata
 from lungscan.uploads import bundle_dicom_options, decode_upload
 from training.data.layouts import Sample, load_split_manifest, samples_from_manifest
 from training.data.splits import evaluation_fingerprint
-from training.measure.calibrate import SplitOutputs, calibrate, calibration_report
+from training.measure.calibrate import SplitOutputs, calibrate, calibration_report, choose_threshold
 from training.measure.metrics import classification_metrics
 from training.measure.plots import plot_confusion, plot_reliability, plot_roc
-from training.presets import REPO_ROOT
+from training.presets import PRESETS, REPO_ROOT
 
 
 def add_arguments(parser) -> None:
@@ -113,6 +114,14 @@ def evaluate_bundle(
     test = splits["test"]
     conformal, candidates = calibrate(classifier, splits)  # sets metadata.calibration and .conformal: the served rule
     assert metadata.calibration is not None  # calibrate() set it
+    preset = PRESETS.get((metadata.training.preset if metadata.training else None) or "")
+    target = preset.extra.get("target_sensitivity") if preset else None
+    threshold_choice = choose_threshold(classifier, splits["calibration"], target) if target else None
+    cross = None
+    if manifest.get("layout") == "multi" and target:  # trained on several hospitals: each left out in turn
+        from training.measure.cross_source import leave_one_source_out
+
+        cross = leave_one_source_out(classifier, manifest, data_dir, target, partial(served_inputs, classifier))
     measured = {name: measure(classifier, split.labels, split.served) for name, split in splits.items()}
 
     report = bundle_dir / REPORT_DIR
@@ -131,6 +140,8 @@ def evaluate_bundle(
         "test": measured["test"],
         "validation": measured["validation"],
         "calibration_split": measured["calibration"],
+        "threshold_choice": threshold_choice,
+        "leave_one_source_out": cross,
         "smoke": smoke,
         "served_path": (
             "Classifier(bundle): decode_upload -> prepare -> predict_batch (with the calibration) -> interpret "

@@ -68,7 +68,12 @@ def dataset_names(bundle: Path) -> set[str]:
 
 def bundle_samples(bundle: Path, data_dir: Path | None) -> dict[str, list[Sample]]:
     manifest = load_split_manifest(bundle)
-    root = data_dir / Path(manifest["data_dir"]).name if data_dir is not None else Path(manifest["data_dir"])
+    if data_dir is None:
+        root = Path(manifest["data_dir"])
+    elif manifest.get("layout") == "multi":  # its files are listed under the folder that holds the datasets
+        root = data_dir
+    else:
+        root = data_dir / Path(manifest["data_dir"]).name
     return samples_from_manifest(manifest, root)
 
 
@@ -171,6 +176,11 @@ def measure_bundle(bundle: Path, spec: FamiliaritySpec, data_dir: Path | None, s
     classifier = Classifier(bundle, metadata=metadata)
     own = bundle_samples(bundle, data_dir)
     result = {"own": {"test": screening_figures(classifier, own["test"], metadata.positive_classes, "test")}}
+    if load_split_manifest(bundle).get("layout") == "multi":  # trained on several datasets: each test split too
+        root = (data_dir or Path(load_split_manifest(bundle)["data_dir"])).resolve()
+        for name in sorted({s.path.resolve().relative_to(root).parts[0] for s in own["test"]}):
+            part = [s for s in own["test"] if s.path.resolve().relative_to(root).parts[0] == name]
+            result["own"][f"test: {name}"] = screening_figures(classifier, part, metadata.positive_classes, name)
     result["other_sources"] = {}
     mine = dataset_names(bundle)
     for source in sources:

@@ -58,3 +58,40 @@ that dataset's split (this model saw none of them).
 
 {table}
 """
+
+
+def sources_section(metadata: BundleMetadata) -> str:
+    """For a model trained on several datasets: its threshold choice and the leave-one-source-out figures."""
+    metrics = metadata.metrics.model_dump()
+    choice, cross = metrics.get("threshold_choice"), metrics.get("leave_one_source_out")
+    if not choice and not cross:
+        return ""
+    text = "\n## Threshold and sources\n"
+    if choice:
+        text += (
+            f"\nThe flag's threshold, {choice['threshold']}, was chosen on the calibration split for a sensitivity "
+            f"target of {choice['target_sensitivity']:.0%}: {choice['method']}; there the flag reached sensitivity "
+            f"{choice['sensitivity']} and specificity {choice['specificity']}.\n"
+        )
+    if cross:
+        rows = "\n".join(
+            f"| {'+'.join(row['trained_on'])} ({row['fit_images']} images) | `{held_out}` test split | "
+            f"{row['test']['n']} ({row['test']['positives']} cancer) | {row['threshold']} | "
+            f"{_share(row['test']['sensitivity'])} | {_share(row['test']['specificity'])} | {row['test']['roc_auc']} |"
+            for held_out, row in cross.items()
+        )
+        text += f"""
+Leave one source out (`training/measure/cross_source.py`): the same recipe (this bundle's frozen HOG front end,
+its head refitted as the same class-balanced logistic regression) trained on one dataset's train + validation
+files and tested on the other's test split, at the threshold chosen on the training dataset's calibration split
+for the same target (the model's probability, no calibration or conformal set):
+
+| trained on | tested on | slices | threshold | sensitivity | specificity | ROC-AUC |
+|---|---|---:|---:|---:|---:|---:|
+{rows}
+"""
+    return text
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

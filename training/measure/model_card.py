@@ -8,7 +8,7 @@ from pathlib import Path
 from lungscan.bundle.files import CARD_FILE, MODEL_FILE, report_files
 from lungscan.bundle.metadata import BundleMetadata, ReportRecord
 from training.measure.calibrate import CALIBRATION_WORDS
-from training.measure.familiarity_card import familiarity_section
+from training.measure.familiarity_card import familiarity_section, sources_section
 from training.presets import PRESETS
 
 GENERIC_LIMITATIONS = (
@@ -70,6 +70,7 @@ def model_card(metadata: BundleMetadata, model_bytes: int) -> str:
         + _performance_section(metadata, training)
         + _conformal_section(metadata)
         + _gate_section(metadata)
+        + sources_section(metadata)
         + familiarity_section(metadata)
         + _limits_section(metadata, training, preset)
     )
