@@ -9,6 +9,7 @@
 
 import { deletePatientScan, listPatientScans } from "./api.js";
 import { byId } from "./dom.js";
+import { tierText } from "./format.js";
 import { config } from "./settings.js";
 
 const cognito = config.cognito;
@@ -221,7 +222,7 @@ function figure(record, caption) {
   image.alt = caption + ": what the model saw";
   const text = document.createElement("figcaption");
   const shown = describe(record);
-  text.textContent = caption + " — " + shown.date + ": " + record.verdict + " (" + shown.model + ")";
+  text.textContent = caption + " — " + shown.date + ": " + tierText(record) + " (" + shown.model + ")";
   box.append(image, text);
   return box;
 }
@@ -256,7 +257,7 @@ function renderTimeline() {
     text.className = "timeline-text";
     const verdict = document.createElement("p");
     verdict.className = "timeline-verdict" + (record.suspicious ? " suspicious" : " clear");
-    verdict.textContent = (record.record_id === newRecordId ? "New: " : "") + record.verdict;
+    verdict.textContent = (record.record_id === newRecordId ? "New: " : "") + tierText(record);
     const meta = document.createElement("p");
     meta.className = "timeline-meta";
     const by = record.clinician && record.clinician.email ? " · by " + record.clinician.email : "";

@@ -18,8 +18,8 @@ export function scansCsv(scans) {
       if (!classes.includes(name)) classes.push(name);
     }
   }
-  const header = ["time", "file", "size_bytes", "format", "width", "height", "verdict", "suspicious", "label",
-    "confidence", "prediction_set", "uncertain"]
+  const header = ["time", "file", "size_bytes", "format", "width", "height", "tier", "verdict", "suspicious", "label",
+    "confidence", "prediction_set", "uncertain", "unfamiliar"]
     .concat(classes.map((name) => "p_" + name))
     .concat(["threshold", "model_name", "model_version", "model_sha256", "request_id"]);
   const lines = [header.map(csvField).join(",")];
@@ -34,12 +34,14 @@ export function scansCsv(scans) {
       input.format,
       input.width,
       input.height,
-      answer.verdict,
+      answer.tier || "",
+      answer.verdict || "",
       answer.suspicious ? "true" : "false",
       answer.label,
       answer.confidence,
       predictionSetText(answer).replace(/, /g, "|"),
       answer.uncertain === undefined || answer.uncertain === null ? "" : String(answer.uncertain),
+      answer.unfamiliar === undefined || answer.unfamiliar === null ? "" : String(answer.unfamiliar),
     ]
       .concat(classes.map((name) => (answer.probabilities || {})[name]))
       .concat([answer.threshold, model.name, model.version, model.sha256, answer.request_id]);

@@ -16,6 +16,19 @@ export function percent(probability) {
   return (Math.max(0, Math.min(0.999, Number(probability) || 0)) * 100).toFixed(1) + "%";
 }
 
+// The three tiers a clinician reads; an answer from before tiers falls back on its flag.
+const TIER_WORDS = {
+  suspicious: "Suspicious — review first",
+  not_excluded: "Malignancy not excluded — review",
+  clear: "No suspicious finding",
+};
+
+export function tierText(answer) {
+  if (answer.tier_text) return answer.tier_text;
+  if (TIER_WORDS[answer.tier]) return TIER_WORDS[answer.tier];
+  return answer.suspicious ? TIER_WORDS.not_excluded : TIER_WORDS.clear;
+}
+
 export function predictionSetText(answer) {
   return Array.isArray(answer.prediction_set) ? answer.prediction_set.join(", ") : "";
 }

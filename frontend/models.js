@@ -7,7 +7,17 @@ const ui = {
   picker: byId("model-picker"),
   select: byId("model-select"),
   serviceNote: byId("service-note"),
+  purpose: byId("model-purpose"),
 };
+
+let described = [];
+
+// What the chosen model is for (which images, which question), under the picker.
+function showPurpose() {
+  const model = described.find((entry) => entry.name === ui.select.value);
+  ui.purpose.textContent = model && model.purpose ? model.purpose : "";
+  ui.purpose.hidden = !ui.purpose.textContent;
+}
 
 function showServiceNote(text) {
   ui.serviceNote.textContent = text;
@@ -24,15 +34,19 @@ export async function loadModels() {
       return;
     }
     if (body.models.length > 1) {
+      described = body.models;
       ui.select.replaceChildren();
       for (const model of body.models) {
         const option = document.createElement("option");
         option.value = model.name;
-        option.textContent = model.name + " (version " + model.version + ")" + (model.default ? ", default" : "");
+        option.textContent =
+          (model.default ? "Default: " : "") + model.name + " — " + model.classes.join(", ") + " (version " + model.version + ")";
         option.selected = Boolean(model.default);
         ui.select.append(option);
       }
       ui.picker.hidden = false;
+      ui.select.addEventListener("change", showPurpose);
+      showPurpose();
     }
   } catch (error) {
     showServiceNote(

@@ -5,7 +5,7 @@
 // CSS custom properties set with the CSSOM. Everything the server sends is written as text, never as HTML.
 
 import { byId } from "./dom.js";
-import { formatBytes, percent, predictionSetText } from "./format.js";
+import { formatBytes, percent, predictionSetText, tierText } from "./format.js";
 
 const template = byId("scan-template");
 
@@ -36,6 +36,9 @@ export function createCard(item, { onRetry, onRemove }) {
     verdict: find(".verdict"),
     label: find(".label-value"),
     uncertainNote: find(".uncertain-note"),
+    unfamiliarNote: find(".unfamiliar-note"),
+    setExplain: find(".set-explain"),
+    notes: find(".answer-notes"),
     setLine: find(".set-line"),
     setValue: find(".set-value"),
     confidenceValue: find(".confidence-value"),
@@ -137,7 +140,8 @@ export function hideError(item) {
 export function showResult(item, answer) {
   const element = item.el;
   const suspicious = Boolean(answer.suspicious);
-  element.verdict.textContent = answer.verdict || answer.prediction || "";
+  // The tier, in the words of the answer (never the original app's "Cancer Detected").
+  element.verdict.textContent = tierText(answer);
   element.verdict.classList.toggle("suspicious", suspicious);
   element.verdict.classList.toggle("clear", !suspicious);
   element.card.classList.toggle("is-suspicious", suspicious);
@@ -148,7 +152,14 @@ export function showResult(item, answer) {
   element.card.classList.toggle("is-uncertain", uncertain);
   element.uncertainNote.hidden = !uncertain;
   element.setLine.hidden = !Array.isArray(answer.prediction_set);
+  element.setExplain.hidden = element.setLine.hidden;
   element.setValue.textContent = predictionSetText(answer);
+  element.unfamiliarNote.hidden = answer.unfamiliar !== true;
+  element.card.classList.toggle("is-unfamiliar", answer.unfamiliar === true);
+  // Plain words on what this tier and set mean (the unfamiliar sentence is already shown above).
+  const notes = (Array.isArray(answer.notes) ? answer.notes : []).filter((note) => !/unlike the scans/.test(note));
+  element.notes.textContent = notes.join(" ");
+  element.notes.hidden = notes.length === 0;
   element.confidenceValue.textContent = percent(answer.confidence);
   element.confidenceFill.style.setProperty("--value", String(Number(answer.confidence) || 0));
   showProbabilities(element.probabilities, answer);

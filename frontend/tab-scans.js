@@ -5,7 +5,7 @@
 
 import { downloadCsv, scansCsv } from "./csv.js";
 import { announce, byId, setEnabled } from "./dom.js";
-import { percent } from "./format.js";
+import { percent, tierText } from "./format.js";
 
 const ui = {
   empty: byId("history-empty"),
@@ -31,7 +31,9 @@ export function addTabScan(item, answer) {
   const cells = [
     scan.time.toLocaleTimeString(),
     scan.file,
-    (answer.verdict || "") + (answer.uncertain === true ? " (uncertain — needs review)" : ""),
+    tierText(answer) +
+      (answer.unfamiliar === true ? " (unfamiliar scan)" : "") +
+      (answer.uncertain === true ? " (uncertain — needs review)" : ""),
     answer.label,
     percent(answer.confidence),
     ((answer.model || {}).name || "") + " " + ((answer.model || {}).version || ""),

@@ -18,8 +18,11 @@ pytestmark = pytest.mark.slow
 
 NORMAL_PNG = FIXTURES_DIR / "ct_normal_256.png"
 MALIGNANT_JPG = FIXTURES_DIR / "ct_malignant_256.jpg"
-VERDICTS = {"Cancer Detected", "No Cancer Detected"}
-CLASSES = {"normal", "benign", "malignant"}
+# The card shows the tier in words, never the original app's "Cancer Detected".
+TIERS = {"Suspicious — review first", "Malignancy not excluded — review", "No suspicious finding"}
+TIER_CODES = {"suspicious", "not_excluded", "clear"}
+CLASSES = {"normal", "malignant"}  # the default model: the screening model trained on both hospitals
+DEFAULT_MODEL = "malignancy-screen"
 
 
 def config_max_bytes() -> int:
@@ -151,16 +154,18 @@ def test_a_real_ct_png_gets_a_result_and_sends_no_file_name(open_page):
 
     result = card(page, "ct_normal_256.png")
     expect(result).to_have_attribute("data-state", "done", timeout=60_000)
-    assert result.locator(".verdict").inner_text() in VERDICTS
+    assert result.locator(".verdict").inner_text() in TIERS
     assert result.locator(".label-value").inner_text() in CLASSES
     expect(result.locator(".confidence-value")).to_have_text(re.compile(r"^\d{1,3}\.\d%$"))
     fill = result.locator(".confidence .bar-fill")
     assert 0 < float(fill.evaluate("(e) => e.style.getPropertyValue('--value')")) <= 1
     assert fill.evaluate("(e) => e.getBoundingClientRect().width") > 0
     rows = result.locator(".probabilities tbody tr")
-    expect(rows).to_have_count(3)
-    assert {rows.nth(i).locator("th").inner_text() for i in range(3)} == CLASSES
-    expect(result.locator(".model-line")).to_contain_text("iq-oth-3class")
+    expect(rows).to_have_count(2)
+    assert {rows.nth(i).locator("th").inner_text() for i in range(2)} == CLASSES
+    expect(result.locator(".model-line")).to_contain_text(DEFAULT_MODEL)
+    expect(result.locator(".confidence-explain")).to_contain_text("never 100%")
+    expect(result).not_to_contain_text("Cancer Detected")
     expect(result.locator(".model-line")).to_contain_text("version")
     expect(result.locator(".answer-disclaimer")).to_contain_text("Not a diagnosis")
     expect(page.locator("#history-body tr")).to_have_count(1)
@@ -203,13 +208,15 @@ def test_several_files_dropped_at_once_are_queued_classified_and_exported(open_p
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [row["file"] for row in rows] == ["ct_normal_256.png", "'=HYPERLINK(1).jpg"]  # no formula
     for row in rows:
-        assert row["verdict"] in VERDICTS and row["label"] in CLASSES
+        assert row["tier"] in TIER_CODES and row["label"] in CLASSES
         assert abs(sum(float(row[f"p_{name}"]) for name in CLASSES) - 1) < 1e-3
-        assert row["model_name"] == "iq-oth-3class" and row["request_id"]
-        assert row["uncertain"] in ("true", "false")
+        assert row["model_name"] == DEFAULT_MODEL and row["request_id"]
+        assert row["uncertain"] in ("true", "false") and row["unfamiliar"] in ("true", "false")
         assert row["prediction_set"].split("|")[0] == row["label"]
-        assert set(row["prediction_set"].split("|")) <= CLASSES
-        assert (row["uncertain"] == "true") is (len(row["prediction_set"].split("|")) > 1)
+        answer_set = set(row["prediction_set"].split("|"))
+        assert answer_set <= CLASSES
+        mixed = "malignant" in answer_set and len(answer_set) > 1
+        assert (row["uncertain"] == "true") is (mixed or row["unfamiliar"] == "true")
 
     page.click("#clear-history-button")
     expect(page.locator("#history-body tr")).to_have_count(0)
@@ -225,7 +232,7 @@ def test_a_dicom_without_extension_gets_the_api_preview_and_a_result(open_page):
     assert preview.get_attribute("src").startswith("data:image/png;base64,")
     assert preview.evaluate("(img) => img.naturalWidth") > 0
     expect(result.locator(".no-preview")).to_be_hidden()
-    assert result.locator(".verdict").inner_text() in VERDICTS
+    assert result.locator(".verdict").inner_text() in TIERS
     expect(result.locator(".model-line")).to_contain_text("DICOM")
     expect(result.locator(".model-line")).to_contain_text("lung window")
 
@@ -348,13 +355,17 @@ def test_api_errors_network_failures_and_timeouts_read_plainly(open_page):
 
     answer = {
         "label": "benign",
-        "verdict": "No Cancer Detected",
-        "prediction": "No Cancer Detected",
-        "suspicious": False,
+        "tier": "not_excluded",
+        "tier_text": "Malignancy not excluded — review",
+        "verdict": "Cancer Detected",
+        "prediction": "Cancer Detected",
+        "suspicious": True,
         "confidence": 0.7,
         "probabilities": {"normal": 0.2, "benign": 0.7, "malignant": 0.1},
-        "prediction_set": ["benign", "normal"],
+        "prediction_set": ["benign", "normal", "malignant"],
         "uncertain": True,
+        "unfamiliar": True,
+        "notes": ["This scan looks unlike the scans this model learned from; its answer is unreliable."],
         "threshold": 0.5,
         "model": {"name": "iq-oth-3class", "version": "canned", "sha256": None},
         "input": {"format": "PNG", "width": 256, "height": 256, "window": None},
@@ -367,11 +378,15 @@ def test_api_errors_network_failures_and_timeouts_read_plainly(open_page):
     card(page, "slow.png").locator(".retry-button").click()
     expect(card(page, "slow.png")).to_have_attribute("data-state", "done")
     expect(card(page, "slow.png").locator(".error-title")).to_be_hidden()
-    expect(card(page, "slow.png").locator(".verdict")).to_have_text("No Cancer Detected")
-    # The conformal set in plain words, and the uncertainty said, not hidden in a number.
+    # The tier in words (never the deprecated "Cancer Detected" the answer still carries for old scripts).
+    expect(card(page, "slow.png").locator(".verdict")).to_have_text("Malignancy not excluded — review")
+    expect(card(page, "slow.png")).not_to_contain_text("Cancer Detected")
+    # Unfamiliar in plain words; the conformal set and its guarantee explained next to it.
+    expect(card(page, "slow.png").locator(".unfamiliar-note")).to_contain_text("unlike the scans this model learned")
     expect(card(page, "slow.png").locator(".uncertain-note")).to_be_visible()
     expect(card(page, "slow.png").locator(".uncertain-note")).to_contain_text("Uncertain — needs review")
-    expect(card(page, "slow.png").locator(".set-value")).to_have_text("benign, normal")
+    expect(card(page, "slow.png").locator(".set-value")).to_have_text("benign, normal, malignant")
+    expect(card(page, "slow.png").locator(".set-explain")).to_contain_text("9 times in 10")
     expect(page.locator("#history-body tr").first).to_contain_text("uncertain — needs review")
     expect(page.locator("#status")).to_contain_text("Finished: 1 scan classified")
 
