@@ -61,12 +61,12 @@ def test_a_stored_scan_is_shared_with_the_team_only_and_sign_out_ends_the_sessio
     timeline = page_a.locator("#timeline .timeline-item")
     expect(timeline).to_have_count(1)
     first = timeline.first
-    # The tier's words (the default screening model), never the deprecated "Cancer Detected".
+    # The tier's words, never the deprecated "Cancer Detected".
     expect(first.locator(".timeline-verdict")).to_contain_text(
         re.compile("Suspicious — review first|Malignancy not excluded — review|No suspicious finding")
     )
     expect(first.locator(".timeline-verdict")).not_to_contain_text("Cancer Detected")
-    expect(first.locator(".timeline-meta")).to_contain_text("model malignancy-screen")
+    expect(first.locator(".timeline-meta")).to_contain_text("model iq-oth-3class")
     expect(first.locator(".timeline-meta")).to_contain_text("clinician-a@example.org")
     assert first.locator("img.timeline-thumb").get_attribute("src").startswith("data:image/png;base64,")
     assert page_a.evaluate("() => localStorage.length") == 0

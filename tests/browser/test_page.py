@@ -21,8 +21,8 @@ MALIGNANT_JPG = FIXTURES_DIR / "ct_malignant_256.jpg"
 # The card shows the tier in words, never the original app's "Cancer Detected".
 TIERS = {"Suspicious — review first", "Malignancy not excluded — review", "No suspicious finding"}
 TIER_CODES = {"suspicious", "not_excluded", "clear"}
-CLASSES = {"normal", "malignant"}  # the default model: the screening model trained on both hospitals
-DEFAULT_MODEL = "malignancy-screen"
+CLASSES = {"normal", "benign", "malignant"}  # the stack here serves the 3-class bundle alone
+DEFAULT_MODEL = "iq-oth-3class"
 
 
 def config_max_bytes() -> int:
@@ -161,8 +161,8 @@ def test_a_real_ct_png_gets_a_result_and_sends_no_file_name(open_page):
     assert 0 < float(fill.evaluate("(e) => e.style.getPropertyValue('--value')")) <= 1
     assert fill.evaluate("(e) => e.getBoundingClientRect().width") > 0
     rows = result.locator(".probabilities tbody tr")
-    expect(rows).to_have_count(2)
-    assert {rows.nth(i).locator("th").inner_text() for i in range(2)} == CLASSES
+    expect(rows).to_have_count(3)
+    assert {rows.nth(i).locator("th").inner_text() for i in range(3)} == CLASSES
     expect(result.locator(".model-line")).to_contain_text(DEFAULT_MODEL)
     expect(result.locator(".confidence-explain")).to_contain_text("never 100%")
     expect(result).not_to_contain_text("Cancer Detected")

@@ -22,7 +22,7 @@ from lungscan_client.cli import main
 
 NORMAL_PNG = FIXTURES_DIR / "ct_normal_256.png"
 MALIGNANT_JPG = FIXTURES_DIR / "ct_malignant_256.jpg"
-CLASSES = {"normal", "malignant"}  # the default model: the screening model trained on both hospitals
+CLASSES = {"normal", "benign", "malignant"}  # this stack serves the 3-class bundle alone
 ANSWER = {
     "label": "normal",
     "verdict": "No Cancer Detected",
@@ -210,7 +210,7 @@ def test_csv_output(stack, scans, capsys):
     for row in rows:
         assert row["ok"] == "true" and row["status"] == "200" and row["label"] in CLASSES
         assert abs(sum(float(row[f"p_{name}"]) for name in CLASSES) - 1) < 1e-3
-        assert row["model_name"] == "malignancy-screen" and row["model_version"] and row["request_id"]
+        assert row["model_name"] == "iq-oth-3class" and row["model_version"] and row["request_id"]
         assert row["error_code"] == ""
         assert row["prediction_set"].split("|")[0] == row["label"]
         answer_set = set(row["prediction_set"].split("|"))
