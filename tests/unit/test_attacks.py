@@ -233,7 +233,7 @@ def test_a_form_with_thousands_of_parts_is_refused_before_parsing(app_module, la
 
 
 def test_a_form_with_a_study_and_its_options_is_within_the_part_limit(app_module, lambda_context):
-    slices = [("file", encode(ct_like_image(64, seed=seed))) for seed in range(8)]
+    slices = [("file", encode(ct_like_image(96, seed=seed))) for seed in range(8)]
     status, answer = call(app_module, lambda_context, multipart_event([*slices, ("explain", b"false")]))
     assert (status, answer.get("study", {}).get("slices")) == (200, 8), answer
 

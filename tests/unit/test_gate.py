@@ -160,6 +160,18 @@ def test_a_picture_wrapped_in_a_ct_dicom_faces_the_gate(app_module, lambda_conte
     assert "label" not in answer and "tier" not in answer
 
 
+@pytest.mark.parametrize("air_hu", [-1024, -1000])
+@pytest.mark.parametrize("window", [None, {"center": 40, "width": 400}])
+def test_a_ct_dicom_whose_air_is_grey_through_its_window_passes_the_gate(app_module, lambda_context, air_hu, window):
+    """Through the lung window air (-1000 HU) is grey 60, not the black of an export: the gate levels a DICOM so
+    that air is black before it judges it (it would refuse every real CT DICOM otherwise)."""
+    data = dicom_bytes(ct_dataset([np.maximum(ct_hounsfield(512), air_hu).astype(np.int16)]))
+    payload = {"image": base64.b64encode(data).decode(), **({"window": window} if window else {})}
+    event = make_event(body=json.dumps(payload), content_type="application/json")
+    result = app_module.lambda_handler(event, lambda_context)
+    assert result["statusCode"] == 200, result["body"]
+
+
 def test_pydicoms_ct_small_a_small_field_of_view_crop_is_refused_as_not_ct_like(app_module, lambda_context):
     """A 128x128 crop of a CT slice (no body outline, no air around it): the README says it is refused."""
     status, answer = call(app_module, lambda_context, Path(get_testdata_file("CT_small.dcm")).read_bytes())

@@ -116,6 +116,9 @@ def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
         low, high = rng.uniform(0.0, 0.1), float(np.quantile(pixels, rng.uniform(0.4, 0.99)))
         pixels = np.clip((pixels - low) / max(high - low, 0.05), 0, 1)
     pixels = np.clip(pixels ** rng.uniform(0.7, 1.4) * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1)
+    if rng.random() < 0.3:  # a DICOM through a window whose floor is below air: air (-1000 HU) shows grey, not black
+        lift = rng.uniform(0.12, 0.3)  # the lung window (-600/1500) shows air as grey 60 (0.24)
+        pixels = lift + pixels * (1.0 - lift)
     pixels = np.clip(pixels + rng.normal(0, rng.uniform(0, 0.02), pixels.shape), 0, 1)
     image = Image.fromarray((pixels * 255 + 0.5).astype(np.uint8))
     if rng.random() < 0.3:
