@@ -196,6 +196,20 @@ _IQ_RECIPE_KEYS = (
     "dropout", "blocks", "gap", "seed",
 )  # fmt: skip
 
+# HOG + histogram features of a 128-px body crop, percentile-scaled, one logistic-regression head refitted on
+# train + validation: the Chest CT subtype model's recipe and the both-hospitals screening model's.
+HOG_ON_BODY_RECIPE = {
+    "architecture": "hog",
+    "image_size": 128,
+    "hog_cell": 16,
+    "crop_to_body": True,
+    "pad_to_square": False,
+    "intensity": "percentile",
+    "ensemble": 1,
+    "refit": True,
+    "seed": 42,
+}
+
 IQ_OTH = Preset(
     key="iq-oth-nccd",
     model_name="iq-oth-3class",
@@ -258,17 +272,7 @@ CHEST_CT = Preset(
         "first `_`. Normal images come from another source than the carcinomas: larger (median ~600x479 vs "
         "~410x275), every JPEG file is normal, and most normal files are byte-identical copies."
     ),
-    recipe={
-        "architecture": "hog",
-        "image_size": 128,
-        "hog_cell": 16,
-        "crop_to_body": True,
-        "pad_to_square": False,
-        "intensity": "percentile",
-        "ensemble": 1,
-        "refit": True,
-        "seed": 42,
-    },
+    recipe=dict(HOG_ON_BODY_RECIPE),
     recipe_selection=CHEST_SELECTION,
     limitations=(
         "Research/demo data of mixed provenance (Tianchi 93929 via Kaggle, 'from multiple sources'): no "
@@ -329,19 +333,10 @@ SCREENING = Preset(
         "(IQ-OTH/NCCD by blocks of file numbers, Chest CT-Scan's valid/ as the test split), so both test splits "
         "stay held out."
     ),
-    # The data README's measured floor for this question: pad, percentile scaling, HOG + histogram, logistic
-    # regression with balanced class weights (16 s on 2 cores), refitted on train + validation.
-    recipe={
-        "architecture": "hog",
-        "image_size": 128,
-        "hog_cell": 16,
-        "crop_to_body": True,
-        "pad_to_square": False,
-        "intensity": "percentile",
-        "ensemble": 1,
-        "refit": True,
-        "seed": 42,
-    },
+    # The data README's measured floor for this question (HOG + histogram, logistic regression with balanced
+    # class weights, refitted on train + validation), on the body crop: padding as the README did scored a test
+    # specificity of 3.9% (the card's Recipe selection).
+    recipe=dict(HOG_ON_BODY_RECIPE),
     limitations=(
         "Two sources only, and the same two it was tested on: a third hospital is still a new source (the "
         "unfamiliar signal is there for it).",
