@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 from PIL import Image
 
 import training.measure.familiarity as familiarity_training
@@ -114,3 +115,16 @@ def test_a_slice_far_from_the_training_data_is_answered_unfamiliar_with_the_flag
     assert answer.notes[0] == UNFAMILIAR_NOTE
     (answer,) = classify_upload(classifier, [near], UploadOptions()).predictions
     assert answer.unfamiliar is False
+
+
+def test_a_multi_source_bundle_names_each_source_row_of_its_own_test_split():
+    from lungscan.bundle.metadata import BundleMetadata
+    from training.measure.familiarity_card import familiarity_section
+
+    metadata = BundleMetadata.model_validate_json(
+        (REPO_ROOT / "models" / "malignancy-screen" / "model.json").read_text()
+    )
+    section = familiarity_section(metadata)
+    for source in ("chest-ct-scan", "iq-oth-nccd"):
+        assert f"| own test split: {source} (`malignancy-screen`) |" in section
+    assert section.count("| own test split (`malignancy-screen`) |") == 1

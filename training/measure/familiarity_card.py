@@ -31,7 +31,11 @@ def familiarity_section(metadata: BundleMetadata) -> str:
     if spec is None or not spec.evaluation:
         return ""
     evaluation = spec.evaluation
-    rows = [(f"own test split (`{metadata.name}`)", row) for row in evaluation.get("own", {}).values()]
+    # "test" is the whole own test split; "test: SOURCE" its slices from one dataset (a multi-source bundle).
+    rows = [
+        (f"own test split{key.removeprefix('test')} (`{metadata.name}`)", row)
+        for key, row in evaluation.get("own", {}).items()
+    ]
     rows += [(f"another hospital: `{name}`", row) for name, row in evaluation.get("other_sources", {}).items()]
     header = "| slices | n | " + " | ".join(title for _, title in COLUMNS) + " |"
     rule = "|---|---:|" + "---:|" * len(COLUMNS)
