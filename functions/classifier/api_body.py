@@ -96,8 +96,9 @@ def _conflicting_patients() -> MalformedInputError:
 
 
 def _with_query(query: PredictOptions, body_options: dict) -> PredictOptions:
-    # A record stored under the wrong patient is worse than a refused request.
-    if None not in (query.patient, body_options.get("patient")) and query.patient != body_options["patient"]:
+    # A record stored under the wrong patient (or a query's patient silently dropped by a body's null) is worse
+    # than a refused request.
+    if query.patient is not None and "patient" in body_options and query.patient != body_options["patient"]:
         raise _conflicting_patients()
     try:
         return PredictOptions(**{**query.model_dump(exclude_unset=True), **body_options})

@@ -233,6 +233,12 @@ def test_two_different_patients_in_one_request_are_refused_not_one_picked(app_mo
         make_event(body=twice, content_type="application/json"),
         make_event(body=escaped, content_type="application/json"),
         make_event(body=as_json, content_type="application/json", query={"patient": "P-QUERY"}),
+        # a body's explicit null would drop the query's patient: 200 and nothing stored
+        make_event(
+            body=json.dumps({"image": image, "patient": None}),
+            content_type="application/json",
+            query={"patient": "P-Q"},
+        ),
         make_event(body=form_body("b0", png, "P-FORM"), content_type=form, base64_body=True, query={"patient": "P-Q"}),
         make_event(body=form_body("b0", png, "P-ONE", "P-TWO"), content_type=form, base64_body=True),
         repeated,
