@@ -12,7 +12,6 @@ checks the token itself, the same way (``lungscan.accounts.tokens``). Errors are
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from typing import Annotated, Any
 
@@ -116,10 +115,19 @@ def caller_from_claims(claims: dict[str, Any] | None) -> Clinician:
     """The caller from API Gateway's authorizer claims (strings; groups comma-separated)."""
     if not claims or not claims.get("sub"):
         raise UnauthorizedError()
-    groups = [group for group in re.split(r"[,\s\[\]]+", str(claims.get("cognito:groups") or "")) if group]
+    groups = _groups(str(claims.get("cognito:groups") or ""))
     if len(groups) != 1:
         raise NoTeamError()
     return Clinician(sub=str(claims["sub"]), email=str(claims.get("email") or ""), team=groups[0])
+
+
+def _groups(claim: str) -> list[str]:
+    """The care teams in a ``cognito:groups`` claim: comma-separated as the REST authorizer passes them
+    (a team name may hold spaces: "thoracic oncology"), or ``[a b]`` as a JWT authorizer prints a list."""
+    claim = claim.strip()
+    if claim.startswith("[") and claim.endswith("]"):
+        return claim[1:-1].split()
+    return [group.strip() for group in claim.split(",") if group.strip()]
 
 
 def _authorizer_claims(event: APIGatewayProxyEvent) -> dict[str, Any] | None:

@@ -159,6 +159,27 @@ def test_a_user_in_no_team_is_403(app_module, lambda_context, store):
     assert (status, error["error"]["code"]) == (403, "no_team")
 
 
+@pytest.mark.parametrize(
+    ("groups", "team"),
+    [("thoracic oncology", "thoracic oncology"), ("[oncology]", "oncology"), (" oncology ", "oncology")],
+)
+def test_a_team_named_with_a_space_is_one_team(app_module, lambda_context, store, groups, team):
+    member = {"sub": "sub-t", "email": "t@example.org", "cognito:groups": groups}
+    status, answer = predict(app_module, lambda_context, member, patient="P-0001")
+    assert status == 200 and answer["record_id"]
+    status, listed = get(app_module, lambda_context, "/patients", member)
+    assert status == 200 and [p["patient"] for p in listed["patients"]] == ["P-0001"]
+    if team != "oncology":  # another team's members see nothing of it
+        assert get(app_module, lambda_context, "/patients", ALICE)[1]["patients"] == []
+
+
+@pytest.mark.parametrize("groups", ["oncology,radiology", "[oncology radiology]"])
+def test_a_user_in_two_teams_is_403_not_given_the_first(app_module, lambda_context, store, groups):
+    member = {"sub": "sub-t", "email": "t@example.org", "cognito:groups": groups}
+    status, error = get(app_module, lambda_context, "/patients", member)
+    assert (status, error["error"]["code"]) == (403, "no_team")
+
+
 def test_anonymous_predict_stores_nothing(app_module, lambda_context, store):
     status, answer = predict(app_module, lambda_context, None, patient=None)
     assert status == 200
