@@ -205,15 +205,7 @@ class Classifier:
         positive_probability = float(sum(probabilities[classes.index(name)] for name in metadata.positive_classes))
         conformal_set = prediction_set(probabilities, classes, metadata.conformal) if metadata.conformal else None
         if conformal_set is not None:
-            conformal_set = widened_set(
-                conformal_set,
-                probabilities,
-                classes,
-                metadata.positive_classes,
-                positive_probability,
-                metadata,
-                unfamiliar,
-            )
+            conformal_set = widened_set(conformal_set, probabilities, positive_probability, metadata, unfamiliar)
         tier = answer_tier(
             classes[best], conformal_set, metadata.positive_classes, positive_probability >= metadata.threshold
         )
@@ -243,8 +235,6 @@ class Classifier:
 def widened_set(
     conformal_set: list[str],
     probabilities: np.ndarray,
-    classes: list[str],
-    positive_classes: list[str],
     positive_probability: float,
     metadata: BundleMetadata,
     unfamiliar: bool | None,
@@ -255,8 +245,9 @@ def widened_set(
     threshold, the most probable positive class joins the set (it was not ruled out); when the slice
     is unfamiliar, every positive class does (the model's probabilities cannot be trusted to exclude one).
     """
+    classes = metadata.classes
     members = set(conformal_set)
-    positives = [name for name in classes if name in positive_classes]
+    positives = [name for name in classes if name in metadata.positive_classes]
     if positives and positive_probability >= metadata.threshold and not members.intersection(positives):
         members.add(max(positives, key=lambda name: probabilities[classes.index(name)]))
     if unfamiliar:
