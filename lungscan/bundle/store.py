@@ -26,20 +26,27 @@ def has_metadata(bundle_dir: Path) -> bool:
     return (Path(bundle_dir) / METADATA_FILE).is_file()
 
 
-def parse_metadata(text: str | bytes, where: str) -> BundleMetadata:
-    """A model.json's text, checked.
+def parse_metadata(text: str | bytes, where: str, *, dropping: str | None = None) -> BundleMetadata:
+    """A model.json's text, checked; ``dropping`` names a top-level section left unread.
 
     Raises:
         InvalidBundleError: not JSON, or not a valid model.json.
     """
     try:
-        return BundleMetadata.model_validate_json(text)
-    except (ValidationError, UnicodeDecodeError) as error:
+        if dropping is None:
+            return BundleMetadata.model_validate_json(text)
+        recorded = json.loads(text)
+        if not isinstance(recorded, dict):
+            raise InvalidBundleError(f"{where} is not a valid model.json: not an object")
+        recorded.pop(dropping, None)
+        return BundleMetadata.model_validate(recorded)
+    except (ValidationError, UnicodeDecodeError, ValueError) as error:
         raise InvalidBundleError(f"{where} is not a valid model.json: {error}") from error
 
 
-def read_metadata(bundle_dir: Path, *, verify_sha256: bool = True) -> BundleMetadata:
-    """Read and check a bundle's metadata (or the legacy meaning of a bare model.h5).
+def read_metadata(bundle_dir: Path, *, verify_sha256: bool = True, dropping: str | None = None) -> BundleMetadata:
+    """Read and check a bundle's metadata (or the legacy meaning of a bare model.h5); ``dropping`` names a
+    section left unread (see :func:`edit_metadata`).
 
     Raises:
         InvalidBundleError: missing model.h5, unreadable/invalid model.json, sha256 mismatch.
@@ -56,7 +63,7 @@ def read_metadata(bundle_dir: Path, *, verify_sha256: bool = True) -> BundleMeta
         text = metadata_path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidBundleError(f"{metadata_path} is not a valid model.json: {error}") from error
-    metadata = parse_metadata(text, str(metadata_path))
+    metadata = parse_metadata(text, str(metadata_path), dropping=dropping)
     if verify_sha256 and metadata.sha256 and metadata.sha256 != actual_sha:
         raise InvalidBundleError(f"sha256 of {model_path} does not match model.json")
     metadata.sha256 = actual_sha
@@ -91,21 +98,8 @@ def edit_metadata(bundle_dir: Path, *, replacing: str | None = None) -> Iterator
         InvalidBundleError: no model.json, or it does not describe the model.h5 beside it.
     """
     bundle_dir = Path(bundle_dir)
-    path = bundle_dir / METADATA_FILE
-    if not path.is_file():
+    if not has_metadata(bundle_dir):
         raise InvalidBundleError(f"{bundle_dir} has no model.json")
-    if replacing is None:
-        metadata = read_metadata(bundle_dir)
-    else:
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise InvalidBundleError(f"{path} is not a valid model.json: {error}") from error
-        if not isinstance(recorded, dict):
-            raise InvalidBundleError(f"{path} is not a valid model.json: not an object")
-        recorded.pop(replacing, None)
-        metadata = parse_metadata(json.dumps(recorded), str(path))
-        if metadata.sha256 and metadata.sha256 != file_sha256(bundle_dir / MODEL_FILE):
-            raise InvalidBundleError(f"sha256 of {bundle_dir / MODEL_FILE} does not match model.json")
+    metadata = read_metadata(bundle_dir, dropping=replacing)
     yield metadata
     write_metadata(bundle_dir, metadata)

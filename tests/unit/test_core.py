@@ -274,3 +274,21 @@ def test_scipy_is_imported_when_a_cropping_chain_is_built_not_on_its_first_reque
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == str(crop)
+
+
+def test_edit_metadata_replaces_a_section_an_older_version_wrote_in_another_shape(tmp_path):
+    from lungscan.bundle.store import edit_metadata
+
+    bundle = build_bundle(tmp_path / "b")
+    recorded = json.loads((bundle / "model.json").read_text())
+    recorded["gate"] = {"features_version": 0, "weights": "a shape no version reads"}
+    (bundle / "model.json").write_text(json.dumps(recorded))
+    with pytest.raises(InvalidBundleError):
+        read_metadata(bundle)  # as it is, the old section is refused
+    with edit_metadata(bundle, replacing="gate") as edited:
+        assert edited.gate is None
+        edited.version = "v2"
+    assert read_metadata(bundle).version == "v2"
+    (bundle / "model.h5").write_bytes(b"another model")
+    with pytest.raises(InvalidBundleError, match="sha256"), edit_metadata(bundle, replacing="gate"):
+        pass  # still checked against the model.h5 beside it
