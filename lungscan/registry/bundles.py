@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lungscan.bundle.files import CARD_FILE, METADATA_FILE, MODEL_FILE, REPORT_DIR, TWIN_FILE, file_sha256
 from lungscan.bundle.metadata import BundleMetadata
-from lungscan.bundle.store import read_metadata
+from lungscan.bundle.store import parse_metadata, read_metadata
 from lungscan.errors import InvalidBundleError
 from lungscan.model.runtime import verify_twin
 from lungscan.registry.keys import version_prefix
@@ -126,11 +126,8 @@ def read_published_metadata(s3, bucket: str, name: str, version: str) -> BundleM
     Raises:
         InvalidBundleError: model.json is not valid.
     """
-    body = s3.get_object(Bucket=bucket, Key=f"{version_prefix(name, version)}/{METADATA_FILE}")["Body"].read()
-    try:
-        return BundleMetadata.model_validate_json(body)
-    except ValueError as error:
-        raise InvalidBundleError(f"{version_prefix(name, version)}/{METADATA_FILE} is not valid: {error}") from error
+    key = f"{version_prefix(name, version)}/{METADATA_FILE}"
+    return parse_metadata(s3.get_object(Bucket=bucket, Key=key)["Body"].read(), key)
 
 
 def verify_published(s3, bucket: str, name: str, version: str) -> BundleMetadata:
@@ -201,10 +198,7 @@ def download_bundle(s3, bucket: str, name: str, version: str, destination_root: 
     try:
         s3.download_file(bucket, f"{prefix}/{METADATA_FILE}", str(staging / METADATA_FILE))
         s3.download_file(bucket, f"{prefix}/{MODEL_FILE}", str(staging / MODEL_FILE))
-        try:
-            metadata = BundleMetadata.model_validate_json((staging / METADATA_FILE).read_text())
-        except ValueError as error:
-            raise InvalidBundleError(f"{prefix}/{METADATA_FILE} is not valid: {error}") from error
+        metadata = parse_metadata((staging / METADATA_FILE).read_bytes(), f"{prefix}/{METADATA_FILE}")
         _check_identity(metadata, name, version)
         if file_sha256(staging / MODEL_FILE) != metadata.sha256:
             raise InvalidBundleError(f"sha256 of {prefix}/{MODEL_FILE} does not match its model.json")

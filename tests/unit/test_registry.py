@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -32,6 +33,22 @@ def test_publish_writes_bundle_then_moves_pointer(s3, tmp_path):
     assert registry_pointer.latest_version(s3, BUCKET, "tiny") == "v1" == published.version
     local = registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache")
     assert (local / "model.h5").read_bytes() == (tmp_path / "v1" / "model.h5").read_bytes()
+
+
+INVALID_PUBLISHED = re.escape("models/tiny/v1/model.json is not a valid model.json")
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[]", json.dumps({"name": "tiny", "version": "v1"}).encode()])
+def test_a_published_model_json_that_does_not_parse_is_refused_as_an_invalid_bundle(s3, tmp_path, body):
+    registry.publish_bundle(s3, BUCKET, build_bundle(tmp_path / "v1", "v1"))
+    s3.put_object(Bucket=BUCKET, Key="models/tiny/v1/model.json", Body=body)
+    with pytest.raises(InvalidBundleError, match=INVALID_PUBLISHED):
+        registry.read_published_metadata(s3, BUCKET, "tiny", "v1")
+    with pytest.raises(InvalidBundleError, match=INVALID_PUBLISHED):
+        registry.verify_published(s3, BUCKET, "tiny", "v1")
+    with pytest.raises(InvalidBundleError, match=INVALID_PUBLISHED):
+        registry.download_bundle(s3, BUCKET, "tiny", "v1", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_corrupt_upload_is_rejected_and_leaves_nothing_behind(s3, tmp_path):
