@@ -85,12 +85,38 @@ class UnauthorizedError(LungScanError):
         super().__init__(message)
 
 
-class NoTeamError(LungScanError):
+class ForbiddenError(LungScanError):
+    """A signed-in clinician who may not do this (403): the kinds below say why."""
+
+    code = "forbidden"
+
+
+class NoTeamError(ForbiddenError):
     """A signed-in user in no care team, or in several."""
 
     code = "no_team"
 
     def __init__(self, message: str = "Your account belongs to no single care team: ask an administrator.") -> None:
+        super().__init__(message)
+
+
+class AccessRevokedError(ForbiddenError):
+    """A valid token whose clinician has since been disabled, deleted or moved out of the token's care team."""
+
+    code = "access_revoked"
+
+    def __init__(
+        self, message: str = "Your account is disabled or no longer in this care team: ask an administrator."
+    ) -> None:
+        super().__init__(message)
+
+
+class NotRecordAuthorError(ForbiddenError):
+    """A record deleted by someone other than the clinician who stored it."""
+
+    code = "not_author"
+
+    def __init__(self, message: str = "Only the clinician who stored this record can delete it.") -> None:
         super().__init__(message)
 
 

@@ -36,12 +36,12 @@ from botocore.config import Config as BotocoreConfig
 
 from lungscan.accounts.access import openapi_security
 from lungscan.errors import (
+    ForbiddenError,
     HistoryUnavailableError,
     LungScanError,
     MalformedInputError,
     ModelUnavailableError,
     NotACTSliceError,
-    NoTeamError,
     PayloadTooLargeError,
     RecordNotFoundError,
     UnauthorizedError,
@@ -91,7 +91,7 @@ app.configure_openapi(title="LungScan API", security_schemes=history_api.SECURIT
 STATUS_BY_ERROR: dict[type[LungScanError], int] = {
     MalformedInputError: 400,
     UnauthorizedError: 401,
-    NoTeamError: 403,
+    ForbiddenError: 403,  # no_team, access_revoked, not_author
     UnknownModelError: 404,
     RecordNotFoundError: 404,
     PayloadTooLargeError: 413,

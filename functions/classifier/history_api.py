@@ -1,18 +1,25 @@
 """Patient history routes (``GET /patients``, ``GET /patients/{ref}/scans``,
-``DELETE /patients/{ref}/scans/{record_id}``) and the signed-in part of ``POST /predict``.
+``GET /patients/{ref}/scans/{record_id}/heatmap``, ``DELETE /patients/{ref}/scans/{record_id}``) and the
+signed-in part of ``POST /predict``.
 
 Which route needs a token is ``lungscan.accounts.access``'s to say. Deployed, API Gateway's Cognito
 authorizer checks the ID token on the history routes and passes its claims in
 ``requestContext.authorizer.claims``; this module reads the caller from those claims only. ``POST /predict``
 works without a token, so it cannot sit behind that authorizer: when it names a patient, the function
-checks the token itself, the same way (``lungscan.accounts.tokens``). Errors are the core's
-(``lungscan.errors``), answered by ``app.py``'s one error handler.
+checks the token itself, the same way (``lungscan.accounts.tokens``). A token outlives a revocation, so the
+caller's account is also asked of the pool (``lungscan.accounts.directory``): fresh before a write or delete,
+from a short cache before a read. Every history action, done or refused, is one audit line. Errors are the
+core's (``lungscan.errors``), answered by ``app.py``'s one error handler.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import boto3
@@ -26,6 +33,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from pydantic import BaseModel, Field
 
 from lungscan.accounts.access import TOKEN_SCHEME, checked_by_gateway, needs_token
+from lungscan.accounts.directory import DEFAULT_CACHE_SECONDS, ClinicianDirectory
 from lungscan.accounts.history import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -33,16 +41,15 @@ from lungscan.accounts.history import (
     HistoryStore,
     build_record,
     check_patient_ref,
-    decode_page_token,
-    encode_page_token,
     hash_ref,
-    public_record,
     thumbnail_png,
 )
+from lungscan.accounts.pages import decode_page_token, decode_patients_token, encode_page_token
 from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
 from lungscan.bundle.metadata import BundleMetadata
 from lungscan.errors import (
     HistoryUnavailableError,
+    LungScanError,
     MalformedInputError,
     NoTeamError,
     RecordNotFoundError,
@@ -52,6 +59,9 @@ from lungscan.uploads import ClassifiedUpload
 
 logger = Logger(child=True)
 router = APIGatewayRouter()  # a Router whose current_event is typed as the REST API's proxy event
+
+# The pool's custom attribute that names a clinician on records; the page's app client cannot write it.
+DISPLAY_NAME_CLAIM = "custom:display_name"
 
 SECURITY_SCHEMES: dict[str, SecurityScheme] = {
     # What API Gateway's Cognito authorizer reads: the ID token in the Authorization header (raw or 'Bearer ').
@@ -67,6 +77,7 @@ SECURITY_SCHEMES: dict[str, SecurityScheme] = {
 
 _store: HistoryStore | None = None
 _verifier: CognitoTokenVerifier | None = None
+_directory: ClinicianDirectory | None = None
 _hash_key: bytes | None = None
 
 
@@ -88,8 +99,23 @@ def get_verifier() -> CognitoTokenVerifier:
             raise UnauthorizedError()
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
         endpoint = os.environ.get("AWS_ENDPOINT_URL_COGNITO_IDP")  # the local stack's moto server
-        _verifier = CognitoTokenVerifier(pool, client.split(","), region, endpoint)
+        max_age = os.environ.get("ID_TOKEN_MAX_AGE_SECONDS")  # the pool's ID token validity, where moto ignores it
+        _verifier = CognitoTokenVerifier(
+            pool, client.split(","), region, endpoint, max_age=int(max_age) if max_age else None
+        )
     return _verifier
+
+
+def get_directory() -> ClinicianDirectory:
+    """The pool's current view of a clinician (enabled? in which teams?): no history action without it."""
+    global _directory
+    if _directory is None:
+        pool = os.environ.get("COGNITO_USER_POOL_ID")
+        if not pool:
+            raise HistoryUnavailableError()
+        cache = float(os.environ.get("ACCOUNT_CHECK_CACHE_SECONDS", str(DEFAULT_CACHE_SECONDS)))
+        _directory = ClinicianDirectory(boto3.client("cognito-idp"), pool, cache_seconds=cache)
+    return _directory
 
 
 def get_hash_key() -> bytes:
@@ -118,7 +144,11 @@ def caller_from_claims(claims: dict[str, Any] | None) -> Clinician:
     groups = _groups(str(claims.get("cognito:groups") or ""))
     if len(groups) != 1:
         raise NoTeamError()
-    return Clinician(sub=str(claims["sub"]), email=str(claims.get("email") or ""), team=groups[0])
+    sub = str(claims["sub"])
+    username = str(claims.get("cognito:username") or sub)
+    # What records show: the administrator's display name, never the email (its owner can change it).
+    name = str(claims.get(DISPLAY_NAME_CLAIM) or username)
+    return Clinician(sub=sub, name=name, team=groups[0], username=username)
 
 
 def _groups(claim: str) -> list[str]:
@@ -153,27 +183,35 @@ def caller_for(event: APIGatewayProxyEvent, patient: str | None = None) -> Clini
     return caller_from_claims(claims)
 
 
-def _current_caller() -> Clinician:
+def _current_caller(audit: _Audit, *, fresh: bool) -> Clinician:
+    """The caller of a history route, still enabled and in the token's team (``fresh``: asked now, for writes)."""
+    audit.sub = str((_authorizer_claims(router.current_event) or {}).get("sub") or "") or None
     caller = caller_for(router.current_event)
     if caller is None:  # a route open to anyone has no caller to keep history for
         raise UnauthorizedError()
+    audit.caller = caller
     get_hash_key()  # before any read or write: none may happen without its audit line
+    get_directory().check(caller.username, caller.team, fresh=fresh)
     return caller
 
 
 def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_study: bool) -> Clinician | None:
     """Before classifying: who will store the result, if anyone (nobody when no token is needed: no patient)."""
-    if patient is not None:
+    if patient is None:
+        return caller_for(event, patient)  # None: anonymous, nothing stored
+    with audited("scan.create") as audit:
         check_patient_ref(patient)
+        audit.patient = patient
         if is_study:
             raise MalformedInputError(
                 "A history record holds one slice: send one slice with 'patient'.", code="history_single_slice"
             )
-    caller = caller_for(event, patient)
-    if caller is not None:
-        get_store()  # 503 before classifying when this deployment keeps no history
-        get_hash_key()  # and before storing: no record without its audit line
-    return caller
+        audit.caller = caller = caller_for(event, patient)
+        if caller is not None:
+            get_store()  # 503 before classifying when this deployment keeps no history
+            get_hash_key()  # and before storing: no record without its audit line
+            get_directory().check(caller.username, caller.team, fresh=True)  # a write: asked now
+        return caller
 
 
 def store_prediction(
@@ -194,25 +232,55 @@ def store_prediction(
         preview=thumbnail_png(result.focus_image.image, side),
         heatmap=heatmap,
     )
-    record_id = get_store().add(caller.team, patient, record)
-    _audit("scan.create", caller, patient, record_id)
-    return record_id
+    with audited("scan.create") as audit:
+        audit.caller, audit.patient = caller, patient
+        audit.record_id = get_store().add(caller.team, patient, record)
+    return audit.record_id
 
 
-def _audit(action: str, caller: Clinician, patient: str | None, record_id: str | None = None) -> None:
-    """One structured line per history read or write: who, team, what; the reference only as a keyed hash."""
-    logger.info(
-        "audit",
-        extra={
-            "audit": {
-                "action": action,
-                "sub": caller.sub,
-                "team": caller.team,
-                "record_id": record_id,
-                "patient_hash": hash_ref(get_hash_key(), patient) if patient else None,
-            }
-        },
-    )
+@dataclass
+class _Audit:
+    action: str
+    caller: Clinician | None = None
+    sub: str | None = None  # from the claims, before they are known to name a caller
+    patient: str | None = None
+    record_id: str | None = None
+
+
+@contextmanager
+def audited(action: str) -> Iterator[_Audit]:
+    """One structured line per history action, done or refused: who (``sub``, team), what, the outcome (``ok`` or
+    the error's code), the record; the patient only as a keyed hash. Fill in the yielded ``_Audit`` as it is known."""
+    audit = _Audit(action)
+    try:
+        yield audit
+    except LungScanError as error:
+        _audit(audit, error.code)
+        raise
+    except Exception:
+        _audit(audit, "internal_error")
+        raise
+    _audit(audit, "ok")
+
+
+def _audit(audit: _Audit, outcome: str) -> None:
+    caller = audit.caller
+    try:
+        patient_hash = hash_ref(get_hash_key(), audit.patient) if audit.patient else None
+    except Exception:  # the key itself is unreadable (this line says so): still log who tried what
+        patient_hash = None
+    line = {
+        "action": audit.action,
+        "outcome": outcome,
+        "sub": caller.sub if caller else audit.sub,
+        "team": caller.team if caller else None,
+        "record_id": audit.record_id,
+        "patient_hash": patient_hash,
+    }
+    if outcome == "ok":
+        logger.info("audit", extra={"audit": line})
+    else:
+        logger.warning("audit", extra={"audit": line})
 
 
 # ---------------------------------------------------------------- models
@@ -227,7 +295,8 @@ class PatientSummary(BaseModel):
 
 class PatientsResponse(BaseModel):
     team: str
-    patients: list[PatientSummary]
+    patients: list[PatientSummary] = Field(description="In reference order")
+    next: str | None = Field(default=None, description="Opaque token of the next page (query 'next'); null on the last")
 
 
 class StoredModel(BaseModel):
@@ -237,7 +306,8 @@ class StoredModel(BaseModel):
 
 class StoredClinician(BaseModel):
     sub: str
-    email: str
+    name: str | None = Field(default=None, description="The display name an administrator set (custom:display_name)")
+    email: str | None = Field(default=None, description="Records stored before display names only: not verified")
 
 
 class StoredInput(BaseModel):
@@ -262,12 +332,17 @@ class ScanRecord(BaseModel):
     input: StoredInput
     input_bytes: int
     preview: str = Field(description="PNG (base64), at most 256 px, of what the model saw")
-    heatmap: str | None = Field(default=None, description="Heatmap thumbnail (PNG, base64), when one was asked for")
+    has_heatmap: bool = Field(description="Whether a heatmap was stored: GET .../scans/{record_id}/heatmap reads it")
+
+
+class HeatmapResponse(BaseModel):
+    record_id: str
+    heatmap: str = Field(description="Heatmap thumbnail (PNG, base64), at the model's input size")
 
 
 class ScansResponse(BaseModel):
     patient: str
-    scans: list[ScanRecord] = Field(description="Newest first")
+    scans: list[ScanRecord] = Field(description="Newest first; at most 'limit' records and about 3 MB")
     next: str | None = Field(description="Opaque token of the next page (query 'next'); null on the last page")
 
 
@@ -275,12 +350,18 @@ class ScansResponse(BaseModel):
 
 
 @router.get("/patients", tags=["history"])
-def list_patients() -> PatientsResponse:
-    """The caller's team's patients: reference, number of scans, last scan time and verdict."""
-    caller = _current_caller()
-    patients = get_store().patients(caller.team)
-    _audit("patients.list", caller, None)
-    return PatientsResponse(team=caller.team, patients=[PatientSummary(**patient) for patient in patients])
+def list_patients(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Patients per page")] = DEFAULT_PAGE_SIZE,
+    next: Annotated[str | None, Query(max_length=128, description="The previous page's 'next'")] = None,
+) -> PatientsResponse:
+    """The caller's team's patients, in reference order: reference, number of scans, last scan time and verdict."""
+    with audited("patients.list") as audit:
+        caller = _current_caller(audit, fresh=False)
+        after = decode_patients_token(next) if next else None
+        patients, last = get_store().patients(caller.team, limit=limit, after=after)
+    return PatientsResponse(
+        team=caller.team, patients=[PatientSummary(**patient) for patient in patients], next=encode_page_token(last)
+    )
 
 
 @router.get("/patients/<ref>/scans", tags=["history"])
@@ -289,24 +370,36 @@ def list_scans(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Records per page")] = DEFAULT_PAGE_SIZE,
     next: Annotated[str | None, Query(max_length=128, description="The previous page's 'next'")] = None,
 ) -> ScansResponse:
-    """The patient's records for the caller's team, newest first. Another team's patient: 404."""
-    caller = _current_caller()
-    check_patient_ref(ref)
-    after = decode_page_token(next) if next else None
-    records, last = get_store().scans(caller.team, ref, limit=limit, after=after)
-    _audit("scans.list", caller, ref)
-    if not records and after is None:
-        raise RecordNotFoundError("No such patient for your team.")
-    return ScansResponse(
-        patient=ref, scans=[ScanRecord(**public_record(record)) for record in records], next=encode_page_token(last)
-    )
+    """The patient's records for the caller's team, newest first, without their heatmaps. Another team's
+    patient: 404."""
+    with audited("scans.list") as audit:
+        caller = _current_caller(audit, fresh=False)
+        audit.patient = check_patient_ref(ref)
+        after = decode_page_token(next) if next else None
+        records, last = get_store().scans(caller.team, ref, limit=limit, after=after)
+        if not records and after is None:
+            raise RecordNotFoundError("No such patient for your team.")
+    return ScansResponse(patient=ref, scans=[ScanRecord(**record) for record in records], next=encode_page_token(last))
+
+
+@router.get("/patients/<ref>/scans/<record_id>/heatmap", tags=["history"])
+def get_heatmap(ref: str, record_id: str) -> HeatmapResponse:
+    """One record's heatmap. Another team's record, or one stored without a heatmap: 404."""
+    with audited("heatmap.read") as audit:
+        caller = _current_caller(audit, fresh=False)
+        audit.patient, audit.record_id = check_patient_ref(ref), record_id
+        heatmap = get_store().heatmap(caller.team, ref, record_id)
+        if heatmap is None:
+            raise RecordNotFoundError("This record has no heatmap: the request that stored it asked for none.")
+    return HeatmapResponse(record_id=record_id, heatmap=base64.b64encode(heatmap).decode("ascii"))
 
 
 @router.delete("/patients/<ref>/scans/<record_id>", tags=["history"])
 def delete_scan(ref: str, record_id: str):  # no return annotation: a 204 Response is not a pydantic type
-    """Delete one record for the whole team: 204. Another team's record: 404."""
-    caller = _current_caller()
-    check_patient_ref(ref)
-    get_store().delete(caller.team, ref, record_id)
-    _audit("scan.delete", caller, ref, record_id)
+    """Delete one record for the whole team: 204, only by the clinician who stored it (anyone else in the team:
+    403 ``not_author``). Another team's record: 404."""
+    with audited("scan.delete") as audit:
+        caller = _current_caller(audit, fresh=True)  # a write: the account is asked now
+        audit.patient, audit.record_id = check_patient_ref(ref), record_id
+        get_store().delete(caller.team, ref, record_id, author=caller.sub)
     return Response(204, content_types.APPLICATION_JSON, "")

@@ -33,6 +33,7 @@ ROUTES: dict[Route, Access] = {
     ("GET", "/openapi.json"): Access.OPEN,
     ("GET", "/patients"): Access.SIGNED_IN,
     ("GET", "/patients/{ref}/scans"): Access.SIGNED_IN,
+    ("GET", "/patients/{ref}/scans/{record_id}/heatmap"): Access.SIGNED_IN,
     ("DELETE", "/patients/{ref}/scans/{record_id}"): Access.SIGNED_IN,
 }
 

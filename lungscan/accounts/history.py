@@ -15,7 +15,6 @@ size (at most 256 px), where text burned into a slice's corners cannot be read.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import io
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from lungscan.errors import MalformedInputError, RecordNotFoundError
+from lungscan.errors import MalformedInputError, NotRecordAuthorError, RecordNotFoundError
 
 if TYPE_CHECKING:  # read, never built here: keeps this module free of the model's imports
     from lungscan.bundle.metadata import BundleMetadata
@@ -41,15 +40,23 @@ RECORD_ID_PATTERN = r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{12}$"  # ASCII digits: \d als
 MAX_PREVIEW_SIDE = 256
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# A page of records stops before its JSON passes this (Lambda answers at most 6 MB, base64 and headers included).
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Clinician:
-    """Who asks: the Cognito user (``sub``), their email, and their care team (a Cognito group)."""
+    """Who asks: the Cognito user (``sub``, and ``username`` for the pool's admin calls), the name records show,
+    and their care team (a Cognito group).
+
+    ``name`` is the pool's ``custom:display_name``, which only an administrator sets (the page's app client may
+    not write it), never the email a clinician can change with their own access token.
+    """
 
     sub: str
-    email: str
+    name: str
     team: str
+    username: str = ""
 
 
 def check_patient_ref(ref: str) -> str:
@@ -108,7 +115,7 @@ def build_record(
     record: dict[str, Any] = {
         "record_id": new_record_id(now),
         "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "clinician": {"sub": clinician.sub, "email": clinician.email},
+        "clinician": {"sub": clinician.sub, "name": clinician.name},
         "model": {"name": model.name, "version": model.version},
         "label": prediction.label,
         "tier": prediction.tier,
@@ -133,12 +140,18 @@ def build_record(
 
 
 def public_record(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as the API shows it: images as base64 PNG."""
-    shown = dict(record)
-    for name in ("preview", "heatmap"):
-        if shown.get(name) is not None:
-            shown[name] = base64.b64encode(shown[name]).decode("ascii")
+    """A record as a page of history shows it: the preview as base64 PNG; the heatmap only said to exist
+    (``has_heatmap``: fetched one at a time, so that a page stays small)."""
+    shown = {name: value for name, value in record.items() if name != "heatmap"}
+    shown["has_heatmap"] = record.get("heatmap") is not None
+    if shown.get("preview") is not None:
+        shown["preview"] = base64.b64encode(shown["preview"]).decode("ascii")
     return shown
+
+
+def shown_size(record: dict[str, Any]) -> int:
+    """Bytes of one public record in the answer's JSON."""
+    return len(json.dumps(record, separators=(",", ":")))
 
 
 class HistoryStore:
@@ -171,6 +184,7 @@ class HistoryStore:
             "pk": {"S": self._patient_pk(team, ref)},
             "sk": {"S": f"SCAN#{record_id}"},
             "record": {"S": json.dumps(body, separators=(",", ":"))},
+            "author": {"S": record["clinician"]["sub"]},  # who may delete it, readable without the record
             "expires_at": {"N": str(expires_at)},
             **{name: {"B": data} for name, data in images.items()},
         }
@@ -202,15 +216,37 @@ class HistoryStore:
         )
         return record_id
 
-    def delete(self, team: str, ref: str, record_id: str) -> None:
-        """Delete one record for the whole team; the summary then describes the newest remaining one."""
-        check_record_id(record_id)
+    def delete(self, team: str, ref: str, record_id: str, author: str) -> None:
+        """Delete one record for the whole team, if ``author`` (a ``sub``) stored it; the summary then describes
+        the newest remaining one. Another team's record: RecordNotFoundError; a colleague's: NotRecordAuthorError."""
+        item = self._item(team, ref, record_id, "#record, author")
+        stored_by = item["author"]["S"] if "author" in item else json.loads(item["record"]["S"])["clinician"]["sub"]
+        if not hmac.compare_digest(stored_by, author):
+            raise NotRecordAuthorError()
         key = {"pk": {"S": self._patient_pk(team, ref)}, "sk": {"S": f"SCAN#{record_id}"}}
         try:
             self.dynamodb.delete_item(TableName=self.table, Key=key, ConditionExpression="attribute_exists(pk)")
         except self.dynamodb.exceptions.ConditionalCheckFailedException:
             raise RecordNotFoundError("No such record for your team.") from None
         self._refresh_summary(team, ref)
+
+    def heatmap(self, team: str, ref: str, record_id: str) -> bytes | None:
+        """A record's heatmap PNG (None: the request asked for none); another team's record: RecordNotFoundError."""
+        item = self._item(team, ref, record_id, "heatmap")
+        return item["heatmap"]["B"] if "heatmap" in item else None
+
+    def _item(self, team: str, ref: str, record_id: str, projection: str) -> dict[str, Any]:
+        """One live record's item (the attributes in ``projection``), or RecordNotFoundError."""
+        check_record_id(record_id)
+        query = self._live_items(self._patient_pk(team, ref), f"SCAN#{record_id}")
+        query["KeyConditionExpression"] = "pk = :pk AND sk = :prefix"
+        query["ProjectionExpression"] = projection + ", expires_at"
+        if "#record" in projection:  # "record" is one of DynamoDB's reserved words
+            query["ExpressionAttributeNames"] = {"#record": "record"}
+        items = self.dynamodb.query(**query)["Items"]
+        if not items:
+            raise RecordNotFoundError("No such record for your team.")
+        return items[0]
 
     def _refresh_summary(self, team: str, ref: str) -> None:
         summary_key = {"pk": {"S": self._team_pk(team)}, "sk": {"S": f"PATIENT#{ref}"}}
@@ -263,58 +299,86 @@ class HistoryStore:
 
     # ---- reads
 
-    def patients(self, team: str) -> list[dict[str, Any]]:
-        """The team's patients, most recently scanned first."""
-        pages = self.dynamodb.get_paginator("query").paginate(**self._live_items(self._team_pk(team), "PATIENT#"))
-        patients = [
-            {
-                "patient": item["patient"]["S"],
-                "scans": int(item["scans"]["N"]),
-                "last_scan_at": item["last_scan_at"]["S"],
-                "last_verdict": item["last_verdict"]["S"],
-            }
-            for page in pages
-            for item in page["Items"]
-        ]
-        return sorted(patients, key=lambda patient: patient["last_scan_at"], reverse=True)
+    def patients(
+        self, team: str, *, limit: int = DEFAULT_PAGE_SIZE, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the team's patients, in reference order, and the reference the next page starts after."""
+        pk = self._team_pk(team)
+        query = self._live_items(pk, "PATIENT#")
+        if after is not None:
+            query["ExclusiveStartKey"] = {"pk": {"S": pk}, "sk": {"S": f"PATIENT#{check_patient_ref(after)}"}}
+        patients: list[dict[str, Any]] = []
+        for item in self._pages(query, limit):
+            patients.append(
+                {
+                    "patient": item["patient"]["S"],
+                    "scans": int(item["scans"]["N"]),
+                    "last_scan_at": item["last_scan_at"]["S"],
+                    "last_verdict": item["last_verdict"]["S"],
+                }
+            )
+            if len(patients) == limit:
+                break
+        more = len(patients) == limit and self._has_more(query, f"PATIENT#{patients[-1]['patient']}")
+        return patients, patients[-1]["patient"] if more else None
 
     def scans(
-        self, team: str, ref: str, *, limit: int = DEFAULT_PAGE_SIZE, after: str | None = None
+        self,
+        team: str,
+        ref: str,
+        *,
+        limit: int = DEFAULT_PAGE_SIZE,
+        after: str | None = None,
+        max_bytes: int = MAX_PAGE_BYTES,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of a patient's records, newest first, and the record id the next page starts after."""
+        """One page of a patient's records as the API shows them (``public_record``), newest first: at most
+        ``limit`` records and ``max_bytes`` of JSON (always at least one), and the record id the next page starts
+        after."""
         pk = self._patient_pk(team, ref)
         query = self._live_items(pk, "SCAN#") | {"ScanIndexForward": False}
         if after is not None:
             query["ExclusiveStartKey"] = {"pk": {"S": pk}, "sk": {"S": f"SCAN#{check_record_id(after)}"}}
         records: list[dict[str, Any]] = []
-        while len(records) < limit:
-            query["Limit"] = limit - len(records)
+        size = 0
+        full = False
+        for item in self._pages(query, limit):
+            record = json.loads(item["record"]["S"])
+            for name in ("preview", "heatmap"):
+                if name in item:
+                    record[name] = item[name]["B"]
+            shown = public_record(record)
+            size += shown_size(shown) + 1
+            if records and size > max_bytes:
+                full = True
+                break
+            records.append(shown)
+            if len(records) == limit:
+                break
+        last = records[-1]["record_id"] if records else None
+        more = full or (len(records) == limit and self._has_more(query, f"SCAN#{last}"))
+        return records, last if more else None
+
+    def _pages(self, query: dict[str, Any], limit: int):
+        """The query's items, read ``limit`` (and at most 1 MB) at a time."""
+        query = dict(query, Limit=limit)
+        while True:
             page = self.dynamodb.query(**query)
-            for item in page["Items"]:
-                record = json.loads(item["record"]["S"])
-                for name in ("preview", "heatmap"):
-                    if name in item:
-                        record[name] = item[name]["B"]
-                records.append(record)
+            yield from page["Items"]
             if "LastEvaluatedKey" not in page:
-                return records, None
+                return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return records, records[-1]["record_id"]
 
-
-def encode_page_token(record_id: str | None) -> str | None:
-    """The opaque ``next`` token of a page: the record the next page starts after (within the caller's team)."""
-    return base64.urlsafe_b64encode(record_id.encode()).decode().rstrip("=") if record_id else None
-
-
-def decode_page_token(token: str) -> str:
-    try:
-        record_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        record_id = ""
-    if not re.fullmatch(RECORD_ID_PATTERN, record_id):
-        raise MalformedInputError("The page token is not valid: use the 'next' value of the previous page.")
-    return record_id
+    def _has_more(self, query: dict[str, Any], after_sk: str) -> bool:
+        """Whether a live item follows ``after_sk`` (so that a last page says so: its ``next`` is null)."""
+        pk = query["ExpressionAttributeValues"][":pk"]
+        rest = dict(query, ExclusiveStartKey={"pk": pk, "sk": {"S": after_sk}}, Limit=1, ProjectionExpression="pk")
+        while True:
+            page = self.dynamodb.query(**rest)
+            if page["Items"]:
+                return True
+            if "LastEvaluatedKey" not in page:
+                return False
+            rest["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def create_table(dynamodb, table: str) -> None:

@@ -7,6 +7,7 @@ token and so cannot sit behind the authorizer.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +25,19 @@ class InvalidTokenError(Exception):
 class CognitoTokenVerifier:
     """RS256 signature against the pool's JWKS, expiry, issuer, audience (the app client) and token_use=id."""
 
-    def __init__(self, user_pool_id: str, client_ids: list[str], region: str, endpoint: str | None = None) -> None:
-        """``endpoint``: a local Cognito (moto) instead of ``https://cognito-idp.<region>.amazonaws.com``."""
+    def __init__(
+        self,
+        user_pool_id: str,
+        client_ids: list[str],
+        region: str,
+        endpoint: str | None = None,
+        *,
+        max_age: int | None = None,
+    ) -> None:
+        """``endpoint``: a local Cognito (moto) instead of ``https://cognito-idp.<region>.amazonaws.com``.
+        ``max_age``: refuse a token issued longer ago than this (seconds) whatever its ``exp`` says: the app
+        client's ID token validity, for an issuer that ignores it (moto signs hour-long tokens)."""
+        self.max_age = max_age
         self.issuer = f"https://cognito-idp.{region}.amazonaws.com/{user_pool_id}"
         base = endpoint.rstrip("/") + f"/{user_pool_id}" if endpoint else self.issuer
         self.client_ids = client_ids
@@ -54,6 +66,10 @@ class CognitoTokenVerifier:
             raise InvalidTokenError(type(error).__name__) from None
         if claims.get("token_use") != "id":
             raise InvalidTokenError("not an ID token")
+        if self.max_age is not None and not (
+            isinstance(claims["iat"], int | float) and claims["iat"] + self.max_age > time.time()
+        ):
+            raise InvalidTokenError("older than the client's token validity")
         return claims
 
     def authorizer_claims(self, token: str) -> dict[str, str]:
