@@ -1,8 +1,12 @@
 """Accounts and history for ``make run``: Cognito and DynamoDB in the local moto server, and API
 Gateway's Cognito authorizer played in front of the history routes.
 
-- a user pool whose name contains ``lungscan``, one app client (USER_PASSWORD_AUTH and SRP), the care
-  teams as groups, and the demo users (DEMO_USERS, listed in docs/accounts.md);
+- a user pool whose name contains ``lungscan``, with the administrator-only ``custom:display_name`` that records
+  show; its first (and only) app client allows password sign-in and SRP without MFA, so that scripts and tests
+  sign in with one call (deployed, the page's client is SRP only and MFA is required: template.yaml); ID and
+  access tokens valid for TOKEN_VALIDITY_MINUTES, as deployed (moto signs hour-long tokens whatever the client
+  says, so the local authorizer and the function refuse older ones themselves); the care teams as groups, and
+  the demo users (DEMO_USERS, listed in docs/accounts.md);
 - the history table, keyed as template.yaml declares it;
 - ``LocalAuthorizer``: on the routes behind the authorizer (``lungscan.accounts.access``, as the template
   declares them), the raw ID token in ``Authorization`` is checked against the pool's JWKS (signature,
@@ -31,6 +35,16 @@ DEMO_USERS = {
     "clinician-b@example.org": "oncology",
     "clinician-c@example.org": "radiology",
 }
+# What records show ("by Dr A. Demo"): set by the administrator, never by the clinician (not a write attribute).
+DEMO_NAMES = {
+    "clinician-a@example.org": "Dr A. Demo",
+    "clinician-b@example.org": "Dr B. Demo",
+    "clinician-c@example.org": "Dr C. Demo",
+}
+TOKEN_VALIDITY_MINUTES = 15  # template.yaml's ClinicianPoolClient: IdTokenValidity, AccessTokenValidity
+REFRESH_VALIDITY_HOURS = 12
+# The attributes a clinician may change with their own access token: none that names them (not the email).
+WRITE_ATTRIBUTES = ["zoneinfo"]
 # What the page posts Cognito's JSON API to, on the page's own origin (the local stack forwards it to moto).
 COGNITO_PROXY_PATH = "/cognito-idp/"
 # Only the calls Cognito's public endpoint serves without AWS credentials: moto checks no signature, so a
@@ -60,12 +74,21 @@ def create_accounts(endpoint: str, region: str = "us-east-1") -> LocalAccounts:
         UsernameAttributes=["email"],
         Policies={"PasswordPolicy": {"MinimumLength": 12, "RequireSymbols": True}},
         AdminCreateUserConfig={"AllowAdminCreateUserOnly": True},
+        Schema=[{"Name": "display_name", "AttributeDataType": "String", "Mutable": True}],
+        MfaConfiguration="OFF",  # the demo pool: deployed, TOTP is required
     )["UserPool"]["Id"]
     client = cognito.create_user_pool_client(
         UserPoolId=pool,
         ClientName=CLIENT_NAME,
         GenerateSecret=False,  # a browser page cannot keep a secret
         ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+        EnableTokenRevocation=True,
+        IdTokenValidity=TOKEN_VALIDITY_MINUTES,
+        AccessTokenValidity=TOKEN_VALIDITY_MINUTES,
+        RefreshTokenValidity=REFRESH_VALIDITY_HOURS,
+        TokenValidityUnits={"IdToken": "minutes", "AccessToken": "minutes", "RefreshToken": "hours"},
+        ReadAttributes=["email", "email_verified", "custom:display_name"],
+        WriteAttributes=WRITE_ATTRIBUTES,
     )["UserPoolClient"]["ClientId"]
     for team in sorted(set(DEMO_USERS.values())):
         cognito.create_group(UserPoolId=pool, GroupName=team, Description=f"Care team {team}")
@@ -73,7 +96,11 @@ def create_accounts(endpoint: str, region: str = "us-east-1") -> LocalAccounts:
         cognito.admin_create_user(
             UserPoolId=pool,
             Username=email,
-            UserAttributes=[{"Name": "email", "Value": email}, {"Name": "email_verified", "Value": "true"}],
+            UserAttributes=[
+                {"Name": "email", "Value": email},
+                {"Name": "email_verified", "Value": "true"},
+                {"Name": "custom:display_name", "Value": DEMO_NAMES[email]},
+            ],
             MessageAction="SUPPRESS",
         )
         cognito.admin_set_user_password(UserPoolId=pool, Username=email, Password=DEMO_PASSWORD, Permanent=True)
@@ -93,7 +120,11 @@ class LocalAuthorizer:
 
     def __init__(self, accounts: LocalAccounts) -> None:
         self.verifier = CognitoTokenVerifier(
-            accounts.user_pool_id, [accounts.client_id], accounts.region, endpoint=accounts.endpoint
+            accounts.user_pool_id,
+            [accounts.client_id],
+            accounts.region,
+            endpoint=accounts.endpoint,
+            max_age=TOKEN_VALIDITY_MINUTES * 60,
         )
 
     @staticmethod

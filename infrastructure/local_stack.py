@@ -152,6 +152,8 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
                 error = dict(local_accounts.UNAUTHORIZED_BODY["error"], request_id=event["requestContext"]["requestId"])
                 data = json.dumps({"error": error}).encode()
                 return self._send(401, {"Content-Type": "application/json"}, data)
+            # The caller's id in the access log, as the template's format has $context.authorizer.claims.sub.
+            self.caller = ((event["requestContext"].get("authorizer") or {}).get("claims") or {}).get("sub", "-")
             with invoke_lock:
                 result = lambda_handler(event, LambdaContext(event["requestContext"]["requestId"]))
             payload = result.get("body") or ""
@@ -194,7 +196,10 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
             resource = resource_of(urlsplit(getattr(self, "path", "")).path)[0]  # no path: an unparsed request
             site_file = resource == "/" or (frontend_dir / resource.lstrip("/")).resolve() in site_files
             shown = resource if resource in API_PATHS or site_file else "(no route)"
-            sys.stderr.write(f"{self.address_string()} {self.command} {shown} {args[1] if len(args) > 1 else ''}\n")
+            status = args[1] if len(args) > 1 else ""
+            caller = getattr(self, "caller", "-")
+            sys.stderr.write(f"{self.address_string()} {self.command} {shown} {status} caller={caller}\n")
+            self.caller = "-"  # one request's caller: the connection may carry another
 
     return Handler
 
@@ -251,6 +256,7 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
         AWS_ENDPOINT_URL_COGNITO_IDP=accounts.endpoint,
         COGNITO_USER_POOL_ID=accounts.user_pool_id,
         COGNITO_CLIENT_ID=accounts.client_id,
+        ID_TOKEN_MAX_AGE_SECONDS=str(local_accounts.TOKEN_VALIDITY_MINUTES * 60),  # moto's tokens say an hour
         HISTORY_TABLE=accounts.table,
         PATIENT_REF_HASH_KEY=secrets.token_hex(32),  # per run: the local history lives as long as the run
     )

@@ -309,3 +309,46 @@ def cli(s3, capsys, *argv: str) -> tuple[int, str, str]:
 
 def keys(s3) -> set[str]:
     return {item["Key"] for item in s3.list_objects_v2(Bucket=MODEL_BUCKET).get("Contents", [])}
+
+
+# ---------------------------------------------------------------- patient history: moto's DynamoDB and Cognito
+
+HISTORY_TABLE = "lungscan-history-test"
+
+
+class HistoryWorld:
+    """An empty history table and a user pool in moto (in-process, inside ``mock_aws``), wired into the
+    function's ``history_api`` with ``monkeypatch``. ``enroll`` adds a clinician: a pool user named by the
+    ``sub`` its claims carry (claims without ``cognito:username`` name the user by ``sub``)."""
+
+    def __init__(self, monkeypatch, history_api, clock: Clock | None = None) -> None:
+        import boto3
+
+        from lungscan.accounts.directory import ClinicianDirectory
+        from lungscan.accounts.history import HistoryStore, create_table
+
+        self.dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        create_table(self.dynamodb, HISTORY_TABLE)
+        self.store = HistoryStore(self.dynamodb, HISTORY_TABLE, retention_days=30)
+        self.cognito = boto3.client("cognito-idp", region_name="us-east-1")
+        self.pool = self.cognito.create_user_pool(PoolName="lungscan-test")["UserPool"]["Id"]
+        self.clock = clock or Clock()
+        self.directory = ClinicianDirectory(self.cognito, self.pool, cache_seconds=60, clock=self.clock)
+        monkeypatch.setattr(history_api, "_store", self.store)
+        monkeypatch.setattr(history_api, "_directory", self.directory)
+        monkeypatch.setattr(history_api, "_hash_key", b"test-hash-key")
+
+    def enroll(self, username: str, *teams: str) -> None:
+        self.cognito.admin_create_user(UserPoolId=self.pool, Username=username, MessageAction="SUPPRESS")
+        for team in teams:
+            self.join(username, team)
+
+    def join(self, username: str, team: str) -> None:
+        try:
+            self.cognito.create_group(UserPoolId=self.pool, GroupName=team)
+        except self.cognito.exceptions.GroupExistsException:
+            pass
+        self.cognito.admin_add_user_to_group(UserPoolId=self.pool, Username=username, GroupName=team)
+
+    def leave(self, username: str, team: str) -> None:
+        self.cognito.admin_remove_user_from_group(UserPoolId=self.pool, Username=username, GroupName=team)

@@ -199,7 +199,7 @@ def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_s
     """Before classifying: who will store the result, if anyone (nobody when no token is needed: no patient)."""
     if patient is None:
         return caller_for(event, patient)  # None: anonymous, nothing stored
-    with audited("scan.create") as audit:
+    with audited("scan.create", refusals_only=True) as audit:  # the store logs the outcome
         check_patient_ref(patient)
         audit.patient = patient
         if is_study:
@@ -248,9 +248,10 @@ class _Audit:
 
 
 @contextmanager
-def audited(action: str) -> Iterator[_Audit]:
+def audited(action: str, *, refusals_only: bool = False) -> Iterator[_Audit]:
     """One structured line per history action, done or refused: who (``sub``, team), what, the outcome (``ok`` or
-    the error's code), the record; the patient only as a keyed hash. Fill in the yielded ``_Audit`` as it is known."""
+    the error's code), the record; the patient only as a keyed hash. Fill in the yielded ``_Audit`` as it is known.
+    ``refusals_only``: a step before the action itself, which logs its own outcome."""
     audit = _Audit(action)
     try:
         yield audit
@@ -260,7 +261,8 @@ def audited(action: str) -> Iterator[_Audit]:
     except Exception:
         _audit(audit, "internal_error")
         raise
-    _audit(audit, "ok")
+    if not refusals_only:
+        _audit(audit, "ok")
 
 
 def _audit(audit: _Audit, outcome: str) -> None:

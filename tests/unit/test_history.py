@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from helpers import ct_like_image, encode, make_event
+from helpers import HISTORY_TABLE, HistoryWorld, ct_like_image, encode, make_event
 from PIL import Image
 
 from lungscan.accounts import access, history
@@ -23,26 +23,33 @@ from lungscan.bundle.metadata import BundleMetadata, InputSpec, PreprocessingSpe
 from lungscan.model.classifier import Prediction
 from lungscan.uploads import SliceInput
 
-TABLE = "lungscan-history-test"
-ALICE = {"sub": "sub-a", "email": "clinician-a@example.org", "cognito:groups": "oncology"}
+TABLE = HISTORY_TABLE
+ALICE = {
+    "sub": "sub-a",
+    "email": "clinician-a@example.org",
+    "cognito:groups": "oncology",
+    "custom:display_name": "Dr Alice Demo",
+}
 BOB = {"sub": "sub-b", "email": "clinician-b@example.org", "cognito:groups": "oncology"}
 CAROL = {"sub": "sub-c", "email": "clinician-c@example.org", "cognito:groups": "radiology"}
 
 
 @pytest.fixture
-def store(app_module, monkeypatch):
-    """An empty history table in moto's in-process DynamoDB, used by the handler."""
-    import boto3
+def world(app_module, monkeypatch):
+    """An empty history table and a user pool holding ALICE, BOB and CAROL in their teams (moto, in-process)."""
     import history_api
     from moto import mock_aws
 
     with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        history.create_table(client, TABLE)
-        store = history.HistoryStore(client, TABLE, retention_days=30)
-        monkeypatch.setattr(history_api, "_store", store)
-        monkeypatch.setattr(history_api, "_hash_key", b"test-hash-key")
-        yield store
+        world = HistoryWorld(monkeypatch, history_api)
+        for claims in (ALICE, BOB, CAROL):
+            world.enroll(claims["sub"], claims["cognito:groups"])
+        yield world
+
+
+@pytest.fixture
+def store(world):
+    return world.store
 
 
 def call(app_module, lambda_context, event) -> tuple[int, dict]:
@@ -79,14 +86,17 @@ def test_a_signed_in_prediction_is_stored_for_the_team(app_module, lambda_contex
     assert status == 200, page
     (record,) = page["scans"]
     assert record["record_id"] == record_id
-    assert record["clinician"] == {"sub": "sub-a", "email": "clinician-a@example.org"}
+    assert record["clinician"] == {"sub": "sub-a", "name": "Dr Alice Demo", "email": None}  # never the email
     assert record["model"] == {"name": answer["model"]["name"], "version": answer["model"]["version"]}
     assert (record["label"], record["verdict"]) == (answer["label"], answer["verdict"])
     assert record["probabilities"] == answer["probabilities"]
     assert record["input"] == {"format": "PNG", "width": 256, "height": 256}
     assert record["input_bytes"] > 1000
     preview = Image.open(io.BytesIO(base64.b64decode(record["preview"])))
-    heatmap = Image.open(io.BytesIO(base64.b64decode(record["heatmap"])))
+    assert "heatmap" not in record and record["has_heatmap"] is True  # fetched on its own
+    status, shown = get(app_module, lambda_context, f"/patients/P-0001/scans/{record_id}/heatmap", BOB)
+    assert status == 200 and shown["record_id"] == record_id
+    heatmap = Image.open(io.BytesIO(base64.b64decode(shown["heatmap"])))
     side = max(app_module.store.get().metadata.input.height, app_module.store.get().metadata.input.width)
     assert max(preview.size) == min(side, 256) and max(heatmap.size) <= 256
     assert page["next"] is None
@@ -97,6 +107,7 @@ def test_a_signed_in_prediction_is_stored_for_the_team(app_module, lambda_contex
     assert patients["patients"] == [
         {"patient": "P-0001", "scans": 1, "last_scan_at": record["created_at"], "last_verdict": answer["verdict"]}
     ]
+    assert patients["next"] is None
 
 
 def test_another_team_sees_nothing_and_cannot_delete(app_module, lambda_context, store):
@@ -163,8 +174,9 @@ def test_a_user_in_no_team_is_403(app_module, lambda_context, store):
     ("groups", "team"),
     [("thoracic oncology", "thoracic oncology"), ("[oncology]", "oncology"), (" oncology ", "oncology")],
 )
-def test_a_team_named_with_a_space_is_one_team(app_module, lambda_context, store, groups, team):
+def test_a_team_named_with_a_space_is_one_team(app_module, lambda_context, world, groups, team):
     member = {"sub": "sub-t", "email": "t@example.org", "cognito:groups": groups}
+    world.enroll("sub-t", team)
     status, answer = predict(app_module, lambda_context, member, patient="P-0001")
     assert status == 200 and answer["record_id"]
     status, listed = get(app_module, lambda_context, "/patients", member)
@@ -327,14 +339,14 @@ def typed_slice(**changes) -> tuple[Prediction, SliceInput, BundleMetadata]:
 
 
 def test_records_copy_the_conformal_fields_when_the_answer_has_them():
-    clinician = history.Clinician("s", "e@example.org", "t")
+    clinician = history.Clinician("s", "Dr S", "t")
     now = datetime(2026, 3, 4, 5, 6, 7, 891234, tzinfo=UTC)
     plain = history.build_record(*typed_slice(), clinician, input_bytes=10, preview=b"png", heatmap=None, now=now)
     # The stored shape, key order included (HistoryStore.add writes it as JSON).
     assert plain == {
         "record_id": plain["record_id"],
         "created_at": "2026-03-04T05:06:07.891Z",
-        "clinician": {"sub": "s", "email": "e@example.org"},
+        "clinician": {"sub": "s", "name": "Dr S"},
         "model": {"name": "m", "version": "v1"},
         "label": "benign",
         "tier": "clear",
@@ -619,3 +631,14 @@ def test_records_expire_after_the_retention_and_expired_ones_are_hidden(app_modu
         ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
     )
     assert get(app_module, lambda_context, "/patients/P-0001/scans", BOB)[0] == 404
+
+
+def test_a_token_older_than_the_clients_validity_is_refused_whatever_its_exp(keys):
+    """moto signs hour-long ID tokens whatever the app client says: the local stack's checks hold them to 15 min."""
+    private, _ = keys
+    verifier = make_verifier(private.public_key())
+    verifier.max_age = 15 * 60
+    now = int(time.time())
+    assert verifier.verify(token(private, iat=now - 14 * 60, exp=now + 3600))["sub"] == "sub-a"
+    with pytest.raises(InvalidTokenError):
+        verifier.verify(token(private, iat=now - 16 * 60, exp=now + 3600))
