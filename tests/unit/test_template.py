@@ -231,6 +231,7 @@ def test_api_stage_throttles_and_writes_access_logs(resources: dict) -> None:
     record = json.loads(access_log["Format"])  # one JSON object per request
     assert {"requestId", "ip", "status", "latency"} <= set(record)
     assert record["ip"] == "$context.identity.sourceIp"
+    assert record["caller"] == "$context.authorizer.claims.sub"  # who, on the routes behind the authorizer
     assert not any("body" in value.lower() or "$input" in value for value in record.values())
     log_group = resources["ApiAccessLogGroup"]["Properties"]
     assert log_group["RetentionInDays"] == {"Fn::If": ["IsProd", 365, 30]}
@@ -653,9 +654,57 @@ def test_clinicians_sign_in_with_cognito_and_belong_to_care_teams(resources: dic
     assert pool["Policies"]["PasswordPolicy"]["MinimumLength"] >= 12
     client = resources["ClinicianPoolClient"]["Properties"]
     assert client["GenerateSecret"] is False
-    assert {"ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"} <= set(client["ExplicitAuthFlows"])
+    assert set(client["ExplicitAuthFlows"]) == {"ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"}  # no plain password
     groups = {r["Properties"]["GroupName"] for r in resources.values() if r["Type"] == "AWS::Cognito::UserPoolGroup"}
     assert groups == {"oncology", "radiology"}
+
+
+def test_clinicians_need_totp_and_compromised_or_risky_sign_ins_are_stopped(resources: dict) -> None:
+    """Issue 24, finding 9: MFA was optional and Cognito's threat protection off."""
+    pool = resources["ClinicianPool"]["Properties"]
+    assert (pool["MfaConfiguration"], pool["EnabledMfas"]) == ("ON", ["SOFTWARE_TOKEN_MFA"])
+    assert pool["UserPoolAddOns"] == {"AdvancedSecurityMode": "ENFORCED"}
+    assert pool["UserPoolTier"] == "PLUS"  # threat protection's feature plan
+
+
+def test_tokens_are_short_lived_revocable_and_the_name_on_records_is_not_self_editable(resources: dict) -> None:
+    """Issue 24, findings 5 and 6: hour-long ID tokens outlived a revocation; a clinician could change their email."""
+    client = resources["ClinicianPoolClient"]["Properties"]
+    units = client["TokenValidityUnits"]
+    assert units["IdToken"] == units["AccessToken"] == "minutes"
+    assert client["IdTokenValidity"] <= 15 and client["AccessTokenValidity"] <= 15
+    assert client["EnableTokenRevocation"] is True
+    assert client["WriteAttributes"] and not {"email", "custom:display_name", "name"} & set(client["WriteAttributes"])
+    assert "custom:display_name" in client["ReadAttributes"]
+    (display_name,) = resources["ClinicianPool"]["Properties"]["Schema"]
+    assert display_name["Name"] == "display_name"
+    statements = {s["Sid"]: s for s in _function_statements(resources) if "Sid" in s}
+    check = statements["CheckClinicianStillEnabledAndInTeam"]
+    assert set(check["Action"]) == {"cognito-idp:AdminGetUser", "cognito-idp:AdminListGroupsForUser"}
+    assert check["Resource"] == {"Fn::GetAtt": ["ClinicianPool", "Arn"]}
+
+
+def test_each_caller_is_throttled_on_its_own(template: dict, resources: dict) -> None:
+    """Issue 24, finding 9: one 10 requests/s limit was shared by every caller."""
+    for plan, key in [
+        ("ClassifierUsagePlan", "ClassifierUsagePlanKey"),
+        ("IntegratorUsagePlan", "IntegratorUsagePlanKey"),
+    ]:
+        throttle = resources[plan]["Properties"]["Throttle"]  # applied per API key of the plan
+        assert 0 < throttle["RateLimit"] <= throttle["BurstLimit"]
+        assert resources[key]["Properties"]["UsagePlanId"] == {"Ref": plan}
+    assert template["Outputs"]["IntegratorUsagePlanId"]["Value"] == {"Ref": "IntegratorUsagePlan"}
+    acl = resources["ApiWebAcl"]["Properties"]
+    assert acl["Scope"] == "REGIONAL"
+    (per_ip,) = [rule for rule in acl["Rules"] if "RateBasedStatement" in rule["Statement"]]
+    statement = per_ip["Statement"]["RateBasedStatement"]
+    assert statement["AggregateKeyType"] == "IP" and statement["Limit"] == {"Ref": "RequestsPerIpPer5Minutes"}
+    assert per_ip["Action"]["Block"]["CustomResponse"]["ResponseCode"] == 429
+    body = acl["CustomResponseBodies"][per_ip["Action"]["Block"]["CustomResponse"]["CustomResponseBodyKey"]]
+    assert json.loads(body["Content"])["error"]["code"] == "rate_limited"
+    association = resources["ApiWebAclAssociation"]["Properties"]
+    assert association["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+    assert "/restapis/${ClassifierApi}/stages/${ClassifierApi.Stage}" in association["ResourceArn"]["Fn::Sub"]
 
 
 def test_history_routes_sit_behind_the_cognito_authorizer(resources: dict) -> None:
