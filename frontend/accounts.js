@@ -1,9 +1,11 @@
 // Clinician sign-in (Amazon Cognito) and the patient history: the scans a care team stored for one patient,
 // shown as a timeline (newest first, the new scan beside the previous one).
 //
-// Sign-in calls Cognito's JSON API (InitiateAuth, USER_PASSWORD_AUTH) with fetch: no library, no CDN.
-// The session (the ID token) lives in sessionStorage only: it ends with the tab, and is never put in
-// localStorage. Signed out, nothing here runs and the page works as before: nothing is stored.
+// Sign-in calls Cognito's JSON API (InitiateAuth) with fetch: no library, no CDN. ID tokens live 15 minutes:
+// the page renews them with the refresh token shortly before they end (and once more after a 401), and "Sign
+// out" revokes that refresh token (RevokeToken), so nothing can renew them after it. The session (the tokens)
+// lives in sessionStorage only: it ends with the tab, and is never put in localStorage. Signed out, nothing
+// here runs and the page works as before: nothing is stored.
 // The upload queue (queue.js) asks requestExtras() what to add to a /predict request and tells onResult()
 // about each answer. Not to be confused with the scans classified in this tab (tab-scans.js), kept in the tab only.
 
@@ -16,8 +18,12 @@ const cognito = config.cognito;
 const SESSION_KEY = "lungscan.session";
 const PATIENT_PATTERN = /^(?!\.\.?$)[A-Za-z0-9._-]{1,64}$/; // "." and "..": URLs drop them
 const PAGE_SIZE = 20;
+const RENEW_BEFORE_MS = 60 * 1000; // renew the ID token this long before it ends
+const UNDO_MS = config.deleteUndoMs || 8000; // a deleted scan can be brought back this long, then it is deleted
 
-let session = null; // {idToken, email, team, expiresAt}
+let session = null; // {idToken, refreshToken, sub, email, name, team, expiresAt}
+let renewTimer = null;
+const pendingDeletes = new Map(); // record id -> {record, patient, timer}: deleted on screen, not yet on the server
 let shownPatient = "";
 let records = [];
 let newRecordId = "";
@@ -41,7 +47,7 @@ function decodeClaims(token) {
 function loadSession() {
   try {
     const stored = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
-    if (stored && stored.idToken && stored.expiresAt > Date.now()) return stored;
+    if (stored && stored.idToken && (stored.expiresAt > Date.now() || stored.refreshToken)) return stored;
   } catch (error) {
     /* a damaged entry: signed out */
   }
@@ -49,34 +55,110 @@ function loadSession() {
   return null;
 }
 
-function startSession(idToken) {
+function startSession(idToken, refreshToken) {
   const claims = decodeClaims(idToken) || {};
   const groups = Array.isArray(claims["cognito:groups"]) ? claims["cognito:groups"] : [];
   session = {
     idToken: idToken,
+    refreshToken: refreshToken || (session && session.refreshToken) || "",
+    sub: String(claims.sub || ""),
     email: String(claims.email || ""),
+    name: String(claims["custom:display_name"] || claims.email || ""),
     team: groups.length === 1 ? String(groups[0]) : "",
     expiresAt: Number(claims.exp || 0) * 1000,
   };
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+  scheduleRenewal();
 }
 
-function signOut(message) {
+// One call of Cognito's JSON API: {status, body}; a network failure rejects.
+async function cognitoCall(action, payload, keepalive) {
+  const response = await fetch(cognito.endpoint, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/x-amz-json-1.1",
+      "X-Amz-Target": "AWSCognitoIdentityProviderService." + action,
+    },
+    body: JSON.stringify(payload),
+    credentials: "omit",
+    referrerPolicy: "no-referrer",
+    keepalive: Boolean(keepalive),
+  });
+  return { status: response.status, body: await response.json().catch(() => null) };
+}
+
+function scheduleRenewal() {
+  clearTimeout(renewTimer);
+  if (!session || !session.refreshToken) return;
+  const wait = Math.max(0, session.expiresAt - RENEW_BEFORE_MS - Date.now());
+  renewTimer = setTimeout(() => renewSession(), wait);
+}
+
+// A new ID token from the refresh token; false (and signed out) when the refresh token was revoked or ended.
+async function renewSession() {
+  if (!session || !session.refreshToken) return false;
+  let result;
+  try {
+    result = await cognitoCall("InitiateAuth", {
+      AuthFlow: "REFRESH_TOKEN_AUTH",
+      ClientId: cognito.clientId,
+      AuthParameters: { REFRESH_TOKEN: session.refreshToken },
+    });
+  } catch (error) {
+    scheduleRenewal(); // offline for now: try again later, the token may still be valid
+    return false;
+  }
+  const authenticated = result.body && result.body.AuthenticationResult;
+  if (result.status !== 200 || !authenticated || !authenticated.IdToken) {
+    endSession("Your session has ended: sign in again to store results.");
+    return false;
+  }
+  startSession(authenticated.IdToken);
+  return true;
+}
+
+// The ID token for a request, renewed first when it is about to end.
+async function currentToken() {
+  if (session && session.expiresAt - Date.now() < RENEW_BEFORE_MS) await renewSession();
+  return session ? session.idToken : "";
+}
+
+function endSession(message) {
+  clearTimeout(renewTimer);
   session = null;
   sessionStorage.removeItem(SESSION_KEY);
   records = [];
   shownPatient = "";
   newRecordId = "";
+  hideUndo();
   render();
   ui.password.value = "";
   ui.authStatus.textContent = message || "Signed out. Results are no longer stored.";
   ui.email.focus();
 }
 
-function isSignedIn() {
-  if (session && session.expiresAt <= Date.now()) {
-    signOut("Your session has ended: sign in again to store results.");
+// "Sign out": the scans deleted on screen are deleted, then the refresh token is revoked, so that no copy of
+// this session can renew its tokens (an ID token already issued lives out its 15 minutes: docs/accounts.md).
+async function signOut() {
+  const ending = session;
+  await flushDeletes(false);
+  let revoked = false;
+  if (ending && ending.refreshToken) {
+    try {
+      const result = await cognitoCall("RevokeToken", { Token: ending.refreshToken, ClientId: cognito.clientId });
+      revoked = result.status === 200;
+    } catch (error) {
+      revoked = false;
+    }
   }
+  endSession(
+    revoked || !ending
+      ? "Signed out. Results are no longer stored."
+      : "Signed out on this page, but the sign-in service could not be told: the session ends within 12 hours."
+  );
+}
+
+function isSignedIn() {
   return Boolean(session);
 }
 
@@ -112,7 +194,7 @@ async function signIn(event) {
     return;
   }
   const result = body && body.AuthenticationResult;
-  if (!response.ok || !result || !result.IdToken) {
+  if (!response.ok || !result || !result.IdToken || !result.RefreshToken) {
     ui.authStatus.textContent =
       body && body.ChallengeName
         ? "Your account needs a step this page does not offer (" + body.ChallengeName + "): ask your administrator."
@@ -120,19 +202,25 @@ async function signIn(event) {
     return;
   }
   ui.password.value = "";
-  startSession(result.IdToken);
+  startSession(result.IdToken, result.RefreshToken);
   render();
-  ui.authStatus.textContent = "Signed in as " + session.email + (session.team ? " (team " + session.team + ")." : ".");
+  ui.authStatus.textContent = "Signed in as " + session.name + (session.team ? " (team " + session.team + ")." : ".");
   ui.patient.focus();
 }
 
 // ------------------------------------------------------------------ API
 
-// The history routes with this session's token; a 401 (the token expired or was revoked) signs out.
+// The history routes with this session's token (renewed when about to end); a 401 renews it once and retries,
+// then signs out; a 403 access_revoked (the account was disabled or moved to another team) signs out.
 async function authorized(send) {
-  const result = await send(session.idToken); // the raw ID token, as the API's Cognito authorizer wants it
+  const token = await currentToken();
+  if (!session) return { status: 401, ok: false, body: null }; // the session ended while renewing
+  let result = await send(token); // the raw ID token, as the API's Cognito authorizer wants it
+  if (result.status === 401 && (await renewSession())) result = await send(session.idToken);
   if (result.status === 401) {
-    signOut("Your session has ended: sign in again.");
+    endSession("Your session has ended: sign in again.");
+  } else if (result.status === 403 && result.body && result.body.error && result.body.error.code === "access_revoked") {
+    endSession(result.body.error.message);
   }
   return result;
 }
@@ -143,10 +231,13 @@ function patientRef() {
   return ui.patient.value.trim();
 }
 
-// Extras for POST /predict: the patient and the token, when signed in with a patient reference.
-export function requestExtras() {
+// Extras for POST /predict: the patient and the token (renewed when about to end), when signed in with a
+// patient reference.
+export async function requestExtras() {
   if (!cognito || !isSignedIn() || !patientRef()) return null;
-  return { patient: patientRef(), headers: { Authorization: session.idToken } };
+  const token = await currentToken();
+  if (!session) return null;
+  return { patient: patientRef(), headers: { Authorization: token } };
 }
 
 export function onResult(answer) {
@@ -189,21 +280,79 @@ async function loadTimeline(ref) {
   renderTimeline();
 }
 
-async function deleteRecord(record) {
+// Delete asks to confirm, hides the scan and offers "Undo" for UNDO_MS; only then is it deleted on the server
+// (or when the page is left or the clinician signs out). Only the clinician who stored a scan may delete it.
+function deleteRecord(record) {
   const when = new Date(record.created_at).toLocaleString();
   if (!window.confirm("Delete the scan of " + when + " for patient " + shownPatient + "? Your whole team loses it.")) {
     return;
   }
-  const result = await authorized((idToken) => deletePatientScan(shownPatient, record.record_id, idToken));
-  if (result.status === 204 || result.status === 404) {
-    records = records.filter((candidate) => candidate.record_id !== record.record_id);
-    if (newRecordId === record.record_id) newRecordId = "";
+  const pending = { record: record, patient: shownPatient, when: when, timer: null };
+  pending.timer = setTimeout(() => sendDelete(record.record_id), UNDO_MS);
+  pendingDeletes.set(record.record_id, pending);
+  records = records.filter((candidate) => candidate.record_id !== record.record_id);
+  if (newRecordId === record.record_id) newRecordId = "";
+  renderTimeline();
+  ui.undoText.textContent = "Scan of " + when + " deleted.";
+  ui.undoBar.dataset.recordId = record.record_id;
+  ui.undoBar.hidden = false;
+  ui.undoButton.focus();
+}
+
+function undoDelete() {
+  const recordId = ui.undoBar.dataset.recordId;
+  const pending = pendingDeletes.get(recordId);
+  hideUndo();
+  if (!pending) return;
+  clearTimeout(pending.timer);
+  pendingDeletes.delete(recordId);
+  if (pending.patient === shownPatient) {
+    records = records.concat([pending.record]).sort((a, b) => (a.record_id < b.record_id ? 1 : -1));
     renderTimeline();
-    ui.timelineStatus.textContent = "Scan of " + when + " deleted.";
-    ui.timelineTitle.focus();
-  } else {
-    ui.timelineStatus.textContent = "The scan could not be deleted (status " + result.status + ").";
   }
+  ui.timelineStatus.textContent = "Scan of " + pending.when + " kept.";
+  ui.timelineTitle.focus();
+}
+
+function hideUndo() {
+  if (!ui.undoBar) return;
+  ui.undoBar.hidden = true;
+  delete ui.undoBar.dataset.recordId;
+}
+
+async function sendDelete(recordId, leaving) {
+  const pending = pendingDeletes.get(recordId);
+  if (!pending || !session) return;
+  clearTimeout(pending.timer);
+  pendingDeletes.delete(recordId);
+  if (ui.undoBar.dataset.recordId === recordId) hideUndo();
+  let result;
+  try {
+    result = await authorized((idToken) => deletePatientScan(pending.patient, recordId, idToken, leaving));
+  } catch (error) {
+    result = { status: 0, body: null };
+  }
+  if (leaving || result.status === 204 || result.status === 404) {
+    if (!leaving) ui.timelineStatus.textContent = "Scan of " + pending.when + " deleted.";
+    return;
+  }
+  // Refused or unreachable: the scan is still stored, so it comes back, with the reason.
+  if (session && pending.patient === shownPatient) {
+    records = records.concat([pending.record]).sort((a, b) => (a.record_id < b.record_id ? 1 : -1));
+    renderTimeline();
+  }
+  const reason =
+    result.body && result.body.error
+      ? result.body.error.message
+      : result.status
+        ? "status " + result.status
+        : "the service could not be reached";
+  if (ui.timelineStatus) ui.timelineStatus.textContent = "The scan of " + pending.when + " was not deleted: " + reason;
+}
+
+// Send every delete still waiting for its undo window (`leaving`: the page is being closed, so keepalive).
+async function flushDeletes(leaving) {
+  await Promise.all(Array.from(pendingDeletes.keys()).map((recordId) => sendDelete(recordId, leaving)));
 }
 
 function describe(record) {
@@ -260,15 +409,21 @@ function renderTimeline() {
     verdict.textContent = (record.record_id === newRecordId ? "New: " : "") + tierText(record);
     const meta = document.createElement("p");
     meta.className = "timeline-meta";
-    const by = record.clinician && record.clinician.email ? " · by " + record.clinician.email : "";
+    const clinician = record.clinician || {};
+    const author = clinician.name || clinician.email; // the name an administrator set (older records: the email)
+    const by = author ? " · by " + author : "";
     meta.textContent = shown.date + " · model " + shown.model + " · most likely " + record.label + by;
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "button button-small button-secondary timeline-delete";
-    remove.textContent = "Delete";
-    remove.setAttribute("aria-label", "Delete the scan of " + shown.date);
-    remove.addEventListener("click", () => deleteRecord(record));
-    text.append(verdict, meta, remove);
+    text.append(verdict, meta);
+    if (session && clinician.sub === session.sub) {
+      // Only its author may delete a scan (the API answers anyone else 403 not_author).
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "button button-small button-secondary timeline-delete";
+      remove.textContent = "Delete";
+      remove.setAttribute("aria-label", "Delete the scan of " + shown.date);
+      remove.addEventListener("click", () => deleteRecord(record));
+      text.append(remove);
+    }
     item.append(image, text);
     ui.timeline.append(item);
   }
@@ -282,7 +437,9 @@ function render() {
   ui.signedIn.hidden = !signedIn;
   ui.patientBox.hidden = !signedIn;
   if (signedIn) {
-    ui.who.textContent = session.email + (session.team ? " · team " + session.team : " · no care team");
+    ui.who.textContent =
+      session.name + (session.name !== session.email ? " (" + session.email + ")" : "") +
+      (session.team ? " · team " + session.team : " · no care team");
   }
   renderTimeline();
 }
@@ -307,12 +464,18 @@ export function initAccounts() {
     timelineStatus: byId("timeline-status"),
     timeline: byId("timeline"),
     compare: byId("compare"),
+    undoBar: byId("undo-bar"),
+    undoText: byId("undo-text"),
+    undoButton: byId("undo-button"),
   };
   if (!cognito || !ui.section) return; // no accounts on this deployment: the page as before
   ui.section.hidden = false;
   session = loadSession();
+  scheduleRenewal();
   ui.signInForm.addEventListener("submit", signIn);
   ui.signOut.addEventListener("click", () => signOut());
+  ui.undoButton.addEventListener("click", undoDelete);
+  window.addEventListener("pagehide", () => flushDeletes(true));
   ui.patient.addEventListener("input", checkPatient);
   ui.showHistory.addEventListener("click", () => {
     if (checkPatient() && patientRef()) {

@@ -25,7 +25,7 @@ function apiHeaders(extra) {
 
 // Any HTTP answer resolves to {status, ok, body}, body being the parsed JSON or null (a gateway's or a
 // proxy's HTML page: the status says enough); no answer (network, timeout) rejects with Unreachable.
-async function call(method, path, { headers, body, timeoutMs } = {}) {
+async function call(method, path, { headers, body, timeoutMs, keepalive } = {}) {
   const controller = new AbortController();
   let timedOut = false;
   const timer = timeoutMs
@@ -40,6 +40,7 @@ async function call(method, path, { headers, body, timeoutMs } = {}) {
       headers: apiHeaders(headers),
       body: body,
       signal: controller.signal,
+      keepalive: Boolean(keepalive), // a request sent as the page closes (accounts.js: a delete past its undo)
       credentials: "omit",
       referrerPolicy: "no-referrer",
     });
@@ -79,10 +80,13 @@ export function listPatientScans(ref, limit, idToken) {
   return call("GET", path, { headers: { Authorization: idToken } });
 }
 
-// DELETE /patients/{ref}/scans/{record_id}: for the whole care team.
-export function deletePatientScan(ref, recordId, idToken) {
+// DELETE /patients/{ref}/scans/{record_id}: for the whole care team (only its author may). `keepalive`: sent
+// while the page closes.
+export function deletePatientScan(ref, recordId, idToken, keepalive) {
   const path = "/patients/" + encodeURIComponent(ref) + "/scans/" + encodeURIComponent(recordId);
-  return call("DELETE", path, { headers: { Authorization: idToken } });
+  return call("DELETE", path, { headers: { Authorization: idToken }, keepalive: keepalive });
+}
+ });
 }
 
 // ------------------------------------------------------------------ errors in plain words

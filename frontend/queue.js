@@ -173,7 +173,7 @@ async function classify(item) {
   const model = chosenModel();
   if (model) request.model = model;
   // Signed in with a patient reference (accounts.js): the answer is stored for the care team.
-  const signedIn = requestExtras();
+  const signedIn = await requestExtras(); // renews the sign-in's token when it is about to end
   if (signedIn) request.patient = signedIn.patient;
 
   let result;

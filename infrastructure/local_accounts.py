@@ -151,6 +151,8 @@ def forward_to_cognito(endpoint: str, body: bytes, target: str) -> tuple[int, by
     service, _, call = target.partition(".")
     if service != "AWSCognitoIdentityProviderService" or call not in PUBLIC_COGNITO_CALLS:
         return 400, b'{"__type":"InvalidAction","message":"Only Cognito sign-in calls are forwarded."}'
+    if call == "RevokeToken":
+        return revoke_token(body)
     request = urllib.request.Request(
         endpoint.rstrip("/") + "/",
         data=body,
@@ -162,3 +164,29 @@ def forward_to_cognito(endpoint: str, body: bytes, target: str) -> tuple[int, by
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def revoke_token(body: bytes) -> tuple[int, bytes]:
+    """Cognito's RevokeToken, which moto lacks, played on the pool of this process's moto server: the refresh
+    token (and the access tokens issued with it) can no longer be used; a token of another app client is
+    refused as Cognito refuses it. Only a ``make run`` process holds the moto server this reaches."""
+    from moto.cognitoidp.models import cognitoidp_backends
+
+    try:
+        request = json.loads(body)
+        token, client_id = str(request["Token"]), str(request["ClientId"])
+    except (ValueError, KeyError, TypeError):
+        return 400, b'{"__type":"InvalidParameterException","message":"Token and ClientId are required."}'
+    for backend in (backend for regions in cognitoidp_backends.values() for backend in regions.values()):
+        for pool in backend.user_pools.values():
+            issued = pool.refresh_tokens.get(token)
+            if issued is None:
+                continue
+            if issued[0] != client_id:
+                return 400, b'{"__type":"UnauthorizedException","message":"Token was not issued to this client."}'
+            pool.refresh_tokens[token] = None  # as moto's own sign-out marks a revoked refresh token
+            for access, (_, username) in list(pool.access_tokens.items()):
+                if username == issued[1]:
+                    pool.access_tokens.pop(access)
+            return 200, b"{}"
+    return 200, b"{}"  # an unknown or already revoked token: Cognito answers success too

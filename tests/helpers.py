@@ -9,6 +9,7 @@ importing this module (``conftest.py`` does, before it sets the function's envir
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -344,10 +345,8 @@ class HistoryWorld:
             self.join(username, team)
 
     def join(self, username: str, team: str) -> None:
-        try:
+        with contextlib.suppress(self.cognito.exceptions.GroupExistsException):
             self.cognito.create_group(UserPoolId=self.pool, GroupName=team)
-        except self.cognito.exceptions.GroupExistsException:
-            pass
         self.cognito.admin_add_user_to_group(UserPoolId=self.pool, Username=username, GroupName=team)
 
     def leave(self, username: str, team: str) -> None:

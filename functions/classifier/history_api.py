@@ -114,7 +114,8 @@ def get_directory() -> ClinicianDirectory:
         if not pool:
             raise HistoryUnavailableError()
         cache = float(os.environ.get("ACCOUNT_CHECK_CACHE_SECONDS", str(DEFAULT_CACHE_SECONDS)))
-        _directory = ClinicianDirectory(boto3.client("cognito-idp"), pool, cache_seconds=cache)
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_COGNITO_IDP") or None  # the local stack's moto server
+        _directory = ClinicianDirectory(boto3.client("cognito-idp", endpoint_url=endpoint), pool, cache_seconds=cache)
     return _directory
 
 

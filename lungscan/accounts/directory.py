@@ -9,6 +9,7 @@ fresh before every write and delete, and from a short cache (``cache_seconds``) 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from lungscan.errors import AccessRevokedError, HistoryUnavailableError
 
+logger = logging.getLogger(__name__)
 DEFAULT_CACHE_SECONDS = 60.0
 MAX_CACHED = 1024  # clinicians remembered per container; past that the cache starts again
 
@@ -69,6 +71,7 @@ class ClinicianDirectory:
         except (errors.UserNotFoundException, errors.NotAuthorizedException):
             return False, ()
         except (BotoCoreError, ClientError) as error:  # throttled, unreachable: never act on a maybe revoked account
+            logger.warning("account check failed: %s", type(error).__name__)
             raise HistoryUnavailableError(
                 "The account check is unavailable right now: try again in a moment."
             ) from error

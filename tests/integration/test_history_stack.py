@@ -94,8 +94,10 @@ def test_done_when(stack, tokens):
     assert status == 200, page
     assert record_id in [record["record_id"] for record in page["scans"]]
     record = next(record for record in page["scans"] if record["record_id"] == record_id)
-    assert record["clinician"]["email"] == "clinician-a@example.org"
-    assert record["preview"] and record["heatmap"]
+    assert record["clinician"]["name"] == "Dr A. Demo"  # the administrator's name, never the (editable) email
+    assert record["preview"] and record["has_heatmap"] and "heatmap" not in record
+    status, shown = call(stack, "GET", f"/patients/P-0001/scans/{record_id}/heatmap", tokens["B"])
+    assert status == 200 and shown["heatmap"]
 
     status, page = call(stack, "GET", "/patients/P-0001/scans", tokens["C"])  # the other team does not
     assert status == 404 or not page["scans"]
@@ -194,6 +196,73 @@ def test_other_methods_and_paths_get_json_and_leave_no_reference_in_the_log(stac
     log = stack.log_path.read_text()
     assert "P-LOGGED" not in log
     assert "GET (no route) 404" in log and "PUT /patients 404" in log
+
+
+def cognito_call(stack, action: str, payload: dict) -> tuple[int, dict]:
+    """One call of Cognito's JSON API through the stack's sign-in proxy, as the page makes it."""
+    request = urllib.request.Request(
+        stack.base_url + "/cognito-idp/",
+        data=json.dumps(payload).encode(),
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": f"AWSCognitoIdentityProviderService.{action}",
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_a_removed_clinician_is_refused_at_once_and_sign_out_revokes_the_refresh_token(stack):
+    """Issue 24, finding 5, through the stack: a moved or disabled clinician's unexpired token stores and deletes
+    nothing; the page's sign-out (RevokeToken) leaves no way to renew the session."""
+    cognito = aws(stack, "cognito-idp")
+    (pool,) = [pool["Id"] for pool in cognito.list_user_pools(MaxResults=10)["UserPools"] if "lungscan" in pool["Name"]]
+    (client,) = [
+        c["ClientId"] for c in cognito.list_user_pool_clients(UserPoolId=pool, MaxResults=10)["UserPoolClients"]
+    ]
+    email = "clinician-r@example.org"
+    cognito.admin_create_user(UserPoolId=pool, Username=email, MessageAction="SUPPRESS")
+    cognito.admin_set_user_password(UserPoolId=pool, Username=email, Password=DEMO_PASSWORD, Permanent=True)
+    cognito.admin_add_user_to_group(UserPoolId=pool, Username=email, GroupName="oncology")
+    status, signed_in = cognito_call(
+        stack,
+        "InitiateAuth",
+        {
+            "AuthFlow": "USER_PASSWORD_AUTH",
+            "ClientId": client,
+            "AuthParameters": {"USERNAME": email, "PASSWORD": DEMO_PASSWORD},
+        },
+    )
+    assert status == 200, signed_in
+    token, refresh = signed_in["AuthenticationResult"]["IdToken"], signed_in["AuthenticationResult"]["RefreshToken"]
+    status, answer = call(stack, "POST", "/predict", token, scan_payload(5, patient="P-0005"))
+    assert status == 200, answer
+    assert call(stack, "GET", "/patients/P-0005/scans", token)[0] == 200
+    sub = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))["sub"]
+    assert f"GET /patients/{{ref}}/scans 200 caller={sub}" in stack.log_path.read_text()  # who, in the access log
+
+    cognito.admin_remove_user_from_group(UserPoolId=pool, Username=email, GroupName="oncology")
+    cognito.admin_add_user_to_group(UserPoolId=pool, Username=email, GroupName="radiology")
+    status, error = call(stack, "POST", "/predict", token, scan_payload(6, patient="P-0005"))
+    assert (status, error["error"]["code"]) == (403, "access_revoked")
+    path = f"/patients/P-0005/scans/{answer['record_id']}"
+    assert call(stack, "DELETE", path, token)[0] == 403
+    cognito.admin_remove_user_from_group(UserPoolId=pool, Username=email, GroupName="radiology")
+    cognito.admin_add_user_to_group(UserPoolId=pool, Username=email, GroupName="oncology")
+    cognito.admin_disable_user(UserPoolId=pool, Username=email)
+    assert call(stack, "DELETE", path, token)[0] == 403
+    cognito.admin_enable_user(UserPoolId=pool, Username=email)
+    assert call(stack, "DELETE", path, token) == (204, None)  # back in the team: the author deletes it
+
+    renew = {"AuthFlow": "REFRESH_TOKEN_AUTH", "ClientId": client, "AuthParameters": {"REFRESH_TOKEN": refresh}}
+    assert cognito_call(stack, "InitiateAuth", renew)[0] == 200
+    assert cognito_call(stack, "RevokeToken", {"Token": refresh, "ClientId": client}) == (200, {})
+    status, refused = cognito_call(stack, "InitiateAuth", renew)
+    assert status == 400 and refused["__type"].endswith("NotAuthorizedException"), refused
 
 
 def test_the_sign_in_proxy_forwards_no_administrator_call(stack):

@@ -125,7 +125,7 @@ def test_writes_are_refused_when_the_pool_cannot_be_asked(app_module, lambda_con
 
 def test_records_name_the_administrators_display_name_never_the_self_edited_email(app_module, lambda_context, world):
     edited = ALICE | {"email": "chief.radiologist@example.org"}  # changed with the clinician's own access token
-    _, answer = store_scan(app_module, lambda_context, edited)
+    store_scan(app_module, lambda_context, edited)
     (record,) = scans(app_module, lambda_context, BOB)[1]["scans"]
     assert record["clinician"]["name"] == "Dr A" and record["clinician"]["sub"] == "sub-a"
     assert "chief.radiologist" not in json.dumps(record)
