@@ -86,8 +86,6 @@ export function deletePatientScan(ref, recordId, idToken, keepalive) {
   const path = "/patients/" + encodeURIComponent(ref) + "/scans/" + encodeURIComponent(recordId);
   return call("DELETE", path, { headers: { Authorization: idToken }, keepalive: keepalive });
 }
- });
-}
 
 // ------------------------------------------------------------------ errors in plain words
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
+import urllib.request
 import uuid
 
 import pytest
@@ -49,11 +52,17 @@ def test_signed_out_the_page_works_as_before_and_stores_nothing(open_page):
     expect(page.locator("#timeline-section")).to_be_hidden()
 
 
-def test_a_stored_scan_is_shared_with_the_team_only_and_sign_out_ends_the_session(open_page, tmp_path):
+def config_with(stack: str, extra: str) -> str:
+    """The stack's own config.js (API, local pool) with ``extra`` after it."""
+    with urllib.request.urlopen(stack + "/config.js", timeout=10) as response:
+        return response.read().decode() + "\n" + extra + "\n"
+
+
+def test_a_stored_scan_is_shared_with_the_team_only_and_sign_out_ends_the_session(open_page, stack, tmp_path):
     patient = "P-" + uuid.uuid4().hex[:8]
 
     # Clinician A signs in, classifies two scans for the patient: the timeline shows both, new beside previous.
-    page_a, watch_a = open_page()
+    page_a, watch_a = open_page(config=config_with(stack, "window.LUNGSCAN_CONFIG.deleteUndoMs = 1500;"))
     sign_in(page_a, "clinician-a@example.org")
     expect(page_a.locator("#signed-in-who")).to_contain_text("team oncology")
     page_a.fill("#patient-ref", patient)
@@ -67,7 +76,8 @@ def test_a_stored_scan_is_shared_with_the_team_only_and_sign_out_ends_the_sessio
     )
     expect(first.locator(".timeline-verdict")).not_to_contain_text("Cancer Detected")
     expect(first.locator(".timeline-meta")).to_contain_text("model iq-oth-3class")
-    expect(first.locator(".timeline-meta")).to_contain_text("clinician-a@example.org")
+    expect(first.locator(".timeline-meta")).to_contain_text("by Dr A. Demo")  # the administrator's name
+    expect(first.locator(".timeline-meta")).not_to_contain_text("@example.org")  # never the editable email
     assert first.locator("img.timeline-thumb").get_attribute("src").startswith("data:image/png;base64,")
     assert page_a.evaluate("() => localStorage.length") == 0
     assert page_a.evaluate("() => sessionStorage.getItem('lungscan.session')")
@@ -84,6 +94,7 @@ def test_a_stored_scan_is_shared_with_the_team_only_and_sign_out_ends_the_sessio
     sign_in(page_b, "clinician-b@example.org")
     show_history(page_b, patient)
     expect(page_b.locator("#timeline .timeline-item")).to_have_count(2)
+    expect(page_b.locator("#timeline .timeline-delete")).to_have_count(0)  # only the author may delete
 
     # Another team does not.
     page_c, _ = open_page()
@@ -92,13 +103,24 @@ def test_a_stored_scan_is_shared_with_the_team_only_and_sign_out_ends_the_sessio
     expect(page_c.locator("#timeline .timeline-item")).to_have_count(0)
     expect(page_c.locator("#timeline-status")).to_contain_text("No scans stored for this patient in your team")
 
-    # A deletes the older scan, after confirming; B then sees one.
+    # A deletes the older scan, after confirming, and may undo it for a moment; B then sees one.
     page_a.once("dialog", lambda dialog: dialog.dismiss())
     page_a.locator("#timeline .timeline-delete").nth(1).click()
     expect(timeline).to_have_count(2)  # dismissed: nothing deleted
     page_a.once("dialog", lambda dialog: dialog.accept())
     page_a.locator("#timeline .timeline-delete").nth(1).click()
     expect(timeline).to_have_count(1)
+    page_a.click("#undo-button")  # undone: nothing was sent
+    expect(timeline).to_have_count(2)
+    expect(page_a.locator("#undo-bar")).to_be_hidden()
+    page_a.wait_for_timeout(2000)  # past the undo window: still nothing deleted
+    assert not [url for method, url in watch_a.requests if method == "DELETE"]
+    page_a.once("dialog", lambda dialog: dialog.accept())
+    page_a.locator("#timeline .timeline-delete").nth(1).click()
+    expect(timeline).to_have_count(1)
+    expect(page_a.locator("#undo-bar")).to_be_visible()
+    expect(page_a.locator("#undo-bar")).to_be_hidden(timeout=10_000)  # the window passed: deleted on the server
+    expect(page_a.locator("#timeline-status")).to_contain_text("deleted")
     show_history(page_b, patient)
     expect(page_b.locator("#timeline .timeline-item")).to_have_count(1)
 
@@ -146,3 +168,67 @@ def test_axe_and_a_phone_find_no_problem_in_the_signed_in_timeline(open_page, ax
     assert sizes[0] <= sizes[1] <= PHONE["width"], sizes
     serious = serious_axe_violations(page, axe_script)
     assert not serious, "\n".join(serious)
+
+
+def refresh_refused(stack: str, client_id: str, refresh_token: str) -> bool:
+    """Whether the local pool refuses to renew a session with this refresh token (asked through the page's proxy)."""
+    request = urllib.request.Request(
+        stack + "/cognito-idp/",
+        data=json.dumps(
+            {
+                "AuthFlow": "REFRESH_TOKEN_AUTH",
+                "ClientId": client_id,
+                "AuthParameters": {"REFRESH_TOKEN": refresh_token},
+            }
+        ).encode(),
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "AWSCognitoIdentityProviderService.InitiateAuth",
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return False
+    except urllib.error.HTTPError as error:
+        return error.code == 400
+
+
+def test_the_page_renews_its_short_lived_token_and_sign_out_revokes_the_refresh_token(open_page, stack):
+    """Issue 24, finding 5: the page's "Sign out" only cleared the browser, and ID tokens lived an hour."""
+    page, _ = open_page()
+    sign_in(page, "clinician-c@example.org")
+    session = page.evaluate("() => JSON.parse(sessionStorage.getItem('lungscan.session'))")
+    assert session["refreshToken"] and session["idToken"]
+    client_id = json.loads(config_with(stack, "").split("window.LUNGSCAN_CONFIG.cognito = ", 1)[1].split(";")[0])[
+        "clientId"
+    ]
+
+    # The token is about to end: on load the page renews it with the refresh token, and stays signed in.
+    page.evaluate(
+        "() => { const s = JSON.parse(sessionStorage.getItem('lungscan.session'));"
+        " s.expiresAt = Date.now() + 1000; sessionStorage.setItem('lungscan.session', JSON.stringify(s)); }"
+    )
+    time.sleep(1.1)  # moto's tokens carry whole seconds: a renewed one differs
+    page.reload()
+    expect(page.locator("#signed-in")).to_be_visible()
+    page.wait_for_function(
+        "(old) => JSON.parse(sessionStorage.getItem('lungscan.session')).idToken !== old", arg=session["idToken"]
+    )
+    renewed = page.evaluate("() => JSON.parse(sessionStorage.getItem('lungscan.session'))")
+    assert renewed["refreshToken"] == session["refreshToken"] and renewed["expiresAt"] > session["expiresAt"] - 1000
+    show_history(page, "P-" + uuid.uuid4().hex[:8])  # the renewed token is accepted
+    expect(page.locator("#timeline-status")).to_contain_text("No scans stored")
+
+    # Sign out: the refresh token is revoked at the pool, so no copy of this session can be renewed.
+    assert not refresh_refused(stack, client_id, session["refreshToken"])
+    with page.expect_request(
+        lambda request: (
+            request.url.endswith("/cognito-idp/") and request.headers.get("x-amz-target", "").endswith("RevokeToken")
+        )
+    ):
+        page.click("#sign-out-button")
+    expect(page.locator("#sign-in-form")).to_be_visible()
+    expect(page.locator("#auth-status")).to_have_text("Signed out. Results are no longer stored.")
+    assert refresh_refused(stack, client_id, session["refreshToken"])
+    assert page.evaluate("() => sessionStorage.getItem('lungscan.session')") is None
