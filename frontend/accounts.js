@@ -10,6 +10,7 @@
 // about each answer. Not to be confused with the scans classified in this tab (tab-scans.js), kept in the tab only.
 
 import { deletePatientScan, listPatientScans } from "./api.js";
+import { cognitoCall, signInWithCognito } from "./sign-in.js";
 import { byId } from "./dom.js";
 import { tierText } from "./format.js";
 import { config } from "./settings.js";
@@ -71,22 +72,6 @@ function startSession(idToken, refreshToken) {
   scheduleRenewal();
 }
 
-// One call of Cognito's JSON API: {status, body}; a network failure rejects.
-async function cognitoCall(action, payload, keepalive) {
-  const response = await fetch(cognito.endpoint, {
-    method: "POST",
-    headers: {
-      "Content-Type": "application/x-amz-json-1.1",
-      "X-Amz-Target": "AWSCognitoIdentityProviderService." + action,
-    },
-    body: JSON.stringify(payload),
-    credentials: "omit",
-    referrerPolicy: "no-referrer",
-    keepalive: Boolean(keepalive),
-  });
-  return { status: response.status, body: await response.json().catch(() => null) };
-}
-
 function scheduleRenewal() {
   clearTimeout(renewTimer);
   if (!session || !session.refreshToken) return;
@@ -99,7 +84,7 @@ async function renewSession() {
   if (!session || !session.refreshToken) return false;
   let result;
   try {
-    result = await cognitoCall("InitiateAuth", {
+    result = await cognitoCall(cognito, "InitiateAuth", {
       AuthFlow: "REFRESH_TOKEN_AUTH",
       ClientId: cognito.clientId,
       AuthParameters: { REFRESH_TOKEN: session.refreshToken },
@@ -145,7 +130,8 @@ async function signOut() {
   let revoked = false;
   if (ending && ending.refreshToken) {
     try {
-      const result = await cognitoCall("RevokeToken", { Token: ending.refreshToken, ClientId: cognito.clientId });
+      const revoke = { Token: ending.refreshToken, ClientId: cognito.clientId };
+      const result = await cognitoCall(cognito, "RevokeToken", revoke);
       revoked = result.status === 200;
     } catch (error) {
       revoked = false;
@@ -171,41 +157,57 @@ async function signIn(event) {
     return;
   }
   ui.authStatus.textContent = "Signing in…";
-  let response;
-  let body = null;
+  let outcome;
   try {
-    response = await fetch(cognito.endpoint, {
-      method: "POST",
-      headers: {
-        "Content-Type": "application/x-amz-json-1.1",
-        "X-Amz-Target": "AWSCognitoIdentityProviderService.InitiateAuth",
-      },
-      body: JSON.stringify({
-        AuthFlow: "USER_PASSWORD_AUTH",
-        ClientId: cognito.clientId,
-        AuthParameters: { USERNAME: email, PASSWORD: password },
-      }),
-      credentials: "omit",
-      referrerPolicy: "no-referrer",
-    });
-    body = await response.json().catch(() => null);
+    outcome = await signInWithCognito(cognito, email, password, askCode);
   } catch (error) {
-    ui.authStatus.textContent = "Could not reach the sign-in service. Check the network connection.";
-    return;
+    outcome = { error: "Could not reach the sign-in service. Check the network connection." };
   }
-  const result = body && body.AuthenticationResult;
-  if (!response.ok || !result || !result.IdToken || !result.RefreshToken) {
-    ui.authStatus.textContent =
-      body && body.ChallengeName
-        ? "Your account needs a step this page does not offer (" + body.ChallengeName + "): ask your administrator."
-        : "Sign-in failed: check your email and password.";
-    return;
-  }
+  hideCodeForm();
   ui.password.value = "";
-  startSession(result.IdToken, result.RefreshToken);
+  const tokens = outcome.tokens;
+  if (!tokens || !tokens.IdToken || !tokens.RefreshToken) {
+    ui.authStatus.textContent = outcome.error || "Sign-in failed: check your email and password.";
+    return;
+  }
+  startSession(tokens.IdToken, tokens.RefreshToken);
   render();
   ui.authStatus.textContent = "Signed in as " + session.name + (session.team ? " (team " + session.team + ")." : ".");
   ui.patient.focus();
+}
+
+// The authenticator-app code: the form appears (with the secret to add to the app at the first sign-in) and the
+// promise resolves with the code typed.
+function askCode({ email, secret }) {
+  ui.codeSetup.hidden = !secret;
+  if (secret) {
+    ui.codeSecret.textContent = secret;
+    ui.codeUri.textContent =
+      "otpauth://totp/LungScan:" + encodeURIComponent(email) + "?secret=" + secret + "&issuer=LungScan";
+  }
+  ui.code.value = "";
+  ui.codeForm.hidden = false;
+  ui.signInForm.hidden = true;
+  ui.authStatus.textContent = secret
+    ? "Add LungScan to your authenticator app with the key shown, then enter the 6-digit code it gives."
+    : "Enter the 6-digit code from your authenticator app.";
+  ui.code.focus();
+  return new Promise((resolve) => {
+    ui.codeForm.onsubmit = (submitted) => {
+      submitted.preventDefault();
+      ui.authStatus.textContent = "Checking the code…";
+      resolve(ui.code.value.trim());
+    };
+  });
+}
+
+function hideCodeForm() {
+  ui.codeForm.hidden = true;
+  ui.codeForm.onsubmit = null;
+  ui.code.value = "";
+  ui.codeSecret.textContent = "";
+  ui.codeUri.textContent = "";
+  ui.signInForm.hidden = Boolean(session);
 }
 
 // ------------------------------------------------------------------ API
@@ -467,6 +469,11 @@ export function initAccounts() {
     undoBar: byId("undo-bar"),
     undoText: byId("undo-text"),
     undoButton: byId("undo-button"),
+    codeForm: byId("code-form"),
+    code: byId("code-input"),
+    codeSetup: byId("code-setup"),
+    codeSecret: byId("code-secret"),
+    codeUri: byId("code-uri"),
   };
   if (!cognito || !ui.section) return; // no accounts on this deployment: the page as before
   ui.section.hidden = false;

@@ -70,8 +70,9 @@ else
 fi
 # Where the page signs clinicians in: Cognito's JSON API (InitiateAuth) with the stack's app client.
 REGION="$(aws configure get region || echo "${AWS_REGION:-${AWS_DEFAULT_REGION:-}}")"
-printf 'window.LUNGSCAN_CONFIG.cognito = {endpoint: "https://cognito-idp.%s.amazonaws.com/", clientId: "%s", region: "%s"};\n' \
-  "$REGION" "$(output UserPoolClientId)" "$REGION" >> "$STAGING/config.js"
+# The page signs in with SRP against this pool, then the TOTP code the pool requires (frontend/sign-in.js).
+printf 'window.LUNGSCAN_CONFIG.cognito = {endpoint: "https://cognito-idp.%s.amazonaws.com/", clientId: "%s", region: "%s", userPoolId: "%s"};\n' \
+  "$REGION" "$(output UserPoolClientId)" "$REGION" "$(output UserPoolId)" >> "$STAGING/config.js"
 # Long-lived cache for styles and images; index.html and every script are revalidated on every load: the
 # page's ES modules import one another, and a cached module from an older deploy beside a newer one fails to load.
 aws s3 sync "$STAGING/" "s3://$SITE_BUCKET/" --delete \

@@ -50,7 +50,15 @@ COGNITO_PROXY_PATH = "/cognito-idp/"
 # Only the calls Cognito's public endpoint serves without AWS credentials: moto checks no signature, so a
 # forwarded AdminSetUserPassword or AdminAddUserToGroup would let anyone who reaches the page (make run
 # --host 0.0.0.0) take over an account or join another care team.
-PUBLIC_COGNITO_CALLS = {"InitiateAuth", "RespondToAuthChallenge", "GetUser", "GlobalSignOut", "RevokeToken"}
+PUBLIC_COGNITO_CALLS = {
+    "InitiateAuth",
+    "RespondToAuthChallenge",
+    "GetUser",
+    "GlobalSignOut",
+    "RevokeToken",
+    "AssociateSoftwareToken",  # a TOTP authenticator's setup, with the sign-in's session
+    "VerifySoftwareToken",
+}
 # template.yaml's UNAUTHORIZED gateway response: the function's own 401 (tests/unit/test_template.py).
 UNAUTHORIZED_BODY = {"error": {"code": UnauthorizedError.code, "message": UnauthorizedError().message}}
 
@@ -110,8 +118,16 @@ def create_accounts(endpoint: str, region: str = "us-east-1") -> LocalAccounts:
 
 
 def page_config(accounts: LocalAccounts) -> str:
-    """What config.js adds locally: where the page signs in (Cognito's JSON API on this origin)."""
-    cognito = {"endpoint": COGNITO_PROXY_PATH, "clientId": accounts.client_id, "region": accounts.region}
+    """What config.js adds locally: where the page signs in (Cognito's JSON API on this origin), as deploy.sh
+    writes it, plus ``passwordSignIn``."""
+    cognito = {
+        "endpoint": COGNITO_PROXY_PATH,
+        "clientId": accounts.client_id,
+        "region": accounts.region,
+        "userPoolId": accounts.user_pool_id,
+        # The demo pool's first client takes the password itself (moto checks no SRP proof); deployed, SRP.
+        "passwordSignIn": True,
+    }
     return f"\nwindow.LUNGSCAN_CONFIG.cognito = {json.dumps(cognito)};\n"
 
 

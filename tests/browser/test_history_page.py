@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -232,3 +233,147 @@ def test_the_page_renews_its_short_lived_token_and_sign_out_revokes_the_refresh_
     expect(page.locator("#auth-status")).to_have_text("Signed out. Results are no longer stored.")
     assert refresh_refused(stack, client_id, session["refreshToken"])
     assert page.evaluate("() => sessionStorage.getItem('lungscan.session')") is None
+
+
+class FakeCognito:
+    """Cognito's side of the deployed sign-in, played for the page: SRP (the server's half of the exchange,
+    written from the protocol with pycognito's hashing helpers, so the page's proof is checked, not trusted),
+    then the TOTP setup at the first sign-in and the code at the next. Anything else (renewal, RevokeToken)
+    goes on to the local pool, whose tokens the final answer hands over."""
+
+    POOL_ID = "us-east-1_TestPool"
+    USER_ID = "7d3c-user-id"
+    CODE = "123456"
+
+    def __init__(self, password: str, tokens: dict) -> None:
+        import secrets
+
+        from pycognito.aws_srp import G_HEX, N_HEX, hash_sha256, hex_hash, hex_to_long, pad_hex
+
+        self.n, self.g = hex_to_long(N_HEX), hex_to_long(G_HEX)
+        self.k = hex_to_long(hex_hash("00" + N_HEX + "0" + G_HEX))
+        self.salt = "8" + secrets.token_hex(15)  # a first digit that needs the 00 padding
+        identity = hash_sha256(f"{self.POOL_ID.split('_')[1]}{self.USER_ID}:{password}".encode())
+        self.verifier = pow(self.g, hex_to_long(hex_hash(pad_hex(self.salt) + identity)), self.n)
+        self.tokens, self.mfa_ready, self.calls = tokens, False, []
+
+    def proof_holds(self, srp_a: int, server: tuple[int, int], responses: dict) -> bool:
+        import hashlib
+        import hmac
+
+        from pycognito.aws_srp import compute_hkdf, hex_hash, hex_to_long, long_to_hex, pad_hex
+
+        b, big_b = server
+        u = hex_to_long(hex_hash(pad_hex(srp_a) + pad_hex(big_b)))
+        shared = pow(srp_a * pow(self.verifier, u, self.n), b, self.n)
+        key = compute_hkdf(bytearray.fromhex(pad_hex(shared)), bytearray.fromhex(pad_hex(long_to_hex(u))))
+        message = (
+            self.POOL_ID.split("_")[1].encode()
+            + self.USER_ID.encode()
+            + base64.b64decode(responses["PASSWORD_CLAIM_SECRET_BLOCK"])
+            + responses["TIMESTAMP"].encode()
+        )
+        expected = base64.b64encode(hmac.new(bytes(key), message, hashlib.sha256).digest()).decode()
+        return hmac.compare_digest(expected, responses["PASSWORD_CLAIM_SIGNATURE"])
+
+    def handle(self, route) -> None:
+        import secrets
+
+        action = route.request.headers.get("x-amz-target", "").rsplit(".", 1)[-1]
+        body = json.loads(route.request.post_data or "{}")
+        self.calls.append((action, body.get("AuthFlow") or body.get("ChallengeName")))
+
+        def answer(status: int, payload: dict) -> None:
+            route.fulfill(status=status, body=json.dumps(payload), content_type="application/x-amz-json-1.1")
+
+        if action == "InitiateAuth" and body.get("AuthFlow") == "USER_SRP_AUTH":
+            assert set(body["AuthParameters"]) == {"USERNAME", "SRP_A"}  # the password never leaves the page
+            b = secrets.randbelow(self.n)
+            big_b = (self.k * self.verifier + pow(self.g, b, self.n)) % self.n
+            self.server, self.srp_a = (b, big_b), int(body["AuthParameters"]["SRP_A"], 16)
+            parameters = {
+                "SALT": self.salt,
+                "SRP_B": format(big_b, "x"),
+                "SECRET_BLOCK": base64.b64encode(secrets.token_bytes(48)).decode(),
+                "USER_ID_FOR_SRP": self.USER_ID,
+                "USERNAME": self.USER_ID,
+            }
+            return answer(200, {"ChallengeName": "PASSWORD_VERIFIER", "ChallengeParameters": parameters})
+        challenge = body.get("ChallengeName")
+        if action == "RespondToAuthChallenge" and challenge == "PASSWORD_VERIFIER":
+            if not self.proof_holds(self.srp_a, self.server, body["ChallengeResponses"]):
+                return answer(400, {"__type": "NotAuthorizedException", "message": "Incorrect username or password."})
+            step = "SOFTWARE_TOKEN_MFA" if self.mfa_ready else "MFA_SETUP"
+            return answer(200, {"ChallengeName": step, "Session": "s-code", "ChallengeParameters": {}})
+        if action == "AssociateSoftwareToken":
+            return answer(200, {"SecretCode": "JBSWY3DPEHPK3PXP", "Session": "s-associated"})
+        if action == "VerifySoftwareToken":
+            self.mfa_ready = body["UserCode"] == self.CODE
+            return answer(200, {"Status": "SUCCESS" if self.mfa_ready else "ERROR", "Session": "s-verified"})
+        if action == "RespondToAuthChallenge" and challenge in ("MFA_SETUP", "SOFTWARE_TOKEN_MFA"):
+            code = body["ChallengeResponses"].get("SOFTWARE_TOKEN_MFA_CODE", self.CODE)
+            if code != self.CODE:
+                return answer(400, {"__type": "CodeMismatchException", "message": "Invalid code received."})
+            return answer(200, {"AuthenticationResult": self.tokens})
+        return route.continue_()
+
+
+def test_the_deployed_sign_in_proves_the_password_with_srp_then_asks_for_the_authenticator_code(open_page, stack):
+    """Issue 24, finding 9: the page sent the password itself (USER_PASSWORD_AUTH) and knew no MFA."""
+    config = config_with(stack, "")
+    client_id = json.loads(config.split("window.LUNGSCAN_CONFIG.cognito = ", 1)[1].split(";")[0])["clientId"]
+    request = urllib.request.Request(
+        stack + "/cognito-idp/",
+        data=json.dumps(
+            {
+                "AuthFlow": "USER_PASSWORD_AUTH",
+                "ClientId": client_id,
+                "AuthParameters": {"USERNAME": "clinician-c@example.org", "PASSWORD": DEMO_PASSWORD},
+            }
+        ).encode(),
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "AWSCognitoIdentityProviderService.InitiateAuth",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        tokens = json.loads(response.read())["AuthenticationResult"]
+    fake = FakeCognito(DEMO_PASSWORD, tokens)
+    deployed = (  # as deploy.sh writes it: SRP against the pool
+        "window.LUNGSCAN_CONFIG.cognito.passwordSignIn = false;"
+        f' window.LUNGSCAN_CONFIG.cognito.userPoolId = "{FakeCognito.POOL_ID}";'
+    )
+    page, _ = open_page(config=config_with(stack, deployed))
+    page.context.route("**/cognito-idp/", fake.handle)
+
+    page.fill("#sign-in-email", "clinician-c@example.org")
+    page.fill("#sign-in-password", "not-the-password-1!")
+    page.click("#sign-in-button")
+    expect(page.locator("#auth-status")).to_contain_text("Sign-in failed")  # the proof of a wrong password fails
+
+    page.fill("#sign-in-password", DEMO_PASSWORD)
+    page.click("#sign-in-button")
+    expect(page.locator("#code-form")).to_be_visible()  # first sign-in: set up the authenticator app
+    expect(page.locator("#code-secret")).to_have_text("JBSWY3DPEHPK3PXP")
+    expect(page.locator("#code-uri")).to_contain_text("otpauth://totp/LungScan:")
+    page.fill("#code-input", FakeCognito.CODE)
+    page.click("#code-button")
+    expect(page.locator("#signed-in")).to_be_visible()
+    expect(page.locator("#signed-in-who")).to_contain_text("Dr C. Demo")
+    expect(page.locator("#code-form")).to_be_hidden()
+    assert page.evaluate("() => document.getElementById('code-secret').textContent") == ""  # not left in the page
+
+    page.click("#sign-out-button")
+    expect(page.locator("#sign-in-form")).to_be_visible()
+    sign_in_again = [("#sign-in-email", "clinician-c@example.org"), ("#sign-in-password", DEMO_PASSWORD)]
+    for selector, value in sign_in_again:
+        page.fill(selector, value)
+    page.click("#sign-in-button")
+    expect(page.locator("#code-form")).to_be_visible()  # later sign-ins: the code only
+    expect(page.locator("#code-setup")).to_be_hidden()
+    page.fill("#code-input", "654321")
+    page.click("#code-button")
+    expect(page.locator("#auth-status")).to_contain_text("authenticator code did not match")
+    expect(page.locator("#signed-in")).to_be_hidden()
+    assert ("InitiateAuth", "USER_PASSWORD_AUTH") not in fake.calls
+    assert ("RespondToAuthChallenge", "SOFTWARE_TOKEN_MFA") in fake.calls
