@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from lungscan.accounts.directory import DEFAULT_CACHE_SECONDS, ClinicianDirector
 from lungscan.accounts.history import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    RECORD_ID_PATTERN,
     Clinician,
     HistoryStore,
     build_record,
@@ -277,7 +279,8 @@ def _audit(audit: _Audit, outcome: str) -> None:
         "outcome": outcome,
         "sub": caller.sub if caller else audit.sub,
         "team": caller.team if caller else None,
-        "record_id": audit.record_id,
+        # A typed path segment that is no record id may hold anything (a name): only real ids are logged.
+        "record_id": audit.record_id if audit.record_id and re.fullmatch(RECORD_ID_PATTERN, audit.record_id) else None,
         "patient_hash": patient_hash,
     }
     if outcome == "ok":

@@ -232,6 +232,7 @@ def test_every_refused_or_failed_history_action_is_one_audit_line_without_the_re
         world.cognito.admin_disable_user(UserPoolId=world.pool, Username="sub-b")
         store_scan(app_module, lambda_context, BOB, patient="MRN-424242", seed=1)  # revoked: 403
         store_scan(app_module, lambda_context, None, patient="MRN-424242", seed=2)  # no token: 401
+        delete(app_module, lambda_context, ALICE, "Jane-Doe-1970", patient="MRN-424242")  # no record id: 404
     finally:
         app_module.logger.removeHandler(handler)
     logs = log_copy.getvalue()
@@ -245,7 +246,9 @@ def test_every_refused_or_failed_history_action_is_one_audit_line_without_the_re
         ("scans.list", "not_found", "sub-c"),
         ("scan.create", "access_revoked", "sub-b"),
         ("scan.create", "unauthorized", None),
+        ("scan.delete", "not_found", "sub-a"),
     ]
+    assert audits[-1]["record_id"] is None and "Jane-Doe" not in logs  # a typed segment is not logged
     hashed = history.hash_ref(b"test-hash-key", "MRN-424242")
     assert {a["patient_hash"] for a in audits if a["action"] != "patients.list"} == {hashed}
     assert audits[1]["record_id"] == audits[2]["record_id"] == record_id
