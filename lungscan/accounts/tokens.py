@@ -10,8 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
-
 # API Gateway's rendering of the time claims, e.g. "Sat Nov 28 14:05:09 UTC 2026".
 CLAIM_TIME_FORMAT = "%a %b %d %H:%M:%S UTC %Y"
 TIME_CLAIMS = ("exp", "iat", "auth_time")
@@ -25,7 +23,13 @@ class CognitoTokenVerifier:
     """RS256 signature against the pool's JWKS, expiry, issuer, audience (the app client) and token_use=id."""
 
     def __init__(self, user_pool_id: str, client_ids: list[str], region: str, endpoint: str | None = None) -> None:
-        """``endpoint``: a local Cognito (moto) instead of ``https://cognito-idp.<region>.amazonaws.com``."""
+        """``endpoint``: a local Cognito (moto) instead of ``https://cognito-idp.<region>.amazonaws.com``.
+
+        PyJWT and its crypto backend (about 0.3 s to import) load here, with the first token to check:
+        the function's init and its anonymous requests never pay for them.
+        """
+        import jwt
+
         self.issuer = f"https://cognito-idp.{region}.amazonaws.com/{user_pool_id}"
         base = endpoint.rstrip("/") + f"/{user_pool_id}" if endpoint else self.issuer
         self.client_ids = client_ids
@@ -40,6 +44,8 @@ class CognitoTokenVerifier:
         scheme, _, rest = token.strip().partition(" ")
         if scheme.lower() == "bearer":
             token = rest.strip()
+        import jwt  # loaded by __init__
+
         try:
             key = self.jwks.get_signing_key_from_jwt(token)
             claims = jwt.decode(

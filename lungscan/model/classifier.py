@@ -6,6 +6,7 @@ The model runs on the bundle's runtime twin (onnxruntime) when it has one, else 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,13 +16,13 @@ from PIL import Image
 
 from lungscan.bundle.metadata import BundleMetadata
 from lungscan.bundle.store import read_metadata
-from lungscan.errors import InvalidBundleError, MalformedInputError
+from lungscan.errors import InvalidBundleError, MalformedInputError, NotCTLikeError
 from lungscan.inputs.imaging import DecodedImage
 from lungscan.model.calibration import apply_calibration, apply_temperature
 from lungscan.model.conformal import prediction_set
 from lungscan.model.explain import heatmap_overlay
 from lungscan.model.familiarity import familiarity_vectors, is_unfamiliar
-from lungscan.model.gate import check_ct_like, gate_features
+from lungscan.model.gate import NOT_CT_MESSAGE, check_ct_like, gate_features, gate_scores, is_ct_like
 from lungscan.model.runtime import ModelRuntime, load_runtime
 from lungscan.model.transforms import build_preprocess, preprocess_image
 
@@ -109,7 +110,16 @@ class Classifier:
         self.input_shape = (spec.height, spec.width, spec.channels)
         self._check_shapes()
         self.preprocess = build_preprocess(self.metadata.preprocessing.model_dump())
-        self.predict_batch(np.zeros((1, *self.input_shape), np.float32))  # warm up at load, not on a request
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run every step of a classification once at load (the function's init), not on its first request:
+        the gate's arrays, Pillow's resampling, numpy's first calls, the runtime's first run."""
+        pixels = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
+        warm = DecodedImage(image=Image.fromarray(pixels), format="PNG")
+        if self.metadata.gate is not None:
+            gate_scores(gate_features(warm.image), self.metadata.gate)
+        self.predict_batch(np.stack([self.prepare(warm)[0]] * 2))
 
     def _check_shapes(self) -> None:
         model_input = self.runtime.input_shape
@@ -185,6 +195,27 @@ class Classifier:
             cam = self.gradcam(array, self.metadata.classes.index(prediction.explained_class))
             prediction.heatmap = heatmap_overlay(decoded.image, cam, trace["view"])
         return prediction
+
+    def classify_batch(self, images: Sequence[DecodedImage]) -> list[Prediction | NotCTLikeError]:
+        """Classify many decoded slices in one pass, without explanations: per slice, the same answer as
+        :meth:`classify` (or the gate's refusal, returned rather than raised).
+
+        The gate scores every slice at once (one matrix product), then the model runs once on the slices it
+        let through.
+        """
+        gated = list(range(len(images))) if self.metadata.gate is not None else []
+        refused: set[int] = set()
+        if gated:
+            features = np.stack([gate_features(images[index].image) for index in gated])
+            passed = is_ct_like(features, self.metadata.gate)
+            refused = {index for index, ok in zip(gated, passed, strict=True) if not ok}
+        kept = [index for index in range(len(images)) if index not in refused]
+        answers: list[Prediction | NotCTLikeError] = [NotCTLikeError(NOT_CT_MESSAGE) for _ in images]
+        if kept:
+            batch = np.stack([preprocess_image(images[index], self.preprocess)[0] for index in kept])
+            for index, probabilities in zip(kept, self.predict_batch(batch), strict=True):
+                answers[index] = self.interpret(probabilities)
+        return answers
 
     def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
         """Grad-CAM map (values in [0, 1], feature-map resolution) for one preprocessed image."""

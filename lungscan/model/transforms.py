@@ -9,12 +9,14 @@ classic bug of this field). Each step records its name and parameters in the tra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from lungscan.inputs.imaging import DecodedImage, to_8bit
+from lungscan.model.regions import gaussian_blur, largest_region_box
 
 
 class Transform(Protocol):
@@ -72,13 +74,6 @@ class CropToBody:
     SMOOTHING_SIGMA = 2.0  # thumbnail pixels: joins a windowed slice's speckle into one body blob
     MIN_DENSITY = 0.05  # smoothed share of non-background pixels that counts as body
 
-    def __init__(self) -> None:
-        # Only bundles that crop pay for scipy (about 0.2 s), and they pay when the chain is built at load,
-        # not on the first request after a cold start.
-        from scipy import ndimage
-
-        self.ndimage = ndimage
-
     def __call__(self, data: dict) -> dict:
         box = self.body_box(data["image"], self.background_level(data.get("window")))
         if box is not None:
@@ -96,23 +91,24 @@ class CropToBody:
 
     def body_box(self, image: Image.Image, background_level: float) -> tuple[int, int, int, int] | None:
         """(left, top, right, bottom) of a square around the largest body-like region, or None."""
-        ndimage = self.ndimage
         width, height = image.size
         scale = self.THUMBNAIL_SIDE / max(width, height)
-        foreground = image.convert("L").point(lambda level: 255 if level > background_level else 0)
+        foreground = image.convert("L").point(_foreground_table(background_level))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         density = np.asarray(foreground.resize(size, Image.Resampling.BOX), np.float32) / 255.0
-        mask = ndimage.gaussian_filter(density, self.SMOOTHING_SIGMA) > self.MIN_DENSITY
-        labels, count = ndimage.label(mask)
-        if count == 0:
+        region = largest_region_box(gaussian_blur(density, self.SMOOTHING_SIGMA) > self.MIN_DENSITY)
+        if region is None:
             return None
-        largest = 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1))))
-        rows, cols = np.nonzero(labels == largest)
-        left, right = cols.min() / scale, (cols.max() + 1) / scale
-        top, bottom = rows.min() / scale, (rows.max() + 1) / scale
+        top, left, bottom, right = (value / scale for value in region)
         side = max(right - left, bottom - top, 1.0)
         x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
         return x0, y0, x0 + round(side), y0 + round(side)
+
+
+@lru_cache(maxsize=64)  # a few windows in practice; a request may name its own
+def _foreground_table(background_level: float) -> list[int]:
+    """Pillow's lookup table for ``point``: 255 above the background level, 0 at or below it."""
+    return [255 if level > background_level else 0 for level in range(256)]
 
 
 class PadToSquare:

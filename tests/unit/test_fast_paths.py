@@ -1,0 +1,365 @@
+"""What the faster serving path (issue 25) must keep: the same crop, the same gate, the same answers, and
+nothing imported later than the function's init that a request needs.
+
+No wall-clock time is asserted here: the figures live in ``benchmarks/bench_predict.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import BUNDLED_MODEL, FIXTURES_DIR, REPO_ROOT, ct_like_image, encode
+from PIL import Image, ImageDraw
+
+from lungscan.bundle.store import read_metadata
+from lungscan.errors import MalformedInputError, NotCTLikeError, PayloadTooLargeError
+from lungscan.model import gate
+from lungscan.model.classifier import Classifier
+from lungscan.model.regions import gaussian_blur, largest_region_box
+from lungscan.model.transforms import CropToBody
+from lungscan.uploads import UploadOptions, classify_batch, classify_upload
+from training.gate import generators as non_ct_generators
+
+ndimage = pytest.importorskip("scipy.ndimage")  # the reference: what serving used before (training still has it)
+
+
+# ---------------------------------------------------------------- the crop: numpy instead of scipy, same boxes
+
+
+def test_the_gaussian_blur_is_scipys_to_the_bit():
+    rng = np.random.default_rng(0)
+    shapes = [(1, 1), (2, 7), (5, 3), (9, 17), (40, 128), (128, 128), (128, 96)]  # smaller than the kernel too
+    for height, width in shapes:
+        for values in (
+            rng.random((height, width), dtype=np.float32),
+            (rng.random((height, width)) < 0.4).astype(np.float32),  # a thresholded density
+            (np.round(rng.random((height, width)) * 16) / 16).astype(np.float32),
+        ):
+            np.testing.assert_array_equal(gaussian_blur(values, 2.0), ndimage.gaussian_filter(values, 2.0))
+
+
+def scipy_largest_region_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """What CropToBody computed with scipy: the first largest 4-connected region's bounding box."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return None
+    largest = 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1))))
+    rows, cols = np.nonzero(labels == largest)
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def test_the_largest_region_is_scipys():
+    rng = np.random.default_rng(1)
+    masks = [np.zeros((5, 5), bool), np.ones((3, 4), bool), np.eye(6, dtype=bool)]  # empty, one region, diagonal
+    twins = np.zeros((8, 12), bool)
+    twins[1:4, 1:4] = twins[4:7, 7:10] = True  # two regions of equal size: the first in raster order wins
+    masks.append(twins)
+    snake = np.zeros((9, 9), bool)
+    snake[::2, :] = True
+    snake[1::4, -1] = snake[3::4, 0] = True  # one region winding over every row
+    masks.append(snake)
+    for _ in range(400):
+        height, width = rng.integers(1, 80, 2)
+        masks.append(rng.random((height, width)) < rng.choice([0.3, 0.5, 0.6, 0.8]))
+    for mask in masks:
+        assert largest_region_box(mask) == scipy_largest_region_box(mask)
+
+
+def test_the_body_crop_finds_the_boxes_it_found_with_scipy():
+    """Measured on every image of the shipped datasets too (at both background levels): all boxes equal."""
+    images = [ct_like_image(size, seed=seed) for seed, size in ((0, 256), (1, 512), (2, 300), (3, 128))]
+    images += [Image.open(path).convert("L") for path in sorted(FIXTURES_DIR.glob("ct_*")) if path.suffix != ".md"]
+    crop = CropToBody()
+    for image in images:
+        for level in (10.0, 19.0):  # an export's black background; the lung window shows air at level 19
+            width, height = image.size
+            scale = crop.THUMBNAIL_SIDE / max(width, height)
+            foreground = image.point(lambda value, level=level: 255 if value > level else 0)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            density = np.asarray(foreground.resize(size, Image.Resampling.BOX), np.float32) / 255.0
+            region = scipy_largest_region_box(ndimage.gaussian_filter(density, 2.0) > crop.MIN_DENSITY)
+            top, left, bottom, right = (value / scale for value in region)
+            side = max(right - left, bottom - top, 1.0)
+            x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
+            assert crop.body_box(image, level) == (x0, y0, x0 + round(side), y0 + round(side))
+
+
+# ---------------------------------------------------------------- the gate: same features, compact parameters
+
+
+def reference_gate_features(image: Image.Image) -> np.ndarray:
+    """``lungscan.model.gate.gate_features`` as it was before issue 25 (one np.histogram per histogram,
+    np.unique for the grey levels, the rings recomputed per image), kept to pin the faster version to it."""
+    from lungscan.inputs.imaging import to_8bit
+
+    size, rings, orientations = gate.GATE_SIZE, gate.RINGS, gate.ORIENTATIONS
+    image = to_8bit(image)
+    features: list[float] = []
+    if image.mode == "RGB":
+        small = np.asarray(image.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.int16)
+        chroma = small.max(axis=2) - small.min(axis=2)
+        features += [float(chroma.mean()) / 255.0, float((chroma > 24).mean())]
+        grey_image = image.convert("L")
+    else:
+        features += [0.0, 0.0]
+        grey_image = image
+    original = np.asarray(grey_image)
+    step = max(1, int(np.sqrt(original.size / 65536)))
+    levels = np.unique(original[::step, ::step]).size / 256.0
+    grey = np.asarray(grey_image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    histogram = np.histogram(grey, bins=16, range=(0.0, 1.0))[0] / grey.size
+    fine_histogram = np.histogram(grey, bins=64, range=(0.0, 1.0))[0] / grey.size
+    nonzero = fine_histogram[fine_histogram > 0]
+    entropy = float(-(nonzero * np.log(nonzero)).sum() / np.log(64))
+    features += histogram.tolist()
+    features += [entropy, levels, float((grey < 0.12).mean()), float((grey > 0.88).mean())]
+    ring = size // 10
+    border = np.concatenate(
+        [grey[:ring].ravel(), grey[-ring:].ravel(), grey[:, :ring].ravel(), grey[:, -ring:].ravel()]
+    )
+    quarter = size // 4
+    features += [
+        float(border.mean()),
+        float((border < 0.12).mean()),
+        float(grey[quarter:-quarter, quarter:-quarter].mean()),
+    ]
+    centre = (size - 1) / 2.0
+    yy, xx = np.mgrid[0:size, 0:size]
+    radius = np.hypot(yy - centre, xx - centre) / (size / 2.0)
+    ring_index = np.minimum((radius * rings / 1.42).astype(int), rings - 1)
+    sums = np.bincount(ring_index.ravel(), weights=grey.ravel(), minlength=rings)
+    counts = np.bincount(ring_index.ravel(), minlength=rings)
+    features += (sums / np.maximum(counts, 1)).tolist()
+    block = size // gate.THUMBNAIL
+    features += grey.reshape(gate.THUMBNAIL, block, gate.THUMBNAIL, block).mean(axis=(1, 3)).ravel().tolist()
+    block = size // gate.DARK_GRID
+    dark = (grey < 0.12).astype(np.float32)
+    features += dark.reshape(gate.DARK_GRID, block, gate.DARK_GRID, block).mean(axis=(1, 3)).ravel().tolist()
+    gy, gx = np.gradient(grey)
+    magnitude = np.hypot(gx, gy)
+    angle = np.mod(np.arctan2(gy, gx), np.pi)
+    bins = np.minimum((angle / np.pi * orientations).astype(int), orientations - 1)
+    orientation = np.bincount(bins.ravel(), weights=magnitude.ravel(), minlength=orientations)
+    features += (orientation / max(float(orientation.sum()), 1e-9)).tolist()
+    padded = np.pad(grey, 1, mode="edge")
+    blurred = sum(padded[i : i + size, j : j + size] for i in range(3) for j in range(3)) / 9.0
+    mirrored = grey[:, ::-1]
+    spread = float(grey.std())
+    symmetry = float(((grey - grey.mean()) * (mirrored - mirrored.mean())).mean() / (spread**2)) if spread > 0 else 1.0
+    features += [
+        float(magnitude.mean()),
+        float((magnitude < 0.002).mean()),
+        float((magnitude > 0.15).mean()),
+        float((grey - blurred).std()),
+        float(np.median(np.abs(grey - blurred)[quarter:-quarter, quarter:-quarter])),
+        symmetry,
+    ]
+    return np.asarray(features, dtype=np.float64)
+
+
+def gate_images() -> dict[str, Image.Image]:
+    rng = np.random.default_rng
+    images = {f"ct_like_{size}": ct_like_image(size, seed=size) for size in (128, 256, 300, 512, 1024)}
+    images["ct_like_rgb"] = ct_like_image(320, seed=4, mode="RGB")
+    images |= {path.name: Image.open(path) for path in sorted(FIXTURES_DIR.glob("ct_*")) if path.suffix != ".md"}
+    images["sixteen_bit"] = Image.fromarray(np.asarray(ct_like_image(256)).astype(np.uint16) * 257)
+    images["flat"] = Image.new("L", (200, 100), 40)
+    for kind in ("screenshot", "lung_cartoon", "radiograph", "noise_gaussian", "stripes", "gradient", "chart"):
+        images[kind] = getattr(non_ct_generators, kind)(rng(7))
+    drawing = Image.new("RGB", (400, 300), "white")
+    ImageDraw.Draw(drawing).ellipse((40, 30, 360, 270), fill=(0, 90, 180))
+    images["drawing"] = drawing
+    return images
+
+
+@pytest.mark.parametrize("name", sorted(gate_images()))
+def test_gate_features_are_those_of_before(name):
+    """Tolerance 1e-12 (bit-identical here, and on every image of the shipped datasets when measured)."""
+    image = gate_images()[name]
+    np.testing.assert_allclose(gate.gate_features(image), reference_gate_features(image), rtol=0, atol=1e-12)
+
+
+def test_the_level_tables_are_numpys_histogram_bins():
+    for bins, table in ((16, gate._BIN_16), (64, gate._BIN_64)):
+        expected = [
+            np.histogram(gate._GREY[level : level + 1], bins, range=(0.0, 1.0))[0].argmax() for level in range(256)
+        ]
+        assert table.tolist() == expected
+
+
+def test_the_gate_is_stored_as_float32_and_read_in_either_form():
+    from test_gate import hand_made_spec
+
+    spec = hand_made_spec()
+    stored = json.loads(spec.model_dump_json())
+    assert (
+        set(stored["ct_precision"]) == {"shape", "float32"} and stored["ct_precision"]["shape"] == [len(spec.mean)] * 2
+    )
+    assert gate.GateSpec.model_validate(stored) == spec  # round trip
+    assert gate.GateSpec.model_validate(spec.model_dump()) == spec  # lists of numbers, as older bundles wrote them
+    shipped = json.loads((BUNDLED_MODEL / "model.json").read_text())["gate"]
+    assert isinstance(shipped["hidden_weights"], dict) and len(json.dumps(shipped)) < 200_000  # was 478 KB
+    for bad in ({"shape": [3], "float32": "AAAA"}, {"shape": [1], "float32": "not base64!"}, {"shape": [1]}):
+        with pytest.raises(ValueError, match="packed array"):
+            gate.GateSpec.model_validate({**stored, "mean": bad})
+
+
+def test_the_gates_arrays_follow_its_fields():
+    from test_gate import hand_made_spec
+
+    spec = hand_made_spec()
+    features = np.zeros((1, len(gate.FEATURE_NAMES)))
+    features[0, 0] = 2.0
+    before = gate.gate_scores(features, spec)
+    moved = spec.model_copy(update={"mean": [1.0] * len(spec.mean)})  # a replaced field is converted again
+    assert not np.allclose(gate.gate_scores(features, moved)[1], before[1])
+    np.testing.assert_allclose(gate.gate_scores(features, spec), before)  # the original keeps its own
+
+
+# ---------------------------------------------------------------- the batch entry of the studies and archive workers
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier(BUNDLED_MODEL)
+
+
+def test_a_batch_answers_as_one_request_per_slice(classifier):
+    """Same probabilities as classify_upload, slice by slice; a bad file gets its own error, the others go on."""
+    files = [encode(ct_like_image(size, seed=seed)) for seed, size in ((0, 256), (1, 512), (2, 300), (5, 200))]
+    files += [path.read_bytes() for path in sorted(FIXTURES_DIR.glob("ct_*")) if path.suffix != ".md"]
+    files.insert(2, encode(non_ct_generators.screenshot(np.random.default_rng(3))))  # not CT: refused
+    files.insert(4, encode(ct_like_image(64))[:200])  # truncated
+    files.append(b"x" * (4 * 2**20 + 1))  # too large
+    for chunk in (1, 3, 16):
+        results = classify_batch(classifier, files, chunk=chunk)
+        assert len(results) == len(files)
+        assert isinstance(results[2].error, NotCTLikeError) and results[2].prediction is None
+        assert isinstance(results[4].error, MalformedInputError) and results[4].input is None
+        assert isinstance(results[-1].error, PayloadTooLargeError)
+        for data, result in zip(files, results, strict=True):
+            if result.error is not None:
+                continue
+            single = classify_upload(classifier, [data], UploadOptions()).predictions[0]
+            assert result.prediction.label == single.label
+            assert result.prediction.probabilities == single.probabilities
+            assert result.prediction.prediction_set == single.prediction_set
+            assert result.input.width == Image.open(io.BytesIO(data)).width
+
+
+def test_a_batch_reads_every_frame_of_a_multi_frame_dicom_when_asked(classifier):
+    from test_clinical import ct_dataset, dicom_bytes, frame
+
+    data = dicom_bytes(ct_dataset([frame(-1200), frame(-600), frame(0)]))
+    results = classify_batch(classifier, [data, encode(ct_like_image(128))], UploadOptions(all_frames=True))
+    assert [(result.input.format, result.input.frame) for result in results] == [
+        ("DICOM", 0),
+        ("DICOM", 1),
+        ("DICOM", 2),
+        ("PNG", None),
+    ]
+    study = classify_upload(classifier, [data], UploadOptions(all_frames=True))
+    assert [r.prediction.probabilities for r in results[:3]] == [p.probabilities for p in study.predictions]
+    middle = classify_batch(classifier, [data])  # without all_frames: the middle frame, as a single request
+    assert [result.input.frame for result in middle] == [1]
+
+
+# ---------------------------------------------------------------- imports: at init what every request needs
+
+
+LAZY = (
+    "aws_xray_sdk",
+    "jwt",
+    "cryptography",
+    "scipy",
+    "boto3",
+    "botocore.session",  # Powertools imports the bare botocore package (a millisecond): not its sessions
+    "aws_lambda_powertools.event_handler.openapi.models",
+)
+
+
+def test_the_function_imports_at_init_what_requests_need_and_nothing_it_does_not(tmp_path):
+    """A cold function process (import app = init): no X-Ray SDK with tracing off, no PyJWT/crypto, no scipy,
+    no boto3 without a model bucket, no OpenAPI models. Then a request of every kind imports nothing more,
+    except what only its kind needs: pydicom for a DICOM, the OpenAPI models for /openapi.json."""
+    image = ct_like_image(256)
+    uploads = {
+        "png": encode(image),
+        "jpeg": encode(image, "JPEG", quality=90),
+        "tiff": encode(image, "TIFF"),
+        "bmp": encode(image, "BMP"),
+        "rgba_png": encode(image.convert("RGBA")),
+        "sixteen_bit_png": encode(Image.fromarray(np.asarray(image).astype(np.uint16) * 257)),
+    }
+    bodies = {name: {"image": base64.b64encode(data).decode()} for name, data in uploads.items()}
+    bodies["explain"] = {"image": bodies["png"]["image"], "explain": True}
+    bodies["study"] = {"images": [bodies["png"]["image"], bodies["jpeg"]["image"]], "explain": True}
+    bodies["not_ct"] = {"image": base64.b64encode(encode(non_ct_generators.chart(np.random.default_rng(1)))).decode()}
+    (tmp_path / "bodies.json").write_text(json.dumps(bodies))
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path[:0] = [{str(REPO_ROOT)!r}, {str(REPO_ROOT / "functions" / "classifier")!r}]
+        import app
+        from infrastructure.emulation import LambdaContext, proxy_event
+
+        lazy = {LAZY!r}
+        def loaded():
+            return sorted(name for name in lazy if name in sys.modules)
+        at_init = loaded()
+        seen, statuses = set(sys.modules), {{}}
+        bodies = json.loads(open({str(tmp_path / "bodies.json")!r}).read())
+        requests = [("POST", "/predict", name, json.dumps(body)) for name, body in bodies.items()]
+        requests += [("GET", "/health", "health", None), ("GET", "/model", "model", None)]
+        for method, path, name, body in requests:
+            event = proxy_event(method, path, body=body, headers={{"Content-Type": "application/json"}})
+            statuses[name] = app.lambda_handler(event, LambdaContext("cold"))["statusCode"]
+        new = sorted(set(sys.modules) - seen)
+        openapi = app.lambda_handler(proxy_event("GET", "/openapi.json"), LambdaContext("cold"))["statusCode"]
+        print(json.dumps({{"at_init": at_init, "statuses": statuses, "new": new, "openapi": openapi,
+                          "after_openapi": loaded()}}))
+        """
+    )
+    env = {**os.environ, "MODEL_DIR": str(BUNDLED_MODEL), "POWERTOOLS_TRACE_DISABLED": "1"}
+    env.pop("MODEL_BUCKET", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["at_init"] == []
+    assert result["statuses"] == {**dict.fromkeys(bodies, 200), "not_ct": 422, "health": 200, "model": 200}
+    assert result["new"] == []  # nothing a request needs is left to its first occurrence
+    assert result["openapi"] == 200 and result["after_openapi"] == [
+        "aws_lambda_powertools.event_handler.openapi.models"
+    ]
+
+
+def test_tracing_on_still_traces():
+    """With tracing on (deployed: POWERTOOLS_TRACE_DISABLED unset), the handler is wrapped by Powertools' Tracer."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path[:0] = [{str(REPO_ROOT)!r}, {str(REPO_ROOT / "functions" / "classifier")!r}]
+        import app
+        print(app.TRACING, type(app.tracer).__name__, "aws_xray_sdk" in sys.modules)
+        """
+    )
+    env = {**os.environ, "MODEL_DIR": str(BUNDLED_MODEL)}
+    env.pop("POWERTOOLS_TRACE_DISABLED")
+    env.pop("MODEL_BUCKET", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].split() == ["True", "Tracer", "True"]
+
+
+def test_the_shipped_bundles_load_with_their_gate_arrays_ready():
+    for bundle in sorted(BUNDLED_MODEL.parent.glob("*/model.json")):
+        spec = read_metadata(bundle.parent).gate
+        assert spec.arrays().ct_precision.shape == (len(gate.FEATURE_NAMES),) * 2
