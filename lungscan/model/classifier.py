@@ -22,8 +22,9 @@ from lungscan.model.calibration import apply_calibration, apply_temperature
 from lungscan.model.conformal import prediction_set
 from lungscan.model.explain import heatmap_overlay
 from lungscan.model.familiarity import familiarity_vectors, is_unfamiliar
-from lungscan.model.gate import NOT_CT_MESSAGE, check_ct_like, gate_features, gate_scores, is_ct_like
+from lungscan.model.gate import NOT_CT_MESSAGE, gate_features, is_ct_like
 from lungscan.model.runtime import ModelRuntime, load_runtime
+from lungscan.model.thumbnail import SliceView
 from lungscan.model.transforms import build_preprocess, preprocess_image
 
 # The original app's two strings: deprecated fields (``verdict``, ``prediction``) derived from ``suspicious``,
@@ -117,9 +118,9 @@ class Classifier:
         the gate's arrays, Pillow's resampling, numpy's first calls, the runtime's first run."""
         pixels = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
         warm = DecodedImage(image=Image.fromarray(pixels), format="PNG")
-        if self.metadata.gate is not None:
-            gate_scores(gate_features(warm.image), self.metadata.gate)
-        self.predict_batch(np.stack([self.prepare(warm)[0]] * 2))
+        features = self.image_features([SliceView(warm.image)] * 2)
+        self.gate_passes(features, 2)
+        self.predict_with_familiarity(np.stack([self.prepare(warm)[0]] * 2), self.familiarity_rows(features))
 
     def _check_shapes(self) -> None:
         model_input = self.runtime.input_shape
@@ -181,14 +182,12 @@ class Classifier:
                 f"explain_class is not one of this model's classes: {', '.join(self.metadata.classes)}.",
                 code="invalid_request",
             )
-        needs_features = self.metadata.gate is not None or self.metadata.familiarity is not None
-        image_features = gate_features(decoded.image) if needs_features else None
-        if self.metadata.gate is not None:  # a bare legacy model.h5 has none and is served as before
-            check_ct_like(decoded, self.metadata.gate, image_features)
-        array, trace = preprocess_image(decoded, self.preprocess)
-        probabilities, unfamiliar = self.predict_with_familiarity(
-            array[np.newaxis], None if image_features is None else image_features[np.newaxis]
-        )
+        view = SliceView(decoded.image)  # the gate, the detector and the crop share its thumbnails
+        features = self.image_features([view])
+        if not self.gate_passes(features, 1)[0]:
+            raise NotCTLikeError(NOT_CT_MESSAGE)
+        array, trace = preprocess_image(decoded, self.preprocess, view)
+        probabilities, unfamiliar = self.predict_with_familiarity(array[np.newaxis], self.familiarity_rows(features))
         prediction = self.interpret(probabilities[0], None if unfamiliar is None else bool(unfamiliar[0]))
         if explain:
             prediction.explained_class = explain_class or prediction.label
@@ -203,19 +202,35 @@ class Classifier:
         The gate scores every slice at once (one matrix product), then the model runs once on the slices it
         let through.
         """
-        gated = list(range(len(images))) if self.metadata.gate is not None else []
-        refused: set[int] = set()
-        if gated:
-            features = np.stack([gate_features(images[index].image) for index in gated])
-            passed = is_ct_like(features, self.metadata.gate)
-            refused = {index for index, ok in zip(gated, passed, strict=True) if not ok}
-        kept = [index for index in range(len(images)) if index not in refused]
+        views = [SliceView(decoded.image) for decoded in images]
+        features = self.image_features(views)
+        kept = np.flatnonzero(self.gate_passes(features, len(images)))
         answers: list[Prediction | NotCTLikeError] = [NotCTLikeError(NOT_CT_MESSAGE) for _ in images]
-        if kept:
-            batch = np.stack([preprocess_image(images[index], self.preprocess)[0] for index in kept])
-            for index, probabilities in zip(kept, self.predict_batch(batch), strict=True):
-                answers[index] = self.interpret(probabilities)
+        if kept.size:
+            batch = np.stack([preprocess_image(images[index], self.preprocess, views[index])[0] for index in kept])
+            rows = self.familiarity_rows(features)
+            probabilities, unfamiliar = self.predict_with_familiarity(batch, None if rows is None else rows[kept])
+            for position, index in enumerate(kept):
+                flag = None if unfamiliar is None else bool(unfamiliar[position])
+                answers[index] = self.interpret(probabilities[position], flag)
         return answers
+
+    def image_features(self, views: Sequence[SliceView]) -> dict[int, np.ndarray]:
+        """(N, F) ``gate_features`` of the slices, for each features version the bundle's gate and detector read
+        (computed once when both read the same one)."""
+        versions = {spec.features_version for spec in [self.metadata.gate] if spec is not None}
+        versions |= {spec.image_features_version for spec in [self.metadata.familiarity] if spec is not None}
+        return {version: np.stack([gate_features(view, version) for view in views]) for version in versions}
+
+    def gate_passes(self, features: dict[int, np.ndarray], count: int) -> np.ndarray:
+        """Per slice (of ``count``), whether the bundle's gate lets it through (a bare legacy model.h5 has none)."""
+        gate = self.metadata.gate
+        return np.ones(count, dtype=bool) if gate is None else is_ct_like(features[gate.features_version], gate)
+
+    def familiarity_rows(self, features: dict[int, np.ndarray]) -> np.ndarray | None:
+        """The image statistics the bundle's detector reads, of its own features version (None without one)."""
+        spec = self.metadata.familiarity
+        return None if spec is None else features[spec.image_features_version]
 
     def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
         """Grad-CAM map (values in [0, 1], feature-map resolution) for one preprocessed image."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from lungscan.model.gate import FEATURE_NAMES, FEATURES_VERSION
+from lungscan.model.gate import FEATURE_NAMES, FEATURES_VERSION, FEATURES_VERSIONS
 
 FAMILIARITY_METHOD = (
     "probabilistic PCA distance on standardised image statistics (the gate's features) and the model's "
@@ -34,7 +34,8 @@ class FamiliaritySpec(BaseModel):
     """``model.json``'s ``familiarity``: the fitted detector of slices unlike the training data."""
 
     method: str = FAMILIARITY_METHOD
-    image_features_version: int = FEATURES_VERSION  # lungscan.model.gate's features, the first part of a vector
+    # lungscan.model.gate's features, the first part of a vector: a detector reads the version it was fitted on
+    image_features_version: int = FEATURES_VERSION
     mean: list[float]  # (K,) mean feature vector of the training split: image statistics, then the model's
     scale: list[float]  # (K,) their standard deviations
     components: list[list[float]]  # (d, K) leading principal directions, unit length
@@ -48,7 +49,7 @@ class FamiliaritySpec(BaseModel):
     @model_validator(mode="after")
     def _shapes(self) -> FamiliaritySpec:
         width = len(self.mean)
-        if self.image_features_version != FEATURES_VERSION or width <= len(FEATURE_NAMES):
+        if self.image_features_version not in FEATURES_VERSIONS or width <= len(FEATURE_NAMES):
             raise ValueError("familiarity was fitted on other image features than lungscan.model.gate's: refit it")
         if len(self.scale) != width or any(value <= 0 for value in self.scale):
             raise ValueError("familiarity scale must be positive, one per feature")

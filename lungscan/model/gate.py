@@ -24,14 +24,18 @@ from PIL import Image
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, PrivateAttr, model_validator
 
 from lungscan.errors import NotCTLikeError
-from lungscan.inputs.imaging import DecodedImage, to_8bit
+from lungscan.inputs.imaging import DecodedImage
+from lungscan.model.thumbnail import THUMBNAIL_SIDE, SliceView
 
-GATE_SIZE = 128  # every image is looked at as a 128x128 grayscale copy (plus its colours)
+GATE_SIZE = THUMBNAIL_SIDE  # every image is looked at as a 128x128 grayscale copy (plus its colours)
 THUMBNAIL = 8  # body layout: mean intensity over an 8x8 grid
 DARK_GRID = 4  # where the dark (air) pixels are: the lungs inside the body, the air around it
 RINGS = 6
 ORIENTATIONS = 8
-FEATURES_VERSION = 1
+# 2: the grey thumbnail is a box mean (lungscan.model.thumbnail, shared with the crop); 1: Pillow's bilinear
+# resize. A gate is scored on the features of its own version: bundles fitted before still load and answer alike.
+FEATURES_VERSION = 2
+FEATURES_VERSIONS = (1, 2)
 
 NOT_CT_MESSAGE = (
     "This does not look like a CT slice of the chest, so no verdict is given. "
@@ -77,7 +81,7 @@ _RING_INDEX = np.minimum((_RADIUS * RINGS / 1.42).astype(int), RINGS - 1).ravel(
 _RING_COUNTS = np.maximum(np.bincount(_RING_INDEX, minlength=RINGS), 1)
 
 
-def gate_features(image: Image.Image) -> np.ndarray:
+def gate_features(image: Image.Image | SliceView, version: int = FEATURES_VERSION) -> np.ndarray:
     """Cheap statistics of a decoded image that separate CT slices from other pictures.
 
     Colour (CT has none), the intensity histogram (a large dark mode of air), the dark
@@ -86,25 +90,30 @@ def gate_features(image: Image.Image) -> np.ndarray:
     fine texture and noise in the middle of the picture (CT has quantum noise; drawings have
     none) and left-right symmetry.
 
-    Everything but colour and the count of grey levels is read from one 128x128 grey thumbnail; what
-    only depends on its grey levels (histograms, dark and bright fractions) from the thumbnail's
-    256-level histogram.
+    Everything but colour and the count of grey levels is read from one 128x128 grey thumbnail (version 2:
+    the box mean the crop shares, :class:`lungscan.model.thumbnail.SliceView`; version 1: a bilinear
+    resize); what only depends on its grey levels (histograms, dark and bright fractions) from the
+    thumbnail's 256-level histogram.
     """
-    image = to_8bit(image)
+    if version not in FEATURES_VERSIONS:
+        raise ValueError(f"gate features version {version} is not one of {FEATURES_VERSIONS}")
+    view = image if isinstance(image, SliceView) else SliceView(image)
+    image = view.image
     features: list[float] = []
     if image.mode == "RGB":
         small = np.asarray(image.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.int16)
         chroma = small.max(axis=2) - small.min(axis=2)
         features += [float(chroma.mean()) / 255.0, float((chroma > 24).mean())]
-        grey_image = image.convert("L")
     else:
         features += [0.0, 0.0]
-        grey_image = image
-    original = np.asarray(grey_image)
+    original = view.grey
     step = max(1, int(np.sqrt(original.size / 65536)))
     levels = np.count_nonzero(np.bincount(original[::step, ::step].ravel(), minlength=256)) / 256.0
 
-    thumbnail = np.asarray(grey_image.resize((GATE_SIZE, GATE_SIZE), Image.Resampling.BILINEAR))
+    if version == 1:
+        thumbnail = np.asarray(Image.fromarray(original).resize((GATE_SIZE, GATE_SIZE), Image.Resampling.BILINEAR))
+    else:
+        thumbnail = view.gate_thumbnail
     grey = _GREY[thumbnail]
     size = grey.size
     counts = np.bincount(thumbnail.ravel(), minlength=256)
@@ -236,7 +245,7 @@ class GateSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> GateSpec:
         n = len(self.feature_names)
-        if self.features_version != FEATURES_VERSION or self.feature_names != FEATURE_NAMES:
+        if self.features_version not in FEATURES_VERSIONS or self.feature_names != FEATURE_NAMES:
             raise ValueError("gate features differ from this version of lungscan.model.gate: refit the gate")
         hidden = len(self.hidden_bias)
         sized: list[list] = [self.mean, self.scale, self.ct_location, self.ct_precision, self.hidden_weights]
@@ -272,7 +281,12 @@ def is_ct_like(features: np.ndarray, spec: GateSpec) -> np.ndarray:
     return (probability >= spec.probability_threshold) & (distance <= spec.distance_threshold)
 
 
-def check_ct_like(decoded: DecodedImage, spec: GateSpec, features: np.ndarray | None = None) -> None:
+def gate_passes(view: SliceView, spec: GateSpec) -> bool:
+    """Whether the gate lets this slice through (on the features of the gate's own version)."""
+    return bool(is_ct_like(gate_features(view, spec.features_version), spec)[0])
+
+
+def check_ct_like(decoded: DecodedImage, spec: GateSpec, view: SliceView | None = None) -> None:
     """Refuse an image that does not look like a CT slice, whatever its wrapper.
 
     The pixels decide: a DICOM's ``Modality: CT`` proves nothing (scouts, dose screens and screen
@@ -280,12 +294,10 @@ def check_ct_like(decoded: DecodedImage, spec: GateSpec, features: np.ndarray | 
     its window makes of it, as a PNG or JPEG does.
 
     Args:
-        features: ``gate_features(decoded.image)`` when the caller has them already.
+        view: the slice's :class:`SliceView` when the caller has one (its thumbnails are shared with the crop).
 
     Raises:
         NotCTLikeError: (HTTP 422, ``not_ct_like``) with what to send instead.
     """
-    if features is None:
-        features = gate_features(decoded.image)
-    if not bool(is_ct_like(features, spec)[0]):
+    if not gate_passes(view or SliceView(decoded.image), spec):
         raise NotCTLikeError(NOT_CT_MESSAGE)
