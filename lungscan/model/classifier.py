@@ -22,7 +22,7 @@ from lungscan.model.calibration import apply_calibration, apply_temperature
 from lungscan.model.conformal import prediction_set
 from lungscan.model.explain import heatmap_overlay
 from lungscan.model.familiarity import familiarity_vectors, is_unfamiliar
-from lungscan.model.gate import NOT_CT_MESSAGE, gate_features, is_ct_like
+from lungscan.model.gate import NOT_CT_MESSAGE, gate_feature_rows, is_ct_like
 from lungscan.model.runtime import ModelRuntime, load_runtime
 from lungscan.model.thumbnail import SliceView
 from lungscan.model.transforms import build_preprocess, preprocess_image
@@ -199,8 +199,8 @@ class Classifier:
         """Classify many decoded slices in one pass, without explanations: per slice, the same answer as
         :meth:`classify` (or the gate's refusal, returned rather than raised).
 
-        The gate scores every slice at once (one matrix product), then the model runs once on the slices it
-        let through.
+        The gate's features of every slice in one numpy pass, its scores in one matrix product, then one run of
+        the model (and the detector) on the slices it let through.
         """
         views = [SliceView(decoded.image) for decoded in images]
         features = self.image_features(views)
@@ -220,7 +220,7 @@ class Classifier:
         (computed once when both read the same one)."""
         versions = {spec.features_version for spec in [self.metadata.gate] if spec is not None}
         versions |= {spec.image_features_version for spec in [self.metadata.familiarity] if spec is not None}
-        return {version: np.stack([gate_features(view, version) for view in views]) for version in versions}
+        return {version: gate_feature_rows(views, version) for version in versions}
 
     def gate_passes(self, features: dict[int, np.ndarray], count: int) -> np.ndarray:
         """Per slice (of ``count``), whether the bundle's gate lets it through (a bare legacy model.h5 has none)."""

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from lungscan.bundle.store import read_metadata
 from lungscan.errors import MalformedInputError, NotCTLikeError, PayloadTooLargeError
-from lungscan.model import gate
+from lungscan.model import gate, gate_features
 from lungscan.model.classifier import Classifier
 from lungscan.model.regions import gaussian_blur, largest_region_box
 from lungscan.model.transforms import CropToBody
@@ -100,7 +100,7 @@ def reference_gate_features(image: Image.Image) -> np.ndarray:
     np.unique for the grey levels, the rings recomputed per image), kept to pin the faster version to it."""
     from lungscan.inputs.imaging import to_8bit
 
-    size, rings, orientations = gate.GATE_SIZE, gate.RINGS, gate.ORIENTATIONS
+    size, rings, orientations = gate_features.GATE_SIZE, gate_features.RINGS, gate_features.ORIENTATIONS
     image = to_8bit(image)
     features: list[float] = []
     if image.mode == "RGB":
@@ -138,11 +138,15 @@ def reference_gate_features(image: Image.Image) -> np.ndarray:
     sums = np.bincount(ring_index.ravel(), weights=grey.ravel(), minlength=rings)
     counts = np.bincount(ring_index.ravel(), minlength=rings)
     features += (sums / np.maximum(counts, 1)).tolist()
-    block = size // gate.THUMBNAIL
-    features += grey.reshape(gate.THUMBNAIL, block, gate.THUMBNAIL, block).mean(axis=(1, 3)).ravel().tolist()
-    block = size // gate.DARK_GRID
+    block = size // gate_features.THUMBNAIL
+    features += (
+        grey.reshape(gate_features.THUMBNAIL, block, gate_features.THUMBNAIL, block).mean(axis=(1, 3)).ravel().tolist()
+    )
+    block = size // gate_features.DARK_GRID
     dark = (grey < 0.12).astype(np.float32)
-    features += dark.reshape(gate.DARK_GRID, block, gate.DARK_GRID, block).mean(axis=(1, 3)).ravel().tolist()
+    features += (
+        dark.reshape(gate_features.DARK_GRID, block, gate_features.DARK_GRID, block).mean(axis=(1, 3)).ravel().tolist()
+    )
     gy, gx = np.gradient(grey)
     magnitude = np.hypot(gx, gy)
     angle = np.mod(np.arctan2(gy, gx), np.pi)
@@ -225,10 +229,21 @@ def test_the_box_thumbnails_are_pillows():
             np.testing.assert_array_equal(view.body_density(level), expected)
 
 
+@pytest.mark.parametrize("version", gate_features.FEATURES_VERSIONS)
+def test_a_batch_of_slices_gets_the_features_each_gets_alone(version):
+    from lungscan.model.thumbnail import SliceView
+
+    images = list(gate_images().values())
+    rows = gate.gate_feature_rows([SliceView(image) for image in images], version)
+    alone = np.stack([gate.gate_features(image, version) for image in images])
+    np.testing.assert_array_equal(rows, alone)
+
+
 def test_the_level_tables_are_numpys_histogram_bins():
-    for bins, table in ((16, gate._BIN_16), (64, gate._BIN_64)):
+    for bins, table in ((16, gate_features._BIN_16), (64, gate_features._BIN_64)):
         expected = [
-            np.histogram(gate._GREY[level : level + 1], bins, range=(0.0, 1.0))[0].argmax() for level in range(256)
+            np.histogram(gate_features._GREY[level : level + 1], bins, range=(0.0, 1.0))[0].argmax()
+            for level in range(256)
         ]
         assert table.tolist() == expected
 
