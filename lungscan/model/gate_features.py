@@ -188,4 +188,5 @@ def _colour(image: Image.Image) -> tuple[float, float]:
 def _grey_levels(grey: np.ndarray) -> float:
     """The share of the 256 grey levels used, in a sample of at most ~65,000 pixels (drawings use few)."""
     step = max(1, int(np.sqrt(grey.size / 65536)))
-    return np.count_nonzero(np.bincount(grey[::step, ::step].ravel(), minlength=256)) / 256.0
+    sample = Image.fromarray(np.ascontiguousarray(grey[::step, ::step]))
+    return (256 - sample.histogram().count(0)) / 256.0

@@ -33,8 +33,18 @@ def box_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         factor = width // size[0]
         if factor == 1:
             return pixels.copy()
-        return _box_pass(_box_pass(pixels.astype(np.uint16), factor, axis=1), factor, axis=0).astype(np.uint8)
+        return _box_pass(_row_sums(pixels, factor), factor, axis=0).astype(np.uint8)
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BOX))
+
+
+def _row_sums(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """The first (horizontal) pass of :func:`box_resize`, rounded to 8 bits (in uint16)."""
+    if factor == 4 and pixels.flags.c_contiguous:  # the 512x512 slice: four pixels are one 32-bit word
+        words = pixels.view(np.uint32)
+        pairs = (words & 0x00FF00FF) + ((words >> 8) & 0x00FF00FF)  # two sums of two bytes per word
+        sums = ((pairs & 0xFFFF) + (pairs >> 16)).astype(np.uint16)
+        return (sums + 2) >> 2
+    return _box_pass(pixels.astype(np.uint16), factor, axis=1)
 
 
 def _box_pass(values: np.ndarray, factor: int, axis: int) -> np.ndarray:
