@@ -149,7 +149,12 @@ class Classifier:
         if spec is None or image_features is None:
             return self.predict_batch(batch), None
         raw, pooled = self.runtime.forward_with_features(batch)
-        return self.probabilities_from(raw), is_unfamiliar(familiarity_vectors(image_features, pooled), spec)
+        return self.probabilities_from(raw), self.unfamiliar_from(image_features, pooled)
+
+    def unfamiliar_from(self, image_features: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+        """Per input, whether the bundle's detector (it has one) finds it unfamiliar, from its two views."""
+        assert self.metadata.familiarity is not None
+        return is_unfamiliar(familiarity_vectors(image_features, pooled), self.metadata.familiarity)
 
     def probabilities_from(self, raw: np.ndarray) -> np.ndarray:
         """The served class probabilities from the model's raw outputs (sigmoid expanded, calibration applied)."""
@@ -187,12 +192,16 @@ class Classifier:
         if not self.gate_passes(features, 1)[0]:
             raise NotCTLikeError(NOT_CT_MESSAGE)
         array, trace = preprocess_image(decoded, self.preprocess, view)
-        probabilities, unfamiliar = self.predict_with_familiarity(array[np.newaxis], self.familiarity_rows(features))
-        prediction = self.interpret(probabilities[0], None if unfamiliar is None else bool(unfamiliar[0]))
-        if explain:
-            prediction.explained_class = explain_class or prediction.label
-            cam = self.gradcam(array, self.metadata.classes.index(prediction.explained_class))
-            prediction.heatmap = heatmap_overlay(decoded.image, cam, trace["view"])
+        rows = self.familiarity_rows(features)
+        if not explain:
+            probabilities, unfamiliar = self.predict_with_familiarity(array[np.newaxis], rows)
+            return self.interpret(probabilities[0], None if unfamiliar is None else bool(unfamiliar[0]))
+        raw, pooled, gradcam = self.runtime.explained_forward(array)  # the twin: one run for all three
+        flag = None if rows is None else bool(self.unfamiliar_from(rows, pooled)[0])
+        prediction = self.interpret(self.probabilities_from(raw)[0], flag)
+        prediction.explained_class = explain_class or prediction.label
+        cam = gradcam(self.metadata.classes.index(prediction.explained_class))
+        prediction.heatmap = heatmap_overlay(decoded.image, cam, trace["view"])
         return prediction
 
     def classify_batch(self, images: Sequence[DecodedImage]) -> list[Prediction | NotCTLikeError]:

@@ -416,3 +416,20 @@ def test_the_shipped_bundles_load_with_their_gate_arrays_ready():
     for bundle in sorted(BUNDLED_MODEL.parent.glob("*/model.json")):
         spec = read_metadata(bundle.parent).gate
         assert spec.arrays().ct_precision.shape == (len(gate.FEATURE_NAMES),) * 2
+
+
+def test_an_explanation_comes_from_the_same_run_and_answers_alike(classifier):
+    """explain=true runs the twin once for the probabilities and the Grad-CAM inputs: the same probabilities as
+    without explain, and the same map as the separate Grad-CAM run."""
+    from lungscan.model.transforms import preprocess_image
+    from lungscan.uploads import decode_upload
+
+    for data in [encode(ct_like_image(300, seed=3))] + [p.read_bytes() for p in sorted(FIXTURES_DIR.glob("ct_*.*g"))]:
+        decoded = decode_upload(data)
+        plain, explained = classifier.classify(decoded), classifier.classify(decoded, explain=True)
+        assert plain.probabilities == explained.probabilities and plain.prediction_set == explained.prediction_set
+        array, _ = preprocess_image(decoded, classifier.preprocess)
+        raw, gradcam = classifier.runtime.explained_forward(array)
+        np.testing.assert_array_equal(raw, classifier.runtime.forward(array[np.newaxis]))
+        for index in range(len(classifier.metadata.classes)):
+            np.testing.assert_array_equal(gradcam(index), classifier.gradcam(array, index))
