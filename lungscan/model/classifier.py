@@ -17,7 +17,7 @@ from PIL import Image
 from lungscan.bundle.metadata import BundleMetadata
 from lungscan.bundle.store import read_metadata
 from lungscan.errors import InvalidBundleError, MalformedInputError, NotCTLikeError
-from lungscan.inputs.imaging import DecodedImage
+from lungscan.inputs.imaging import DecodedImage, to_8bit
 from lungscan.model.calibration import apply_calibration, apply_temperature
 from lungscan.model.conformal import prediction_set
 from lungscan.model.explain import heatmap_overlay
@@ -118,6 +118,7 @@ class Classifier:
         the gate's arrays, Pillow's resampling, numpy's first calls, the runtime's first run."""
         pixels = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
         warm = DecodedImage(image=Image.fromarray(pixels), format="PNG")
+        to_8bit(Image.fromarray(pixels.astype(np.uint16) * 257))  # 16-bit uploads: np.percentile's first call
         features = self.image_features([SliceView(warm.image)] * 2)
         self.gate_passes(features, 2)
         self.predict_with_familiarity(np.stack([self.prepare(warm)[0]] * 2), self.familiarity_rows(features))

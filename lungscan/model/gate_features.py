@@ -63,6 +63,7 @@ _BIN_16 = _level_table(_GREY, 16)
 _BIN_64 = _level_table(_GREY, 64)
 _HISTOGRAMS = np.concatenate([np.eye(16)[_BIN_16], np.eye(64)[_BIN_64]], axis=1)  # level -> its two bins
 _DARK = _GREY < 0.12
+_DARK_LEVELS = int(np.argmin(_DARK))  # the dark levels are those below this one
 _BRIGHT = _GREY > 0.88
 _CENTRE = (GATE_SIZE - 1) / 2.0
 _RADIUS = np.hypot(*(np.mgrid[0:GATE_SIZE, 0:GATE_SIZE] - _CENTRE)) / (GATE_SIZE / 2.0)
@@ -121,9 +122,10 @@ def gate_feature_rows(views: Sequence[SliceView], version: int = FEATURES_VERSIO
     block = GATE_SIZE // THUMBNAIL
     layout = grey.reshape(count, THUMBNAIL, block, THUMBNAIL, block).mean(axis=(2, 4)).reshape(count, -1)
     block = GATE_SIZE // DARK_GRID
-    dark = _DARK[thumbnails].reshape(count, DARK_GRID, block, DARK_GRID, block).sum(axis=(2, 4)) / (block * block)
+    dark = (thumbnails < _DARK_LEVELS).reshape(count, DARK_GRID, block, DARK_GRID, block).sum(axis=(2, 4))
+    dark = dark / (block * block)
 
-    gy, gx = np.gradient(grey, axis=(1, 2))
+    gy, gx = _gradient(grey)
     magnitude = np.hypot(gx, gy)
     angle = np.mod(np.arctan2(gy, gx), np.pi)
     bins = np.minimum((angle / np.pi * ORIENTATIONS).astype(np.intp), ORIENTATIONS - 1)
@@ -149,7 +151,9 @@ def gate_feature_rows(views: Sequence[SliceView], version: int = FEATURES_VERSIO
     covariance = (centred * (mirrored - mirrored.mean(axis=(1, 2))[:, None, None])).mean(axis=(1, 2))  # float32
     safe = np.where(spread > 0, spread, 1.0)
     symmetry = np.where(spread > 0, covariance / (safe**2).astype(np.float32), 1.0)  # in float32, as version 1 did
-    centre_noise = np.median(np.abs(residual[:, quarter:-quarter, quarter:-quarter]).reshape(count, -1), axis=1)
+    noise = np.abs(residual[:, quarter:-quarter, quarter:-quarter]).reshape(count, -1)
+    half = noise.shape[1] // 2  # an even count: np.median's mean of the two middle values, in float32
+    centre_noise = np.partition(noise, [half - 1, half], axis=1)[:, [half - 1, half]].mean(axis=1)
 
     columns = [
         colour,
@@ -173,7 +177,26 @@ def gate_feature_rows(views: Sequence[SliceView], version: int = FEATURES_VERSIO
         centre_noise[:, None],
         symmetry[:, None],
     ]
-    return np.concatenate([np.asarray(column, dtype=np.float64) for column in columns], axis=1)
+    rows = np.empty((count, len(FEATURE_NAMES)))
+    start = 0
+    for column in columns:
+        rows[:, start : start + column.shape[1]] = column
+        start += column.shape[1]
+    return rows
+
+
+def _gradient(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.gradient(grey, axis=(1, 2))`` of stacked thumbnails: central differences inside, one-sided at the edges."""
+    gy, gx = np.empty_like(grey), np.empty_like(grey)
+    np.subtract(grey[:, 2:], grey[:, :-2], out=gy[:, 1:-1])
+    gy[:, 1:-1] /= 2.0
+    np.subtract(grey[:, 1], grey[:, 0], out=gy[:, 0])
+    np.subtract(grey[:, -1], grey[:, -2], out=gy[:, -1])
+    np.subtract(grey[:, :, 2:], grey[:, :, :-2], out=gx[:, :, 1:-1])
+    gx[:, :, 1:-1] /= 2.0
+    np.subtract(grey[:, :, 1], grey[:, :, 0], out=gx[:, :, 0])
+    np.subtract(grey[:, :, -1], grey[:, :, -2], out=gx[:, :, -1])
+    return gy, gx
 
 
 def _colour(image: Image.Image) -> tuple[float, float]:
