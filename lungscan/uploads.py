@@ -174,8 +174,11 @@ def classify_batch(
         try:
             if len(data) > limits.max_bytes:
                 raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // 2**20} MB limit.")
+            slices: list[StudySlice | None]
             if options.all_frames and looks_like_dicom(data):
-                slices = plan_study([data], limits, dicom, max_slices=MAX_FRAMES, max_pixels=4 * limits.max_pixels)
+                slices = list(
+                    plan_study([data], limits, dicom, max_slices=MAX_FRAMES, max_pixels=4 * limits.max_pixels)
+                )
             else:
                 slices = [None]
         except LungScanError as error:

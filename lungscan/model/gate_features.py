@@ -134,7 +134,7 @@ def gate_feature_rows(views: Sequence[SliceView], version: int = FEATURES_VERSIO
         weights=magnitude.ravel(),
         minlength=ORIENTATIONS * count,
     ).reshape(count, ORIENTATIONS)
-    orientation /= np.maximum(orientation.sum(axis=1, keepdims=True), 1e-9)
+    orientation = orientation / np.maximum(orientation.sum(axis=1, keepdims=True), 1e-9)
 
     padded = np.empty((count, GATE_SIZE + 2, GATE_SIZE + 2), np.float32)  # the edge repeated
     padded[:, 1:-1, 1:-1] = grey

@@ -226,6 +226,6 @@ def preprocess_image(
 
     ``view``: the slice's :class:`SliceView` when the gate has looked at it already (its thumbnails are reused).
     """
-    data = {"image": decoded.image, "view": (0, 0, *decoded.image.size), "window": decoded.window, "slice": view}
+    data: dict = {"image": decoded.image, "view": (0, 0, *decoded.image.size), "window": decoded.window, "slice": view}
     data = preprocess(data)
     return data["array"], {"applied_operations": data["applied_operations"], "view": data["view"]}
