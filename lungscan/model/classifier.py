@@ -45,6 +45,9 @@ UNFAMILIAR_NOTE = "This scan looks unlike the scans this model learned from; its
 DISCLAIMER = "Research tool. Not a diagnosis. A clinician must review every scan."
 # A calibrated probability is never certainty: shown confidences stop short of 100%.
 MAX_SHOWN_PROBABILITY = 0.999
+# Slices classify_batch runs through the gate and the model together: four keep their arrays in a core's cache
+# (measured per slice: the twin 3.3 ms by four, 3.9 ms by sixteen; the gate's features 0.9 ms by four, 1.5 by sixteen).
+BATCH_GROUP = 4
 
 
 @dataclass
@@ -209,9 +212,15 @@ class Classifier:
         """Classify many decoded slices in one pass, without explanations: per slice, the same answer as
         :meth:`classify` (or the gate's refusal, returned rather than raised).
 
-        The gate's features of every slice in one numpy pass, its scores in one matrix product, then one run of
-        the model (and the detector) on the slices it let through.
+        By groups of :data:`BATCH_GROUP` slices: the gate's features of the group in one numpy pass, its scores in
+        one matrix product, then one run of the model (and the detector) on the slices it let through.
         """
+        answers: list[Prediction | NotCTLikeError] = []
+        for start in range(0, len(images), BATCH_GROUP):
+            answers += self._classify_group(images[start : start + BATCH_GROUP])
+        return answers
+
+    def _classify_group(self, images: Sequence[DecodedImage]) -> list[Prediction | NotCTLikeError]:
         views = [SliceView(decoded.image) for decoded in images]
         features = self.image_features(views)
         kept = np.flatnonzero(self.gate_passes(features, len(images)))

@@ -76,10 +76,21 @@ def gate_features(image: Image.Image | SliceView, version: int = FEATURES_VERSIO
     return gate_feature_rows([image if isinstance(image, SliceView) else SliceView(image)], version)[0]
 
 
+# Slices computed together: four thumbnails' float arrays stay in a core's cache; sixteen at once were slower per
+# slice than one at a time (measured: ~0.9 ms a slice by four, ~1.5 ms by sixteen).
+GROUP = 4
+
+
 def gate_feature_rows(views: Sequence[SliceView], version: int = FEATURES_VERSION) -> np.ndarray:
     """The features (N, F) of N slices; row i is :func:`gate_features` of slice i alone."""
     if version not in FEATURES_VERSIONS:
         raise ValueError(f"gate features version {version} is not one of {FEATURES_VERSIONS}")
+    if len(views) > GROUP:
+        return np.concatenate([_rows(views[i : i + GROUP], version) for i in range(0, len(views), GROUP)])
+    return _rows(views, version)
+
+
+def _rows(views: Sequence[SliceView], version: int) -> np.ndarray:
     count = len(views)
     colour = np.array([_colour(view.image) for view in views], dtype=np.float64).reshape(count, 2)
     levels = np.array([_grey_levels(view.grey) for view in views], dtype=np.float64)
