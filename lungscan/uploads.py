@@ -1,23 +1,16 @@
-"""The serving path from uploaded bytes to predictions, whatever the format: one entry, ``classify_upload``."""
+"""The serving path from uploaded bytes to predictions, whatever the format: ``classify_upload`` for a request,
+``classify_batch`` for the studies and archive workers' many uploads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, Field
 
 from lungscan.bundle.metadata import BundleMetadata
 from lungscan.errors import LungScanError, PayloadTooLargeError
-from lungscan.inputs.dicom import (
-    MAX_FRAMES,
-    DicomFile,
-    DicomOptions,
-    decode_dicom,
-    looks_like_dicom,
-    read_dicom,
-    read_dicom_header,
-)
+from lungscan.inputs.dicom import DicomFile, DicomOptions, decode_dicom, looks_like_dicom, read_dicom, read_dicom_header
 from lungscan.inputs.dicom_budget import DicomBudget
 from lungscan.inputs.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, decode_image, open_image
 from lungscan.model.classifier import BATCH_GROUP, Classifier, Prediction
@@ -127,74 +120,65 @@ def classify_upload(
     return ClassifiedUpload(predictions, inputs, is_study=True, focus=focus, focus_image=focus_image)
 
 
-# Slices a batch decodes and holds at once before one pass of the gate and the model: the classifier's group, so
+# Uploads a batch decodes and holds at once before one pass of the gate and the model: the classifier's group, so
 # that a group's pixels are still in the cache when they are classified.
 BATCH_CHUNK = BATCH_GROUP
 
 
 @dataclass
 class SliceResult:
-    """One slice of a batch: its prediction, or the error a single request for it would have got."""
+    """One upload of a batch: its prediction, or the error a single request for it would have got."""
 
-    input: SliceInput | None  # None when the file could not be read
+    input: SliceInput | None  # what was decoded; None when the upload could not be read
     prediction: Prediction | None = None
-    error: LungScanError | None = None
+    error: LungScanError | None = None  # its ``code`` is the API's error code (``not_ct_like``, ``too_large``...)
 
 
 def classify_batch(
     classifier: Classifier,
-    files: list[bytes],
+    files: Sequence[bytes],
     options: UploadOptions | None = None,
     *,
     limits: ImageLimits = DEFAULT_LIMITS,
     chunk: int = BATCH_CHUNK,
 ) -> list[SliceResult]:
-    """Classify many uploaded slices in one pass: the studies and archive workers' entry.
+    """Classify many uploads, one slice each: the studies and archive workers' entry.
 
-    Each file is one slice (``options.all_frames``: every frame of a multi-frame DICOM, in order), read
-    with the same checks as :func:`classify_upload`; a file that cannot be read, or a slice the gate
-    refuses, gets its error and the others go on. Slices are decoded ``chunk`` at a time, the gate scores
-    the chunk at once and the model runs once on what it let through; decoded pixels are dropped after
-    their chunk. No explanations: a worker explains the slice it reports through :func:`classify_upload`.
+    One result per upload, in order: the prediction a single ``POST /predict`` of it would have got
+    (:func:`classify_upload`, same checks, same answer), or the error it would have got (too large,
+    unreadable, not a CT slice...) in ``error``: a bad upload never stops the others, and nothing is raised
+    for one. A multi-frame DICOM is read as a single request reads it (``options.frame``, else its middle
+    frame); ``explain`` and ``all_frames`` are not read (a worker explains the slice it reports through
+    :func:`classify_upload`). Uploads are decoded ``chunk`` at a time, the gate scores the chunk at once
+    and the model runs once on what it let through; decoded pixels are dropped after their chunk.
     """
     options = options or UploadOptions()
     dicom = bundle_dicom_options(classifier.metadata, options)
     results: list[SliceResult] = []
-    pending: list[tuple[int, DecodedImage]] = []
+    pending: list[tuple[SliceResult, DecodedImage]] = []
 
     def flush() -> None:
         answers = classifier.classify_batch([decoded for _, decoded in pending])
-        for (index, _), answer in zip(pending, answers, strict=True):
+        for (result, _), answer in zip(pending, answers, strict=True):
             if isinstance(answer, Prediction):
-                results[index].prediction = answer
+                result.prediction = answer
             else:
-                results[index].error = answer
+                result.error = answer
         pending.clear()
 
     for data in files:
         try:
             if len(data) > limits.max_bytes:
                 raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // 2**20} MB limit.")
-            slices: list[StudySlice | None]
-            if options.all_frames and looks_like_dicom(data):
-                slices = list(
-                    plan_study([data], limits, dicom, max_slices=MAX_FRAMES, max_pixels=4 * limits.max_pixels)
-                )
-            else:
-                slices = [None]
+            decoded = decode_upload(data, limits, dicom)
         except LungScanError as error:
             results.append(SliceResult(None, error=error))
             continue
-        for item in slices:
-            try:
-                decoded = decode_upload(data, limits, dicom) if item is None else item.decode(limits, dicom)
-            except LungScanError as error:
-                results.append(SliceResult(None, error=error))
-                continue
-            results.append(SliceResult(SliceInput.of(decoded)))
-            pending.append((len(results) - 1, decoded))
-            if len(pending) >= chunk:
-                flush()
+        results.append(SliceResult(SliceInput.of(decoded)))
+        pending.append((results[-1], decoded))
+        del decoded
+        if len(pending) >= chunk:
+            flush()
     if pending:
         flush()
     return results

@@ -1,34 +1,32 @@
-"""What the faster serving path (issue 25) must keep: the same crop, the same gate, the same answers, and
-nothing imported later than the function's init that a request needs.
+"""What the faster serving path (issue 25) must keep: the same crop without scipy, the gate's features of
+before (version 1) and close to them on the shared thumbnail (version 2), its parameters stored compactly.
+The batch entry, one run for explain and the imports at init: ``test_batch.py``.
 
 No wall-clock time is asserted here: the figures live in ``benchmarks/bench_predict.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
-from conftest import BUNDLED_MODEL, FIXTURES_DIR, REPO_ROOT, ct_like_image, encode
+from helpers import BUNDLED_MODEL, FIXTURES_DIR, ct_like_image, hand_made_spec
 from PIL import Image, ImageDraw
 
 from lungscan.bundle.store import read_metadata
-from lungscan.errors import MalformedInputError, NotCTLikeError, PayloadTooLargeError
 from lungscan.model import gate, gate_features
-from lungscan.model.classifier import Classifier
 from lungscan.model.regions import gaussian_blur, largest_region_box
 from lungscan.model.transforms import CropToBody
-from lungscan.uploads import UploadOptions, classify_batch, classify_upload
+from lungscan.uploads import decode_upload
 from training.gate import generators as non_ct_generators
 
 ndimage = pytest.importorskip("scipy.ndimage")  # the reference: what serving used before (training still has it)
+
+
+def fixture_images() -> dict[str, Image.Image]:
+    """The CT fixtures as served decodes them (the DICOM through the lung window)."""
+    return {path.name: decode_upload(path.read_bytes()).image for path in sorted(FIXTURES_DIR.glob("ct_*"))}
 
 
 # ---------------------------------------------------------------- the crop: numpy instead of scipy, same boxes
@@ -76,7 +74,7 @@ def test_the_largest_region_is_scipys():
 def test_the_body_crop_finds_the_boxes_it_found_with_scipy():
     """Measured on every image of the shipped datasets too (at both background levels): all boxes equal."""
     images = [ct_like_image(size, seed=seed) for seed, size in ((0, 256), (1, 512), (2, 300), (3, 128))]
-    images += [Image.open(path).convert("L") for path in sorted(FIXTURES_DIR.glob("ct_*")) if path.suffix != ".md"]
+    images += [image.convert("L") for image in fixture_images().values()]
     crop = CropToBody()
     for image in images:
         for level in (10.0, 19.0):  # an export's black background; the lung window shows air at level 19
@@ -173,7 +171,7 @@ def gate_images() -> dict[str, Image.Image]:
     rng = np.random.default_rng
     images = {f"ct_like_{size}": ct_like_image(size, seed=size) for size in (128, 256, 300, 512, 1024)}
     images["ct_like_rgb"] = ct_like_image(320, seed=4, mode="RGB")
-    images |= {path.name: Image.open(path) for path in sorted(FIXTURES_DIR.glob("ct_*")) if path.suffix != ".md"}
+    images |= fixture_images()
     images["sixteen_bit"] = Image.fromarray(np.asarray(ct_like_image(256)).astype(np.uint16) * 257)
     images["flat"] = Image.new("L", (200, 100), 40)
     for kind in ("screenshot", "lung_cartoon", "radiograph", "noise_gaussian", "stripes", "gradient", "chart"):
@@ -202,8 +200,9 @@ def test_the_shared_thumbnail_moves_the_gate_features_little():
         image = gate_images()[name]
         moved = np.abs(gate.gate_features(image, 2) - gate.gate_features(image, 1))
         assert moved.max() < 0.15 and moved.mean() < 0.01, (name, gate.FEATURE_NAMES[int(moved.argmax())], moved.max())
-    shipped = read_metadata(BUNDLED_MODEL).gate
-    assert shipped.features_version == gate.FEATURES_VERSION == 2
+    for bundle in sorted(BUNDLED_MODEL.parent.glob("*/model.json")):  # refit on version 2, gate and detector
+        shipped = read_metadata(bundle.parent)
+        assert shipped.gate.features_version == shipped.familiarity.image_features_version == gate.FEATURES_VERSION == 2
 
 
 def test_the_box_thumbnails_are_pillows():
@@ -249,8 +248,6 @@ def test_the_level_tables_are_numpys_histogram_bins():
 
 
 def test_the_gate_is_stored_as_float32_and_read_in_either_form():
-    from test_gate import hand_made_spec
-
     spec = hand_made_spec()
     stored = json.loads(spec.model_dump_json())
     assert (
@@ -266,8 +263,6 @@ def test_the_gate_is_stored_as_float32_and_read_in_either_form():
 
 
 def test_the_gates_arrays_follow_its_fields():
-    from test_gate import hand_made_spec
-
     spec = hand_made_spec()
     features = np.zeros((1, len(gate.FEATURE_NAMES)))
     features[0, 0] = 2.0
@@ -275,161 +270,3 @@ def test_the_gates_arrays_follow_its_fields():
     moved = spec.model_copy(update={"mean": [1.0] * len(spec.mean)})  # a replaced field is converted again
     assert not np.allclose(gate.gate_scores(features, moved)[1], before[1])
     np.testing.assert_allclose(gate.gate_scores(features, spec), before)  # the original keeps its own
-
-
-# ---------------------------------------------------------------- the batch entry of the studies and archive workers
-
-
-@pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier(BUNDLED_MODEL)
-
-
-def test_a_batch_answers_as_one_request_per_slice(classifier):
-    """Same probabilities as classify_upload, slice by slice; a bad file gets its own error, the others go on."""
-    files = [encode(ct_like_image(size, seed=seed)) for seed, size in ((0, 256), (1, 512), (2, 300), (5, 200))]
-    files += [path.read_bytes() for path in sorted(FIXTURES_DIR.glob("ct_*")) if path.suffix != ".md"]
-    files.insert(2, encode(non_ct_generators.screenshot(np.random.default_rng(3))))  # not CT: refused
-    files.insert(4, encode(ct_like_image(64))[:200])  # truncated
-    files.append(b"x" * (4 * 2**20 + 1))  # too large
-    for chunk in (1, 3, 16):
-        results = classify_batch(classifier, files, chunk=chunk)
-        assert len(results) == len(files)
-        assert isinstance(results[2].error, NotCTLikeError) and results[2].prediction is None
-        assert isinstance(results[4].error, MalformedInputError) and results[4].input is None
-        assert isinstance(results[-1].error, PayloadTooLargeError)
-        for data, result in zip(files, results, strict=True):
-            if result.error is not None:
-                continue
-            single = classify_upload(classifier, [data], UploadOptions()).predictions[0]
-            assert result.prediction.label == single.label
-            assert result.prediction.probabilities == single.probabilities
-            assert result.prediction.prediction_set == single.prediction_set
-            assert result.input.width == Image.open(io.BytesIO(data)).width
-
-
-def test_a_batch_reads_every_frame_of_a_multi_frame_dicom_when_asked(classifier):
-    from test_clinical import ct_dataset, dicom_bytes, frame
-
-    data = dicom_bytes(ct_dataset([frame(-1200), frame(-600), frame(0)]))
-    results = classify_batch(classifier, [data, encode(ct_like_image(128))], UploadOptions(all_frames=True))
-    assert [(result.input.format, result.input.frame) for result in results] == [
-        ("DICOM", 0),
-        ("DICOM", 1),
-        ("DICOM", 2),
-        ("PNG", None),
-    ]
-    study = classify_upload(classifier, [data], UploadOptions(all_frames=True))
-    assert [r.prediction.probabilities for r in results[:3]] == [p.probabilities for p in study.predictions]
-    middle = classify_batch(classifier, [data])  # without all_frames: the middle frame, as a single request
-    assert [result.input.frame for result in middle] == [1]
-
-
-# ---------------------------------------------------------------- imports: at init what every request needs
-
-
-LAZY = (
-    "aws_xray_sdk",
-    "jwt",
-    "cryptography",
-    "scipy",
-    "boto3",
-    "botocore.session",  # Powertools imports the bare botocore package (a millisecond): not its sessions
-    "aws_lambda_powertools.event_handler.openapi.models",
-)
-
-
-def test_the_function_imports_at_init_what_requests_need_and_nothing_it_does_not(tmp_path):
-    """A cold function process (import app = init): no X-Ray SDK with tracing off, no PyJWT/crypto, no scipy,
-    no boto3 without a model bucket, no OpenAPI models. Then a request of every kind imports nothing more,
-    except what only its kind needs: pydicom for a DICOM, the OpenAPI models for /openapi.json."""
-    image = ct_like_image(256)
-    uploads = {
-        "png": encode(image),
-        "jpeg": encode(image, "JPEG", quality=90),
-        "tiff": encode(image, "TIFF"),
-        "bmp": encode(image, "BMP"),
-        "rgba_png": encode(image.convert("RGBA")),
-        "sixteen_bit_png": encode(Image.fromarray(np.asarray(image).astype(np.uint16) * 257)),
-    }
-    bodies = {name: {"image": base64.b64encode(data).decode()} for name, data in uploads.items()}
-    bodies["explain"] = {"image": bodies["png"]["image"], "explain": True}
-    bodies["study"] = {"images": [bodies["png"]["image"], bodies["jpeg"]["image"]], "explain": True}
-    bodies["not_ct"] = {"image": base64.b64encode(encode(non_ct_generators.chart(np.random.default_rng(1)))).decode()}
-    (tmp_path / "bodies.json").write_text(json.dumps(bodies))
-    script = textwrap.dedent(
-        f"""
-        import json, sys
-        sys.path[:0] = [{str(REPO_ROOT)!r}, {str(REPO_ROOT / "functions" / "classifier")!r}]
-        import app
-        from infrastructure.emulation import LambdaContext, proxy_event
-
-        lazy = {LAZY!r}
-        def loaded():
-            return sorted(name for name in lazy if name in sys.modules)
-        at_init = loaded()
-        seen, statuses = set(sys.modules), {{}}
-        bodies = json.loads(open({str(tmp_path / "bodies.json")!r}).read())
-        requests = [("POST", "/predict", name, json.dumps(body)) for name, body in bodies.items()]
-        requests += [("GET", "/health", "health", None), ("GET", "/model", "model", None)]
-        for method, path, name, body in requests:
-            event = proxy_event(method, path, body=body, headers={{"Content-Type": "application/json"}})
-            statuses[name] = app.lambda_handler(event, LambdaContext("cold"))["statusCode"]
-        new = sorted(set(sys.modules) - seen)
-        openapi = app.lambda_handler(proxy_event("GET", "/openapi.json"), LambdaContext("cold"))["statusCode"]
-        print(json.dumps({{"at_init": at_init, "statuses": statuses, "new": new, "openapi": openapi,
-                          "after_openapi": loaded()}}))
-        """
-    )
-    env = {**os.environ, "MODEL_DIR": str(BUNDLED_MODEL), "POWERTOOLS_TRACE_DISABLED": "1"}
-    env.pop("MODEL_BUCKET", None)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["at_init"] == []
-    assert result["statuses"] == {**dict.fromkeys(bodies, 200), "not_ct": 422, "health": 200, "model": 200}
-    assert result["new"] == []  # nothing a request needs is left to its first occurrence
-    assert result["openapi"] == 200 and result["after_openapi"] == [
-        "aws_lambda_powertools.event_handler.openapi.models"
-    ]
-
-
-def test_tracing_on_still_traces():
-    """With tracing on (deployed: POWERTOOLS_TRACE_DISABLED unset), the handler is wrapped by Powertools' Tracer."""
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.path[:0] = [{str(REPO_ROOT)!r}, {str(REPO_ROOT / "functions" / "classifier")!r}]
-        import app
-        print(app.TRACING, type(app.tracer).__name__, "aws_xray_sdk" in sys.modules)
-        """
-    )
-    env = {**os.environ, "MODEL_DIR": str(BUNDLED_MODEL)}
-    env.pop("POWERTOOLS_TRACE_DISABLED")
-    env.pop("MODEL_BUCKET", None)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1].split() == ["True", "Tracer", "True"]
-
-
-def test_the_shipped_bundles_load_with_their_gate_arrays_ready():
-    for bundle in sorted(BUNDLED_MODEL.parent.glob("*/model.json")):
-        spec = read_metadata(bundle.parent).gate
-        assert spec.arrays().ct_precision.shape == (len(gate.FEATURE_NAMES),) * 2
-
-
-def test_an_explanation_comes_from_the_same_run_and_answers_alike(classifier):
-    """explain=true runs the twin once for the probabilities and the Grad-CAM inputs: the same probabilities as
-    without explain, and the same map as the separate Grad-CAM run."""
-    from lungscan.model.transforms import preprocess_image
-    from lungscan.uploads import decode_upload
-
-    for data in [encode(ct_like_image(300, seed=3))] + [p.read_bytes() for p in sorted(FIXTURES_DIR.glob("ct_*.*g"))]:
-        decoded = decode_upload(data)
-        plain, explained = classifier.classify(decoded), classifier.classify(decoded, explain=True)
-        assert plain.probabilities == explained.probabilities and plain.prediction_set == explained.prediction_set
-        array, _ = preprocess_image(decoded, classifier.preprocess)
-        raw, gradcam = classifier.runtime.explained_forward(array)
-        np.testing.assert_array_equal(raw, classifier.runtime.forward(array[np.newaxis]))
-        for index in range(len(classifier.metadata.classes)):
-            np.testing.assert_array_equal(gradcam(index), classifier.gradcam(array, index))
