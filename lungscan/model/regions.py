@@ -3,7 +3,7 @@
 Serving once imported ``scipy.ndimage`` for these two steps (about 0.2 s of every cold start, for a
 128-pixel thumbnail). :func:`gaussian_blur` and :func:`largest_region_box` give bit for bit what
 ``scipy.ndimage.gaussian_filter(values, sigma)`` (mode ``reflect``, ``truncate`` 4) and
-``scipy.ndimage.label`` with ``sum_labels`` give there (``tests/unit/test_regions.py`` compares them),
+``scipy.ndimage.label`` with ``sum_labels`` give there (``tests/unit/test_fast_paths.py`` compares them),
 so training and serving crop alike and the shipped models see the same pixels as before.
 """
 
