@@ -17,7 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Annotated, NamedTuple
+from collections.abc import Callable
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, PrivateAttr, model_validator
@@ -34,6 +35,8 @@ from lungscan.model.gate_features import (  # the features live beside: re-expor
 from lungscan.model.thumbnail import SliceView
 
 __all__ = ["FEATURES_VERSION", "FEATURE_NAMES", "GateSpec", "check_ct_like", "gate_feature_rows", "gate_features"]
+
+T = TypeVar("T")
 
 NOT_CT_MESSAGE = (
     "This does not look like a CT slice of the chest, so no verdict is given. "
@@ -70,6 +73,30 @@ def _unpacked(value: object) -> object:
 
 PackedVector = Annotated[list[float], BeforeValidator(_unpacked), PlainSerializer(_packed, when_used="json")]
 PackedMatrix = Annotated[list[list[float]], BeforeValidator(_unpacked), PlainSerializer(_packed, when_used="json")]
+
+
+class ArrayCache:
+    """A spec's list fields converted to numpy arrays once, kept beside them (:meth:`GateSpec.arrays`).
+
+    Converted again only when a field was replaced (``model_copy``); one tuple, set at once, so a reader in
+    another thread never sees arrays of other fields. A cache: it never tells two specs apart (it compares
+    equal to any other, and pydantic compares private attributes).
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[tuple, Any] | None = None
+
+    def get(self, sources: tuple, convert: Callable[[tuple], T]) -> T:
+        entry = self._entry
+        if entry is None or any(a is not b for a, b in zip(entry[0], sources, strict=True)):
+            entry = (sources, convert(sources))
+            self._entry = entry
+        return entry[1]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ArrayCache)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class GateArrays(NamedTuple):
@@ -109,7 +136,7 @@ class GateSpec(BaseModel):
     distance_threshold: float = Field(gt=0.0)
     fitted_on: dict = {}
     evaluation: dict = {}
-    _arrays: tuple[tuple, GateArrays] | None = PrivateAttr(default=None)
+    _arrays: ArrayCache = PrivateAttr(default_factory=ArrayCache)
 
     @model_validator(mode="after")
     def _consistent(self) -> GateSpec:
@@ -127,9 +154,7 @@ class GateSpec(BaseModel):
     def arrays(self) -> GateArrays:
         """The parameters as arrays, converted once (again only if a field was replaced, e.g. by ``model_copy``)."""
         sources = tuple(getattr(self, name) for name in GateArrays._fields)
-        if self._arrays is None or any(a is not b for a, b in zip(self._arrays[0], sources, strict=True)):
-            self._arrays = (sources, GateArrays(*(np.asarray(values, dtype=np.float64) for values in sources)))
-        return self._arrays[1]
+        return self._arrays.get(sources, lambda lists: GateArrays(*(np.asarray(v, dtype=np.float64) for v in lists)))
 
 
 def gate_scores(features: np.ndarray, spec: GateSpec) -> tuple[np.ndarray, np.ndarray]:

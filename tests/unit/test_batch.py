@@ -232,5 +232,20 @@ def test_tracing_on_still_traces():
 def test_the_shipped_bundles_load_with_their_gate_arrays_ready(classifiers):
     for classifier in classifiers.values():
         spec = classifier.metadata.gate
-        assert spec._arrays is not None  # converted by the warm-up at load, not by the first request
+        detector = classifier.metadata.familiarity
+        for cache in (spec._arrays, detector._arrays):
+            assert cache._entry is not None  # converted by the warm-up at load, not by the first request
         assert spec.arrays().ct_precision.shape == (len(spec.feature_names),) * 2
+        assert detector.arrays().components.shape == (len(detector.variances), len(detector.mean))
+
+
+def test_converted_arrays_never_tell_two_specs_apart():
+    """pydantic compares private attributes: a spec whose arrays were converted equals one read afresh."""
+    from lungscan.bundle.store import read_metadata
+
+    served, fresh = Classifier(BUNDLED_MODEL).metadata, read_metadata(BUNDLED_MODEL)
+    assert served.gate._arrays._entry is not None and fresh.gate._arrays._entry is None
+    assert served == fresh and served.gate == fresh.gate and served.familiarity == fresh.familiarity
+    fresh.gate.arrays(), fresh.familiarity.arrays()
+    assert served == fresh
+    assert served.model_copy(update={"version": "another"}) != fresh

@@ -270,3 +270,5 @@ def test_the_gates_arrays_follow_its_fields():
     moved = spec.model_copy(update={"mean": [1.0] * len(spec.mean)})  # a replaced field is converted again
     assert not np.allclose(gate.gate_scores(features, moved)[1], before[1])
     np.testing.assert_allclose(gate.gate_scores(features, spec), before)  # the original keeps its own
+    np.testing.assert_allclose(gate.gate_scores(features, moved)[1], gate.gate_scores(features, moved)[1])
+    assert moved.arrays().mean.tolist() == [1.0] * len(spec.mean) and spec.arrays().mean.tolist() == spec.mean
