@@ -131,7 +131,7 @@ class SliceResult:
 
     input: SliceInput | None  # what was decoded; None when the upload could not be read
     prediction: Prediction | None = None
-    error: LungScanError | None = None  # its ``code`` is the API's error code (``not_ct_like``, ``too_large``...)
+    error: LungScanError | None = None  # its ``code`` is the API's (``not_ct_like``, ``payload_too_large``...)
 
 
 def classify_batch(

@@ -223,9 +223,9 @@ class Classifier:
     def _classify_group(self, images: Sequence[DecodedImage]) -> list[Prediction | NotCTLikeError]:
         views = [SliceView(decoded.image) for decoded in images]
         features = self.image_features(views)
-        kept = np.flatnonzero(self.gate_passes(features, len(images)))
+        kept: list[int] = np.flatnonzero(self.gate_passes(features, len(images))).tolist()
         answers: list[Prediction | NotCTLikeError] = [NotCTLikeError(NOT_CT_MESSAGE) for _ in images]
-        if kept.size:
+        if kept:
             batch = np.stack([preprocess_image(images[index], self.preprocess, views[index])[0] for index in kept])
             rows = self.familiarity_rows(features)
             probabilities, unfamiliar = self.predict_with_familiarity(batch, None if rows is None else rows[kept])

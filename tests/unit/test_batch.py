@@ -74,7 +74,7 @@ def test_a_batch_answers_as_one_request_per_upload(classifiers, name):
         assert results[2].error.code == "not_ct_like" and results[2].input.format == "PNG"
         assert isinstance(results[4].error, MalformedInputError) and results[4].input is None
         assert isinstance(results[5].error, UnsupportedFormatError)
-        assert isinstance(results[-1].error, PayloadTooLargeError)
+        assert isinstance(results[-1].error, PayloadTooLargeError) and results[-1].error.code == "payload_too_large"
         for data, result, single in zip(files, results, singles, strict=True):
             if isinstance(single, type):
                 assert isinstance(result.error, single) and result.prediction is None
