@@ -2,8 +2,8 @@
 
 It answers one question only: "is this a CT slice of the chest?" (photos, charts, logos,
 screenshots, text, noise, X-ray radiographs and MR images are not). Whether a CT slice is
-like the ones a model learned from is another question, answered by the model's own
-uncertainty, never by a refusal.
+like the ones a model learned from is another question, answered by the bundle's unfamiliar
+detector (``lungscan.model.familiarity``, which reads these features too), never by a refusal.
 
 Serving needs numpy and Pillow only: the features are cheap image statistics of the decoded
 image (``lungscan.model.gate_features``), and the fitted parameters (``GateSpec``, stored in
