@@ -1,18 +1,19 @@
-"""The serving path from uploaded bytes to predictions, whatever the format: one entry, ``classify_upload``."""
+"""The serving path from uploaded bytes to predictions, whatever the format: ``classify_upload`` for a request,
+``classify_batch`` for the studies and archive workers' many uploads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, Field
 
 from lungscan.bundle.metadata import BundleMetadata
-from lungscan.errors import PayloadTooLargeError
+from lungscan.errors import LungScanError, PayloadTooLargeError
 from lungscan.inputs.dicom import DicomFile, DicomOptions, decode_dicom, looks_like_dicom, read_dicom, read_dicom_header
 from lungscan.inputs.dicom_budget import DicomBudget
 from lungscan.inputs.imaging import DEFAULT_LIMITS, DecodedImage, ImageLimits, decode_image, open_image
-from lungscan.model.classifier import Classifier, Prediction
+from lungscan.model.classifier import BATCH_GROUP, Classifier, Prediction
 
 # Slices in one study: 64 CT slices fit Lambda's 6 MB request as compressed PNG/JPEG.
 MAX_STUDY_SLICES = 64
@@ -117,6 +118,70 @@ def classify_upload(
     if options.explain:  # explain the slice that matters; all heatmaps would overflow the response
         predictions[focus] = classifier.classify(focus_image, explain=True, explain_class=options.explain_class)
     return ClassifiedUpload(predictions, inputs, is_study=True, focus=focus, focus_image=focus_image)
+
+
+# Uploads a batch decodes and holds at once before one pass of the gate and the model: the classifier's group, so
+# that a group's pixels are still in the cache when they are classified.
+BATCH_CHUNK = BATCH_GROUP
+
+
+@dataclass
+class SliceResult:
+    """One upload of a batch: its prediction, or the error a single request for it would have got."""
+
+    input: SliceInput | None  # what was decoded; None when the upload could not be read
+    prediction: Prediction | None = None
+    error: LungScanError | None = None  # its ``code`` is the API's (``not_ct_like``, ``payload_too_large``...)
+
+
+def classify_batch(
+    classifier: Classifier,
+    files: Sequence[bytes],
+    options: UploadOptions | None = None,
+    *,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    chunk: int = BATCH_CHUNK,
+) -> list[SliceResult]:
+    """Classify many uploads, one slice each: the studies and archive workers' entry.
+
+    One result per upload, in order: the prediction a single ``POST /predict`` of it would have got
+    (:func:`classify_upload`, same checks, same answer), or the error it would have got (too large,
+    unreadable, not a CT slice...) in ``error``: a bad upload never stops the others, and nothing is raised
+    for one. A multi-frame DICOM is read as a single request reads it (``options.frame``, else its middle
+    frame); ``explain`` and ``all_frames`` are not read (a worker explains the slice it reports through
+    :func:`classify_upload`). Uploads are decoded ``chunk`` at a time, the gate scores the chunk at once
+    and the model runs once on what it let through; decoded pixels are dropped after their chunk.
+    """
+    options = options or UploadOptions()
+    dicom = bundle_dicom_options(classifier.metadata, options)
+    results: list[SliceResult] = []
+    pending: list[tuple[SliceResult, DecodedImage]] = []
+
+    def flush() -> None:
+        answers = classifier.classify_batch([decoded for _, decoded in pending])
+        for (result, _), answer in zip(pending, answers, strict=True):
+            if isinstance(answer, Prediction):
+                result.prediction = answer
+            else:
+                result.error = answer
+        pending.clear()
+
+    for data in files:
+        try:
+            if len(data) > limits.max_bytes:
+                raise PayloadTooLargeError(f"The image is larger than the {limits.max_bytes // 2**20} MB limit.")
+            decoded = decode_upload(data, limits, dicom)
+        except LungScanError as error:
+            results.append(SliceResult(None, error=error))
+            continue
+        results.append(SliceResult(SliceInput.of(decoded)))
+        pending.append((results[-1], decoded))
+        del decoded
+        if len(pending) >= chunk:
+            flush()
+    if pending:
+        flush()
+    return results
 
 
 def decode_upload(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, dicom: DicomOptions | None = None) -> DecodedImage:

@@ -13,7 +13,6 @@ import time
 import uuid
 from typing import Annotated
 
-import boto3
 import history_api  # beside this file: the patient history routes
 from api_answers import describe_model, predict_answer
 from api_body import document_predict_body, read_upload
@@ -32,7 +31,6 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config as BotocoreConfig
 
 from lungscan.accounts.access import openapi_security
 from lungscan.errors import (
@@ -53,7 +51,17 @@ from lungscan.registry.model_store import DEFAULT_REGISTRY_DEADLINE, ModelStore
 from lungscan.uploads import classify_upload
 
 logger = Logger()
-tracer = Tracer()
+# Powertools' Tracer imports the X-Ray SDK, which creates its sampling client (~0.25 s of a cold start), even when
+# tracing is off: the function makes one only when traces are sent (POWERTOOLS_TRACE_DISABLED unset, as deployed).
+TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() not in {
+    "1",
+    "true",
+    "t",
+    "yes",
+    "y",
+    "on",
+}
+tracer = Tracer() if TRACING else None
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "LungScan"))
 
 
@@ -86,7 +94,7 @@ class StackCORS(CORSConfig):
 cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 app.include_router(history_api.router)
-app.configure_openapi(title="LungScan API", security_schemes=history_api.SECURITY_SCHEMES)
+OPENAPI_TITLE = "LungScan API"
 
 STATUS_BY_ERROR: dict[type[LungScanError], int] = {
     MalformedInputError: 400,
@@ -104,7 +112,15 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {
 
 # The registry is read in a background thread (lungscan.registry.model_store): these timeouts only bound how long
 # that thread hangs on a slow S3; requests never wait for it, and cold start waits at most the deadline.
-REGISTRY_CLIENT_CONFIG = BotocoreConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2})
+REGISTRY_CLIENT_CONFIG = {"connect_timeout": 2, "read_timeout": 10, "retries": {"max_attempts": 2}}
+
+
+def _registry_client():
+    """The S3 client of the model registry; boto3 is imported here, at init, only when there is a registry."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(**REGISTRY_CLIENT_CONFIG))
 
 
 def _create_store() -> ModelStore:
@@ -114,7 +130,7 @@ def _create_store() -> ModelStore:
     store = ModelStore(
         default_name,
         baked_bundle=os.environ.get("MODEL_DIR") or None,
-        s3=boto3.client("s3", config=REGISTRY_CLIENT_CONFIG) if bucket else None,
+        s3=_registry_client() if bucket else None,
         bucket=bucket,
         names=names,
         refresh_seconds=float(os.environ.get("MODEL_REFRESH_SECONDS", "300")),
@@ -151,7 +167,9 @@ def describe_models() -> ModelsResponse:
 
 @app.get("/openapi.json")
 def openapi():  # no return annotation: a Response is not a pydantic type
-    document = json.loads(app.get_openapi_json_schema(title="LungScan API"))
+    # Configured here, not at init: its security schemes are Powertools' OpenAPI models (~0.2 s to import).
+    app.configure_openapi(title=OPENAPI_TITLE, security_schemes=history_api.security_schemes())
+    document = json.loads(app.get_openapi_json_schema(title=OPENAPI_TITLE))
     return Response(200, content_types.APPLICATION_JSON, json.dumps(document_access(document_predict_body(document))))
 
 
@@ -256,8 +274,14 @@ def handle_unexpected(error: Exception) -> Response:
 # ---------------------------------------------------------------- entry point
 
 
+def _traced(handler):
+    if tracer is None:
+        return handler
+    return tracer.capture_lambda_handler(capture_response=False)(handler)  # answers hold images: keep them out of X-Ray
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
-@tracer.capture_lambda_handler(capture_response=False)  # answers hold images: keep them out of X-Ray
+@_traced
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

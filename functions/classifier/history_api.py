@@ -21,13 +21,11 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import boto3
 from api_answers import shown_image
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, SecurityScheme
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
@@ -59,23 +57,35 @@ from lungscan.errors import (
 )
 from lungscan.uploads import ClassifiedUpload
 
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.openapi.models import SecurityScheme
+
 logger = Logger(child=True)
 router = APIGatewayRouter()  # a Router whose current_event is typed as the REST API's proxy event
 
 # The pool's custom attribute that names a clinician on records; the page's app client cannot write it.
 DISPLAY_NAME_CLAIM = "custom:display_name"
 
-SECURITY_SCHEMES: dict[str, SecurityScheme] = {
-    # What API Gateway's Cognito authorizer reads: the ID token in the Authorization header (raw or 'Bearer ').
-    TOKEN_SCHEME: APIKey(
-        name="Authorization",
-        in_=APIKeyIn.header,
-        description="The Cognito ID token from InitiateAuth's IdToken, raw or after 'Bearer '.",
-    )
-}
+def security_schemes() -> dict[str, SecurityScheme]:
+    """What API Gateway's Cognito authorizer reads: the ID token in the Authorization header (raw or 'Bearer ').
+
+    Built for ``/openapi.json`` only: Powertools' OpenAPI models take ~0.2 s to import, which no other
+    request needs.
+    """
+    from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+
+    return {
+        TOKEN_SCHEME: APIKey(
+            name="Authorization",
+            in_=APIKeyIn.header,
+            description="The Cognito ID token from InitiateAuth's IdToken, raw or after 'Bearer '.",
+        )
+    }
 
 
 # ---------------------------------------------------------------- configuration, read on first use
+# boto3 is imported by what needs it: with a model bucket the function's init has loaded it already;
+# without one (a local run, the benchmark) an anonymous request never does.
 
 _store: HistoryStore | None = None
 _verifier: CognitoTokenVerifier | None = None
@@ -89,6 +99,8 @@ def get_store() -> HistoryStore:
         table = os.environ.get("HISTORY_TABLE")
         if not table:
             raise HistoryUnavailableError()
+        import boto3
+
         _store = HistoryStore(boto3.client("dynamodb"), table, int(os.environ.get("HISTORY_RETENTION_DAYS", "365")))
     return _store
 
@@ -117,6 +129,8 @@ def get_directory() -> ClinicianDirectory:
             raise HistoryUnavailableError()
         cache = float(os.environ.get("ACCOUNT_CHECK_CACHE_SECONDS", str(DEFAULT_CACHE_SECONDS)))
         endpoint = os.environ.get("AWS_ENDPOINT_URL_COGNITO_IDP") or None  # the local stack's moto server
+        import boto3
+
         _directory = ClinicianDirectory(boto3.client("cognito-idp", endpoint_url=endpoint), pool, cache_seconds=cache)
     return _directory
 
@@ -127,6 +141,8 @@ def get_hash_key() -> bytes:
     if _hash_key is None:
         secret_arn = os.environ.get("PATIENT_REF_HASH_SECRET_ARN")
         if secret_arn:
+            import boto3
+
             secret = boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
             _hash_key = secret.encode()
         elif os.environ.get("PATIENT_REF_HASH_KEY"):

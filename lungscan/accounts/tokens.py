@@ -11,8 +11,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
-
 # API Gateway's rendering of the time claims, e.g. "Sat Nov 28 14:05:09 UTC 2026".
 CLAIM_TIME_FORMAT = "%a %b %d %H:%M:%S UTC %Y"
 TIME_CLAIMS = ("exp", "iat", "auth_time")
@@ -36,7 +34,13 @@ class CognitoTokenVerifier:
     ) -> None:
         """``endpoint``: a local Cognito (moto) instead of ``https://cognito-idp.<region>.amazonaws.com``.
         ``max_age``: refuse a token issued longer ago than this (seconds) whatever its ``exp`` says: the app
-        client's ID token validity, for an issuer that ignores it (moto signs hour-long tokens)."""
+        client's ID token validity, for an issuer that ignores it (moto signs hour-long tokens).
+
+        PyJWT and its crypto backend (about 0.3 s to import) load here, with the first token to check:
+        the function's init and its anonymous requests never pay for them.
+        """
+        import jwt
+
         self.max_age = max_age
         self.issuer = f"https://cognito-idp.{region}.amazonaws.com/{user_pool_id}"
         base = endpoint.rstrip("/") + f"/{user_pool_id}" if endpoint else self.issuer
@@ -52,6 +56,8 @@ class CognitoTokenVerifier:
         scheme, _, rest = token.strip().partition(" ")
         if scheme.lower() == "bearer":
             token = rest.strip()
+        import jwt  # loaded by __init__
+
         try:
             key = self.jwks.get_signing_key_from_jwt(token)
             claims = jwt.decode(

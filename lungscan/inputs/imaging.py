@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypedDict
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from lungscan.errors import (
     MalformedInputError,
@@ -38,8 +38,12 @@ CORRUPT_FILE_ERRORS = (
     ZeroDivisionError,
 )
 
-# Pillow formats we accept; anything else (GIF, WebP, PDF...) is refused with a 415.
+# Pillow formats we accept; anything else (GIF, WebP, PDF...) is refused with a 415. Their plugins are imported
+# with this module (the function's init): Image.open would otherwise import every Pillow plugin (~60 modules)
+# on the first upload that is not a PNG, JPEG or BMP.
 RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+RASTER_PLUGINS = (PngImagePlugin, JpegImagePlugin, BmpImagePlugin, TiffImagePlugin)
+Image.preinit()  # and the few Image.open loads on its first call anyway (GIF, PPM)
 # A progressive JPEG has about 10 scans; libjpeg walks every pixel once per scan, so thousands
 # of empty scans in a few KB cost seconds each. Counted from the bytes, before decoding.
 MAX_JPEG_SCANS = 100

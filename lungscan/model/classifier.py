@@ -6,6 +6,7 @@ The model runs on the bundle's runtime twin (onnxruntime) when it has one, else 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,14 +16,15 @@ from PIL import Image
 
 from lungscan.bundle.metadata import BundleMetadata
 from lungscan.bundle.store import read_metadata
-from lungscan.errors import InvalidBundleError, MalformedInputError
-from lungscan.inputs.imaging import DecodedImage
+from lungscan.errors import InvalidBundleError, MalformedInputError, NotCTLikeError
+from lungscan.inputs.imaging import DecodedImage, to_8bit
 from lungscan.model.calibration import apply_calibration, apply_temperature
 from lungscan.model.conformal import prediction_set
 from lungscan.model.explain import heatmap_overlay
 from lungscan.model.familiarity import familiarity_vectors, is_unfamiliar
-from lungscan.model.gate import check_ct_like, gate_features
+from lungscan.model.gate import NOT_CT_MESSAGE, gate_feature_rows, is_ct_like
 from lungscan.model.runtime import ModelRuntime, load_runtime
+from lungscan.model.thumbnail import SliceView
 from lungscan.model.transforms import build_preprocess, preprocess_image
 
 # The original app's two strings: deprecated fields (``verdict``, ``prediction``) derived from ``suspicious``,
@@ -43,6 +45,9 @@ UNFAMILIAR_NOTE = "This scan looks unlike the scans this model learned from; its
 DISCLAIMER = "Research tool. Not a diagnosis. A clinician must review every scan."
 # A calibrated probability is never certainty: shown confidences stop short of 100%.
 MAX_SHOWN_PROBABILITY = 0.999
+# Slices classify_batch runs through the gate and the model together: four keep their arrays in a core's cache
+# (measured per slice: the twin 3.3 ms by four, 3.9 ms by sixteen; the gate's features 0.9 ms by four, 1.5 by sixteen).
+BATCH_GROUP = 4
 
 
 @dataclass
@@ -109,7 +114,17 @@ class Classifier:
         self.input_shape = (spec.height, spec.width, spec.channels)
         self._check_shapes()
         self.preprocess = build_preprocess(self.metadata.preprocessing.model_dump())
-        self.predict_batch(np.zeros((1, *self.input_shape), np.float32))  # warm up at load, not on a request
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run every step of a classification once at load (the function's init), not on its first request:
+        the gate's arrays, Pillow's resampling, numpy's first calls, the runtime's first run."""
+        pixels = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
+        warm = DecodedImage(image=Image.fromarray(pixels), format="PNG")
+        to_8bit(Image.fromarray(pixels.astype(np.uint16) * 257))  # 16-bit uploads: np.percentile's first call
+        features = self.image_features([SliceView(warm.image)] * 2)
+        self.gate_passes(features, 2)
+        self.predict_with_familiarity(np.stack([self.prepare(warm)[0]] * 2), self.familiarity_rows(features))
 
     def _check_shapes(self) -> None:
         model_input = self.runtime.input_shape
@@ -138,7 +153,12 @@ class Classifier:
         if spec is None or image_features is None:
             return self.predict_batch(batch), None
         raw, pooled = self.runtime.forward_with_features(batch)
-        return self.probabilities_from(raw), is_unfamiliar(familiarity_vectors(image_features, pooled), spec)
+        return self.probabilities_from(raw), self.unfamiliar_from(image_features, pooled)
+
+    def unfamiliar_from(self, image_features: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+        """Per input, whether the bundle's detector (it has one) finds it unfamiliar, from its two views."""
+        assert self.metadata.familiarity is not None
+        return is_unfamiliar(familiarity_vectors(image_features, pooled), self.metadata.familiarity)
 
     def probabilities_from(self, raw: np.ndarray) -> np.ndarray:
         """The served class probabilities from the model's raw outputs (sigmoid expanded, calibration applied)."""
@@ -171,20 +191,65 @@ class Classifier:
                 f"explain_class is not one of this model's classes: {', '.join(self.metadata.classes)}.",
                 code="invalid_request",
             )
-        needs_features = self.metadata.gate is not None or self.metadata.familiarity is not None
-        image_features = gate_features(decoded.image) if needs_features else None
-        if self.metadata.gate is not None:  # a bare legacy model.h5 has none and is served as before
-            check_ct_like(decoded, self.metadata.gate, image_features)
-        array, trace = preprocess_image(decoded, self.preprocess)
-        probabilities, unfamiliar = self.predict_with_familiarity(
-            array[np.newaxis], None if image_features is None else image_features[np.newaxis]
-        )
-        prediction = self.interpret(probabilities[0], None if unfamiliar is None else bool(unfamiliar[0]))
-        if explain:
-            prediction.explained_class = explain_class or prediction.label
-            cam = self.gradcam(array, self.metadata.classes.index(prediction.explained_class))
-            prediction.heatmap = heatmap_overlay(decoded.image, cam, trace["view"])
+        view = SliceView(decoded.image)  # the gate, the detector and the crop share its thumbnails
+        features = self.image_features([view])
+        if not self.gate_passes(features, 1)[0]:
+            raise NotCTLikeError(NOT_CT_MESSAGE)
+        array, trace = preprocess_image(decoded, self.preprocess, view)
+        rows = self.familiarity_rows(features)
+        if not explain:
+            probabilities, unfamiliar = self.predict_with_familiarity(array[np.newaxis], rows)
+            return self.interpret(probabilities[0], None if unfamiliar is None else bool(unfamiliar[0]))
+        raw, pooled, gradcam = self.runtime.explained_forward(array)  # the twin: one run for all three
+        flag = None if rows is None else bool(self.unfamiliar_from(rows, pooled)[0])
+        prediction = self.interpret(self.probabilities_from(raw)[0], flag)
+        prediction.explained_class = explain_class or prediction.label
+        cam = gradcam(self.metadata.classes.index(prediction.explained_class))
+        prediction.heatmap = heatmap_overlay(decoded.image, cam, trace["view"])
         return prediction
+
+    def classify_batch(self, images: Sequence[DecodedImage]) -> list[Prediction | NotCTLikeError]:
+        """Classify many decoded slices in one pass, without explanations: per slice, the same answer as
+        :meth:`classify` (or the gate's refusal, returned rather than raised).
+
+        By groups of :data:`BATCH_GROUP` slices: the gate's features of the group in one numpy pass, its scores in
+        one matrix product, then one run of the model (and the detector) on the slices it let through.
+        """
+        answers: list[Prediction | NotCTLikeError] = []
+        for start in range(0, len(images), BATCH_GROUP):
+            answers += self._classify_group(images[start : start + BATCH_GROUP])
+        return answers
+
+    def _classify_group(self, images: Sequence[DecodedImage]) -> list[Prediction | NotCTLikeError]:
+        views = [SliceView(decoded.image) for decoded in images]
+        features = self.image_features(views)
+        kept: list[int] = np.flatnonzero(self.gate_passes(features, len(images))).tolist()
+        answers: list[Prediction | NotCTLikeError] = [NotCTLikeError(NOT_CT_MESSAGE) for _ in images]
+        if kept:
+            batch = np.stack([preprocess_image(images[index], self.preprocess, views[index])[0] for index in kept])
+            rows = self.familiarity_rows(features)
+            probabilities, unfamiliar = self.predict_with_familiarity(batch, None if rows is None else rows[kept])
+            for position, index in enumerate(kept):
+                flag = None if unfamiliar is None else bool(unfamiliar[position])
+                answers[index] = self.interpret(probabilities[position], flag)
+        return answers
+
+    def image_features(self, views: Sequence[SliceView]) -> dict[int, np.ndarray]:
+        """(N, F) ``gate_features`` of the slices, for each features version the bundle's gate and detector read
+        (computed once when both read the same one)."""
+        versions = {spec.features_version for spec in [self.metadata.gate] if spec is not None}
+        versions |= {spec.image_features_version for spec in [self.metadata.familiarity] if spec is not None}
+        return {version: gate_feature_rows(views, version) for version in versions}
+
+    def gate_passes(self, features: dict[int, np.ndarray], count: int) -> np.ndarray:
+        """Per slice (of ``count``), whether the bundle's gate lets it through (a bare legacy model.h5 has none)."""
+        gate = self.metadata.gate
+        return np.ones(count, dtype=bool) if gate is None else is_ct_like(features[gate.features_version], gate)
+
+    def familiarity_rows(self, features: dict[int, np.ndarray]) -> np.ndarray | None:
+        """The image statistics the bundle's detector reads, of its own features version (None without one)."""
+        spec = self.metadata.familiarity
+        return None if spec is None else features[spec.image_features_version]
 
     def gradcam(self, array: np.ndarray, class_index: int) -> np.ndarray:
         """Grad-CAM map (values in [0, 1], feature-map resolution) for one preprocessed image."""

@@ -31,6 +31,7 @@ _ANCHORS = np.array(
 COLOUR_MAP = np.stack(
     [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)], axis=1
 ).astype(np.uint8)
+_PALETTE = COLOUR_MAP.tobytes()  # 256 RGB triples
 
 
 def last_conv_layer_index(layers) -> int:
@@ -144,5 +145,5 @@ def heatmap_overlay(
     cam_image = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize(size, Image.Resampling.BILINEAR)
     placed = Image.new("L", base.size, 0)
     placed.paste(cam_image, (int(left), int(top)))  # PIL clips what falls outside the image
-    heat = Image.fromarray(COLOUR_MAP[np.asarray(placed)])
-    return Image.blend(base, heat, opacity)
+    placed.putpalette(_PALETTE)  # the colour map as Pillow's lookup table: COLOUR_MAP[levels], in C
+    return Image.blend(base, placed.convert("RGB"), opacity)

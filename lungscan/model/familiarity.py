@@ -19,10 +19,12 @@ only; the parameters are a few thousand numbers in ``model.json`` (``familiarity
 
 from __future__ import annotations
 
-import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from typing import NamedTuple
 
-from lungscan.model.gate import FEATURE_NAMES, FEATURES_VERSION
+import numpy as np
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
+
+from lungscan.model.gate import FEATURE_NAMES, FEATURES_VERSION, FEATURES_VERSIONS, ArrayCache
 
 FAMILIARITY_METHOD = (
     "probabilistic PCA distance on standardised image statistics (the gate's features) and the model's "
@@ -30,11 +32,21 @@ FAMILIARITY_METHOD = (
 )
 
 
+class FamiliarityArrays(NamedTuple):
+    """A detector's parameters as numpy arrays, for :func:`familiarity_scores`."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray
+    variances: np.ndarray
+
+
 class FamiliaritySpec(BaseModel):
     """``model.json``'s ``familiarity``: the fitted detector of slices unlike the training data."""
 
     method: str = FAMILIARITY_METHOD
-    image_features_version: int = FEATURES_VERSION  # lungscan.model.gate's features, the first part of a vector
+    # lungscan.model.gate's features, the first part of a vector: a detector reads the version it was fitted on
+    image_features_version: int = FEATURES_VERSION
     mean: list[float]  # (K,) mean feature vector of the training split: image statistics, then the model's
     scale: list[float]  # (K,) their standard deviations
     components: list[list[float]]  # (d, K) leading principal directions, unit length
@@ -44,11 +56,12 @@ class FamiliaritySpec(BaseModel):
     target_share: float = Field(default=0.05, gt=0.0, lt=1.0)  # of its own held-out slices flagged
     fitted_on: dict = {}  # which split, how many slices, where the threshold came from
     evaluation: dict = {}  # measured share flagged, per split and per source
+    _arrays: ArrayCache = PrivateAttr(default_factory=ArrayCache)
 
     @model_validator(mode="after")
     def _shapes(self) -> FamiliaritySpec:
         width = len(self.mean)
-        if self.image_features_version != FEATURES_VERSION or width <= len(FEATURE_NAMES):
+        if self.image_features_version not in FEATURES_VERSIONS or width <= len(FEATURE_NAMES):
             raise ValueError("familiarity was fitted on other image features than lungscan.model.gate's: refit it")
         if len(self.scale) != width or any(value <= 0 for value in self.scale):
             raise ValueError("familiarity scale must be positive, one per feature")
@@ -57,6 +70,12 @@ class FamiliaritySpec(BaseModel):
         if any(value <= 0 for value in self.variances):
             raise ValueError("familiarity variances must be positive")
         return self
+
+    def arrays(self) -> FamiliarityArrays:
+        """The parameters as arrays, converted once (again only if a field was replaced): a request does not
+        convert thousands of numbers from lists."""
+        sources = tuple(getattr(self, name) for name in FamiliarityArrays._fields)
+        return self._arrays.get(sources, lambda lists: FamiliarityArrays(*(np.asarray(v, np.float64) for v in lists)))
 
 
 def pool_features(feature_maps: np.ndarray) -> np.ndarray:
@@ -72,11 +91,11 @@ def familiarity_vectors(image_features: np.ndarray, pooled: np.ndarray) -> np.nd
 
 def familiarity_scores(vectors: np.ndarray, spec: FamiliaritySpec) -> np.ndarray:
     """(N,) scores: the squared distance to the training features under the PPCA model, per feature."""
-    centred = (np.atleast_2d(np.asarray(vectors, dtype=np.float64)) - np.asarray(spec.mean)) / np.asarray(spec.scale)
-    components = np.asarray(spec.components)
-    projected = centred @ components.T
+    arrays = spec.arrays()
+    centred = (np.atleast_2d(np.asarray(vectors, dtype=np.float64)) - arrays.mean) / arrays.scale
+    projected = centred @ arrays.components.T
     residual = (centred**2).sum(axis=1) - (projected**2).sum(axis=1)
-    inside = (projected**2 / np.asarray(spec.variances)).sum(axis=1)
+    inside = (projected**2 / arrays.variances).sum(axis=1)
     return (inside + np.maximum(residual, 0.0) / spec.residual_variance) / centred.shape[1]
 
 

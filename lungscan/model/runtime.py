@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -44,6 +45,10 @@ class ModelRuntime(Protocol):
 
     def forward_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``forward``'s outputs and the explained feature maps (N, h, w, K) averaged over space (N, K)."""
+
+    def explained_forward(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray, Callable[[int], np.ndarray]]:
+        """For one preprocessed input: :meth:`forward_with_features`'s outputs (1, output_width) and pooled features
+        (1, K), and class index -> its Grad-CAM map (the twin answers all three from one run of its graph)."""
 
 
 # ---------------------------------------------------------------- Keras (model.h5)
@@ -101,6 +106,10 @@ class KerasRuntime:
                 self._gradcam = GradCam(self.model, self.input_shape, self.sigmoid_output)
         return self._gradcam(array, class_index)
 
+    def explained_forward(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray, Callable[[int], np.ndarray]]:
+        raw, pooled = self.forward_with_features(np.asarray(array)[np.newaxis])
+        return raw, pooled, lambda class_index: self.gradcam(array, class_index)
+
 
 # ---------------------------------------------------------------- onnxruntime (model.onnx)
 
@@ -154,6 +163,18 @@ class OnnxRuntime:
         feed = {self.input_name: np.ascontiguousarray(np.asarray(array, np.float32)[np.newaxis])}
         features, weights = self.session.run([FEATURES, CAM_WEIGHTS], feed)
         return gradcam_from_weights(features[0], weights[0, class_index])
+
+    def explained_forward(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray, Callable[[int], np.ndarray]]:
+        from lungscan.model.explain import gradcam_from_weights
+        from lungscan.model.familiarity import pool_features
+
+        feed = {self.input_name: np.ascontiguousarray(np.asarray(array, np.float32)[np.newaxis])}
+        raw, features, weights = self.session.run([PROBABILITIES, FEATURES, CAM_WEIGHTS], feed)
+        return (
+            raw,
+            pool_features(features),
+            lambda class_index: gradcam_from_weights(features[0], weights[0, class_index]),
+        )
 
 
 # ---------------------------------------------------------------- choosing one

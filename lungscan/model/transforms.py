@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from lungscan.inputs.imaging import DecodedImage, to_8bit
+from lungscan.model.regions import gaussian_blur, largest_region_box
+from lungscan.model.thumbnail import THUMBNAIL_SIDE, SliceView
 
 
 class Transform(Protocol):
@@ -64,7 +66,7 @@ class CropToBody:
     whole. The square may reach past the image's edges: PIL fills that with black, as padding does.
     """
 
-    THUMBNAIL_SIDE = 128  # the longer side of the thumbnail the body is found on
+    THUMBNAIL_SIDE = THUMBNAIL_SIDE  # the longer side of the thumbnail the body is found on (shared with the gate)
     BACKGROUND_LEVEL = 10  # 8-bit grey levels at or below this are background (air outside the body)
     # A DICOM's window may show air grey (the lung window maps -1000 HU to 60): there the background is
     # what the window makes of this, between air (-1000) and fat (-100); an export's air is black.
@@ -72,15 +74,11 @@ class CropToBody:
     SMOOTHING_SIGMA = 2.0  # thumbnail pixels: joins a windowed slice's speckle into one body blob
     MIN_DENSITY = 0.05  # smoothed share of non-background pixels that counts as body
 
-    def __init__(self) -> None:
-        # Only bundles that crop pay for scipy (about 0.2 s), and they pay when the chain is built at load,
-        # not on the first request after a cold start.
-        from scipy import ndimage
-
-        self.ndimage = ndimage
-
     def __call__(self, data: dict) -> dict:
-        box = self.body_box(data["image"], self.background_level(data.get("window")))
+        view = data.get("slice")  # the slice as the gate saw it: its thumbnails are computed once
+        if view is None or view.size != data["image"].size:
+            view = SliceView(data["image"])
+        box = self.body_box(view, self.background_level(data.get("window")))
         if box is not None:
             data["image"] = data["image"].crop(box)
             _view(data, box)
@@ -94,22 +92,16 @@ class CropToBody:
         low = window["center"] - window["width"] / 2
         return max(self.BACKGROUND_LEVEL, (self.BODY_HU - low) * 255.0 / window["width"])
 
-    def body_box(self, image: Image.Image, background_level: float) -> tuple[int, int, int, int] | None:
+    def body_box(self, image: Image.Image | SliceView, background_level: float) -> tuple[int, int, int, int] | None:
         """(left, top, right, bottom) of a square around the largest body-like region, or None."""
-        ndimage = self.ndimage
-        width, height = image.size
+        view = image if isinstance(image, SliceView) else SliceView(image)
+        width, height = view.size
         scale = self.THUMBNAIL_SIDE / max(width, height)
-        foreground = image.convert("L").point(lambda level: 255 if level > background_level else 0)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        density = np.asarray(foreground.resize(size, Image.Resampling.BOX), np.float32) / 255.0
-        mask = ndimage.gaussian_filter(density, self.SMOOTHING_SIGMA) > self.MIN_DENSITY
-        labels, count = ndimage.label(mask)
-        if count == 0:
+        density = view.body_density(background_level).astype(np.float32) / 255.0
+        region = largest_region_box(gaussian_blur(density, self.SMOOTHING_SIGMA) > self.MIN_DENSITY)
+        if region is None:
             return None
-        largest = 1 + int(np.argmax(ndimage.sum_labels(mask, labels, range(1, count + 1))))
-        rows, cols = np.nonzero(labels == largest)
-        left, right = cols.min() / scale, (cols.max() + 1) / scale
-        top, bottom = rows.min() / scale, (rows.max() + 1) / scale
+        top, left, bottom, right = (value / scale for value in region)
         side = max(right - left, bottom - top, 1.0)
         x0, y0 = round((left + right - side) / 2), round((top + bottom - side) / 2)
         return x0, y0, x0 + round(side), y0 + round(side)
@@ -226,8 +218,14 @@ def build_preprocess(config: dict) -> Compose:
     return Compose(steps)
 
 
-def preprocess_image(decoded: DecodedImage, preprocess: Compose) -> tuple[np.ndarray, dict]:
+def preprocess_image(
+    decoded: DecodedImage, preprocess: Compose, view: SliceView | None = None
+) -> tuple[np.ndarray, dict]:
     """Run ``preprocess`` on a decoded image; returns the HxWxC array and the trace: the operations and the
-    ``view``, the region of the upload (left, top, right, bottom) the array shows."""
-    data = preprocess({"image": decoded.image, "view": (0, 0, *decoded.image.size), "window": decoded.window})
+    ``view``, the region of the upload (left, top, right, bottom) the array shows.
+
+    ``view``: the slice's :class:`SliceView` when the gate has looked at it already (its thumbnails are reused).
+    """
+    data: dict = {"image": decoded.image, "view": (0, 0, *decoded.image.size), "window": decoded.window, "slice": view}
+    data = preprocess(data)
     return data["array"], {"applied_operations": data["applied_operations"], "view": data["view"]}

@@ -261,19 +261,21 @@ def test_temperature_softens_probabilities_without_changing_the_label(tiny_bundl
     np.testing.assert_allclose(softened.sum(axis=1), 1.0)
 
 
-@pytest.mark.parametrize("crop", [True, False])
-def test_scipy_is_imported_when_a_cropping_chain_is_built_not_on_its_first_request(crop):
-    """A bundle is loaded (and warmed up) at the function's init; a cropping one must not import scipy later."""
+def test_cropping_to_the_body_needs_no_scipy():
+    """The crop finds the body in numpy (lungscan.model.regions): serving never imports scipy (~0.2 s of cold start)."""
     import subprocess
     import sys
 
-    config = {"colour": "grayscale", "crop_to_body": crop, "resize": {"height": 8, "width": 8}}
+    config = {"colour": "grayscale", "crop_to_body": True, "resize": {"height": 8, "width": 8}}
     code = (
-        "import sys; from lungscan.model.transforms import build_preprocess; "
-        f"build_preprocess({config!r}); print('scipy.ndimage' in sys.modules)"
+        "import sys; from PIL import Image; from lungscan.inputs.imaging import DecodedImage; "
+        "from lungscan.model.transforms import build_preprocess, preprocess_image; "
+        "image = Image.new('L', (64, 48)); image.paste(200, (10, 8, 40, 30)); "
+        f"_, trace = preprocess_image(DecodedImage(image=image, format='PNG'), build_preprocess({config!r})); "
+        "print(trace['view'], any(name.split('.')[0] == 'scipy' for name in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == str(crop)
+    assert result.stdout.strip() == "(8, 2, 41, 35) False"  # the block, smoothed and made square (as with scipy)
 
 
 def test_edit_metadata_replaces_a_section_an_older_version_wrote_in_another_shape(tmp_path):

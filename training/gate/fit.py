@@ -160,8 +160,8 @@ def features_of(images) -> np.ndarray:
 
 
 def _compact(values: np.ndarray) -> list:
-    """7 significant digits: model.json stays readable in size; scores move far less than the thresholds' margins."""
-    return np.vectorize(lambda value: float(f"{value:.7g}"))(np.asarray(values, dtype=np.float64)).tolist()
+    """Rounded to float32 as model.json stores them (``lungscan.model.gate``): the gate measured is the one served."""
+    return np.asarray(values, dtype=np.float32).astype(np.float64).tolist()
 
 
 def _fit_parameters(ct: np.ndarray, negatives: np.ndarray) -> dict:
