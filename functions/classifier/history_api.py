@@ -17,8 +17,9 @@ from typing import Annotated, Any
 
 import boto3
 from api_answers import shown_image
+from api_schemas import answers
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, SecurityScheme
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
@@ -42,8 +43,8 @@ from lungscan.accounts.history import (
 from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
 from lungscan.bundle.metadata import BundleMetadata
 from lungscan.errors import (
+    ConflictingRequestError,
     HistoryUnavailableError,
-    MalformedInputError,
     NoTeamError,
     RecordNotFoundError,
     UnauthorizedError,
@@ -166,7 +167,7 @@ def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_s
     if patient is not None:
         check_patient_ref(patient)
         if is_study:
-            raise MalformedInputError(
+            raise ConflictingRequestError(
                 "A history record holds one slice: send one slice with 'patient'.", code="history_single_slice"
             )
     caller = caller_for(event, patient)
@@ -274,7 +275,7 @@ class ScansResponse(BaseModel):
 # ---------------------------------------------------------------- routes
 
 
-@router.get("/patients", tags=["history"])
+@router.get("/patients", tags=["history"], responses=answers(401, 403, 503))
 def list_patients() -> PatientsResponse:
     """The caller's team's patients: reference, number of scans, last scan time and verdict."""
     caller = _current_caller()
@@ -283,7 +284,7 @@ def list_patients() -> PatientsResponse:
     return PatientsResponse(team=caller.team, patients=[PatientSummary(**patient) for patient in patients])
 
 
-@router.get("/patients/<ref>/scans", tags=["history"])
+@router.get("/patients/<ref>/scans", tags=["history"], responses=answers(400, 401, 403, 404, 503))
 def list_scans(
     ref: str,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Records per page")] = DEFAULT_PAGE_SIZE,
@@ -302,11 +303,13 @@ def list_scans(
     )
 
 
-@router.delete("/patients/<ref>/scans/<record_id>", tags=["history"])
+@router.delete(
+    "/patients/<ref>/scans/<record_id>", tags=["history"], responses=answers(400, 401, 403, 404, 503, ok=204)
+)
 def delete_scan(ref: str, record_id: str):  # no return annotation: a 204 Response is not a pydantic type
     """Delete one record for the whole team: 204. Another team's record: 404."""
     caller = _current_caller()
     check_patient_ref(ref)
     get_store().delete(caller.team, ref, record_id)
     _audit("scan.delete", caller, ref, record_id)
-    return Response(204, content_types.APPLICATION_JSON, "")
+    return Response(204)  # no body, so no Content-Type
