@@ -210,7 +210,7 @@ def document_predict_body(document: dict) -> dict:
     request = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(request.pop("$defs", {}))
     schemas["PredictRequest"] = request
-    binary = {"type": "string", "format": "binary"}
+    binary = {"type": "string", "format": "binary", "minLength": 1}  # an empty file is no image
     form_options = {name: _not_null(schema) for name, schema in options.items() if name != "window"}
     form = {
         "type": "object",

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import FIXTURES_DIR, demo_id_token
 from PIL import Image
@@ -108,7 +109,9 @@ def documented_commands(page: Path) -> list[str]:
             if not line.rstrip().endswith(("|", "\\")):
                 commands.append(current)
                 current = ""
-    return [command for command in commands if "127.0.0.1:5001" in command or command.startswith("TOKEN=")]
+    return [
+        command for command in commands if ("curl" in command and ":5001/" in command) or command.startswith("TOKEN=")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +120,12 @@ def large_slices(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("slices")
     slices = {}
     for name in ("ct_normal_256.png", "ct_malignant_256.jpg"):
-        image = Image.open(FIXTURES_DIR / name).resize((512, 512), Image.Resampling.LANCZOS)
+        image = Image.open(FIXTURES_DIR / name).convert("L").resize((512, 512), Image.Resampling.LANCZOS)
         target = folder / name.replace("256", "512")
-        image.save(target, quality=95) if target.suffix == ".jpg" else image.save(target)
+        if target.suffix == ".png":  # 16-bit, as CT exports are
+            Image.fromarray(np.asarray(image).astype(np.uint16) * 257).save(target)
+        else:
+            image.save(target, quality=95)
         slices[f"tests/fixtures/{name}"] = target
     assert len(base64.b64encode((folder / "ct_normal_512.png").read_bytes())) > MAX_ARGUMENT_BYTES
     return slices
