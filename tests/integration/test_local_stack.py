@@ -32,7 +32,12 @@ def request(url: str, data: bytes | None = None, headers: dict | None = None, me
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     with stack_subprocess(tmp_path_factory.mktemp("stack") / "stack.log") as running:
-        yield {"base": running.base_url, "process": running.process, "s3_port": running.s3_port, "log": running.log_path}
+        yield {
+            "base": running.base_url,
+            "process": running.process,
+            "s3_port": running.s3_port,
+            "log": running.log_path,
+        }
 
 
 def test_page_is_served(stack):
