@@ -89,18 +89,15 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
         def do_DELETE(self) -> None:
             self._invoke()
 
-        # Any other method gets the API's JSON 404, not http.server's HTML 501 page.
-        def do_PUT(self) -> None:
-            self._invoke()
-
-        def do_PATCH(self) -> None:
-            self._invoke()
-
-        def do_TRACE(self) -> None:
-            self._invoke()
-
         def do_HEAD(self) -> None:
             self.do_GET()
+
+        def __getattr__(self, name: str):
+            # Any other method (PUT, PATCH, TRACE, QUERY...) goes to the API as it is: 405 with Allow on a known
+            # path, its JSON 404 elsewhere; never http.server's 501 page.
+            if name.startswith("do_"):
+                return self._invoke
+            raise AttributeError(name)
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             # http.server's own refusals (a header over 64 KB, a request line it cannot parse): JSON, not an HTML

@@ -25,6 +25,13 @@ class MalformedInputError(LungScanError):
     code = "malformed_input"
 
 
+class ConflictingRequestError(MalformedInputError):
+    """Each part well formed, together impossible to honour: two different patients, a study stored as one record.
+    No schema can say it (the parts may come from the query and the body), so it is told apart from malformed."""
+
+    code = "conflicting_request"
+
+
 class PayloadTooLargeError(LungScanError):
     """The upload exceeds the byte limit; raised before anything is decoded."""
 

@@ -351,3 +351,27 @@ class HistoryWorld:
 
     def leave(self, username: str, team: str) -> None:
         self.cognito.admin_remove_user_from_group(UserPoolId=self.pool, Username=username, GroupName=team)
+
+
+def demo_id_token(endpoint: str, email: str) -> str:
+    """A local demo user's ID token (docs/accounts.md), as any script signs in: find the pool in the local stack's
+    moto server at ``endpoint`` and its client, then InitiateAuth with the demo password."""
+    import boto3
+
+    from infrastructure.local_accounts import DEMO_PASSWORD
+
+    cognito = boto3.client(
+        "cognito-idp",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    (pool,) = [pool for pool in cognito.list_user_pools(MaxResults=10)["UserPools"] if "lungscan" in pool["Name"]]
+    (client,) = cognito.list_user_pool_clients(UserPoolId=pool["Id"], MaxResults=10)["UserPoolClients"]
+    result = cognito.initiate_auth(
+        ClientId=client["ClientId"],
+        AuthFlow="USER_PASSWORD_AUTH",
+        AuthParameters={"USERNAME": email, "PASSWORD": DEMO_PASSWORD},
+    )
+    return result["AuthenticationResult"]["IdToken"]

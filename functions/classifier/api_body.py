@@ -15,7 +15,7 @@ from api_schemas import PredictOptions, PredictRequest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from pydantic import ValidationError
 
-from lungscan.errors import MalformedInputError, PayloadTooLargeError, UnsupportedFormatError
+from lungscan.errors import ConflictingRequestError, MalformedInputError, PayloadTooLargeError, UnsupportedFormatError
 from lungscan.inputs.imaging import decode_base64
 from lungscan.uploads import MAX_STUDY_SLICES
 
@@ -88,8 +88,8 @@ def _body_bytes(body: str, is_base64_encoded: bool | None) -> bytes:
         raise MalformedInputError("The request body is not valid base64.", code="invalid_base64") from error
 
 
-def _conflicting_patients() -> MalformedInputError:
-    return MalformedInputError(
+def _conflicting_patients() -> ConflictingRequestError:
+    return ConflictingRequestError(
         "The request names two different patients (query, body or form fields): send one 'patient'.",
         code="conflicting_patient",
     )
@@ -189,6 +189,15 @@ def _check_form_shape(raw: bytes, boundary: bytes) -> None:
             )
 
 
+def _not_null(schema: dict) -> dict:
+    """A form field is text, never JSON's null (the word "null" is a value): a field left out is absent."""
+    branches = [branch for branch in schema.get("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) != 1:
+        return schema
+    rest = {key: value for key, value in schema.items() if key not in ("anyOf", "default")}
+    return {**rest, **branches[0]}
+
+
 def document_predict_body(document: dict) -> dict:
     """Add ``POST /predict``'s body to an OpenAPI document: read by hand in three framings, it is
     invisible to Powertools. Its models go to ``components``; the query parameters get their full schema
@@ -201,13 +210,13 @@ def document_predict_body(document: dict) -> dict:
     request = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(request.pop("$defs", {}))
     schemas["PredictRequest"] = request
-    binary = {"type": "string", "format": "binary"}
-    form_options = {name: schema for name, schema in options.items() if name != "window"}
+    binary = {"type": "string", "format": "binary", "minLength": 1}  # an empty file is no image
+    form_options = {name: _not_null(schema) for name, schema in options.items() if name != "window"}
     form = {
         "type": "object",
         "required": ["file"],
         "properties": {
-            "file": {"type": "array", "items": binary, "description": "One slice, or the slices of one study"},
+            "file": {"type": "array", "items": binary, "minItems": 1, "description": "One slice, or a study's slices"},
             **form_options,
         },
     }

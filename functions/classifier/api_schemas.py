@@ -1,12 +1,79 @@
 """The API's request and response models: what ``/openapi.json`` publishes and every answer is built from."""
 
+import json
+from http import HTTPStatus
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
+from lungscan.accounts.history import RECORD_ID_PATTERN
 from lungscan.bundle.files import NAME_PATTERN
 from lungscan.model.classifier import Tier
 from lungscan.uploads import MAX_STUDY_SLICES, UploadOptions
+
+# lungscan.accounts.history's PATIENT_REF_PATTERN without '.' and '..' (refused too), as a lookahead-free
+# pattern that any JSON Schema tool reads.
+PATIENT_REF_SCHEMA_PATTERN = (
+    r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}|\.\.[A-Za-z0-9._-]{1,62})$"
+)
+
+# Base64 as decode_base64 reads it (a data: prefix allowed), at least one byte: what the schema can say of an image.
+# Whether the bytes are a CT slice it cannot say (415 or 422).
+BASE64_IMAGE_PATTERN = (
+    r"^(?:data:[A-Za-z0-9.+/_-]*;base64,)?"
+    r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$"
+)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable code for programs (docs/api.md#errors): invalid_json, not_ct_like...")
+    message: str = Field(description="Plain words for a person; never echoes the request's values")
+    request_id: str = Field(description="API Gateway's request id: quote it when reporting a problem")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error the function answers, on every route (app.py's one error table)."""
+
+    error: ErrorDetail
+
+
+class GatewayError(BaseModel):
+    """API Gateway's own refusals, before the function runs (throttling): its body, not the function's."""
+
+    message: str
+
+
+# What each status means on this API; a route lists the ones it can answer (``answers``).
+ERROR_MEANINGS: dict[int, str] = {
+    400: "Malformed request: body, JSON, base64, form, parameters, page token or patient reference",
+    401: "No valid ID token where the route (or storing a patient's scan) needs one",
+    403: "The caller belongs to no single care team",
+    404: "No such model, patient or record (another team's patient or record is the same 404)",
+    413: "Too large: body, image, pixels, slices or form parts (bodies over 10 MB: API Gateway answers itself)",
+    415: "Unsupported Content-Type or image format, or a compressed DICOM without a decoder",
+    422: "Well formed but not processable: a file that cannot be a CT slice (not_ct_like, too small, empty...: no "
+    "verdict), or options that contradict each other (two patients, a study with a patient)",
+    500: "Unexpected error: no details, quote the request id",
+    503: "No model could be loaded, or this deployment keeps no history",
+}
+_JSON = "application/json"
+
+
+def answers(*errors: int, ok: int = HTTPStatus.OK) -> dict[int, Any]:
+    """A route's OpenAPI ``responses``: its success (the return annotation's model; 204 has no body), each error
+    status it can answer with the one error body (500 on every route), and API Gateway's 429."""
+    success: dict[str, Any] = {"description": HTTPStatus(ok).phrase}
+    if ok == HTTPStatus.NO_CONTENT:
+        success["content"] = {}
+    responses: dict[int, Any] = {int(ok): success}
+    for status in sorted({*errors, HTTPStatus.INTERNAL_SERVER_ERROR}):
+        responses[int(status)] = {"description": ERROR_MEANINGS[status], "content": {_JSON: {"model": ErrorResponse}}}
+    responses[int(HTTPStatus.TOO_MANY_REQUESTS)] = {
+        "description": "Throttled by API Gateway (deployed only): retry later",
+        "content": {_JSON: {"model": GatewayError}},
+    }
+    return responses
 
 
 class PredictOptions(UploadOptions):
@@ -16,7 +83,12 @@ class PredictOptions(UploadOptions):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
     model: str | None = Field(default=None, pattern=NAME_PATTERN, description="Model name; default model if absent")
-    patient: str | None = Field(default=None, description="Pseudonymous patient reference: store (signed in)")
+    # The pattern is documented, not validated here: check_patient_ref answers a bad one with its own message.
+    patient: str | None = Field(
+        default=None,
+        description="Pseudonymous patient reference: store (signed in)",
+        json_schema_extra={"pattern": PATIENT_REF_SCHEMA_PATTERN},
+    )
 
 
 # The options a query string may carry, as PredictOptions declares them (the others are JSON or form only).
@@ -28,11 +100,32 @@ QueryOptions = create_model("QueryOptions", **_QUERY_FIELDS)
 
 
 class PredictRequest(PredictOptions):
-    """JSON body of ``POST /predict``: one ``image``, or the slices of one study in ``images``."""
+    """JSON body of ``POST /predict``: exactly one of ``image`` (one slice) or ``images`` (the slices of one study)."""
 
-    image: str | None = Field(default=None, min_length=1, description="Base64 image; a data: prefix is accepted")
-    images: list[str] | None = Field(default=None, min_length=1, description=f"At most {MAX_STUDY_SLICES} slices")
+    # The one-of rule, in the schema too: a generated client (or Schemathesis) knows a body with neither is refused.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["images"]}]})
+
+    # Absent, never null: the schema says a string (or an array), and so does the check below.
+    image: SkipJsonSchema[None] | str = Field(
+        default=None,
+        min_length=1,
+        description="Base64 image; a data: prefix is accepted",
+        json_schema_extra={"pattern": BASE64_IMAGE_PATTERN},
+    )
+    images: SkipJsonSchema[None] | list[str] = Field(
+        default=None,
+        min_length=1,
+        description=f"At most {MAX_STUDY_SLICES} slices (more: 413)",
+        json_schema_extra={"items": {"type": "string", "pattern": BASE64_IMAGE_PATTERN}, "minItems": 1},
+    )
     filename: str | None = Field(default=None, max_length=255, description="Never logged")
+
+    @field_validator("image", "images", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("leave it out rather than send null")
+        return value
 
     @model_validator(mode="after")
     def _one_of_image_or_images(self) -> "PredictRequest":
@@ -156,3 +249,28 @@ class ModelsResponse(BaseModel):
     default: str
     models: list[ModelDescription]
     disclaimer: str
+
+
+# Path parameters as the routes check them: Powertools writes a bare string. A bad record id is a 404.
+PATH_PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ref": {"type": "string", "pattern": PATIENT_REF_SCHEMA_PATTERN, "description": "Pseudonymous patient reference"},
+    "record_id": {"type": "string", "pattern": RECORD_ID_PATTERN, "description": "A record's id, as listed"},
+}
+
+
+def document_errors(document: dict) -> dict:
+    """Powertools documents a 422 ``HTTPValidationError`` on every route, but this API answers a bad parameter
+    400 with the one error body (``answers``): that shape is never sent, so it goes. Path parameters get the
+    patterns their routes check."""
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            if "HTTPValidationError" in json.dumps(responses.get("422", {})):
+                del responses["422"]
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] in PATH_PARAMETER_SCHEMAS:
+                    parameter["schema"] = PATH_PARAMETER_SCHEMAS[parameter["name"]]
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return document

@@ -22,6 +22,8 @@ from api_schemas import (
     PredictResponse,
     QueryOptions,
     StudyResponse,
+    answers,
+    document_errors,
 )
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
@@ -32,8 +34,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lungscan.accounts.access import openapi_security
+from lungscan.accounts.access import declared_methods, openapi_security
 from lungscan.errors import (
+    ConflictingRequestError,
     ForbiddenError,
     HistoryUnavailableError,
     LungScanError,
@@ -96,7 +99,8 @@ app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 app.include_router(history_api.router)
 OPENAPI_TITLE = "LungScan API"
 
-STATUS_BY_ERROR: dict[type[LungScanError], int] = {
+STATUS_BY_ERROR: dict[type[LungScanError], int] = {  # the first kind that matches: subclasses first
+    ConflictingRequestError: 422,
     MalformedInputError: 400,
     UnauthorizedError: 401,
     ForbiddenError: 403,  # no_team, access_revoked, not_author
@@ -148,13 +152,13 @@ store = _create_store()
 # ---------------------------------------------------------------- routes
 
 
-@app.get("/health")
+@app.get("/health", responses=answers())
 def health() -> dict:
     loaded = sorted(store.models)
     return {"status": "ok" if loaded else "degraded", "models": loaded}
 
 
-@app.get("/model")
+@app.get("/model", responses=answers(503))
 def describe_models() -> ModelsResponse:
     default = store.get()  # 503 when nothing is loaded
     snapshot = store.snapshot  # one consistent view, even while a refresh swaps models in
@@ -165,12 +169,13 @@ def describe_models() -> ModelsResponse:
     return ModelsResponse(default=default.metadata.name, models=descriptions, disclaimer=DISCLAIMER)
 
 
-@app.get("/openapi.json")
+@app.get("/openapi.json", responses=answers())
 def openapi():  # no return annotation: a Response is not a pydantic type
     # Configured here, not at init: its security schemes are Powertools' OpenAPI models (~0.2 s to import).
     app.configure_openapi(title=OPENAPI_TITLE, security_schemes=history_api.security_schemes())
     document = json.loads(app.get_openapi_json_schema(title=OPENAPI_TITLE))
-    return Response(200, content_types.APPLICATION_JSON, json.dumps(document_access(document_predict_body(document))))
+    document = document_errors(document_access(document_predict_body(document)))
+    return Response(200, content_types.APPLICATION_JSON, json.dumps(document))
 
 
 def document_access(document: dict) -> dict:
@@ -183,7 +188,8 @@ def document_access(document: dict) -> dict:
     return document
 
 
-@app.post("/predict")  # a token only to store a patient's scan (lungscan.accounts.access)
+# A token only to store a patient's scan (lungscan.accounts.access).
+@app.post("/predict", responses=answers(400, 401, 403, 404, 413, 415, 422, 503))
 def predict(query: Annotated[QueryOptions, Query()]) -> PredictResponse | StudyResponse:
     """Classify one CT slice, or the slices of one study.
 
@@ -235,9 +241,9 @@ def _request_id() -> str:
     return request_id or str(uuid.uuid4())
 
 
-def _error(status: int, code: str, message: str) -> Response:
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     body = {"error": {"code": code, "message": message, "request_id": _request_id()}}
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+    return Response(status, content_types.APPLICATION_JSON, json.dumps(body), headers=headers)
 
 
 @app.exception_handler(LungScanError)
@@ -260,6 +266,12 @@ def handle_validation_error(error: RequestValidationError) -> Response:
 
 @app.not_found
 def handle_not_found(error: NotFoundError) -> Response:
+    # A known path asked with a method it does not declare: 405 and what it does answer (CORS preflights
+    # are answered before this, by the resolver).
+    allowed = declared_methods(app.current_event.path)
+    if allowed:
+        methods = ", ".join([*allowed, "OPTIONS"])
+        return _error(405, "method_not_allowed", f"This route answers {methods}.", headers={"Allow": methods})
     return _error(404, "not_found", "No such route. See GET /openapi.json.")
 
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 from api_answers import shown_image
+from api_schemas import answers
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
-from pydantic import BaseModel, Field
+from history_schemas import HeatmapResponse, PatientsResponse, PatientSummary, ScanRecord, ScansResponse
 
 from lungscan.accounts.access import TOKEN_SCHEME, checked_by_gateway, needs_token
 from lungscan.accounts.directory import DEFAULT_CACHE_SECONDS, ClinicianDirectory
@@ -48,9 +49,9 @@ from lungscan.accounts.pages import decode_page_token, decode_patients_token, en
 from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
 from lungscan.bundle.metadata import BundleMetadata
 from lungscan.errors import (
+    ConflictingRequestError,
     HistoryUnavailableError,
     LungScanError,
-    MalformedInputError,
     NoTeamError,
     RecordNotFoundError,
     UnauthorizedError,
@@ -65,6 +66,7 @@ router = APIGatewayRouter()  # a Router whose current_event is typed as the REST
 
 # The pool's custom attribute that names a clinician on records; the page's app client cannot write it.
 DISPLAY_NAME_CLAIM = "custom:display_name"
+
 
 def security_schemes() -> dict[str, SecurityScheme]:
     """What API Gateway's Cognito authorizer reads: the ID token in the Authorization header (raw or 'Bearer ').
@@ -222,7 +224,7 @@ def caller_for_prediction(event: APIGatewayProxyEvent, patient: str | None, is_s
         check_patient_ref(patient)
         audit.patient = patient
         if is_study:
-            raise MalformedInputError(
+            raise ConflictingRequestError(
                 "A history record holds one slice: send one slice with 'patient'.", code="history_single_slice"
             )
         audit.caller = caller = caller_for(event, patient)
@@ -305,73 +307,10 @@ def _audit(audit: _Audit, outcome: str) -> None:
         logger.warning("audit", extra={"audit": line})
 
 
-# ---------------------------------------------------------------- models
-
-
-class PatientSummary(BaseModel):
-    patient: str = Field(description="The pseudonymous reference")
-    scans: int
-    last_scan_at: str
-    last_verdict: str
-
-
-class PatientsResponse(BaseModel):
-    team: str
-    patients: list[PatientSummary] = Field(description="In reference order")
-    next: str | None = Field(default=None, description="Opaque token of the next page (query 'next'); null on the last")
-
-
-class StoredModel(BaseModel):
-    name: str
-    version: str
-
-
-class StoredClinician(BaseModel):
-    sub: str
-    name: str | None = Field(default=None, description="The display name an administrator set (custom:display_name)")
-    email: str | None = Field(default=None, description="Records stored before display names only: not verified")
-
-
-class StoredInput(BaseModel):
-    format: str | None
-    width: int | None
-    height: int | None
-
-
-class ScanRecord(BaseModel):
-    record_id: str
-    created_at: str = Field(description="UTC, ISO 8601")
-    clinician: StoredClinician
-    model: StoredModel
-    label: str
-    tier: str | None = Field(default=None, description="suspicious, not_excluded or clear (records since tiers)")
-    verdict: str = Field(description="Deprecated: the original app's text, derived from suspicious")
-    suspicious: bool | None = None
-    probabilities: dict[str, float]
-    prediction_set: list[str] | None = None
-    uncertain: bool | None = None
-    unfamiliar: bool | None = None
-    input: StoredInput
-    input_bytes: int
-    preview: str = Field(description="PNG (base64), at most 256 px, of what the model saw")
-    has_heatmap: bool = Field(description="Whether a heatmap was stored: GET .../scans/{record_id}/heatmap reads it")
-
-
-class HeatmapResponse(BaseModel):
-    record_id: str
-    heatmap: str = Field(description="Heatmap thumbnail (PNG, base64), at the model's input size")
-
-
-class ScansResponse(BaseModel):
-    patient: str
-    scans: list[ScanRecord] = Field(description="Newest first; at most 'limit' records and about 3 MB")
-    next: str | None = Field(description="Opaque token of the next page (query 'next'); null on the last page")
-
-
 # ---------------------------------------------------------------- routes
 
 
-@router.get("/patients", tags=["history"])
+@router.get("/patients", tags=["history"], responses=answers(400, 401, 403, 503))
 def list_patients(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Patients per page")] = DEFAULT_PAGE_SIZE,
     next: Annotated[str | None, Query(max_length=128, description="The previous page's 'next'")] = None,
@@ -386,7 +325,7 @@ def list_patients(
     )
 
 
-@router.get("/patients/<ref>/scans", tags=["history"])
+@router.get("/patients/<ref>/scans", tags=["history"], responses=answers(400, 401, 403, 404, 503))
 def list_scans(
     ref: str,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Records per page")] = DEFAULT_PAGE_SIZE,
@@ -404,7 +343,7 @@ def list_scans(
     return ScansResponse(patient=ref, scans=[ScanRecord(**record) for record in records], next=encode_page_token(last))
 
 
-@router.get("/patients/<ref>/scans/<record_id>/heatmap", tags=["history"])
+@router.get("/patients/<ref>/scans/<record_id>/heatmap", tags=["history"], responses=answers(400, 401, 403, 404, 503))
 def get_heatmap(ref: str, record_id: str) -> HeatmapResponse:
     """One record's heatmap. Another team's record, or one stored without a heatmap: 404."""
     with audited("heatmap.read") as audit:
@@ -416,7 +355,9 @@ def get_heatmap(ref: str, record_id: str) -> HeatmapResponse:
     return HeatmapResponse(record_id=record_id, heatmap=base64.b64encode(heatmap).decode("ascii"))
 
 
-@router.delete("/patients/<ref>/scans/<record_id>", tags=["history"])
+@router.delete(
+    "/patients/<ref>/scans/<record_id>", tags=["history"], responses=answers(400, 401, 403, 404, 503, ok=204)
+)
 def delete_scan(ref: str, record_id: str):  # no return annotation: a 204 Response is not a pydantic type
     """Delete one record for the whole team: 204, only by the clinician who stored it (anyone else in the team:
     403 ``not_author``). Another team's record: 404."""
@@ -424,4 +365,4 @@ def delete_scan(ref: str, record_id: str):  # no return annotation: a 204 Respon
         caller = _current_caller(audit, fresh=True)  # a write: the account is asked now
         audit.patient, audit.record_id = check_patient_ref(ref), record_id
         get_store().delete(caller.team, ref, record_id, author=caller.sub)
-    return Response(204, content_types.APPLICATION_JSON, "")
+    return Response(204)  # no body, so no Content-Type

@@ -10,6 +10,7 @@ A route is API Gateway's ``(method, resource)``: ``("GET", "/patients/{ref}/scan
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 # The security scheme of the ID token (the Authorization header), named as template.yaml names it.
@@ -39,6 +40,20 @@ ROUTES: dict[Route, Access] = {
 
 # The routes behind the Cognito authorizer.
 AUTHORIZED_ROUTES = frozenset(route for route, access in ROUTES.items() if access is Access.SIGNED_IN)
+
+
+def _resource_pattern(resource: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(resource)))
+
+
+_RESOURCE_PATTERNS = {resource: _resource_pattern(resource) for _, resource in ROUTES}
+
+
+def declared_methods(path: str) -> list[str]:
+    """The methods the API declares on a request path's resource (``/patients/P-1/scans``: ``["GET"]``); none
+    for a path that is no resource. Another method there is a 405 with these in ``Allow``, not a 404."""
+    resources = {resource for resource, pattern in _RESOURCE_PATTERNS.items() if pattern.fullmatch(path)}
+    return sorted(method for method, resource in ROUTES if resource in resources)
 
 
 def needs_token(route: Route, *, patient: str | None = None) -> bool:

@@ -181,13 +181,14 @@ def test_the_page_is_told_where_to_sign_in(stack):
 
 
 def test_other_methods_and_paths_get_json_and_leave_no_reference_in_the_log(stack, tokens):
-    for method in ("PUT", "PATCH", "TRACE"):
+    for method in ("PUT", "PATCH", "TRACE"):  # a known path: 405, and what it does answer
         status, error = call(stack, method, "/patients", tokens["A"], payload={})
-        assert (status, error["error"]["code"]) == (404, "not_found"), method
+        assert (status, error["error"]["code"]) == (405, "method_not_allowed"), method
     request = urllib.request.Request(stack.base_url + "/patients", method="HEAD")
     with pytest.raises(urllib.error.HTTPError) as answer:
         urllib.request.urlopen(request, timeout=10)
-    assert answer.value.code == 404 and answer.value.headers["Content-Type"] == "application/json"
+    assert answer.value.code == 405 and answer.value.headers["Allow"] == "GET, OPTIONS"
+    assert answer.value.headers["Content-Type"] == "application/json"
     # A path that is no route (a typo, a guessed URL) still holds the reference the clinician typed.
     for path in ("/patients/P-LOGGED-7", "/patients/P-LOGGED-8/scans/"):
         with pytest.raises(urllib.error.HTTPError) as answer:
@@ -195,7 +196,7 @@ def test_other_methods_and_paths_get_json_and_leave_no_reference_in_the_log(stac
         assert answer.value.code == 404
     log = stack.log_path.read_text()
     assert "P-LOGGED" not in log
-    assert "GET (no route) 404" in log and "PUT /patients 404" in log
+    assert "GET (no route) 404" in log and "PUT /patients 405" in log
 
 
 def cognito_call(stack, action: str, payload: dict) -> tuple[int, dict]:

@@ -278,7 +278,7 @@ def test_two_different_patients_in_one_request_are_refused_not_one_picked(app_mo
     ]
     for event in events:
         status, error = call(app_module, lambda_context, signed_in(event, ALICE))
-        assert (status, error["error"]["code"]) == (400, "conflicting_patient"), error
+        assert (status, error["error"]["code"]) == (422, "conflicting_patient"), error
         assert "P-" not in error["error"]["message"]
     assert store.dynamodb.scan(TableName=TABLE)["Count"] == 0
     # The same reference twice is one patient, in the body too.
@@ -314,7 +314,7 @@ def test_a_study_with_a_patient_is_refused(app_module, lambda_context, store):
     png = base64.b64encode(encode(ct_like_image())).decode()
     event = make_event(body=json.dumps({"images": [png, png], "patient": "P-1"}), content_type="application/json")
     status, error = call(app_module, lambda_context, signed_in(event, ALICE))
-    assert (status, error["error"]["code"]) == (400, "history_single_slice")
+    assert (status, error["error"]["code"]) == (422, "history_single_slice")
 
 
 def typed_slice(**changes) -> tuple[Prediction, SliceInput, BundleMetadata]:
