@@ -22,7 +22,7 @@ from training.gate import generators as non_ct_generators
 
 # gate_features of tests/fixtures/ct_normal_256.png, summed and projected on fixed random weights: a feature that
 # drifts changes what the fitted gate reads. On purpose (a new feature, a refitted gate): paste the new pair.
-GATE_FEATURES_FINGERPRINT = (24.9266, -1.7766)
+GATE_FEATURES_FINGERPRINT = {1: (24.9266, -1.7766), 2: (25.1242, -1.839)}  # by features version
 
 
 def call(app_module, lambda_context, payload: dict) -> tuple[int, dict]:
@@ -95,8 +95,11 @@ def test_a_studys_pixel_budget_counts_every_frame_of_a_multi_frame_dicom():
         plan_study([data], max_pixels=4 * 64 * 64 - 1)  # once per file would count 64x64 only
 
 
-def test_gate_features_of_a_fixture_are_pinned():
-    features = gate_features(Image.open(FIXTURES_DIR / "ct_normal_256.png"))
+@pytest.mark.parametrize("version", sorted(GATE_FEATURES_FINGERPRINT))
+def test_gate_features_of_a_fixture_are_pinned(version: int):
+    """Both versions: a bundle fitted on version 1 is still served with version 1's features."""
+    features = gate_features(Image.open(FIXTURES_DIR / "ct_normal_256.png"), version=version)
     weights = np.random.default_rng(0).normal(size=features.shape)
     fingerprint = (round(float(features.sum()), 4), round(float(features @ weights), 4))
-    assert fingerprint == pytest.approx(GATE_FEATURES_FINGERPRINT, abs=2e-4), f"gate features now {fingerprint}"
+    expected = GATE_FEATURES_FINGERPRINT[version]
+    assert fingerprint == pytest.approx(expected, abs=2e-4), f"gate features v{version} now {fingerprint}"

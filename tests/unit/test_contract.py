@@ -43,8 +43,9 @@ def test_every_route_documents_its_errors_with_the_one_error_body(document):
         ("GET", "/model"): {"200", "503"},
         ("GET", "/health"): {"200"},
         ("GET", "/openapi.json"): {"200"},
-        ("GET", "/patients"): {"200", "401", "403", "503"},
+        ("GET", "/patients"): {"200", "400", "401", "403", "503"},
         ("GET", "/patients/{ref}/scans"): {"200", "400", "401", "403", "404", "503"},
+        ("GET", "/patients/{ref}/scans/{record_id}/heatmap"): {"200", "400", "401", "403", "404", "503"},
         ("DELETE", "/patients/{ref}/scans/{record_id}"): {"204", "400", "401", "403", "404", "503"},
     }
     for route, operation in operations(document).items():
