@@ -232,3 +232,13 @@ def test_a_study_whose_summary_step_fails_is_answered_failed_not_running_forever
     assert answer["status"] == "failed" and answer["summary"] is None
     status, again = call(app_module, lambda_context, "GET", f"/studies/{study_id}")
     assert status == 200 and again["status"] == "failed"  # stored, not only answered
+
+
+def test_an_expired_study_is_404_at_once(app_module, lambda_context, engine):
+    from lungscan.studies.store import StudyStore
+
+    _, dynamodb, _ = engine
+    StudyStore(dynamodb, TABLE).create("E" * 32, "anonymous", 1, {"model": {"name": "m", "version": "v"}}, 1)
+    assert StudyStore(dynamodb, TABLE).get("E" * 32) is None  # TTL deletes within days: reads hide it now
+    status, error = call(app_module, lambda_context, "GET", f"/studies/{'E' * 32}")
+    assert status == 404 and error["error"]["code"] == "not_found"
