@@ -14,6 +14,7 @@ import uuid
 from typing import Annotated
 
 import history_api  # beside this file: the patient history routes
+import studies_api  # and the whole-study routes
 from api_answers import describe_model, predict_answer
 from api_body import document_predict_body, read_upload
 from api_schemas import (
@@ -36,6 +37,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lungscan.accounts.access import declared_methods, openapi_security
 from lungscan.errors import (
+    ConflictError,
     ConflictingRequestError,
     ForbiddenError,
     HistoryUnavailableError,
@@ -45,6 +47,7 @@ from lungscan.errors import (
     NotACTSliceError,
     PayloadTooLargeError,
     RecordNotFoundError,
+    StudiesUnavailableError,
     UnauthorizedError,
     UnknownModelError,
     UnsupportedFormatError,
@@ -97,6 +100,7 @@ class StackCORS(CORSConfig):
 cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 app.include_router(history_api.router)
+app.include_router(studies_api.router)
 OPENAPI_TITLE = "LungScan API"
 
 STATUS_BY_ERROR: dict[type[LungScanError], int] = {  # the first kind that matches: subclasses first
@@ -106,11 +110,13 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {  # the first kind that match
     ForbiddenError: 403,  # no_team, access_revoked, not_author
     UnknownModelError: 404,
     RecordNotFoundError: 404,
+    ConflictError: 409,
     PayloadTooLargeError: 413,
     UnsupportedFormatError: 415,
     NotACTSliceError: 422,
     ModelUnavailableError: 503,
     HistoryUnavailableError: 503,
+    StudiesUnavailableError: 503,
 }
 
 
@@ -147,6 +153,7 @@ def _create_store() -> ModelStore:
 
 
 store = _create_store()
+studies_api.use_models(store)
 
 
 # ---------------------------------------------------------------- routes

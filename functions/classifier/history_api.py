@@ -190,11 +190,11 @@ def caller_for(event: APIGatewayProxyEvent, patient: str | None = None) -> Clini
     """Who asks, where the request's route needs a token (``lungscan.accounts.access``); None where it needs
     none. Behind the authorizer the claims are in the event already; elsewhere the function checks the token."""
     route = (event.http_method, event.get("resource") or event.path)  # API Gateway's resource: the table's key
-    if not needs_token(route, patient=patient):
+    token = event.get_header_value("authorization", default_value="", case_sensitive=False) or ""
+    if not needs_token(route, patient=patient, token_sent=bool(token)):
         return None
     claims = _authorizer_claims(event)
     if not claims and not checked_by_gateway(route):
-        token = event.get_header_value("authorization", default_value="", case_sensitive=False) or ""
         if not token:
             raise UnauthorizedError()
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -50,6 +52,13 @@ class ScanRecord(BaseModel):
     unfamiliar: bool | None = None
     input: StoredInput
     input_bytes: int
+    study_date: str | None = Field(
+        default=None, description="A whole study's acquisition day (DICOM), else its upload day: the timeline's order"
+    )
+    study: dict[str, Any] | None = Field(
+        default=None,
+        description="A whole study's record: study_id, flagged of total, failed, its most suspicious slice",
+    )
     preview: str = Field(description="PNG (base64), at most 256 px, of what the model saw")
     has_heatmap: bool = Field(description="Whether a heatmap was stored: GET .../scans/{record_id}/heatmap reads it")
 
@@ -61,5 +70,7 @@ class HeatmapResponse(BaseModel):
 
 class ScansResponse(BaseModel):
     patient: str
-    scans: list[ScanRecord] = Field(description="Newest first; at most 'limit' records and about 3 MB")
+    scans: list[ScanRecord] = Field(
+        description="Newest first (a whole study by its acquisition day); at most 'limit' records and about 3 MB"
+    )
     next: str | None = Field(description="Opaque token of the next page (query 'next'); null on the last page")
