@@ -48,14 +48,15 @@ class GatewayError(BaseModel):
 ERROR_MEANINGS: dict[int, str] = {
     400: "Malformed request: body, JSON, base64, form, parameters, page token or patient reference",
     401: "No valid ID token where the route (or storing a patient's scan) needs one",
-    403: "The caller belongs to no single care team",
-    404: "No such model, patient or record (another team's patient or record is the same 404)",
+    403: "The caller belongs to no single care team, is no longer enabled or in that team, or is not the author",
+    404: "No such model, patient, record or study (another team's is the same 404)",
+    409: "The resource is not ready for this: a study started before all its files are uploaded",
     413: "Too large: body, image, pixels, slices or form parts (bodies over 10 MB: API Gateway answers itself)",
     415: "Unsupported Content-Type or image format, or a compressed DICOM without a decoder",
     422: "Well formed but not processable: a file that cannot be a CT slice (not_ct_like, too small, empty...: no "
     "verdict), or options that contradict each other (two patients, a study with a patient)",
     500: "Unexpected error: no details, quote the request id",
-    503: "No model could be loaded, or this deployment keeps no history",
+    503: "No model could be loaded, or this deployment keeps no history or studies, or the user pool cannot be asked",
 }
 _JSON = "application/json"
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import boto3
 import history_api
 from api_schemas import (
     CreateStudyRequest,
@@ -31,8 +31,6 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
-from botocore.config import Config as BotocoreConfig
-from botocore.exceptions import BotoCoreError, ClientError
 
 from lungscan.accounts.history import Clinician, check_patient_ref
 from lungscan.errors import ConflictError, RecordNotFoundError, StudiesUnavailableError
@@ -71,14 +69,21 @@ def use_models(store: ModelStore) -> None:
 
 def configuration() -> tuple[str, str, str]:
     """``(uploads bucket, studies table, state machine ARN)``; 503 where this deployment runs no engine."""
-    names = (os.environ.get("UPLOADS_BUCKET"), os.environ.get("STUDIES_TABLE"), os.environ.get("STUDY_STATE_MACHINE"))
-    if not all(names):
+    bucket, table, machine = (
+        os.environ.get(name) for name in ("UPLOADS_BUCKET", "STUDIES_TABLE", "STUDY_STATE_MACHINE")
+    )
+    if not (bucket and table and machine):
         raise StudiesUnavailableError()
-    return names  # type: ignore[return-value]
+    return bucket, table, machine
 
 
-def client(service: str):
+def client(service: str) -> Any:
+    """One boto3 client per service, made on first use: the function's init and its single-slice requests never
+    import boto3 for studies (tests/unit/test_batch.py)."""
     if service not in _clients:
+        import boto3
+        from botocore.config import Config as BotocoreConfig
+
         config, endpoint = None, None
         if service == "s3" and os.environ.get("AWS_ENDPOINT_URL_S3"):  # the local stack's moto server
             config = BotocoreConfig(signature_version="s3v4", s3={"addressing_style": "path"})
@@ -88,7 +93,8 @@ def client(service: str):
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
             config = BotocoreConfig(signature_version="s3v4", s3={"addressing_style": "virtual"})
             endpoint = f"https://s3.{region}.amazonaws.com"
-        _clients[service] = boto3.client(service, config=config, endpoint_url=endpoint)  # type: ignore[call-overload]
+        make: Callable[..., Any] = boto3.client  # typed per service name: this one is chosen at run time
+        _clients[service] = make(service, config=config, endpoint_url=endpoint)
     return _clients[service]
 
 
@@ -246,6 +252,8 @@ def _engine_gave_up(study_id: str) -> bool:
     """Whether the study's execution ended without its summary (a summary step that failed, a timeout): then the
     study is failed for good, not running forever. Asked only once the slices are in, or the study is overdue, so
     polling clients do not spend Step Functions' DescribeExecution quota."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     machine = configuration()[2]
     arn = f"{machine.replace(':stateMachine:', ':execution:')}:{study_id}"
     try:
