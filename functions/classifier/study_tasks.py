@@ -24,6 +24,7 @@ from PIL import Image
 
 from app import logger, store
 from lungscan.accounts.history import Clinician, build_study_record, thumbnail_png
+from lungscan.errors import LungScanError
 from lungscan.model.classifier import VERDICT_CLEAR, VERDICT_SUSPICIOUS
 from lungscan.studies.batch import STUDY_LIMITS, classify_batch_objects
 from lungscan.studies.plan import STUDY_TTL_SECONDS, UPLOAD_PREFIX
@@ -76,7 +77,10 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
         "finished_at": studies_api._iso(time.time()),
     }
     if status != STATUS_FAILED and study.get("patient") and study.get("clinician"):
-        outcome["record_id"] = _keep_in_history(study, summary, ordered, focus, outcome)
+        try:
+            outcome["record_id"] = _keep_in_history(study, summary, ordered, focus, outcome)
+        except LungScanError as error:  # disabled or moved since the upload: answered, not kept (audited)
+            outcome["history_refused"] = error.code
     studies.finish(study_id, status, summary, series, outcome)
     _delete_uploads(event)
     logger.info("study summarized", extra={"status": status, "slices": len(ordered), "flagged": summary["flagged"]})

@@ -7,14 +7,13 @@ import json
 import random
 
 import pytest
-from helpers import ct_series, localizer_dicom, make_event
+from helpers import HistoryWorld, ct_series, localizer_dicom, make_event
 
 from infrastructure.local_engine import StateError, local_engine
-from lungscan.accounts import history
 from lungscan.studies.plan import MAX_FILES
 from lungscan.studies.store import create_table
 
-BUCKET, TABLE, HISTORY = "uploads-test", "studies-test", "history-test"
+BUCKET, TABLE = "uploads-test", "studies-test"
 ALICE = {"sub": "alice", "email": "a@example.org", "cognito:groups": "oncology"}
 CAROL = {"sub": "carol", "email": "c@example.org", "cognito:groups": "radiology"}
 
@@ -52,7 +51,6 @@ def engine(app_module, monkeypatch):
         s3.create_bucket(Bucket=BUCKET)
         dynamodb = boto3.client("dynamodb", region_name="us-east-1")
         create_table(dynamodb, TABLE)
-        history.create_table(dynamodb, HISTORY)
         monkeypatch.setenv("UPLOADS_BUCKET", BUCKET)
         monkeypatch.setenv("STUDIES_TABLE", TABLE)
         monkeypatch.setenv(
@@ -60,9 +58,10 @@ def engine(app_module, monkeypatch):
         )
         states = InlineStepFunctions(s3)
         monkeypatch.setattr(studies_api, "_clients", {"s3": s3, "dynamodb": dynamodb, "stepfunctions": states})
-        monkeypatch.setattr(history_api, "_store", history.HistoryStore(dynamodb, HISTORY, retention_days=30))
-        monkeypatch.setattr(history_api, "_hash_key", b"test-hash-key")
-        yield s3, dynamodb, states
+        world = HistoryWorld(monkeypatch, history_api)  # the history table and the user pool the function asks
+        world.enroll("alice", "oncology")
+        world.enroll("carol", "radiology")
+        yield s3, dynamodb, states, world
 
 
 def call(app_module, lambda_context, method, path, body=None, claims=None, query=None):
@@ -99,7 +98,7 @@ def run(app_module, lambda_context, s3, files, claims=None, **options) -> tuple[
 
 
 def test_a_study_is_answered_in_reading_order_with_per_slice_errors(app_module, lambda_context, engine):
-    s3, _, states = engine
+    s3, _, states, _ = engine
     series = ct_series(12)
     random.Random(1).shuffle(series)  # uploaded out of order
     files = [data for _, data in series] + [series[0][1][:3000], localizer_dicom()]  # a truncated file, a scout
@@ -125,7 +124,7 @@ def test_a_study_is_answered_in_reading_order_with_per_slice_errors(app_module, 
 
 
 def test_slices_are_paged(app_module, lambda_context, engine):
-    s3, _, _ = engine
+    s3, _, _, _ = engine
     study_id, first = run(app_module, lambda_context, s3, [data for _, data in ct_series(5)])
     status, page = call(app_module, lambda_context, "GET", f"/studies/{study_id}", query={"limit": "2"})
     assert status == 200 and len(page["slices"]) == 2 and page["next_cursor"] == "2"
@@ -138,7 +137,7 @@ def test_slices_are_paged(app_module, lambda_context, engine):
 
 
 def test_over_the_limits_is_413_before_anything_exists(app_module, lambda_context, engine):
-    _, dynamodb, _ = engine
+    _, dynamodb, _, _ = engine
     status, error = call(app_module, lambda_context, "POST", "/studies", {"files": [{"size": 1}] * (MAX_FILES + 1)})
     assert status == 413 and error["error"]["code"] == "too_many_slices"
     status, error = call(app_module, lambda_context, "POST", "/studies", {"files": [{"size": 65 * 2**20}]})
@@ -149,7 +148,7 @@ def test_over_the_limits_is_413_before_anything_exists(app_module, lambda_contex
 
 
 def test_starting_before_every_file_is_uploaded_is_409_and_twice_is_one_execution(app_module, lambda_context, engine):
-    s3, _, states = engine
+    s3, _, states, _ = engine
     files = [data for _, data in ct_series(3)]
     _, created = create(app_module, lambda_context, files)
     upload(s3, created | {"uploads": created["uploads"][:2]}, files[:2])
@@ -163,7 +162,7 @@ def test_starting_before_every_file_is_uploaded_is_409_and_twice_is_one_executio
 
 
 def test_a_study_of_only_corrupt_files_fails_with_an_error_per_slice(app_module, lambda_context, engine):
-    s3, _, _ = engine
+    s3, _, _, _ = engine
     truncated = ct_series(1)[0][1][:3000]
     _, answer = run(app_module, lambda_context, s3, [b"\x89PNG\r\n\x1a\n" + b"\0" * 50, truncated])
     assert answer["status"] == "failed" and answer["summary"]["total"] == 0
@@ -178,7 +177,7 @@ def test_unknown_or_malformed_ids_are_404(app_module, lambda_context, engine, st
 
 
 def test_a_teams_study_is_404_to_another_team_and_to_anonymous_callers(app_module, lambda_context, engine):
-    s3, _, _ = engine
+    s3, _, _, _ = engine
     files = [data for _, data in ct_series(2)]
     study_id, answer = run(app_module, lambda_context, s3, files, claims=ALICE)
     assert answer["status"] == "done"
@@ -190,7 +189,7 @@ def test_a_teams_study_is_404_to_another_team_and_to_anonymous_callers(app_modul
 def test_a_signed_in_study_with_a_patient_is_one_history_record_dated_by_acquisition(
     app_module, lambda_context, engine
 ):
-    s3, _, _ = engine
+    s3, _, _, _ = engine
     older = [data for _, data in ct_series(3, AcquisitionDate="20230115", StudyDate="20230115")]
     newer = [data for _, data in ct_series(3)]
     run(app_module, lambda_context, s3, newer, claims=ALICE, patient="P-0042")
@@ -204,8 +203,23 @@ def test_a_signed_in_study_with_a_patient_is_one_history_record_dated_by_acquisi
     assert "uncertain" in record and record["preview"]
 
 
+def test_a_clinician_moved_off_the_team_before_the_summary_gets_the_answer_but_no_record(
+    app_module, lambda_context, engine
+):
+    s3, _, _, world = engine
+    files = [data for _, data in ct_series(2)]
+    status, created = create(app_module, lambda_context, files, ALICE, patient="P-0042")
+    assert status == 201, created
+    upload(s3, created, files)
+    world.leave("alice", "oncology")  # moved while the files uploaded: the summary must not store for oncology
+    call(app_module, lambda_context, "POST", f"/studies/{created['study_id']}/start", claims=ALICE)
+    status, answer = call(app_module, lambda_context, "GET", f"/studies/{created['study_id']}", claims=ALICE)
+    assert status == 200 and answer["status"] == "done"
+    assert world.store.scans("oncology", "P-0042", limit=10)[0] == []
+
+
 def test_a_patient_without_a_token_is_401_and_nothing_is_created(app_module, lambda_context, engine):
-    _, dynamodb, _ = engine
+    _, dynamodb, _, _ = engine
     status, error = call(app_module, lambda_context, "POST", "/studies", {"files": [{"size": 10}], "patient": "P-1"})
     assert status == 401 and error["error"]["code"] == "unauthorized"
     assert dynamodb.scan(TableName=TABLE)["Count"] == 0
@@ -226,7 +240,7 @@ def test_a_study_whose_summary_step_fails_is_answered_failed_not_running_forever
         raise RuntimeError("the summary step broke")
 
     monkeypatch.setattr(study_tasks, "summary_handler", broken)
-    s3, _, states = engine
+    s3, _, states, _ = engine
     study_id, answer = run(app_module, lambda_context, s3, [data for _, data in ct_series(2)])
     assert states.failed == {study_id}
     assert answer["status"] == "failed" and answer["summary"] is None
@@ -237,7 +251,7 @@ def test_a_study_whose_summary_step_fails_is_answered_failed_not_running_forever
 def test_an_expired_study_is_404_at_once(app_module, lambda_context, engine):
     from lungscan.studies.store import StudyStore
 
-    _, dynamodb, _ = engine
+    _, dynamodb, _, _ = engine
     StudyStore(dynamodb, TABLE).create("E" * 32, "anonymous", 1, {"model": {"name": "m", "version": "v"}}, 1)
     assert StudyStore(dynamodb, TABLE).get("E" * 32) is None  # TTL deletes within days: reads hide it now
     status, error = call(app_module, lambda_context, "GET", f"/studies/{'E' * 32}")
