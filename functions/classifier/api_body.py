@@ -57,7 +57,7 @@ def read_upload(event: APIGatewayProxyEvent, query: PredictOptions) -> Upload:
         raise MalformedInputError("The request body is empty: send an image.", code="empty_body")
     content_type = event.get_header_value("content-type", default_value="", case_sensitive=False) or ""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    raw = _body_bytes(body, event.is_base64_encoded)
+    raw = body_bytes(body, event.is_base64_encoded)
     if media_type == "application/json" or (not media_type and raw.lstrip().startswith(b"{")):
         return _read_json(raw, query)
     if media_type == "multipart/form-data":
@@ -79,7 +79,7 @@ def invalid_request(error: ValidationError) -> MalformedInputError:
     return MalformedInputError("Invalid request: " + "; ".join(problems), code="invalid_request")
 
 
-def _body_bytes(body: str, is_base64_encoded: bool | None) -> bytes:
+def body_bytes(body: str, is_base64_encoded: bool | None) -> bytes:
     if not is_base64_encoded:
         return body.encode("utf-8", errors="surrogateescape")
     try:

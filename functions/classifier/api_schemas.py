@@ -287,15 +287,27 @@ class StudyFile(BaseModel):
 
     size: int = Field(ge=1, description="Bytes; the upload target accepts 1 to this many")
 
+    @field_validator("size", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        # JSON Schema's integer: 1024 or 1024.0, never "1024" (which pydantic's lax mode would take).
+        if isinstance(value, str | bool):
+            raise ValueError("must be a JSON number")
+        return value
+
 
 class CreateStudyRequest(BaseModel):
     """JSON body of ``POST /studies``."""
 
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), strict=True)
 
     files: list[StudyFile] = Field(min_length=1, description="One entry per file, at most 2,000 and 2 GiB in all")
     model: str | None = Field(default=None, pattern=NAME_PATTERN, description="Model name; default model if absent")
-    patient: str | None = Field(default=None, description="Pseudonymous patient reference: one history record")
+    patient: str | None = Field(
+        default=None,
+        description="Pseudonymous patient reference: one history record (signed in)",
+        json_schema_extra={"pattern": PATIENT_REF_SCHEMA_PATTERN},
+    )
     explain: bool = Field(default=True, description="Heatmaps of the most suspicious slices")
 
 

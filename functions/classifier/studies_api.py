@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import history_api
+from api_body import body_bytes, invalid_request
 from api_schemas import (
     CreateStudyRequest,
     CreateStudyResponse,
@@ -31,9 +32,16 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+from pydantic import ValidationError
 
 from lungscan.accounts.history import Clinician, check_patient_ref
-from lungscan.errors import ConflictError, RecordNotFoundError, StudiesUnavailableError
+from lungscan.errors import (
+    ConflictError,
+    RecordNotFoundError,
+    StudiesUnavailableError,
+    UnsupportedFormatError,
+)
 from lungscan.model.classifier import DISCLAIMER
 from lungscan.registry.model_store import ModelStore
 from lungscan.studies.plan import (
@@ -122,11 +130,12 @@ def find_study(study_id: str) -> dict[str, Any]:
 @router.post(
     "/studies",
     tags=["studies"],
-    responses=answers(400, 401, 403, 404, 413, 503, ok=201)
+    responses=answers(400, 401, 403, 404, 413, 415, 503, ok=201)
     | {201: {"description": "Created", "content": {"application/json": {"model": CreateStudyResponse}}}},
 )
-def create_study(request: CreateStudyRequest):  # no return annotation: a 201 Response is not a pydantic type
+def create_study():  # no return annotation: a 201 Response is not a pydantic type
     """A new study: one presigned POST per file, to upload straight to S3. Over the limits: 413, before any upload."""
+    request = _study_request(router.current_event)
     sizes = [item.size for item in request.files]
     check_sizes(sizes)
     if request.patient is not None:
@@ -158,6 +167,34 @@ def create_study(request: CreateStudyRequest):  # no return annotation: a 201 Re
     logger.info("study created", extra={"files": len(sizes), "bytes": sum(sizes), "signed_in": caller is not None})
     body = CreateStudyResponse(study_id=study_id, expires_at=_iso(expires_at), uploads=uploads)
     return Response(201, content_types.APPLICATION_JSON, body.model_dump_json())
+
+
+def _study_request(event: APIGatewayProxyEvent) -> CreateStudyRequest:
+    """The JSON body, read here rather than by Powertools' validation, which answers a form's Content-Type
+    without a boundary with a 500 (document_study_body publishes the schema)."""
+    content_type = (event.get_header_value("content-type", default_value="", case_sensitive=False) or "").lower()
+    if content_type.split(";")[0].strip() not in ("", "application/json"):
+        raise UnsupportedFormatError(
+            "Send this route's body as JSON (Content-Type: application/json).", code="unsupported_media_type"
+        )
+    raw = body_bytes(event.body or "", event.is_base64_encoded)
+    try:
+        return CreateStudyRequest.model_validate_json(raw)
+    except ValidationError as error:
+        raise invalid_request(error) from None
+
+
+def document_study_body(document: dict) -> dict:
+    """Publish ``POST /studies``' JSON body, which the route reads itself (``_study_request``)."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schema = CreateStudyRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas["CreateStudyRequest"] = schema
+    document["paths"]["/studies"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateStudyRequest"}}},
+    }
+    return document
 
 
 def _presigned_post(s3, bucket: str, key: str, size: int) -> dict[str, Any]:

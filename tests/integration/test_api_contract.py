@@ -161,7 +161,7 @@ def test_the_documented_curl_examples_work_on_a_512_slice(stack, token, large_sl
         (answer,) = run_documented(command, stack, large_slices, {})
         assert answer["input"]["width"] == 512 and answer["label"], (command, answer)
 
-    token_line, store, patients, scans, delete = documented_commands(REPO_ROOT / "docs" / "accounts.md")[:5]
+    token_line, store, patients, scans, heatmap, delete = documented_commands(REPO_ROOT / "docs" / "accounts.md")[:6]
     assert token_line.startswith("TOKEN=")
     variables = {"TOKEN": token}
     (stored,) = run_documented(store, stack, large_slices, variables)
@@ -170,4 +170,6 @@ def test_the_documented_curl_examples_work_on_a_512_slice(stack, token, large_sl
     assert "P-0001" in {patient["patient"] for patient in listed["patients"]}
     (page,) = run_documented(scans, stack, large_slices, variables)
     assert stored["record_id"] in {scan["record_id"] for scan in page["scans"]}
+    (shown,) = run_documented(heatmap.replace("RECORD_ID", stored["record_id"]), stack, large_slices, variables)
+    assert shown["record_id"] == stored["record_id"] and shown["heatmap"]
     assert run_documented(delete.replace("RECORD_ID", stored["record_id"]), stack, large_slices, variables) == []

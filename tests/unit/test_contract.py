@@ -47,7 +47,7 @@ def test_every_route_documents_its_errors_with_the_one_error_body(document):
         ("GET", "/patients/{ref}/scans"): {"200", "400", "401", "403", "404", "503"},
         ("GET", "/patients/{ref}/scans/{record_id}/heatmap"): {"200", "400", "401", "403", "404", "503"},
         ("DELETE", "/patients/{ref}/scans/{record_id}"): {"204", "400", "401", "403", "404", "503"},
-        ("POST", "/studies"): {"201", "400", "401", "403", "404", "413", "503"},
+        ("POST", "/studies"): {"201", "400", "401", "403", "404", "413", "415", "503"},
         ("POST", "/studies/{study_id}/start"): {"202", "400", "401", "403", "404", "409", "503"},
         ("GET", "/studies/{study_id}"): {"200", "400", "401", "403", "404", "503"},
     }

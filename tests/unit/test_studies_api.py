@@ -225,6 +225,13 @@ def test_a_patient_without_a_token_is_401_and_nothing_is_created(app_module, lam
     assert dynamodb.scan(TableName=TABLE)["Count"] == 0
 
 
+def test_a_study_body_that_is_not_json_is_415(app_module, lambda_context, engine):
+    event = make_event("POST", "/studies", json.dumps({"files": [{"size": 10}]}), "text/plain")
+    response = app_module.lambda_handler(event, lambda_context)
+    assert response["statusCode"] == 415
+    assert json.loads(response["body"])["error"]["code"] == "unsupported_media_type"
+
+
 def test_without_an_engine_the_routes_are_503(app_module, lambda_context, monkeypatch):
     monkeypatch.delenv("UPLOADS_BUCKET", raising=False)
     status, error = call(app_module, lambda_context, "POST", "/studies", {"files": [{"size": 10}]})
