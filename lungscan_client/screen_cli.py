@@ -81,7 +81,10 @@ def command(args: argparse.Namespace) -> int:
     if args.format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(answer["rows"])
+        for row in answer["rows"]:  # true/false, as lungscan classify writes them
+            writer.writerow(
+                {name: str(value).lower() if isinstance(value, bool) else value for name, value in row.items()}
+            )
     else:
         json.dump(answer, sys.stdout, indent=2)
         sys.stdout.write("\n")
