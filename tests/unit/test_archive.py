@@ -7,6 +7,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 
@@ -96,9 +97,11 @@ def test_an_object_s3_refuses_is_one_error_row_not_a_failed_batch(app_module, co
 
 def test_s3_failing_itself_fails_the_batch_for_the_tasks_retry(app_module):
     s3 = boto3.client("s3", region_name="us-east-1")
-    with Stubber(s3) as stub, pytest.raises(Exception, match="InternalError"):
+    classifier = app_module.store.get(None)
+    with Stubber(s3) as stub:
         stub.add_client_error("get_object", service_error_code="InternalError", http_status_code=500)
-        classify_batch_objects(app_module.store.get(None), s3, BUCKET, [{"Key": "k", "Size": 10}], "")
+        with pytest.raises(ClientError, match="InternalError"):
+            classify_batch_objects(classifier, s3, BUCKET, [{"Key": "k", "Size": 10}], "")
 
 
 def _entry(key: str, probability: float | None, suspicious: bool = False, error: str | None = None) -> dict:
