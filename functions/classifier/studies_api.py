@@ -85,7 +85,7 @@ def client(service: str):
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
             config = BotocoreConfig(signature_version="s3v4", s3={"addressing_style": "virtual"})
             endpoint = f"https://s3.{region}.amazonaws.com"
-        _clients[service] = boto3.client(service, config=config, endpoint_url=endpoint)
+        _clients[service] = boto3.client(service, config=config, endpoint_url=endpoint)  # type: ignore[call-overload]
     return _clients[service]
 
 
