@@ -7,7 +7,8 @@ are) plus 16-bit 512x512 DICOM slices built from the first of them (``bench_stud
 - batched: template.yaml's Definition as deployed (``StudyBatchSize`` items per worker invocation), slices/s;
 - one at a time: the same Definition with ``StudyBatchSize`` 1 (one worker invocation per slice), slices/s;
 - re-run: the batched screen again over the same prefix and model version (answers from the records), slices/s;
-- the worker's peak memory: a fresh process, the real worker handler on one batch of an archive (ru_maxrss).
+- the worker alone: a fresh process, the real worker handler on one batch of an archive: its peak memory
+  (ru_maxrss) and its time (slices/s of one worker, the r of docs/archive.md's projection).
 
 The Map runs as many workers at once as this machine has cores (``infrastructure.local_engine``); every figure
 is for the whole machine. Nothing is asserted; the projection to 100,000 and 1,000,000 slices is docs/archive.md.
@@ -86,8 +87,20 @@ def screen_runs(files: list[tuple[str, bytes]]) -> dict[str, object]:
                 list(pool.map(lambda file, b=bucket: s3.put_object(Bucket=b, Key=file[0], Body=file[1]), files))
         import study_tasks  # noqa: F401 - loads the model, as a worker's init phase does
 
+        summarizing: dict[str, float] = {}
+
         def run(bucket: str, run_id: str, batch: int | None = None) -> tuple[float, dict]:
             engine = local_engine(s3, parameters={"StudyBatchSize": batch} if batch else None)
+            summary = engine.handlers["local:StudySummaryFunction"]
+
+            def timed(event: dict, context: object) -> object:  # the last state alone, apart from the Map
+                started = time.perf_counter()
+                try:
+                    return summary(event, context)
+                finally:
+                    summarizing[run_id] = time.perf_counter() - started
+
+            engine.handlers["local:StudySummaryFunction"] = timed
             machine_input = {
                 "bucket": bucket,
                 "prefix": PREFIX,
@@ -113,6 +126,7 @@ def screen_runs(files: list[tuple[str, bytes]]) -> dict[str, object]:
         "single_s": round(single_s, 1),
         "single_slices_per_s": round(count / single_s, 1),
         "rerun_s": round(rerun_s, 1),
+        "summary_s": {name: round(seconds, 1) for name, seconds in summarizing.items()},
         "rerun_slices_per_s": round(count / rerun_s, 1),
         "answered": batched["answered"],
         "flagged": batched["flagged"],
@@ -145,9 +159,17 @@ def worker_probe(folder: Path, batch: int) -> dict[str, float]:
 
         common = {"bucket": "archive", "prefix": "", "study_id": "probe", "model": None}
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        started = time.perf_counter()
         study_tasks.worker_handler({"Items": items, "BatchInput": common}, LambdaContext())
+        seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"batch": len(items), "rss_after_init_mb": round(before, 1), "peak_rss_mb": round(peak, 1)}
+    return {
+        "batch": len(items),
+        "rss_after_init_mb": round(before, 1),
+        "peak_rss_mb": round(peak, 1),
+        "batch_s": round(seconds, 2),
+        "slices_per_s": round(len(items) / seconds, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,13 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         f"re-run {screen['rerun_s']} s = {screen['rerun_slices_per_s']} slices/s "
         f"({screen['rerun_classified']} classified, {screen['rerun_reused']} from records)"
     )
+    print(f"of which the summary step (report, top-5 images): {screen['summary_s']} s")
     print(
         f"answers: {screen['answered']} answered, {screen['flagged']} flagged, {screen['errors']} errors, "
         f"{screen['skipped']} skipped"
     )
     print(
         f"worker: peak RSS {worker['peak_rss_mb']} MB after a batch of {worker['batch']} "
-        f"({worker['rss_after_init_mb']} MB after init)"
+        f"({worker['rss_after_init_mb']} MB after init); alone, that batch took {worker['batch_s']} s = "
+        f"{worker['slices_per_s']} slices/s"
     )
     return 0
 

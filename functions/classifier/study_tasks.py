@@ -80,7 +80,8 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
     status, ordered, summary, series = conclude(studies.slices(study_id))
     classifier = store.get(event.get("model") or study["model"]["name"] or None)
     focus = _render(classifier, event, ordered, [summary, *(item["summary"] for item in series)])
-    studies.put_rows(study_id, ordered, study["expires_at"])
+    if not _is_archive(event):  # an archive's rows are its report in S3 (no API pages them): N writes saved
+        studies.put_rows(study_id, ordered, study["expires_at"])
     outcome: dict[str, Any] = {
         "done": len(ordered),
         "failed": summary["failed"],
