@@ -78,6 +78,8 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
         study = studies.get(study_id)
         assert study is not None
     status, ordered, summary, series = conclude(studies.slices(study_id))
+    if _is_archive(event):  # its answer is the report in S3; the item keeps counts (DynamoDB items stop at 400 KB)
+        summary, series = {name: value for name, value in summary.items() if name != "positive_probabilities"}, []
     classifier = store.get(event.get("model") or study["model"]["name"] or None)
     focus = _render(classifier, event, ordered, [summary, *(item["summary"] for item in series)])
     if not _is_archive(event):  # an archive's rows are its report in S3 (no API pages them): N writes saved
