@@ -112,7 +112,7 @@ def wait_for(sfn, execution_arn: str, progress: Progress | None = None, poll: fl
         if progress and (line != said or time.monotonic() - said_at >= 10):
             progress(f"{line} ({time.monotonic() - started:.0f} s)")
             said, said_at = line, time.monotonic()
-        time.sleep(poll)
+        time.sleep(min(10.0, poll + (time.monotonic() - started) / 60))  # an hours-long screen: a call every 10 s
 
 
 def _items(sfn, execution_arn: str) -> str:

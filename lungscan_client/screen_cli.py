@@ -1,6 +1,6 @@
 """``lungscan screen s3://BUCKET/PREFIX [--model NAME] [--endpoint-url URL] [--wait] [--format json|csv]``: the
 command over ``lungscan_client.screen``. Exit code: 0 started (or, with ``--wait``, finished: per-object errors are
-rows of the report), 1 the screen failed or could not start, 2 usage error."""
+rows of the report), 1 the screen failed, could not start or found no object, 2 usage error."""
 
 from __future__ import annotations
 
@@ -90,6 +90,13 @@ def command(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     sys.stdout.flush()
     summary = answer["summary"]
+    if not summary["objects"]:  # deployed, also what a bucket the machine may not list looks like
+        print(
+            f"lungscan: no object under {args.url} was screened: is the prefix right, and is the bucket in the "
+            "stack's ArchiveBucketNames?",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"lungscan: {summary['objects']} objects: {summary['flagged']} flagged of {summary['answered']} answered, "
         f"{summary['errors']} errors, {summary['skipped']} skipped ({summary['classified']} classified now, "

@@ -71,8 +71,8 @@ def archive(stack) -> dict[str, str]:
     return kinds
 
 
-def _screen(stack, *options: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "lungscan_client", "screen", f"s3://{ARCHIVE_BUCKET}/{PREFIX}"]
+def _screen(stack, *options: str, prefix: str = PREFIX) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "lungscan_client", "screen", f"s3://{ARCHIVE_BUCKET}/{prefix}"]
     command += ["--endpoint-url", f"http://127.0.0.1:{stack.s3_port}", "--wait", *options]
     # No AWS credentials, region or configuration at all: the local endpoint needs none.
     environment = with_function_path({"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"})
@@ -156,3 +156,5 @@ def test_a_bad_address_or_an_unknown_machine_is_a_clear_error(stack):
     assert bad.returncode == 1 and "not an s3://BUCKET/PREFIX address" in bad.stderr
     unknown = _screen(stack, "--state-machine", "arn:aws:states:us-east-1:123456789012:stateMachine:Nope")
     assert unknown.returncode == 1 and "AWS refused" in unknown.stderr and "Traceback" not in unknown.stderr
+    empty = _screen(stack, prefix="no-such-ward/")
+    assert empty.returncode == 1 and "no object under" in empty.stderr
