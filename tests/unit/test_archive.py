@@ -4,6 +4,7 @@ hand over reported one by one, the report's order, and the ``lungscan screen`` c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import boto3
 import pytest
@@ -148,3 +149,52 @@ def test_the_client_refuses_bad_addresses_and_an_unknown_results_bucket_before_a
     assert not is_local("https://states.us-east-1.amazonaws.com") and not is_local(None)
     with pytest.raises(ScreenError, match="results-bucket"):
         screen("s3://archive/scans/")  # deployed, the report's bucket is the stack's output, never guessed
+
+
+def test_moto_runs_each_new_execution_on_the_engine_and_reports_its_outcome():
+    """``make run``'s hook (infrastructure/local_archive.py): StartExecution on moto's API runs the engine once per
+    execution; DescribeExecution then answers SUCCEEDED with the output, or FAILED with the error and cause."""
+    import json
+    import threading
+
+    from infrastructure.local_archive import create_archive
+    from infrastructure.local_engine import StateError
+
+    runs: list[dict] = []
+    done = threading.Event()
+
+    class Engine:
+        definition: ClassVar[dict] = {"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}
+
+        def run(self, data: dict, execution: str) -> dict:
+            runs.append(data)
+            done.set()
+            if data.get("fail"):
+                raise StateError("States.ExceedToleratedFailureThreshold", "3 of 10")
+            return {"report": {"bucket": "b", "key": "k"}}
+
+    with mock_aws():
+        arn = create_archive(None, Engine())  # type: ignore[arg-type]
+        states = boto3.client("stepfunctions", region_name="us-east-1")
+
+        def finished(execution_arn: str) -> dict:
+            for _ in range(200):
+                answer = states.describe_execution(executionArn=execution_arn)
+                if answer["status"] != "RUNNING":
+                    return answer
+                done.wait(0.05)
+            raise AssertionError("the execution never ended")
+
+        started = states.start_execution(stateMachineArn=arn, name="one", input=json.dumps({"prefix": "p/"}))
+        answer = finished(started["executionArn"])
+        assert answer["status"] == "SUCCEEDED" and json.loads(answer["output"]) == {
+            "report": {"bucket": "b", "key": "k"}
+        }
+        with pytest.raises(states.exceptions.ExecutionAlreadyExists):  # a finished name is taken, as on AWS
+            states.start_execution(stateMachineArn=arn, name="one", input=json.dumps({"prefix": "p/"}))
+        assert len(runs) == 1
+        failing = states.start_execution(stateMachineArn=arn, name="two", input=json.dumps({"fail": True}))
+        answer = finished(failing["executionArn"])
+        assert answer["status"] == "FAILED" and answer["error"] == "States.ExceedToleratedFailureThreshold"
+        assert answer["cause"] == "3 of 10"
+        assert "lungscan-archive-local" in {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]}
