@@ -78,11 +78,12 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
         study = studies.get(study_id)
         assert study is not None
     status, ordered, summary, series = conclude(studies.slices(study_id))
-    if _is_archive(event):  # its answer is the report in S3; the item keeps counts (DynamoDB items stop at 400 KB)
+    archive = _is_archive(event)
+    if archive:  # its answer is the report in S3; the item keeps counts (DynamoDB items stop at 400 KB)
         summary, series = {name: value for name, value in summary.items() if name != "positive_probabilities"}, []
     classifier = store.get(event.get("model") or study["model"]["name"] or None)
     focus = _render(classifier, event, ordered, [summary, *(item["summary"] for item in series)])
-    if not _is_archive(event):  # an archive's rows are its report in S3 (no API pages them): N writes saved
+    if not archive:  # an archive's rows are its report in S3 (no API pages them): N writes saved
         studies.put_rows(study_id, ordered, study["expires_at"])
     outcome: dict[str, Any] = {
         "done": len(ordered),
@@ -97,7 +98,7 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
     _delete_uploads(event)
     logger.info("study summarized", extra={"status": status, "slices": len(ordered), "flagged": summary["flagged"]})
     answer = {"study_id": study_id, "status": status, "flagged": summary["flagged"], "total": summary["total"]}
-    if _is_archive(event):
+    if archive:
         answer["report"] = _write_report(event, ordered, outcome["model"])
     return answer
 
