@@ -6,7 +6,9 @@
   and heatmap PNGs, the history record of a signed-in study with a patient, then the uploads deleted.
 
 Both take the machine's input (``bucket``, ``prefix``, ``study_id``, ``model``, ``results_bucket``,
-``results_prefix``), so an archive prefix is screened by the same machine (issue 23).
+``results_prefix``), so an archive prefix is screened by the same machine (issue 23): a run over any bucket but the
+uploads bucket is an archive's, whose worker answers finished objects from their records
+(``lungscan.studies.archive``) and whose summary writes ``report.json`` beside the Map's result files.
 """
 
 from __future__ import annotations
