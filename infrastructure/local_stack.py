@@ -370,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LungScan is running: page and API on http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
     users = ", ".join(f"{email} ({team})" for email, team in local_accounts.DEMO_USERS.items())
     print(f"Demo users (password {local_accounts.DEMO_PASSWORD}): {users}", flush=True)
+    print(
+        f"Archive screening: lungscan screen s3://{local_archive.ARCHIVE_BUCKET}/PREFIX "
+        f"--endpoint-url http://{args.host}:{args.s3_port} --wait",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
