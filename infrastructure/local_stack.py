@@ -10,7 +10,9 @@
   history), and API Gateway's Cognito authorizer guards the history routes
   (``infrastructure/local_accounts.py``);
 - whole studies: the uploads bucket (CORS for this page) and studies table on the same moto server, and the study
-  state machine, template.yaml's Definition run in-process (``infrastructure/local_studies.py``, ``local_engine.py``).
+  state machine, template.yaml's Definition run in-process (``infrastructure/local_studies.py``, ``local_engine.py``);
+- archive screening: a bucket ``lungscan-archive-local`` and the same machine on the moto server's own Step Functions
+  API, for ``lungscan screen`` (``infrastructure/local_archive.py``).
 
 Everything listens on 127.0.0.1 only. Ctrl-C stops all of it.
 
@@ -42,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from infrastructure import local_accounts, local_studies
+from infrastructure import local_accounts, local_archive, local_studies
 from infrastructure.emulation import (
     REPO_ROOT,
     ROUTES,
@@ -284,6 +286,7 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
     from infrastructure.local_engine import local_engine
 
     states = local_studies.LocalStepFunctions(local_engine(boto3.client("s3")))
+    local_archive.create_archive(os.environ["AWS_ENDPOINT_URL_S3"], states.engine)  # lungscan screen (issue 23)
     server = LocalServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR, accounts, states))
     return server, s3_server
 
@@ -370,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LungScan is running: page and API on http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
     users = ", ".join(f"{email} ({team})" for email, team in local_accounts.DEMO_USERS.items())
     print(f"Demo users (password {local_accounts.DEMO_PASSWORD}): {users}", flush=True)
+    print(
+        f"Archive screening: lungscan screen s3://{local_archive.ARCHIVE_BUCKET}/PREFIX "
+        f"--endpoint-url http://{args.host}:{args.s3_port} --wait",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -28,6 +28,7 @@ from lungscan_client import (
     classify_files,
     predict_url,
     run_study,
+    screen_cli,
 )
 
 API_URL_ENV = "LUNGSCAN_API_URL"
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--patient", metavar="REF", help="pseudonymous patient reference (needs $LUNGSCAN_TOKEN)")
     study.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default: json)")
     study.add_argument("--allow-http", action="store_true", help="allow plain http:// to another machine")
+    screen_cli.add_parser(commands)  # lungscan screen s3://BUCKET/PREFIX (issue 23)
     return parser
 
 
@@ -331,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return classify_command(args, parser)
         if args.command == "study":
             return study_command(args, parser)
+        if args.command == "screen":
+            return screen_cli.command(args)
     except KeyboardInterrupt:
         print("lungscan: interrupted", file=sys.stderr)
         return 130

@@ -6,12 +6,15 @@
   and heatmap PNGs, the history record of a signed-in study with a patient, then the uploads deleted.
 
 Both take the machine's input (``bucket``, ``prefix``, ``study_id``, ``model``, ``results_bucket``,
-``results_prefix``), so an archive prefix is screened by the same machine (issue 23).
+``results_prefix``), so an archive prefix is screened by the same machine (issue 23): a run over any bucket but the
+uploads bucket is an archive's, whose worker answers finished objects from their records
+(``lungscan.studies.archive``) and whose summary writes ``report.json`` beside the Map's result files.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from typing import Any
@@ -26,6 +29,7 @@ from app import logger, store
 from lungscan.accounts.history import Clinician, build_study_record, thumbnail_png
 from lungscan.errors import LungScanError
 from lungscan.model.classifier import VERDICT_CLEAR, VERDICT_SUSPICIOUS
+from lungscan.studies.archive import ScreenedRecords, report, screen_batch
 from lungscan.studies.batch import STUDY_LIMITS, classify_batch_objects
 from lungscan.studies.plan import STUDY_TTL_SECONDS, UPLOAD_PREFIX
 from lungscan.studies.store import StudyStore
@@ -44,14 +48,25 @@ def worker_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     items = event.get("Items") or []
     started = time.perf_counter()
     classifier = store.get(batch.get("model") or None)
-    slices = classify_batch_objects(classifier, studies_api.client("s3"), batch["bucket"], items, batch["prefix"])
+    s3 = studies_api.client("s3")
+    if _is_archive(batch):  # finished objects are answered from their records (re-runs of a prefix)
+        records = ScreenedRecords(studies_api.client("dynamodb"), os.environ["STUDIES_TABLE"])
+        slices = screen_batch(classifier, s3, records, batch["bucket"], items, batch["prefix"])
+    else:
+        slices = classify_batch_objects(classifier, s3, batch["bucket"], items, batch["prefix"])
     _store().put_slices(batch["study_id"], slices, int(time.time()) + STUDY_TTL_SECONDS)
     failed = sum(1 for item in slices if "error" in item)
+    reused = sum(1 for item in slices if item.get("reused"))
     logger.info(
         "batch classified",
-        extra={"slices": len(slices), "failed": failed, "seconds": round(time.perf_counter() - started, 3)},
+        extra={
+            "slices": len(slices),
+            "failed": failed,
+            "reused": reused,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
     )
-    return {"slices": len(slices), "failed": failed}
+    return {"slices": len(slices), "failed": failed, "reused": reused}
 
 
 @logger.inject_lambda_context
@@ -66,9 +81,13 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
         study = studies.get(study_id)
         assert study is not None
     status, ordered, summary, series = conclude(studies.slices(study_id))
+    archive = _is_archive(event)
+    if archive:  # its answer is the report in S3; the item keeps counts (DynamoDB items stop at 400 KB)
+        summary, series = {name: value for name, value in summary.items() if name != "positive_probabilities"}, []
     classifier = store.get(event.get("model") or study["model"]["name"] or None)
     focus = _render(classifier, event, ordered, [summary, *(item["summary"] for item in series)])
-    studies.put_rows(study_id, ordered, study["expires_at"])
+    if not archive:  # an archive's rows are its report in S3 (no API pages them): N writes saved
+        studies.put_rows(study_id, ordered, study["expires_at"])
     outcome: dict[str, Any] = {
         "done": len(ordered),
         "failed": summary["failed"],
@@ -84,7 +103,26 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
     studies.finish(study_id, status, summary, series, outcome)
     _delete_uploads(event)
     logger.info("study summarized", extra={"status": status, "slices": len(ordered), "flagged": summary["flagged"]})
-    return {"study_id": study_id, "status": status, "flagged": summary["flagged"], "total": summary["total"]}
+    answer = {"study_id": study_id, "status": status, "flagged": summary["flagged"], "total": summary["total"]}
+    if archive:
+        answer["report"] = _write_report(event, ordered, outcome["model"])
+    return answer
+
+
+def _is_archive(event: dict[str, Any]) -> bool:
+    """A run over another bucket than the uploads bucket: an archive prefix (``lungscan screen``), not a study."""
+    return event["bucket"] != os.environ.get("UPLOADS_BUCKET")
+
+
+def _write_report(event: dict[str, Any], ordered: list[dict], model: dict[str, str]) -> dict[str, Any]:
+    """The archive's report (``lungscan screen``), beside the Distributed Map's own result files."""
+    screened = report(ordered, model)
+    key = f"{event['results_prefix']}report.json"
+    body = json.dumps(screened, separators=(",", ":")).encode()
+    studies_api.client("s3").put_object(
+        Bucket=event["results_bucket"], Key=key, Body=body, ContentType="application/json"
+    )
+    return {"bucket": event["results_bucket"], "key": key, "summary": screened["summary"]}
 
 
 def _render(classifier, event: dict[str, Any], ordered: list[dict], summaries: list[dict]) -> dict[int, dict]:

@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from lungscan.errors import LungScanError, NotACTSliceError, PayloadTooLargeError
 from lungscan.inputs.dicom import looks_like_dicom
 from lungscan.inputs.imaging import DEFAULT_LIMITS, ImageLimits
@@ -99,6 +101,11 @@ def _fetch(s3, bucket: str, item: dict[str, Any]) -> bytes | LungScanError:
         body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"]
     except s3.exceptions.NoSuchKey:  # deleted since the listing (an expired upload)
         return LungScanError("The file is gone.", code="missing_file")
+    except ClientError as error:  # permissions, a KMS key the reader may not use, an archived storage class
+        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500) >= 500:
+            raise  # S3 itself failing: the task's retry, not this object's answer
+        code = error.response.get("Error", {}).get("Code", "unknown")
+        return LungScanError(f"S3 refused to read the object ({code}).", code="object_unreadable")
     try:
         return body.read(MAX_FILE_BYTES + 1)  # an object replaced since the listing stays bounded
     finally:

@@ -69,11 +69,11 @@ def conclude(slices: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], d
     could be answered (every file corrupt, or none at all)."""
     ordered = order_slices(number_slices(slices))
     summary = summarize(ordered)
-    series_names = list(dict.fromkeys(item["series"] for item in ordered if item.get("series") is not None))
-    series = [
-        {"series": name, "summary": summarize([item for item in ordered if item.get("series") == name])}
-        for name in series_names
-    ]
+    by_series: dict[str, list[dict[str, Any]]] = {}  # grouped in one pass: an archive holds thousands of series
+    for item in ordered:
+        if item.get("series") is not None:
+            by_series.setdefault(item["series"], []).append(item)
+    series = [{"series": name, "summary": summarize(items)} for name, items in by_series.items()]
     status = STATUS_DONE if summary["total"] else STATUS_FAILED
     return status, ordered, summary, series
 

@@ -872,3 +872,33 @@ def test_the_worker_reads_only_uploads_and_named_archives(resources: dict) -> No
     assert read["Action"] == "s3:GetObject"  # read-only, nothing else
     actions = {a for s in policies[0]["Statement"] for a in _as_list(s["Action"])}
     assert not any(action.endswith("*") or "Delete" in action for action in actions)
+
+
+def test_an_archive_is_screened_by_the_same_machine_reading_only_the_named_buckets(
+    template: dict, resources: dict
+) -> None:
+    """Issue 23: the machine's own S3 rights (ItemReader's listing, ResultWriter's files) name the uploads bucket and
+    the ArchiveBucketNames parameter's buckets, never ``*``; the stack outputs what ``lungscan screen`` needs."""
+    assert template["Parameters"]["ArchiveBucketNames"]["Type"] == "CommaDelimitedList"
+    policies = resources["StudyStateMachine"]["Properties"]["Policies"]
+    statements = {s["Sid"]: s for p in policies if "Statement" in p for s in p["Statement"]}
+    listing = statements["ListStudyObjects"]
+    assert listing["Action"] == "s3:ListBucket"
+    condition, with_archives, without = listing["Resource"]["Fn::If"]
+    assert condition == "HasArchiveBuckets"
+    assert with_archives["Fn::Split"][1]["Fn::Sub"][1]["Names"] == {
+        "Fn::Join": [",arn:aws:s3:::", {"Ref": "ArchiveBucketNames"}]
+    }
+    assert without["Fn::Sub"][0] == f"arn:${{AWS::Partition}}:s3:::{UPLOADS}"
+    for sid, statement in statements.items():
+        if any(action.startswith("s3:") for action in _as_list(statement["Action"])):
+            assert "*" not in json.dumps(statement["Resource"]).replace("/results/*", ""), sid
+    writes = statements["WriteMapResults"]
+    assert writes["Resource"]["Fn::Sub"][0].endswith(f"{UPLOADS}/results/*")  # reports go beside the Map's files
+    worker = resources["StudyWorkerFunction"]["Properties"]["Policies"][0]["Statement"]
+    assert {"Sid": "ReadScreenedRecords", "Effect": "Allow", "Action": "dynamodb:BatchGetItem"}.items() <= next(
+        s for s in worker if s["Sid"] == "ReadScreenedRecords"
+    ).items()
+    outputs = template["Outputs"]
+    assert outputs["StudyStateMachineArn"]["Value"] == {"Ref": "StudyStateMachine"}
+    assert outputs["UploadsBucketName"]["Value"] == {"Ref": "UploadsBucket"}
