@@ -106,6 +106,9 @@ export function takeWaiting() {
 function updateWorklist() {
   const worklist = items.length >= WORKLIST_FROM;
   for (const item of items) {
+    // A failure stays open (its error and Retry need the user, and so does its answer after a retry) until the
+    // user closes it.
+    if (item.opened === undefined && (item.state === "failed" || item.state === "refused")) item.opened = true;
     if (worklist) setCollapsed(item, !item.opened);
     else if (item.el.details.getAttribute("aria-expanded") === "false") setCollapsed(item, false);
     item.el.details.hidden = !worklist;
@@ -133,10 +136,12 @@ function refuse(item, title, detail) {
   setState(item, "refused", "Not sent");
 }
 
+
 function fail(item, title, detail, retriable) {
   item.retriable = retriable;
   showError(item, title, detail);
   setState(item, "failed", "Failed");
+  updateWorklist();
   return false;
 }
 
