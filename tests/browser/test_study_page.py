@@ -2,9 +2,9 @@
 presigned POSTs with progress, classified, then read: "N flagged of M", the plot, the slice viewer (arrow keys,
 wheel, window presets), jumps to the most suspicious slices; and many single images as a worklist.
 
-The study tests here answer /studies with a canned service at the page's boundary (Playwright routes), the way
-``test_page.py`` answers /predict's errors; they check what the page does with the contract's answers. The same
-flow against the local stack's real /studies is in ``test_study_stack.py``.
+Most study tests here answer /studies with a canned service at the page's boundary (Playwright routes), the way
+``test_page.py`` answers /predict's errors: they check what the page does with each of the contract's answers. The
+last one runs the same flow against the local stack's real /studies (uploads to moto's S3, the real engine).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from helpers import FIXTURES_DIR, PHONE, ct_dataset, ct_hounsfield, dicom_bytes, serious_axe_violations
 from playwright.sync_api import expect
+
+from infrastructure.emulation import ROUTES
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +138,11 @@ class CannedStudies:
         body = {
             "study_id": "s-1",
             "status": "running" if running else "done",
-            "progress": {"done": min(self.count, self.polls * 4) if running else self.count, "total": self.count,
-                         "failed": 0},
+            "progress": {
+                "done": min(self.count, self.polls * 4) if running else self.count,
+                "total": self.count,
+                "failed": 0,
+            },
             "model": {"name": "malignancy-screen", "version": "canned"},
             "summary": None if running else self.summary(slices),
             "series": [] if running else [{"series": SERIES_UID, "summary": self.summary(slices)}],
@@ -194,7 +199,7 @@ def test_a_dropped_series_is_uploaded_classified_and_read_slice_by_slice(open_pa
     # What the service got: sizes only (no names), then every file to its own presigned POST, then one start.
     assert canned.created["files"] == [{"size": p.stat().st_size} for p in sorted(folder.iterdir())]
     assert "Jane" not in json.dumps(canned.created) and "IM0" not in json.dumps(canned.created)
-    assert sorted(canned.uploaded) == list(range(SLICES))  # the bytes themselves: test_study_stack.py
+    assert sorted(canned.uploaded) == list(range(SLICES))  # the bytes themselves: the real-stack test below
     assert canned.started == 1
     assert not any("Jane" in url for _, url in watch.requests)
     assert any(text.startswith("Uploading") for text in seen_progress), seen_progress
@@ -362,5 +367,54 @@ def test_series_builder_writes_real_ct_dicom(tmp_path):
     folder = series_folder(tmp_path / "s", 3)
     datasets = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
     assert [float(d.ImagePositionPatient[2]) for d in datasets] == [-90.0, -95.0, -100.0]
-    assert all(np.array_equal(d.pixel_array[20:], ct_hounsfield(128, offset=i * 10)[20:]) for i, d in
-               zip((2, 1, 0), datasets))
+    assert all(
+        np.array_equal(d.pixel_array[20:], ct_hounsfield(128, offset=i * 10)[20:])
+        for i, d in zip((2, 1, 0), datasets, strict=True)
+    )
+
+
+# ---------------------------------------------------------------- against the local stack's real /studies
+
+
+@pytest.mark.skipif(
+    ("POST", "/studies") not in ROUTES, reason="the /studies routes are not in this tree yet (branch `studies`)"
+)
+def test_a_real_series_through_the_local_stack(open_page, stack_process, tmp_path):
+    page, watch = open_page()
+    folder = series_folder(tmp_path / "series")
+    storage = f"127.0.0.1:{stack_process.s3_port}"
+    run_study(page, folder)
+    expect(page.locator("#study-progress-label")).to_contain_text(re.compile("Uploading|Classifying"))
+    count = page.locator("#study-count")
+    expect(count).to_have_text(re.compile(rf"^\d+ flagged of {SLICES} slices\.$"), timeout=120_000)
+    uploads = [url for method, url in watch.requests if method == "POST" and storage in url]
+    assert len(uploads) == SLICES, "one presigned POST per file, straight to storage"
+    assert not any("series" in url for _, url in watch.requests)  # no folder or file name in any request
+    expect(page.locator("#study-verdict")).to_have_text(
+        re.compile("Suspicious — review first|Malignancy not excluded — review|No suspicious finding")
+    )
+    assert len(page.locator("#study-plot polyline").get_attribute("points").split()) == SLICES
+
+    frame = page.locator("#viewer-frame")
+    expect(frame).to_have_attribute("aria-valuenow", "1")
+    # By z: the first slice shown is the last file (the names run against z); the viewer decodes it here.
+    assert shown_index(page) == SLICES - 1
+    page.wait_for_function("() => document.getElementById('viewer-canvas').width === 128")
+    lung = canvas_pixels(page)
+    page.check("input[name=window][value=bone]")
+    page.wait_for_function("() => document.getElementById('viewer-canvas').dataset.window === 'bone'")
+    assert canvas_pixels(page)[1] != lung[1]
+    frame.focus()
+    page.keyboard.press("ArrowDown")
+    expect(frame).to_have_attribute("aria-valuenow", "2")
+    assert shown_index(page) == SLICES - 2
+    frame.hover()
+    page.mouse.wheel(0, 120)
+    expect(frame).to_have_attribute("aria-valuenow", "3")
+
+    jumps = page.locator("#study-jumps .jump-button")
+    assert 1 <= jumps.count() <= 5
+    target = jumps.last.get_attribute("data-index")
+    jumps.last.click()
+    expect(frame).to_have_attribute("data-index", target)
+    expect(frame).to_be_focused()
