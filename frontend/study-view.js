@@ -7,7 +7,8 @@ import { percent, tierText } from "./format.js";
 import { focusViewer, goTo, initViewer, orderOf, showSlices } from "./slice-viewer.js";
 
 const SVG = "http://www.w3.org/2000/svg";
-const PLOT = { width: 600, height: 180, left: 44, right: 12, top: 12, bottom: 34 };
+// A narrow drawing: its labels stay readable when a 375 px phone scales it down.
+const PLOT = { width: 420, height: 170, left: 44, right: 14, top: 12, bottom: 36 };
 
 const ui = {
   result: byId("study-result"),
@@ -136,8 +137,8 @@ function drawPlot(slices) {
   const byPosition = points.length > 0 && points.every((point) => typeof point.slice.position === "number");
   const x = (point) => (byPosition ? point.slice.position : point.order + 1);
   const xs = points.map(x);
-  const low = Math.min(...xs, 0);
-  const high = Math.max(...xs, 1);
+  const low = xs.length ? Math.min(...xs) : 0;
+  const high = xs.length ? Math.max(...xs) : 1;
   const span = high - low || 1;
   const plotWidth = PLOT.width - PLOT.left - PLOT.right;
   const plotHeight = PLOT.height - PLOT.top - PLOT.bottom;
