@@ -22,6 +22,7 @@ import { clearStudyView, showStudy } from "./study-view.js";
 const PARALLEL_UPLOADS = 4;
 const UPLOAD_TRIES = 2;
 const POLL_MS = 1000;
+const POLL_TRIES = 5;
 const SLICE_PAGE = 500;
 
 const ui = {
@@ -39,6 +40,8 @@ const ui = {
   errorTitle: byId("study-error-title"),
   errorDetail: byId("study-error-detail"),
 };
+
+const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let pending = null; // {files, fromFolder}: offered, not started
 let running = false;
@@ -113,6 +116,7 @@ async function runStudy(files) {
   running = true;
   ui.ready.hidden = true;
   ui.error.hidden = true;
+  ui.title.focus(); // the button pressed is gone: keep the keyboard in the study
   const extras = requestExtras(); // signed in with a patient reference: one history record for the study
   const headers = extras ? extras.headers : null;
   try {
@@ -146,15 +150,27 @@ async function runStudy(files) {
   }
 }
 
-// One API call: its 2xx answer, or null once the failure is shown.
-async function ask(send) {
+// One API call: its 2xx answer, or null once the failure is shown. `tries` > 1 for reads that may be repeated
+// (a poll): a dropped connection or a busy service is tried again before the study is given up on.
+async function ask(send, tries = 1) {
   let result;
-  try {
-    result = await send();
-  } catch (error) {
-    const described = describeUnreachable(error);
-    fail(described.title, described.detail);
-    return null;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      result = await send();
+    } catch (error) {
+      if (attempt < tries) {
+        await wait(POLL_MS * attempt);
+        continue;
+      }
+      const described = describeUnreachable(error);
+      fail(described.title, described.detail);
+      return null;
+    }
+    if ((result.status === 429 || result.status >= 500) && attempt < tries) {
+      await wait(POLL_MS * attempt);
+      continue;
+    }
+    break;
   }
   if (!result.ok) {
     const described = describeHttpError(result.status, result.body);
@@ -212,12 +228,10 @@ async function uploadAll(files, uploads) {
   return !failed;
 }
 
-const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
 // Polls until the study is done or failed; then reads every page of its slices.
 async function waitForResult(studyId, headers) {
   for (;;) {
-    const result = await ask(() => getStudy(studyId, { limit: 1, headers: headers }));
+    const result = await ask(() => getStudy(studyId, { limit: 1, headers: headers }), POLL_TRIES);
     if (!result) return null;
     const body = result.body || {};
     const progress = body.progress || {};
@@ -232,7 +246,10 @@ async function waitForResult(studyId, headers) {
   let cursor = null;
   const slices = [];
   do {
-    const result = await ask(() => getStudy(studyId, { limit: SLICE_PAGE, cursor: cursor, headers: headers }));
+    const result = await ask(
+      () => getStudy(studyId, { limit: SLICE_PAGE, cursor: cursor, headers: headers }),
+      POLL_TRIES
+    );
     if (!result || !result.body) return null;
     answer = answer || result.body;
     slices.push(...(Array.isArray(result.body.slices) ? result.body.slices : []));

@@ -49,8 +49,11 @@ def series_folder(folder: Path, count: int = SLICES) -> Path:
 class CannedStudies:
     """The contract's /studies answers for one study of ``count`` slices; records what the page sent."""
 
-    def __init__(self, page, stack: str, count: int = SLICES, polls_running: int = 2, fail_upload: bool = False):
+    def __init__(
+        self, page, stack: str, count: int = SLICES, polls_running: int = 2, fail_upload: bool = False, busy: int = 0
+    ):
         self.count, self.polls_running, self.fail_upload = count, polls_running, fail_upload
+        self.busy = busy  # the first polls answered 503: the page must poll again, not give up
         self.created: dict | None = None
         self.uploaded: dict[int, int] = {}
         self.started = 0
@@ -131,6 +134,10 @@ class CannedStudies:
         }
 
     def get(self, route):
+        if self.busy:
+            self.busy -= 1
+            route.fulfill(status=503, json={"error": {"code": "busy", "message": "Try again."}})
+            return
         self.polls += 1
         query = dict(re.findall(r"[?&](\w+)=([^&]*)", route.request.url))
         running = self.polls <= self.polls_running
@@ -186,7 +193,7 @@ def run_study(page, folder: Path) -> None:
 def test_a_dropped_series_is_uploaded_classified_and_read_slice_by_slice(open_page, stack, tmp_path):
     page, watch = open_page()
     folder = series_folder(tmp_path / "SERIES-of-Jane-Doe")
-    canned = CannedStudies(page, stack)
+    canned = CannedStudies(page, stack, busy=2)
     seen_progress = []
     page.expose_function("noteProgress", lambda text: seen_progress.append(text))
     page.evaluate(
@@ -200,7 +207,7 @@ def test_a_dropped_series_is_uploaded_classified_and_read_slice_by_slice(open_pa
     assert canned.created["files"] == [{"size": p.stat().st_size} for p in sorted(folder.iterdir())]
     assert "Jane" not in json.dumps(canned.created) and "IM0" not in json.dumps(canned.created)
     assert sorted(canned.uploaded) == list(range(SLICES))  # the bytes themselves: the real-stack test below
-    assert canned.started == 1
+    assert canned.started == 1 and canned.busy == 0
     assert not any("Jane" in url for _, url in watch.requests)
     assert any(text.startswith("Uploading") for text in seen_progress), seen_progress
     assert any(text.startswith("Classifying: 4 of 12") for text in seen_progress), seen_progress
@@ -296,6 +303,43 @@ def test_several_dicom_files_chosen_are_one_study_and_can_be_split_into_slices(o
     expect(page.locator("#study-section")).to_be_hidden()
     expect(page.locator(".scan-card")).to_have_count(3)
     assert not any("/studies" in url for _, url in watch.requests)
+    # And back: waiting slices chosen as one study (PNG slices of one scan, say).
+    page.click("#as-study-button")
+    expect(page.locator(".scan-card")).to_have_count(0)
+    expect(page.locator("#study-files")).to_have_text(re.compile(r"^3 files, "))
+    expect(page.locator("#study-title")).to_be_focused()
+
+
+def test_a_study_with_the_keyboard_alone(open_page, stack, tmp_path):
+    page, _ = open_page()
+    CannedStudies(page, stack, polls_running=1)
+    folder = series_folder(tmp_path / "series")
+    page.on("filechooser", lambda chooser: None)
+    page.keyboard.press("Tab")
+    for _ in range(40):
+        if page.evaluate("() => document.activeElement.id") == "folder-input":
+            break
+        page.keyboard.press("Tab")
+    outline = page.evaluate("() => getComputedStyle(document.querySelector('.folder-label')).outlineStyle")
+    assert outline != "none", "the focused folder input shows no focus ring"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(folder))
+    expect(page.locator("#study-title")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#study-start-button")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#study-count")).to_have_text(f"2 flagged of {SLICES} slices.", timeout=30_000)
+    expect(page.locator("#study-title")).to_be_focused()  # not lost with the button that started it
+    page.keyboard.press("Tab")
+    expect(page.locator("#study-jumps .jump-button").first).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#viewer-frame")).to_be_focused()
+    expect(page.locator("#viewer-frame")).to_have_attribute("aria-valuenow", "8")
+    page.keyboard.press("PageDown")
+    expect(page.locator("#viewer-frame")).to_have_attribute("aria-valuenow", "12")  # ten on, stopped at the end
+    page.keyboard.press("PageUp")
+    expect(page.locator("#viewer-frame")).to_have_attribute("aria-valuenow", "2")
 
 
 def test_many_single_images_are_a_worklist_most_suspicious_first(open_page):
