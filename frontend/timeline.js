@@ -1,6 +1,7 @@
 // A patient's stored records (accounts.js) in the words and the order a clinician reads them: by acquisition date
 // (the DICOM study date, day precision; the upload date when there is none), newest first; a study's summary
-// ("N flagged of M slices"), its tier and its uncertainty.
+// ("N flagged of M slices"), its tier and its uncertainty. A study's record (the `studies` work) carries
+// `study_date` (YYYY-MM-DD) and `study: {study_id, flagged, total, failed, ...}` beside the tier and `uncertain`.
 
 import { tierText } from "./format.js";
 
@@ -12,7 +13,7 @@ function day(value) {
 
 // When the scan was acquired: {day: "YYYY-MM-DD", fromStudy: bool} (the upload day when the scan says nothing).
 export function acquired(record) {
-  const study = day(record.study_date || (record.summary && record.summary.study_date));
+  const study = day(record.study_date);
   if (study) return { day: study, fromStudy: true };
   const uploaded = new Date(record.created_at);
   const local = Number.isNaN(uploaded.getTime())
@@ -39,17 +40,18 @@ export function previousOf(records, record) {
 }
 
 export function isStudyRecord(record) {
-  return record.kind === "study" || Boolean(record.study_id) || Boolean(record.summary && record.summary.total);
+  return Boolean(record.study && typeof record.study === "object");
 }
 
 // The verdict line: the tier, "N flagged of M slices" for a study, and uncertainty.
 export function recordVerdict(record) {
-  const summary = record.summary || record;
-  let text = tierText(summary.tier ? summary : record);
-  if (isStudyRecord(record) && typeof summary.total === "number") {
-    text += " · study: " + (summary.flagged || 0) + " flagged of " + summary.total + (summary.total === 1 ? " slice" : " slices");
+  let text = tierText(record);
+  if (isStudyRecord(record) && typeof record.study.total === "number") {
+    const total = record.study.total;
+    text += " · study: " + (record.study.flagged || 0) + " flagged of " + total + (total === 1 ? " slice" : " slices");
+    if (record.study.failed) text += " (" + record.study.failed + " not classified)";
   }
-  if (summary.uncertain === true || record.uncertain === true) text += " · uncertain — needs review";
+  if (record.uncertain === true) text += " · uncertain — needs review";
   return text;
 }
 

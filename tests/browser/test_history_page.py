@@ -176,6 +176,33 @@ def test_the_timeline_orders_by_acquisition_date_and_compares_with_an_earlier_da
     expect(page.locator("#compare figcaption").nth(1)).to_contain_text("Previous scan — acquired 2026-05-02")
 
 
+def test_a_study_record_reads_as_its_summary_tier_and_uncertainty(open_page):
+    page, _ = open_page()
+    sign_in(page, "clinician-a@example.org")
+    page.fill("#patient-ref", "P-" + uuid.uuid4().hex[:8])
+
+    def as_study(route):  # the record a whole study leaves (the studies work's shape), in place of a slice's
+        response = route.fetch()
+        body = response.json()
+        body["scans"][0].update(
+            tier="not_excluded",
+            uncertain=True,
+            study_date="2026-10-30",
+            input={"format": "study", "width": None, "height": None},
+            study={"study_id": "s-1", "flagged": 3, "total": 240, "failed": 2, "most_suspicious_index": 7},
+        )
+        route.fulfill(response=response, body=json.dumps(body))
+
+    page.route(re.compile(r".*/patients/[^/]+/scans.*"), as_study)
+    classify(page, NORMAL_PNG)
+    item = page.locator("#timeline .timeline-item").first
+    expect(item.locator(".timeline-verdict")).to_have_text(
+        "New: Malignancy not excluded — review · study: 3 flagged of 240 slices (2 not classified)"
+        " · uncertain — needs review"
+    )
+    expect(item.locator(".timeline-meta")).to_contain_text("acquired 2026-10-30")
+
+
 def test_axe_and_a_phone_find_no_problem_in_the_signed_in_timeline(open_page, axe_script, tmp_path):
     page, _ = open_page(PHONE, mobile=True)
     sign_in(page, "clinician-b@example.org")
