@@ -89,7 +89,8 @@ export function deletePatientScan(ref, recordId, idToken) {
 
 const STUDY_TIMEOUT_MS = 30000;
 
-// POST /studies: a study of `files` ([{size}], never names) -> 201 {study_id, expires_at, uploads: [{index, url, fields}]}.
+// POST /studies: a study of `files` ([{size}], never names)
+// -> 201 {study_id, expires_at, uploads: [{index, url, fields}]}.
 export function createStudy(request, headers) {
   return call("POST", "/studies", {
     headers: Object.assign({ "Content-Type": "application/json" }, headers || {}),

@@ -50,7 +50,9 @@ export function filesFromDrop(dataTransfer) {
 export function filesFromFolderInput(fileList) {
   return Array.from(fileList || [])
     .filter((file) => !NOT_SLICES.test(file.name))
-    .sort((a, b) => (a.webkitRelativePath || a.name).localeCompare(b.webkitRelativePath || b.name, undefined, { numeric: true }));
+    .sort((a, b) =>
+      (a.webkitRelativePath || a.name).localeCompare(b.webkitRelativePath || b.name, undefined, { numeric: true })
+    );
 }
 
 // A folder, or two DICOM files or more, is one study; anything else is separate slices.

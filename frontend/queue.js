@@ -117,7 +117,8 @@ function updateWorklist() {
   const rank = (item) => {
     if (item.state !== "done") return [item.state === "failed" || item.state === "refused" ? 4 : 3, 0];
     const tier = TIER_RANK[item.answer.tier];
-    return [tier === undefined ? (item.answer.suspicious ? 0 : 2) : tier, -(Number(item.answer.positive_probability) || 0)];
+    const positive = Number(item.answer.positive_probability) || 0;
+    return [tier === undefined ? (item.answer.suspicious ? 0 : 2) : tier, -positive];
   };
   const order = items
     .map((item, position) => ({ item: item, key: rank(item), position: position }))

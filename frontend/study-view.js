@@ -66,7 +66,8 @@ export function showStudy(answer, droppedFiles) {
   }
   const model = answer.model || {};
   ui.model.textContent = "Model " + (model.name || "unknown") + ", version " + (model.version || "unknown") + ".";
-  ui.disclaimer.textContent = answer.disclaimer || "Research tool. Not a diagnosis. A clinician must review every scan.";
+  ui.disclaimer.textContent =
+    answer.disclaimer || "Research tool. Not a diagnosis. A clinician must review every scan.";
 
   const series = Array.isArray(answer.series) ? answer.series : [];
   ui.series.replaceChildren();
@@ -146,7 +147,8 @@ function drawPlot(slices) {
   const py = (probability) => PLOT.top + (1 - probability) * plotHeight;
   ui.plot.setAttribute("viewBox", "0 0 " + PLOT.width + " " + PLOT.height);
   for (const probability of [0, 0.5, 1]) {
-    ui.plot.append(svg("line", { x1: PLOT.left, x2: PLOT.width - PLOT.right, y1: py(probability), y2: py(probability), class: "plot-grid" }));
+    const y = py(probability);
+    ui.plot.append(svg("line", { x1: PLOT.left, x2: PLOT.width - PLOT.right, y1: y, y2: y, class: "plot-grid" }));
     const label = svg("text", { x: PLOT.left - 6, y: py(probability) + 4, class: "plot-label", "text-anchor": "end" });
     label.textContent = Math.round(probability * 100) + "%";
     ui.plot.append(label);
@@ -159,7 +161,8 @@ function drawPlot(slices) {
     label.textContent = byPosition ? value.toFixed(0) + " mm" : "slice " + value;
     ui.plot.append(label);
   }
-  const axis = svg("text", { x: PLOT.left + plotWidth / 2, y: PLOT.height - 2, class: "plot-label", "text-anchor": "middle" });
+  const middle = PLOT.left + plotWidth / 2;
+  const axis = svg("text", { x: middle, y: PLOT.height - 2, class: "plot-label", "text-anchor": "middle" });
   axis.textContent = byPosition ? "position (z)" : "slice order";
   ui.plot.append(axis);
   const sorted = points.slice().sort((a, b) => x(a) - x(b));
@@ -183,7 +186,8 @@ function drawPlot(slices) {
     if (!sorted.length) return;
     const box = ui.plot.getBoundingClientRect();
     const value = low + ((((event.clientX - box.left) / box.width) * PLOT.width - PLOT.left) / plotWidth) * span;
-    const nearest = sorted.reduce((best, point) => (Math.abs(x(point) - value) < Math.abs(x(best) - value) ? point : best));
+    const distance = (point) => Math.abs(x(point) - value);
+    const nearest = sorted.reduce((best, point) => (distance(point) < distance(best) ? point : best));
     goTo(nearest.order);
   };
 }

@@ -188,7 +188,8 @@ async function uploadAll(files, uploads) {
   const update = () => {
     const bytes = sent.reduce((sum, value) => sum + value, 0);
     showProgress(
-      "Uploading " + done + " of " + files.length + " files (" + formatBytes(bytes) + " of " + formatBytes(total) + ")…",
+      "Uploading " + done + " of " + files.length + " files (" +
+        formatBytes(bytes) + " of " + formatBytes(total) + ")…",
       bytes,
       total
     );

@@ -16,9 +16,10 @@ export function acquired(record) {
   const study = day(record.study_date);
   if (study) return { day: study, fromStudy: true };
   const uploaded = new Date(record.created_at);
+  const two = (number) => String(number).padStart(2, "0");
   const local = Number.isNaN(uploaded.getTime())
     ? ""
-    : uploaded.getFullYear() + "-" + String(uploaded.getMonth() + 1).padStart(2, "0") + "-" + String(uploaded.getDate()).padStart(2, "0");
+    : uploaded.getFullYear() + "-" + two(uploaded.getMonth() + 1) + "-" + two(uploaded.getDate());
   return { day: local, fromStudy: false };
 }
 
