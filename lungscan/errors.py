@@ -107,3 +107,21 @@ class HistoryUnavailableError(LungScanError):
 
     def __init__(self, message: str = "This deployment keeps no patient history.") -> None:
         super().__init__(message)
+
+
+# ---- whole studies
+
+
+class ConflictError(LungScanError):
+    """The request does not fit the resource's state (a study started before its files are all uploaded)."""
+
+    code = "conflict"
+
+
+class StudiesUnavailableError(LungScanError):
+    """This deployment runs no study engine (no uploads bucket, table or state machine configured)."""
+
+    code = "studies_unavailable"
+
+    def __init__(self, message: str = "This deployment does not classify whole studies.") -> None:
+        super().__init__(message)
