@@ -328,14 +328,18 @@ def test_cross_origin_access_is_only_the_site_or_an_explicit_origin(template: di
 
 def test_the_site_may_connect_only_to_this_stacks_api(resources: dict) -> None:
     config = resources["SiteResponseHeadersPolicy"]["Properties"]["ResponseHeadersPolicyConfig"]
-    csp = config["SecurityHeadersConfig"]["ContentSecurityPolicy"]["ContentSecurityPolicy"]["Fn::Sub"]
-    (connect,) = [d.strip() for d in csp.split(";") if d.strip().startswith("connect-src")]
-    assert connect.split() == [
-        "connect-src",
+    csp, names = config["SecurityHeadersConfig"]["ContentSecurityPolicy"]["ContentSecurityPolicy"]["Fn::Sub"]
+    directives = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
+    uploads = "https://${Uploads}.s3.${AWS::Region}.${AWS::URLSuffix}"  # a study's presigned POSTs and GETs
+    assert directives["connect-src"] == [
         "'self'",
         "https://${ClassifierApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}",
         "https://cognito-idp.${AWS::Region}.${AWS::URLSuffix}",  # sign-in (InitiateAuth) from the page
+        uploads,
     ]
+    assert directives["img-src"] == ["'self'", "data:", "blob:", uploads]
+    # The uploads bucket's own name, spelled the same way (a GetAtt would be a cycle through the distribution).
+    assert names["Uploads"] == resources["UploadsBucket"]["Properties"]["BucketName"]
 
 
 def test_the_translated_template_has_no_dependency_cycle(tmp_path: Path) -> None:
