@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from helpers import FIXTURES_DIR, PHONE, ct_dataset, ct_hounsfield, dicom_bytes,
 from playwright.sync_api import expect
 
 from infrastructure.emulation import ROUTES
+from infrastructure.local_accounts import DEMO_PASSWORD
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +42,7 @@ def series_folder(folder: Path, count: int = SLICES) -> Path:
             InstanceNumber=number + 1,
             SeriesInstanceUID=SERIES_UID,
             StudyDate="20261102",
+            AcquisitionDate="20261102",
             NumberOfFrames=None,
         )
         (folder / f"IM{count - number:04d}").write_bytes(dicom_bytes(dataset))
@@ -430,9 +433,7 @@ def test_a_real_series_through_the_local_stack(open_page, stack_process, tmp_pat
     run_study(page, folder)
     expect(page.locator("#study-progress-label")).to_contain_text(re.compile("Uploading|Classifying"))
     count = page.locator("#study-count")
-    line = re.compile(
-        r"^(\d+) flagged of (\d+) slices(?: \((\d+) files? not classified: see each in the viewer\))?\.$"
-    )
+    line = re.compile(r"^(\d+) flagged of (\d+) slices(?: \((\d+) files? not classified: see each in the viewer\))?\.$")
     expect(count).to_have_text(line, timeout=120_000)
     flagged, total, errors = line.match(count.inner_text()).groups()
     assert int(total) + int(errors or 0) == SLICES and int(flagged) <= int(total)
@@ -474,3 +475,26 @@ def test_a_real_series_through_the_local_stack(open_page, stack_process, tmp_pat
     expect(heatmap).to_be_visible()
     assert storage in heatmap.get_attribute("src")
     page.wait_for_function("() => document.getElementById('viewer-heatmap').naturalWidth > 0")
+
+
+@pytest.mark.skipif(
+    ("POST", "/studies") not in ROUTES, reason="the /studies routes are not in this tree yet (branch `studies`)"
+)
+def test_a_signed_in_study_is_one_timeline_record_with_its_summary_and_acquisition_day(open_page, tmp_path):
+    page, watch = open_page()
+    page.fill("#sign-in-email", "clinician-a@example.org")
+    page.fill("#sign-in-password", DEMO_PASSWORD)
+    page.click("#sign-in-button")
+    expect(page.locator("#signed-in")).to_be_visible()
+    patient = "P-" + uuid.uuid4().hex[:8]
+    page.fill("#patient-ref", patient)
+    run_study(page, series_folder(tmp_path / "series", 4))
+    count = page.locator("#study-count")
+    expect(count).to_have_text(re.compile(r"^\d+ flagged of \d+ slices"), timeout=120_000)
+    created = [r for r in watch.requests if r[0] == "POST" and r[1].endswith("/studies")]
+    assert len(created) == 1
+    item = page.locator("#timeline .timeline-item")
+    expect(item).to_have_count(1)
+    flagged, total = re.match(r"^(\d+) flagged of (\d+) slices", count.inner_text()).groups()
+    expect(item.locator(".timeline-verdict")).to_contain_text(f"study: {flagged} flagged of {total} slices")
+    expect(item.locator(".timeline-meta")).to_contain_text("acquired 2026-11-02")
