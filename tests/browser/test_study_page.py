@@ -496,5 +496,6 @@ def test_a_signed_in_study_is_one_timeline_record_with_its_summary_and_acquisiti
     item = page.locator("#timeline .timeline-item")
     expect(item).to_have_count(1)
     flagged, total = re.match(r"^(\d+) flagged of (\d+) slices", count.inner_text()).groups()
+    expect(item.locator(".timeline-verdict")).to_contain_text(f"New: {page.locator('#study-verdict').inner_text()}")
     expect(item.locator(".timeline-verdict")).to_contain_text(f"study: {flagged} flagged of {total} slices")
     expect(item.locator(".timeline-meta")).to_contain_text("acquired 2026-11-02")
