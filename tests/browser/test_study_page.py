@@ -9,6 +9,7 @@ last one runs the same flow against the local stack's real /studies (uploads to 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -297,10 +298,25 @@ def test_a_study_over_the_limits_is_refused_with_the_apis_words(open_page, stack
     expect(page.locator("#study-error-detail")).to_contain_text("At most 2000 files per study. Request id: r-9.")
 
 
-def test_several_dicom_files_chosen_are_one_study_and_can_be_split_into_slices(open_page, tmp_path):
+def test_several_dicom_files_dropped_are_one_study_and_can_be_split_into_slices(open_page, tmp_path):
     page, watch = open_page()
     folder = series_folder(tmp_path / "series", 3)
-    page.set_input_files("#file-input", [str(path) for path in sorted(folder.iterdir())])
+    files = [
+        {"name": path.name, "data": base64.b64encode(path.read_bytes()).decode()} for path in sorted(folder.iterdir())
+    ]
+    page.evaluate(  # dropped on the page, as from a file manager (DICOM files with no extension)
+        """(files) => {
+            const transfer = new DataTransfer();
+            for (const f of files) {
+                transfer.items.add(new File([Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0))], f.name));
+            }
+            const zone = document.getElementById('drop-zone');
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: transfer}));
+            }
+        }""",
+        files,
+    )
     expect(page.locator("#study-files")).to_have_text(re.compile(r"^3 files, \d+\.\d KB\.$"))
     page.click("#study-split-button")
     expect(page.locator("#study-section")).to_be_hidden()
