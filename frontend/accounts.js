@@ -12,8 +12,8 @@
 import { deletePatientScan, listPatientScans } from "./api.js";
 import { cognitoCall, signInWithCognito } from "./sign-in.js";
 import { byId } from "./dom.js";
-import { tierText } from "./format.js";
 import { config } from "./settings.js";
+import { byAcquisition, previousOf, recordDate, recordVerdict } from "./timeline.js";
 
 const cognito = config.cognito;
 const SESSION_KEY = "lungscan.session";
@@ -28,6 +28,7 @@ const pendingDeletes = new Map(); // record id -> {record, patient, timer}: dele
 let shownPatient = "";
 let records = [];
 let newRecordId = "";
+let newStudyId = ""; // a study just answered: its record is found by its study_id once the timeline loads
 
 let ui = null; // the section's elements, from initAccounts()
 
@@ -248,6 +249,14 @@ export function onResult(answer) {
   loadTimeline(patientRef());
 }
 
+// A finished study (study.js): its history record is written by the service; show the timeline again.
+export function onStudyResult(answer) {
+  if (!session || !answer) return;
+  newRecordId = answer.record_id || "";
+  newStudyId = answer.study_id || "";
+  loadTimeline(patientRef());
+}
+
 // ------------------------------------------------------------------ the patient history (timeline)
 
 function checkPatient() {
@@ -277,7 +286,10 @@ async function loadTimeline(ref) {
     ui.timelineStatus.textContent = "The history could not be loaded: " + message;
     return;
   } else {
-    records = result.body.scans || [];
+    records = byAcquisition(result.body.scans || []); // acquisition date, not upload order (timeline.js)
+    const study = newStudyId && records.find((record) => record.study && record.study.study_id === newStudyId);
+    if (study) newRecordId = study.record_id;
+    newStudyId = "";
   }
   renderTimeline();
 }
@@ -373,7 +385,7 @@ function figure(record, caption) {
   image.alt = caption + ": what the model saw";
   const text = document.createElement("figcaption");
   const shown = describe(record);
-  text.textContent = caption + " — " + shown.date + ": " + tierText(record) + " (" + shown.model + ")";
+  text.textContent = caption + " — " + recordDate(record) + ": " + recordVerdict(record) + " (" + shown.model + ")";
   box.append(image, text);
   return box;
 }
@@ -389,11 +401,11 @@ function renderTimeline() {
     return;
   }
   ui.timelineStatus.textContent =
-    records.length === 1 ? "1 scan stored, newest first." : records.length + " scans stored, newest first.";
-  const newest = records[0];
-  const showCompare = newRecordId && newest.record_id === newRecordId && records.length > 1;
-  ui.compare.hidden = !showCompare;
-  if (showCompare) ui.compare.append(figure(newest, "This scan"), figure(records[1], "Previous scan"));
+    (records.length === 1 ? "1 scan stored" : records.length + " scans stored") + ", newest acquisition first.";
+  const newest = records.find((record) => record.record_id === newRecordId);
+  const previous = newest ? previousOf(records, newest) : null;
+  ui.compare.hidden = !previous;
+  if (previous) ui.compare.append(figure(newest, "This scan"), figure(previous, "Previous scan"));
   for (const record of records) {
     const shown = describe(record);
     const item = document.createElement("li");
@@ -402,19 +414,20 @@ function renderTimeline() {
     if (record.record_id === newRecordId) item.classList.add("is-new");
     const image = document.createElement("img");
     image.className = "timeline-thumb";
-    image.src = "data:image/png;base64," + record.preview;
+    if (record.preview) image.src = "data:image/png;base64," + record.preview;
     image.alt = "Scan of " + shown.date;
     const text = document.createElement("div");
     text.className = "timeline-text";
     const verdict = document.createElement("p");
     verdict.className = "timeline-verdict" + (record.suspicious ? " suspicious" : " clear");
-    verdict.textContent = (record.record_id === newRecordId ? "New: " : "") + tierText(record);
+    verdict.textContent = (record.record_id === newRecordId ? "New: " : "") + recordVerdict(record);
     const meta = document.createElement("p");
     meta.className = "timeline-meta";
     const clinician = record.clinician || {};
     const author = clinician.name || clinician.email; // the name an administrator set (older records: the email)
     const by = author ? " · by " + author : "";
-    meta.textContent = shown.date + " · model " + shown.model + " · most likely " + record.label + by;
+    const label = record.label ? " · most likely " + record.label : "";
+    meta.textContent = recordDate(record) + " · model " + shown.model + label + by;
     text.append(verdict, meta);
     if (session && clinician.sub === session.sub) {
       // Only its author may delete a scan (the API answers anyone else 403 not_author).
