@@ -117,7 +117,7 @@ async function runStudy(files) {
   ui.ready.hidden = true;
   ui.error.hidden = true;
   ui.title.focus(); // the button pressed is gone: keep the keyboard in the study
-  const extras = requestExtras(); // signed in with a patient reference: one history record for the study
+  const extras = await requestExtras(); // signed in with a patient: one history record (the token renewed first)
   const headers = extras ? extras.headers : null;
   try {
     const created = await ask(() =>
