@@ -19,7 +19,7 @@ from lungscan.inputs.imaging import DEFAULT_LIMITS, ImageLimits
 from lungscan.model.classifier import Classifier, Prediction
 from lungscan.studies.ordering import SliceTags, read_slice_tags
 from lungscan.studies.plan import MAX_FILE_BYTES
-from lungscan.uploads import UploadOptions, classify_upload
+from lungscan.uploads import SliceResult, UploadOptions, classify_batch
 
 # A study's file may be larger than a request's (a multi-frame DICOM); pixels stay bounded by the same limits.
 STUDY_LIMITS = replace(DEFAULT_LIMITS, max_bytes=MAX_FILE_BYTES)
@@ -34,15 +34,18 @@ def classify_files(
 ) -> list[Prediction | LungScanError]:
     """Each file's prediction, or the error that refused it, in order: the one place a batch meets the model.
 
-    One file at a time through ``classify_upload`` (decode -> gate -> model), as ``POST /predict`` answers it.
+    ``classify_batch`` (decode -> gate -> model, as ``POST /predict`` answers each file), the chunk's slices
+    through the gate and the twin together.
     """
-    results: list[Prediction | LungScanError] = []
-    for data in files:
-        try:
-            results.append(classify_upload(classifier, [data], options, limits=limits).predictions[0])
-        except LungScanError as error:
-            results.append(error)
-    return results
+    results = classify_batch(classifier, files, options, limits=limits)
+    return [
+        result.prediction if result.error is None and result.prediction is not None else _refusal(result)
+        for result in results
+    ]
+
+
+def _refusal(result: SliceResult) -> LungScanError:
+    return result.error or LungScanError("The file was not classified.")
 
 
 def slice_name(key: str, prefix: str) -> str:
