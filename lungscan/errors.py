@@ -107,3 +107,12 @@ class HistoryUnavailableError(LungScanError):
 
     def __init__(self, message: str = "This deployment keeps no patient history.") -> None:
         super().__init__(message)
+
+
+# ---- DICOM results (SR and key image)
+
+
+class DicomResultsUnavailableError(LungScanError):
+    """A study whose results cannot be DICOM objects: not DICOM, no study UID, several studies, no key slice."""
+
+    code = "dicom_results_unavailable"

@@ -309,3 +309,36 @@ def cli(s3, capsys, *argv: str) -> tuple[int, str, str]:
 
 def keys(s3) -> set[str]:
     return {item["Key"] for item in s3.list_objects_v2(Bucket=MODEL_BUCKET).get("Contents", [])}
+
+
+# ---------------------------------------------------------------- a CT series, as a scanner sends it
+
+
+def ct_series(count: int = 4, *, patient_id: str = "LS-TEST-1", modality: str = "CT") -> list[pydicom.Dataset]:
+    """A short CT series of one new study: the real fixture slices (normal PNG, malignant JPEG) as HU, in
+    ``ct_dataset``'s header, each slice with its own SOP Instance UID, instance number and z position."""
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    sources = [FIXTURES_DIR / "ct_normal_256.png", FIXTURES_DIR / "ct_malignant_256.jpg"]
+    slices = []
+    for index in range(count):
+        grey = np.asarray(Image.open(sources[index % 2]).convert("L"), np.float32)
+        hounsfield = (grey / 255.0 * 1500.0 - 1350.0).round().astype(np.int16)  # the lung window's inverse
+        uid = generate_uid()
+        dataset = ct_dataset(
+            [hounsfield],
+            NumberOfFrames=None,
+            PatientID=patient_id,
+            PatientName="Test^Series",
+            StudyInstanceUID=study,
+            SeriesInstanceUID=series,
+            SOPInstanceUID=uid,
+            InstanceNumber=index + 1,
+            ImagePositionPatient=[-125.0, -125.0, -100.0 + 5.0 * index],
+            Modality=modality,
+            AccessionNumber="ACC-1",
+        )
+        dataset.file_meta.MediaStorageSOPInstanceUID = uid
+        slices.append(dataset)
+    return slices
