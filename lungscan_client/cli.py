@@ -19,7 +19,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lungscan_client import DEFAULT_MAX_BYTES, ClassifyResult, RetryPolicy, __version__, classify_files, predict_url
+from lungscan_client import (
+    DEFAULT_MAX_BYTES,
+    ClassifyResult,
+    RetryPolicy,
+    __version__,
+    classify_files,
+    pacs_command,
+    predict_url,
+)
 
 API_URL_ENV = "LUNGSCAN_API_URL"
 API_KEY_ENV = "LUNGSCAN_API_KEY"
@@ -83,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow plain http:// to a host other than this machine (images would cross the network unencrypted)",
     )
+    pacs_command.add_parser(commands, DISCLAIMER, checked_url)
     return parser
 
 
@@ -112,6 +121,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def checked_url(url: str, flag: str, allow_http: bool, parser: argparse.ArgumentParser) -> str:
+    """``url`` if https://, or http:// to this machine (or with --allow-http); else a usage error."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        parser.error(f"{flag} must be an https:// URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname or "") and not allow_http:
+        parser.error(f"{flag} is plain http:// to another machine: use https://, or pass --allow-http")
+    return url.rstrip("/")
 
 
 def expand(paths: Sequence[str]) -> list[str]:
@@ -247,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "classify":
             return classify_command(args, parser)
+        if args.command == "pacs":
+            return args.run(args, parser)
     except KeyboardInterrupt:
         print("lungscan: interrupted", file=sys.stderr)
         return 130
