@@ -9,26 +9,28 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from io import BytesIO
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
 from lungscan.errors import DicomResultsUnavailableError
 
-# Patient module, General Study module: what highdicom copies into a derived object of the same study.
+# What a PACS files a derived object by: the patient's name and ID, the study's UID, ID, date, time and accession
+# number (Patient and General Study modules). Birth date, sex and the referring physician stay out: the PACS holds
+# them already, and the results leave them empty (type 2).
 IDENTITY_KEYWORDS = (
     "PatientName",
     "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
     "StudyInstanceUID",
     "StudyID",
     "StudyDate",
     "StudyTime",
     "AccessionNumber",
-    "ReferringPhysicianName",
     "SpecificCharacterSet",
 )
+LEFT_EMPTY = ("PatientBirthDate", "PatientSex", "ReferringPhysicianName")
 
 
 def study_identity(dataset: Dataset) -> dict[str, str]:
@@ -42,6 +44,16 @@ def study_identity(dataset: Dataset) -> dict[str, str]:
             value = "\\".join(value)
         identity[keyword] = "" if value is None else str(value)
     return identity
+
+
+def read_identity(data: bytes) -> tuple[dict[str, str], str]:
+    """The identity and the SOP Class UID of a DICOM file already accepted by the decoder: only these tags are
+    parsed (no pixels, no other patient tag)."""
+    try:
+        dataset = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[*IDENTITY_KEYWORDS, "SOPClassUID"])
+    except (InvalidDicomError, ValueError, EOFError, OSError) as error:
+        raise DicomResultsUnavailableError("the slice's DICOM header cannot be read", code="not_dicom_study") from error
+    return study_identity(dataset), str(dataset.get("SOPClassUID") or CTImageStorage)
 
 
 def same_study(identities: list[dict[str, str]]) -> dict[str, str]:
@@ -73,6 +85,8 @@ class SourceSlice:
 def reference_dataset(identity: dict[str, str], source: SourceSlice) -> Dataset:
     """A header-only stand-in for a slice: what highdicom reads from evidence (identifiers and UIDs), no pixels."""
     dataset = Dataset()
+    for keyword in LEFT_EMPTY:
+        setattr(dataset, keyword, "")
     for keyword, value in identity.items():
         if keyword == "SpecificCharacterSet":
             if value:

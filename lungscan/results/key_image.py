@@ -52,13 +52,10 @@ def build_key_image(
         manufacturer=MANUFACTURER,
         patient_id=identity["PatientID"],
         patient_name=identity["PatientName"],
-        patient_birth_date=identity["PatientBirthDate"],
-        patient_sex=identity["PatientSex"] or None,
         accession_number=identity["AccessionNumber"],
         study_id=identity["StudyID"],
         study_date=identity["StudyDate"] or None,
         study_time=identity["StudyTime"] or None,
-        referring_physician_name=identity["ReferringPhysicianName"],
         patient_orientation=("L", "P"),  # an axial slice as the scanner stored it: rows to the left, columns back
         series_description=f"LungScan {LABEL}",
         specific_character_set=identity.get("SpecificCharacterSet") or None,

@@ -10,10 +10,11 @@ import numpy as np
 import pydicom
 import pytest
 from helpers import FIXTURES_DIR, ct_series
+from helpers import dicom_bytes as part10
 from PIL import Image
 
 from lungscan.errors import DicomResultsUnavailableError
-from lungscan.results.identity import IDENTITY_KEYWORDS, SourceSlice, same_study, study_identity
+from lungscan.results.identity import IDENTITY_KEYWORDS, SourceSlice, read_identity, same_study, study_identity
 from lungscan.results.key_image import LABEL, build_key_image, labelled_pixels
 from lungscan.results.report import StudyFinding, build_report, dicom_bytes
 
@@ -149,6 +150,7 @@ def test_the_identity_is_the_patient_and_study_modules_only():
     identity = study_identity(dataset)
     assert set(identity) == set(IDENTITY_KEYWORDS)
     assert identity["PatientID"] == "LS-TEST-1" and "InstitutionName" not in identity
+    assert "PatientBirthDate" not in identity and "PatientSex" not in identity  # the PACS holds them already
 
 
 def test_results_refuse_what_cannot_be_filed_into_one_study():
@@ -163,3 +165,13 @@ def test_results_refuse_what_cannot_be_filed_into_one_study():
     with pytest.raises(DicomResultsUnavailableError) as empty:
         build_report(study_identity(second), finding(()), seed="s")
     assert empty.value.code == "no_key_slice"
+
+
+def test_only_the_identity_is_read_from_a_slice():
+    dataset = ct_series(1)[0]
+    dataset.PatientBirthDate, dataset.InstitutionName = "19700101", "St Elsewhere"
+    identity, sop_class = read_identity(part10(dataset))
+    assert identity == study_identity(dataset) and sop_class == dataset.SOPClassUID
+    assert "19700101" not in str(identity) and "St Elsewhere" not in str(identity)
+    with pytest.raises(DicomResultsUnavailableError):
+        read_identity(b"not a DICOM file at all")
