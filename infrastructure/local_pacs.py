@@ -11,8 +11,10 @@ import argparse
 import base64
 import json
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -98,13 +100,16 @@ def config(folder: Path, http_port: int, dicom_port: int, user: str, password: s
 
 
 @contextmanager
-def running_orthanc(folder: Path, timeout: float = 60) -> Iterator[Orthanc]:
-    """Orthanc on free local ports, its storage in ``folder``; stopped (and waited for) on exit."""
+def running_orthanc(
+    folder: Path, timeout: float = 60, http_port: int | None = None, dicom_port: int | None = None
+) -> Iterator[Orthanc]:
+    """Orthanc on local ports (free ones by default), its storage in ``folder``; stopped (and waited for) on exit."""
     missing = orthanc_missing()
     if missing:
         raise RuntimeError(missing)
     folder.mkdir(parents=True, exist_ok=True)
-    orthanc = Orthanc(free_port(), free_port(), "lungscan", "local-pacs-password", folder / "orthanc.log")
+    ports = (http_port or free_port(), dicom_port or free_port())
+    orthanc = Orthanc(*ports, "lungscan", "local-pacs-password", folder / "orthanc.log")
     (folder / "orthanc.json").write_text(
         json.dumps(config(folder, orthanc.http_port, orthanc.dicom_port, orthanc.user, orthanc.password))
     )
@@ -134,8 +139,14 @@ def running_orthanc(folder: Path, timeout: float = 60) -> Iterator[Orthanc]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="lungscan-pacs-") as folder, running_orthanc(Path(folder)) as orthanc:
+    parser.add_argument("--http-port", type=int, default=8042, help="DICOMweb and REST (default: 8042)")
+    parser.add_argument("--dicom-port", type=int, default=4242, help="DICOM C-STORE (default: 4242)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a plain kill still stops Orthanc and removes its files
+    with (
+        tempfile.TemporaryDirectory(prefix="lungscan-pacs-") as folder,
+        running_orthanc(Path(folder), http_port=args.http_port, dicom_port=args.dicom_port) as orthanc,
+    ):
         print(f"Orthanc (DICOMweb): {orthanc.dicomweb}  DICOM: 127.0.0.1:{orthanc.dicom_port} AE {AE_TITLE}")
         print(f"export LUNGSCAN_PACS_AUTHORIZATION='{orthanc.authorization}'   # Ctrl-C stops it")
         try:
