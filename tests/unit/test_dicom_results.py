@@ -17,6 +17,7 @@ from lungscan.errors import DicomResultsUnavailableError
 from lungscan.results.identity import IDENTITY_KEYWORDS, SourceSlice, read_identity, same_study, study_identity
 from lungscan.results.key_image import LABEL, build_key_image, labelled_pixels
 from lungscan.results.report import StudyFinding, build_report, dicom_bytes
+from lungscan.results.study import study_results
 
 DISCLAIMER = "Research tool. Not a diagnosis. A clinician must review every scan."
 
@@ -175,3 +176,57 @@ def test_only_the_identity_is_read_from_a_slice():
     assert "19700101" not in str(identity) and "St Elsewhere" not in str(identity)
     with pytest.raises(DicomResultsUnavailableError):
         read_identity(b"not a DICOM file at all")
+
+
+def test_a_study_summary_becomes_both_results():
+
+    series = ct_series(3)
+    slices = {
+        index: {
+            "index": index,
+            "series": dataset.SeriesInstanceUID,
+            "sop_instance_uid": dataset.SOPInstanceUID,
+            "instance_number": index + 1,
+            "position": -100.0 + 5 * index,
+            "positive_probability": [0.2, 0.9, 0.6][index],
+            "prediction_set": ["malignant"],
+        }
+        for index, dataset in enumerate(series)
+    }
+    slices[3] = {"index": 3, "series": "uploads", "sop_instance_uid": None}  # a PNG in the same study: no reference
+    summary = {
+        "tier": "suspicious",
+        "suspicious": True,
+        "uncertain": False,
+        "flagged": 2,
+        "total": 4,
+        "most_suspicious_slices": [{"index": 1}, {"index": 2}, {"index": 3}],
+    }
+    model = {"name": "iq-oth-3class", "version": "v9"}
+    overlay = Image.open(FIXTURES_DIR / "ct_malignant_256.jpg")
+    identity = study_identity(series[0])
+    report, image = study_results(
+        identity, summary, slices, model, sop_classes={}, overlay=overlay, seed="s", disclaimer=DISCLAIMER
+    )
+    referenced = [
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in content_items(report)
+        if "ReferencedSOPSequence" in item
+    ]
+    assert referenced == [series[1].SOPInstanceUID, series[2].SOPInstanceUID, image.SOPInstanceUID]
+    assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == series[1].SOPInstanceUID
+    with pytest.raises(DicomResultsUnavailableError) as raster:
+        study_results(
+            identity,
+            summary | {"most_suspicious_slices": [{"index": 3}]},
+            slices,
+            model,
+            sop_classes={},
+            overlay=overlay,
+            seed="s",
+            disclaimer=DISCLAIMER,
+        )
+    assert raster.value.code == "not_dicom_study"
+    with pytest.raises(DicomResultsUnavailableError) as no_heat:
+        study_results(identity, summary, slices, model, sop_classes={}, overlay=None, seed="s", disclaimer=DISCLAIMER)
+    assert no_heat.value.code == "no_key_image"
