@@ -76,9 +76,13 @@ class Orthanc:
 
     def rest(self, path: str):
         """GET Orthanc's own REST API (``/studies``, ``/instances/ID/tags``...) as JSON."""
+        return json.loads(self.raw(path))
+
+    def raw(self, path: str) -> bytes:
+        """GET Orthanc's REST API as bytes (``/instances/ID/file``: the stored Part 10 file)."""
         request = urllib.request.Request(self.url + path, headers={"Authorization": self.authorization})
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+            return response.read()
 
 
 def config(folder: Path, http_port: int, dicom_port: int, user: str, password: str) -> dict:

@@ -3,18 +3,21 @@ a scanner feeds it. Skipped, with the reason, only where Orthanc cannot be insta
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import socket
 import subprocess
 from pathlib import Path
 
+import highdicom
 import pydicom
 import pytest
 from helpers import FIXTURES_DIR, ct_series, dicom_bytes
 from PIL import Image
 
 from infrastructure.local_pacs import AE_TITLE, orthanc_missing, running_orthanc
+from infrastructure.local_stack import stack_subprocess
 from lungscan.results.identity import SourceSlice, study_identity
 from lungscan.results.key_image import build_key_image
 from lungscan.results.report import StudyFinding, build_report
@@ -68,6 +71,7 @@ def run_pacs(monkeypatch, capsys, orthanc, *argv: str, authorization: str | None
     return code, captured.out, captured.err
 
 
+SC_CLASS = pydicom.uid.SecondaryCaptureImageStorage
 API = "http://127.0.0.1:9"  # never reached in these tests: each fails before anything is classified
 
 
@@ -156,3 +160,51 @@ def _study_instances(orthanc, study_uid: str) -> list[dict]:
         for series in found["Series"]
         for instance in orthanc.rest(f"/series/{series}")["Instances"]
     ]
+
+
+# ---------------------------------------------------------------- the whole round trip, with the local stack
+
+
+@pytest.fixture(scope="module")
+def stack(model_bundle_dir, tmp_path_factory):
+    """``make run``'s stack on free ports (the studies engine on moto); yields its base URL."""
+    with stack_subprocess(tmp_path_factory.mktemp("pacs-stack") / "stack.log", [model_bundle_dir]) as running:
+        yield running.base_url
+
+
+def test_the_round_trip_files_the_report_and_key_image_into_the_study(monkeypatch, capsys, orthanc, ct_study, stack):
+    study = ct_study[0].StudyInstanceUID
+    code, out, err = run_pacs(
+        monkeypatch, capsys, orthanc, "--dicomweb", orthanc.dicomweb, "--study", study, "--api", stack
+    )
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["ok"] and answer["instances"] == len(ct_study) and answer["status"] == "done"
+    assert "SR and key image stored in the PACS" in err
+    held = {tags["SOPInstanceUID"]: tags for tags in _study_instances(orthanc, study)}
+    stored = {item["kind"]: item["sop_instance_uid"] for item in answer["stored"]}
+    assert held[stored["sr"]]["Modality"] == "SR" and held[stored["key_image"]]["SOPClassUID"] == SC_CLASS
+    (report_id,) = [
+        instance["ID"]
+        for instance in orthanc.rest("/instances?expand")
+        if instance["MainDicomTags"]["SOPInstanceUID"] == stored["sr"]
+    ]
+    report_bytes = orthanc.raw(f"/instances/{report_id}/file")
+    report = highdicom.sr.srread(io.BytesIO(report_bytes))
+    assert report.StudyInstanceUID == study and report.PatientID == ct_study[0].PatientID
+    referenced = _image_references(report)
+    assert stored["key_image"] in referenced and referenced <= set(held)  # each reference is an instance Orthanc holds
+    assert referenced & {dataset.SOPInstanceUID for dataset in ct_study}  # and the key slices are the scanner's
+    dump = subprocess.run(["dsrdump", "-"], input=report_bytes, capture_output=True, timeout=30)
+    assert dump.returncode == 0, dump.stderr
+    assert b"LungScan" in dump.stdout and b"Best illustration of finding" in dump.stdout
+
+
+def _image_references(node) -> set[str]:
+    """The SOP Instance UIDs of every IMAGE item in an SR's content tree."""
+    found = set()
+    for item in getattr(node, "ContentSequence", []):
+        if item.ValueType == "IMAGE":
+            found.add(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        found |= _image_references(item)
+    return found
