@@ -8,7 +8,9 @@
 - ``frontend/`` is served as CloudFront would serve the site bucket;
 - the same moto server plays Cognito (user pool, care teams, demo users) and DynamoDB (patient
   history), and API Gateway's Cognito authorizer guards the history routes
-  (``infrastructure/local_accounts.py``).
+  (``infrastructure/local_accounts.py``);
+- whole studies: the uploads bucket (CORS for this page) and studies table on the same moto server, and the study
+  state machine, template.yaml's Definition run in-process (``infrastructure/local_studies.py``, ``local_engine.py``).
 
 Everything listens on 127.0.0.1 only. Ctrl-C stops all of it.
 
@@ -40,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from infrastructure import local_accounts
+from infrastructure import local_accounts, local_studies
 from infrastructure.emulation import (
     REPO_ROOT,
     ROUTES,
@@ -66,7 +68,12 @@ API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads b
 SITE_CONTENT_TYPES = {".js": "text/javascript; charset=utf-8"}
 
 
-def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_accounts.LocalAccounts | None = None):
+def make_request_handler(
+    lambda_handler,
+    frontend_dir: Path,
+    accounts: local_accounts.LocalAccounts | None = None,
+    states: local_studies.LocalStepFunctions | None = None,
+):
     authorizer = local_accounts.LocalAuthorizer(accounts) if accounts else None
     invoke_lock = threading.Lock()  # one Lambda container answers one request at a time
     site_files = {path.resolve() for path in frontend_dir.rglob("*") if path.is_file()}
@@ -84,6 +91,8 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
         def do_POST(self) -> None:
             if accounts and urlsplit(self.path).path == local_accounts.COGNITO_PROXY_PATH:
                 return self._cognito()
+            if states and urlsplit(self.path).path.rstrip("/") == local_studies.STATES_PATH:
+                return self._states()
             self._invoke()
 
         def do_DELETE(self) -> None:
@@ -125,6 +134,14 @@ def make_request_handler(lambda_handler, frontend_dir: Path, accounts: local_acc
             target = self.headers.get("X-Amz-Target", "")
             status, data = local_accounts.forward_to_cognito(accounts.endpoint, body, target)
             self._send(status, {"Content-Type": "application/x-amz-json-1.1"}, data)
+
+        def _states(self) -> None:
+            """Step Functions' API for the function's own client (the study engine, local_studies)."""
+            length = self._content_length()
+            if length is None:
+                return
+            status, data = states.handle(self.headers.get("X-Amz-Target", ""), self.rfile.read(min(length, 1 << 20)))
+            self._send(status, {"Content-Type": "application/x-amz-json-1.0"}, data)
 
         def do_OPTIONS(self) -> None:
             self._invoke()
@@ -238,6 +255,7 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
     s3_server = start_s3(s3_port)
     names = publish_models(bucket, bundles)
     accounts = local_accounts.create_accounts(os.environ["AWS_ENDPOINT_URL_S3"])
+    os.environ.update(local_studies.create_studies(accounts.endpoint, f"http://{host}:{port}"))
     os.environ.update(
         MODEL_BUCKET=bucket,
         MODEL_NAME=names[0],
@@ -249,6 +267,7 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
         POWERTOOLS_METRICS_DISABLED="1",
         AWS_ENDPOINT_URL_DYNAMODB=accounts.endpoint,
         AWS_ENDPOINT_URL_COGNITO_IDP=accounts.endpoint,
+        AWS_ENDPOINT_URL_SFN=f"http://{host}:{port}{local_studies.STATES_PATH}",
         COGNITO_USER_POOL_ID=accounts.user_pool_id,
         COGNITO_CLIENT_ID=accounts.client_id,
         HISTORY_TABLE=accounts.table,
@@ -258,7 +277,12 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
     os.environ.setdefault("MODEL_CACHE_DIR", str(REPO_ROOT / "build" / "model-cache"))
     import app  # loads the models from the local registry, as a cold start would (PYTHONPATH: TASK_ROOT)
 
-    server = LocalServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR, accounts))
+    import boto3
+
+    from infrastructure.local_engine import local_engine
+
+    states = local_studies.LocalStepFunctions(local_engine(boto3.client("s3")))
+    server = LocalServer((host, port), make_request_handler(app.lambda_handler, FRONTEND_DIR, accounts, states))
     return server, s3_server
 
 

@@ -109,6 +109,24 @@ class HistoryUnavailableError(LungScanError):
         super().__init__(message)
 
 
+# ---- whole studies
+
+
+class ConflictError(LungScanError):
+    """The request does not fit the resource's state (a study started before its files are all uploaded)."""
+
+    code = "conflict"
+
+
+class StudiesUnavailableError(LungScanError):
+    """This deployment runs no study engine (no uploads bucket, table or state machine configured)."""
+
+    code = "studies_unavailable"
+
+    def __init__(self, message: str = "This deployment does not classify whole studies.") -> None:
+        super().__init__(message)
+
+
 # ---- DICOM results (SR and key image)
 
 

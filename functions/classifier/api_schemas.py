@@ -156,3 +156,70 @@ class ModelsResponse(BaseModel):
     default: str
     models: list[ModelDescription]
     disclaimer: str
+
+
+# ---------------------------------------------------------------- whole studies (docs/api.md "Whole studies")
+
+
+class StudyFile(BaseModel):
+    """One file to upload: its size only (a file name is patient data: never sent, never kept)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    size: int = Field(ge=1, description="Bytes; the upload target accepts 1 to this many")
+
+
+class CreateStudyRequest(BaseModel):
+    """JSON body of ``POST /studies``."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    files: list[StudyFile] = Field(min_length=1, description="One entry per file, at most 2,000 and 2 GiB in all")
+    model: str | None = Field(default=None, pattern=NAME_PATTERN, description="Model name; default model if absent")
+    patient: str | None = Field(default=None, description="Pseudonymous patient reference: one history record")
+    explain: bool = Field(default=True, description="Heatmaps of the most suspicious slices")
+
+
+class StudyUpload(BaseModel):
+    index: int
+    url: str = Field(description="Presigned POST target (multipart/form-data: the fields, then the file)")
+    fields: dict[str, str]
+
+
+class CreateStudyResponse(BaseModel):
+    study_id: str = Field(description="Unguessable: an anonymous study is reached by this id alone")
+    expires_at: str = Field(description="UTC, ISO 8601: the study, its uploads and its images are deleted then")
+    uploads: list[StudyUpload]
+
+
+class StartStudyResponse(BaseModel):
+    study_id: str
+    status: str
+
+
+class StudyProgress(BaseModel):
+    done: int = Field(description="Files answered or refused so far")
+    total: int
+    failed: int = Field(description="Files refused (corrupt, a localizer, not CT...)")
+
+
+class StudyModel(BaseModel):
+    name: str
+    version: str
+
+
+class StudyStatusResponse(BaseModel):
+    """A study: its state, and once done its summary, series and one page of slices in reading order."""
+
+    study_id: str
+    status: str = Field(description="uploading, running, done or failed")
+    progress: StudyProgress
+    model: StudyModel
+    summary: dict[str, Any] | None = Field(
+        description="suspicious, tier, uncertain, flagged, total, failed, most_suspicious_slices (with short-lived "
+        "preview_url and heatmap_url), positive_probabilities; null until done"
+    )
+    series: list[dict[str, Any]] = Field(description="One {series, summary} per DICOM series")
+    slices: list[dict[str, Any]] = Field(description="This page of slices (an answer, or an error)")
+    next_cursor: str | None = Field(description="The next page's cursor; null on the last page")
+    disclaimer: str

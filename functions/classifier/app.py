@@ -15,6 +15,7 @@ from typing import Annotated
 
 import boto3
 import history_api  # beside this file: the patient history routes
+import studies_api  # and the whole-study routes
 from api_answers import describe_model, predict_answer
 from api_body import document_predict_body, read_upload
 from api_schemas import (
@@ -36,6 +37,7 @@ from botocore.config import Config as BotocoreConfig
 
 from lungscan.accounts.access import openapi_security
 from lungscan.errors import (
+    ConflictError,
     HistoryUnavailableError,
     LungScanError,
     MalformedInputError,
@@ -44,6 +46,7 @@ from lungscan.errors import (
     NoTeamError,
     PayloadTooLargeError,
     RecordNotFoundError,
+    StudiesUnavailableError,
     UnauthorizedError,
     UnknownModelError,
     UnsupportedFormatError,
@@ -86,6 +89,7 @@ class StackCORS(CORSConfig):
 cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 app.include_router(history_api.router)
+app.include_router(studies_api.router)
 app.configure_openapi(title="LungScan API", security_schemes=history_api.SECURITY_SCHEMES)
 
 STATUS_BY_ERROR: dict[type[LungScanError], int] = {
@@ -94,11 +98,13 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {
     NoTeamError: 403,
     UnknownModelError: 404,
     RecordNotFoundError: 404,
+    ConflictError: 409,
     PayloadTooLargeError: 413,
     UnsupportedFormatError: 415,
     NotACTSliceError: 422,
     ModelUnavailableError: 503,
     HistoryUnavailableError: 503,
+    StudiesUnavailableError: 503,
 }
 
 
@@ -127,6 +133,7 @@ def _create_store() -> ModelStore:
 
 
 store = _create_store()
+studies_api.use_models(store)
 
 
 # ---------------------------------------------------------------- routes

@@ -139,11 +139,11 @@ def caller_for(event: APIGatewayProxyEvent, patient: str | None = None) -> Clini
     """Who asks, where the request's route needs a token (``lungscan.accounts.access``); None where it needs
     none. Behind the authorizer the claims are in the event already; elsewhere the function checks the token."""
     route = (event.http_method, event.get("resource") or event.path)  # API Gateway's resource: the table's key
-    if not needs_token(route, patient=patient):
+    token = event.get_header_value("authorization", default_value="", case_sensitive=False) or ""
+    if not needs_token(route, patient=patient, token_sent=bool(token)):
         return None
     claims = _authorizer_claims(event)
     if not claims and not checked_by_gateway(route):
-        token = event.get_header_value("authorization", default_value="", case_sensitive=False) or ""
         if not token:
             raise UnauthorizedError()
         try:
@@ -261,13 +261,20 @@ class ScanRecord(BaseModel):
     unfamiliar: bool | None = None
     input: StoredInput
     input_bytes: int
+    study_date: str | None = Field(
+        default=None, description="A whole study's acquisition day (DICOM), else its upload day: the timeline's order"
+    )
+    study: dict[str, Any] | None = Field(
+        default=None,
+        description="A whole study's record: study_id, flagged of total, failed, its most suspicious slice",
+    )
     preview: str = Field(description="PNG (base64), at most 256 px, of what the model saw")
     heatmap: str | None = Field(default=None, description="Heatmap thumbnail (PNG, base64), when one was asked for")
 
 
 class ScansResponse(BaseModel):
     patient: str
-    scans: list[ScanRecord] = Field(description="Newest first")
+    scans: list[ScanRecord] = Field(description="Newest first (a whole study by its acquisition day)")
     next: str | None = Field(description="Opaque token of the next page (query 'next'); null on the last page")
 
 

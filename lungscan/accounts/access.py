@@ -24,6 +24,9 @@ class Access(Enum):
     # Anyone; a valid ID token only to store the result for a patient, checked by the function itself
     # (the authorizer would refuse the anonymous calls).
     TOKEN_TO_STORE = "token_to_store"
+    # Anyone (an anonymous study is reached by its unguessable id alone); a token, when sent, is checked by the
+    # function and makes the study its care team's (another team's study is then not found); needed for a patient.
+    TOKEN_IF_SENT = "token_if_sent"
 
 
 ROUTES: dict[Route, Access] = {
@@ -34,16 +37,22 @@ ROUTES: dict[Route, Access] = {
     ("GET", "/patients"): Access.SIGNED_IN,
     ("GET", "/patients/{ref}/scans"): Access.SIGNED_IN,
     ("DELETE", "/patients/{ref}/scans/{record_id}"): Access.SIGNED_IN,
+    ("POST", "/studies"): Access.TOKEN_IF_SENT,
+    ("POST", "/studies/{study_id}/start"): Access.TOKEN_IF_SENT,
+    ("GET", "/studies/{study_id}"): Access.TOKEN_IF_SENT,
 }
 
 # The routes behind the Cognito authorizer.
 AUTHORIZED_ROUTES = frozenset(route for route, access in ROUTES.items() if access is Access.SIGNED_IN)
 
 
-def needs_token(route: Route, *, patient: str | None = None) -> bool:
+def needs_token(route: Route, *, patient: str | None = None, token_sent: bool = False) -> bool:
     """Whether a request must carry a valid ID token: always behind the authorizer; on ``POST /predict`` only
-    when it names a ``patient`` (anonymous use stores nothing). A route missing from the table: always."""
+    when it names a ``patient`` (anonymous use stores nothing); on the studies routes also whenever one is sent.
+    A route missing from the table: always."""
     access = ROUTES.get(route, Access.SIGNED_IN)
+    if access is Access.TOKEN_IF_SENT:
+        return token_sent or patient is not None
     return access is Access.SIGNED_IN or (access is Access.TOKEN_TO_STORE and patient is not None)
 
 
@@ -58,6 +67,6 @@ def openapi_security(route: Route) -> list[dict[str, list[str]]] | None:
     access = ROUTES[route]
     if access is Access.SIGNED_IN:
         return [{TOKEN_SCHEME: []}]
-    if access is Access.TOKEN_TO_STORE:
+    if access in (Access.TOKEN_TO_STORE, Access.TOKEN_IF_SENT):
         return [{}, {TOKEN_SCHEME: []}]
     return None

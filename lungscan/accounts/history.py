@@ -132,6 +132,60 @@ def build_record(
     return record
 
 
+def build_study_record(
+    summary: dict[str, Any],
+    focus: dict[str, Any],
+    model: dict[str, str],
+    clinician: Clinician,
+    *,
+    study_id: str,
+    verdict: str,
+    study_date: str | None,
+    preview: bytes,
+    heatmap: bytes | None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The one record of a whole study: its summary, tier and uncertainty, led by its most suspicious slice
+    (``focus``: label, probabilities, previews), dated by the DICOM acquisition day (else the upload day).
+
+    The record id starts with that day (and the upload's time of day), so the timeline, read newest first by
+    record id, orders studies by when they were acquired, not when they were uploaded.
+    """
+    now = now or datetime.now(UTC)
+    try:
+        day = datetime.strptime(study_date or "", "%Y-%m-%d").date()
+    except ValueError:
+        day = now.date()
+    record = {
+        "record_id": new_record_id(now.replace(year=day.year, month=day.month, day=day.day)),
+        "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "study_date": day.isoformat(),
+        "clinician": {"sub": clinician.sub, "email": clinician.email},
+        "model": model,
+        "label": focus["label"],
+        "tier": summary["tier"],
+        "verdict": verdict,
+        "suspicious": summary["suspicious"],
+        "probabilities": focus["probabilities"],
+        "uncertain": summary["uncertain"],
+        "unfamiliar": focus.get("unfamiliar"),
+        "input": {"format": "study", "width": None, "height": None},
+        "input_bytes": 0,
+        "study": {
+            "study_id": study_id,
+            "flagged": summary["flagged"],
+            "total": summary["total"],
+            "failed": summary["failed"],
+            "most_suspicious_index": focus["index"],
+            "positive_probability": focus["positive_probability"],
+        },
+        "preview": preview,
+    }
+    if heatmap is not None:
+        record["heatmap"] = heatmap
+    return record
+
+
 def public_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record as the API shows it: images as base64 PNG."""
     shown = dict(record)
