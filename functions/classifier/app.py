@@ -14,6 +14,7 @@ import uuid
 from typing import Annotated
 
 import boto3
+import dicom_results_api  # and a study's DICOM SR and key image
 import history_api  # beside this file: the patient history routes
 import studies_api  # and the whole-study routes
 from api_answers import describe_model, predict_answer
@@ -38,6 +39,7 @@ from botocore.config import Config as BotocoreConfig
 from lungscan.accounts.access import openapi_security
 from lungscan.errors import (
     ConflictError,
+    DicomResultsUnavailableError,
     HistoryUnavailableError,
     LungScanError,
     MalformedInputError,
@@ -90,6 +92,7 @@ cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 app.include_router(history_api.router)
 app.include_router(studies_api.router)
+app.include_router(dicom_results_api.router)
 app.configure_openapi(title="LungScan API", security_schemes=history_api.SECURITY_SCHEMES)
 
 STATUS_BY_ERROR: dict[type[LungScanError], int] = {
@@ -102,6 +105,7 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {
     PayloadTooLargeError: 413,
     UnsupportedFormatError: 415,
     NotACTSliceError: 422,
+    DicomResultsUnavailableError: 422,
     ModelUnavailableError: 503,
     HistoryUnavailableError: 503,
     StudiesUnavailableError: 503,

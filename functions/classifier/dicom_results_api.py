@@ -39,15 +39,16 @@ KEPT_SLICE_FIELDS = (
 FILES = {"sr": "lungscan-report.dcm", "key_image": "lungscan-key-image.dcm"}
 
 
-def read_for_results(data: bytes) -> dict[str, Any] | None:
-    """What the summary step keeps of a key slice it already reads: its identity and SOP class (DICOM only)."""
+def read_for_results(data: bytes, prediction_set: list[str] | None) -> dict[str, Any] | None:
+    """What the summary step keeps of a key slice it reads anyway: its identity, SOP class and prediction set (DICOM
+    only)."""
     if not looks_like_dicom(data):
         return None
     try:
         identity, sop_class = read_identity(data)
     except LungScanError:
         return None
-    return {"identity": identity, "sop_class_uid": sop_class}
+    return {"identity": identity, "sop_class_uid": sop_class, "prediction_set": prediction_set}
 
 
 def kept_for_results(summary: dict[str, Any], ordered: list[dict[str, Any]], read: dict[int, dict | None]) -> dict:
@@ -64,7 +65,7 @@ def kept_for_results(summary: dict[str, Any], ordered: list[dict[str, Any]], rea
         return {"unavailable": error.code}
     slices = {
         str(index): {name: by_index[index].get(name) for name in KEPT_SLICE_FIELDS}
-        | {"sop_class_uid": header["sop_class_uid"]}  # type: ignore[index]
+        | {"sop_class_uid": header["sop_class_uid"], "prediction_set": header["prediction_set"]}  # type: ignore[index]
         for index, header in headers.items()
     }
     return {"identity": identity, "slices": slices}
