@@ -28,12 +28,16 @@ from urllib.parse import urlsplit
 
 import requests
 
+from lungscan_client.study import StudyError, run_study
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "ClassifyResult",
     "RetryPolicy",
+    "StudyError",
     "classify_files",
     "predict_url",
+    "run_study",
 ]
 
 __version__ = "0.1.0"

@@ -23,10 +23,12 @@ from lungscan_client import (
     DEFAULT_MAX_BYTES,
     ClassifyResult,
     RetryPolicy,
+    StudyError,
     __version__,
     classify_files,
     pacs_command,
     predict_url,
+    run_study,
 )
 
 API_URL_ENV = "LUNGSCAN_API_URL"
@@ -91,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow plain http:// to a host other than this machine (images would cross the network unencrypted)",
     )
+    study = commands.add_parser(
+        "study",
+        help="classify a whole study (a folder: a DICOM series of any size)",
+        description="Upload a folder as one study (straight to S3), wait, print the study's answer. " + DISCLAIMER,
+        epilog="Exit code: 0 answered, 1 the study failed or was refused, 2 usage error.",
+    )
+    study.add_argument("folder", metavar="DIR", help="the study's files (every file inside, recursively)")
+    study.add_argument("--api", default=os.environ.get(API_URL_ENV), metavar="URL", help=f"(default: ${API_URL_ENV})")
+    study.add_argument(
+        "--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY", help=f"(default: ${API_KEY_ENV})"
+    )
+    study.add_argument("--model", metavar="NAME", help="a model the API serves (default: the API's default)")
+    study.add_argument("--patient", metavar="REF", help="pseudonymous patient reference (needs $LUNGSCAN_TOKEN)")
+    study.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default: json)")
+    study.add_argument("--allow-http", action="store_true", help="allow plain http:// to another machine")
     pacs_command.add_parser(commands, DISCLAIMER, checked_url)
     return parser
 
@@ -260,12 +277,72 @@ def classify_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     return 0 if all(result.ok for result in results) else 1
 
 
+STUDY_CSV_FIELDS = [
+    "index",
+    "series",
+    "instance_number",
+    "position",
+    "label",
+    "positive_probability",
+    "suspicious",
+    "uncertain",
+    "tier",
+    "error",
+]
+
+
+def study_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.api:
+        parser.error(f"--api URL is required (or set ${API_URL_ENV})")
+    parts = urlsplit(args.api)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        parser.error("--api must be an https:// URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname or "") and not args.allow_http:
+        parser.error("--api is plain http:// to another machine: use https://, or pass --allow-http")
+    files = [Path(path) for path in expand([args.folder])]
+    if not files:
+        parser.error("no files in the folder")
+    token = os.environ.get("LUNGSCAN_TOKEN")
+    if args.patient and not token:
+        parser.error("--patient needs a clinician's ID token in $LUNGSCAN_TOKEN")
+
+    def report(stage: str, done: int, total: int) -> None:
+        sys.stderr.write(f"\rlungscan: {stage} {done}/{total} " + "#" * (30 * done // max(total, 1)))
+        sys.stderr.flush()
+
+    try:
+        answer = run_study(
+            files, args.api, model=args.model, patient=args.patient, token=token, progress=report, api_key=args.api_key
+        )
+    except StudyError as error:
+        print(f"\nlungscan: {error.code}: {error.message}", file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=STUDY_CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for item in answer["slices"]:
+            writer.writerow({**item, "error": (item.get("error") or {}).get("code")})
+    else:
+        json.dump(answer, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    summary = answer.get("summary") or {}
+    print(
+        f"\nlungscan: study {answer['status']}: {summary.get('flagged', 0)} flagged of {summary.get('total', 0)} slices"
+        f" ({summary.get('failed', 0)} refused). {DISCLAIMER}",
+        file=sys.stderr,
+    )
+    return 0 if answer["status"] == "done" else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "classify":
             return classify_command(args, parser)
+        if args.command == "study":
+            return study_command(args, parser)
         if args.command == "pacs":
             return args.run(args, parser)
     except KeyboardInterrupt:

@@ -135,9 +135,15 @@ def retrieve(client: DICOMwebClient, study_uid: str, series: Iterable[str], fold
     return paths
 
 
-def fetch_results(api: str, study_id: str, *, token: str | None = None, timeout: float = 60.0) -> list[pydicom.Dataset]:
+def fetch_results(
+    api: str, study_id: str, *, token: str | None = None, api_key: str | None = None, timeout: float = 60.0
+) -> list[pydicom.Dataset]:
     """``GET /studies/{id}/dicom``: the SR and the key image, built by the API in memory for this study."""
-    headers = {"Accept": "application/json", **({"Authorization": token} if token else {})}
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = token
+    if api_key:
+        headers["x-api-key"] = api_key
     url = f"{api.rstrip('/')}/studies/{study_id}/dicom"
     try:
         response = requests.get(url, headers=headers, timeout=timeout)

@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import lungscan_client
 from lungscan_client.pacs import (
     PACS_AUTH_ENV,
     PacsError,
@@ -28,10 +27,12 @@ from lungscan_client.pacs import (
     pacs_client,
     round_trip,
 )
+from lungscan_client.study import StudyError, run_study
 
 DICOMWEB_ENV = "LUNGSCAN_DICOMWEB_URL"
 API_URL_ENV = "LUNGSCAN_API_URL"
-API_TOKEN_ENV = "LUNGSCAN_API_TOKEN"
+TOKEN_ENV = "LUNGSCAN_TOKEN"  # as `lungscan study`: a clinician's ID token, where the API wants one
+API_KEY_ENV = "LUNGSCAN_API_KEY"
 
 
 def add_parser(commands, disclaimer: str, checked_url: Callable[..., str]) -> None:
@@ -74,14 +75,17 @@ def pacs_command(args: argparse.Namespace, parser: argparse.ArgumentParser, chec
     api = checked_url(args.api, "--api", args.allow_http, parser)
     if args.timeout <= 0:
         parser.error("--timeout must be greater than 0")
-    token = os.environ.get(API_TOKEN_ENV)
+    token, api_key = os.environ.get(TOKEN_ENV), os.environ.get(API_KEY_ENV)
     client = pacs_client(dicomweb, authorization=os.environ.get(PACS_AUTH_ENV), timeout=args.timeout)
 
     def classify(paths) -> dict[str, Any]:
-        return lungscan_client.run_study(paths, api, model=args.model, token=token)
+        try:
+            return run_study(paths, api, model=args.model, token=token, api_key=api_key)
+        except StudyError as error:
+            raise PacsError(error.code, f"the LungScan API did not classify the study: {error.message}") from None
 
     def results(answer: dict[str, Any]) -> list:
-        return fetch_results(api, answer["study_id"], token=token)
+        return fetch_results(api, answer["study_id"], token=token, api_key=api_key)
 
     if args.study:
         outcomes = [round_trip(client, args.study, classify, results)]

@@ -171,6 +171,43 @@ def frame(value: int, size: int = 64) -> np.ndarray:
     return ct_hounsfield(size, offset=(value + 600) // 20)
 
 
+SERIES_UID = "1.2.826.0.1.3680043.8.498.1"
+
+
+def real_ct_hounsfield(name: str, size: int = 256, offset: int = 0) -> np.ndarray:
+    """A real fixture slice (``ct_normal_256.png``, ``ct_malignant_256.jpg``) in HU, as ``ct_hounsfield``."""
+    grey = np.asarray(Image.open(FIXTURES_DIR / name).convert("L").resize((size, size)), np.float32)
+    return (grey / 255.0 * 1500.0 - 1350.0 + offset).round().astype(np.int16)
+
+
+def ct_series(count: int, size: int = 256, series: str = SERIES_UID, **tags) -> list[tuple[float, bytes]]:
+    """``count`` axial DICOM slices of one series built from the real fixture slices (normal and malignant in
+    turn, each shifted a few HU), with ImagePositionPatient z (``2.5 * i``), InstanceNumber and a StudyDate:
+    ``[(z, file bytes)]`` in position order (shuffle them to test the reading order)."""
+    slices = []
+    fixtures = ["ct_normal_256.png", "ct_malignant_256.jpg"]
+    for index in range(count):
+        z = round(-300.0 + 2.5 * index, 2)
+        pixels = real_ct_hounsfield(fixtures[index % 2], size, offset=index % 7)
+        dataset = ct_dataset(
+            [pixels],
+            SeriesInstanceUID=series,
+            SOPInstanceUID=f"{series}.{index + 1}",
+            InstanceNumber=index + 1,
+            ImagePositionPatient=[-150.0, -150.0, z],
+            **({"StudyDate": "20240301", "AcquisitionDate": "20240301"} | tags),
+        )
+        slices.append((z, dicom_bytes(dataset)))
+    return slices
+
+
+def localizer_dicom(series: str = SERIES_UID) -> bytes:
+    """A scout of the same series: refused from its header (``not_ct_localizer``), never classified."""
+    return dicom_bytes(
+        ct_dataset(ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], SeriesInstanceUID=series, InstanceNumber=999)
+    )
+
+
 # ---------------------------------------------------------------- tiny bundles
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,9 @@ def read_slice_tags(data: bytes, is_dicom: bool) -> SliceTags:
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=PLACING_TAGS, force=True)
+        with warnings.catch_warnings():  # pydicom's warnings may quote the file's values: never emitted
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=PLACING_TAGS, force=True)
     except Exception:
         return SliceTags()
     return SliceTags(
