@@ -13,7 +13,7 @@ from pathlib import Path
 import highdicom
 import pydicom
 import pytest
-from helpers import FIXTURES_DIR, ct_series, dicom_bytes
+from helpers import FIXTURES_DIR, dicom_bytes, scanner_study
 from PIL import Image
 
 from infrastructure.local_pacs import AE_TITLE, orthanc_missing, running_orthanc
@@ -55,7 +55,7 @@ def push(orthanc, series: list[pydicom.Dataset], folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ct_study(orthanc, tmp_path_factory) -> list[pydicom.Dataset]:
-    series = ct_series(4)
+    series = scanner_study(4)
     push(orthanc, series, tmp_path_factory.mktemp("scanner"))
     return series
 
@@ -85,7 +85,7 @@ def test_a_study_the_pacs_does_not_hold_is_a_clear_failure(monkeypatch, capsys, 
 
 
 def test_a_study_without_ct_is_not_screened(monkeypatch, capsys, orthanc, tmp_path):
-    mr = ct_series(2, modality="MR")
+    mr = scanner_study(2, modality="MR")
     push(orthanc, mr, tmp_path)
     code, _, err = run_pacs(
         monkeypatch, capsys, orthanc, "--dicomweb", orthanc.dicomweb, "--study", mr[0].StudyInstanceUID, "--api", API

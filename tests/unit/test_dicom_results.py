@@ -9,7 +9,7 @@ import highdicom
 import numpy as np
 import pydicom
 import pytest
-from helpers import FIXTURES_DIR, ct_series
+from helpers import FIXTURES_DIR, scanner_study
 from helpers import dicom_bytes as part10
 from PIL import Image
 
@@ -51,7 +51,7 @@ def finding(key_slices: tuple[SourceSlice, ...], tier: str = "not_excluded") -> 
 @pytest.fixture
 def built(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # whatever is written to a relative path would land here
-    series = ct_series(4)
+    series = scanner_study(4)
     identity = same_study([study_identity(dataset) for dataset in series])
     key_slices = (source(series[1], 0.93), source(series[3], 0.71))
     overlay = Image.open(FIXTURES_DIR / "ct_malignant_256.jpg")
@@ -147,7 +147,7 @@ def test_nothing_is_written(built):
 
 
 def test_the_identity_is_the_patient_and_study_modules_only():
-    dataset = ct_series(1)[0]
+    dataset = scanner_study(1)[0]
     identity = study_identity(dataset)
     assert set(identity) == set(IDENTITY_KEYWORDS)
     assert identity["PatientID"] == "LS-TEST-1" and "InstitutionName" not in identity
@@ -155,7 +155,7 @@ def test_the_identity_is_the_patient_and_study_modules_only():
 
 
 def test_results_refuse_what_cannot_be_filed_into_one_study():
-    first, second = ct_series(1)[0], ct_series(1)[0]
+    first, second = scanner_study(1)[0], scanner_study(1)[0]
     with pytest.raises(DicomResultsUnavailableError) as mixed:
         same_study([study_identity(first), study_identity(second)])
     assert mixed.value.code == "mixed_studies"
@@ -169,7 +169,7 @@ def test_results_refuse_what_cannot_be_filed_into_one_study():
 
 
 def test_only_the_identity_is_read_from_a_slice():
-    dataset = ct_series(1)[0]
+    dataset = scanner_study(1)[0]
     dataset.PatientBirthDate, dataset.InstitutionName = "19700101", "St Elsewhere"
     identity, sop_class = read_identity(part10(dataset))
     assert identity == study_identity(dataset) and sop_class == dataset.SOPClassUID
@@ -180,7 +180,7 @@ def test_only_the_identity_is_read_from_a_slice():
 
 def test_a_study_summary_becomes_both_results():
 
-    series = ct_series(3)
+    series = scanner_study(3)
     slices = {
         index: {
             "index": index,
