@@ -351,7 +351,9 @@ def keys(s3) -> set[str]:
 # ---------------------------------------------------------------- a CT series, as a scanner sends it
 
 
-def scanner_study(count: int = 4, *, patient_id: str = "LS-TEST-1", modality: str = "CT") -> list[pydicom.Dataset]:
+def scanner_study(
+    count: int = 4, *, patient_id: str = "LS-TEST-1", modality: str = "CT", **tags
+) -> list[pydicom.Dataset]:
     """A short CT series of one new study: the real fixture slices (normal PNG, malignant JPEG) as HU, in
     ``ct_dataset``'s header, each slice with its own SOP Instance UID, instance number and z position."""
     from pydicom.uid import generate_uid
@@ -375,6 +377,7 @@ def scanner_study(count: int = 4, *, patient_id: str = "LS-TEST-1", modality: st
             ImagePositionPatient=[-125.0, -125.0, -100.0 + 5.0 * index],
             Modality=modality,
             AccessionNumber="ACC-1",
+            **tags,
         )
         dataset.file_meta.MediaStorageSOPInstanceUID = uid
         slices.append(dataset)

@@ -208,3 +208,15 @@ def _image_references(node) -> set[str]:
             found.add(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         found |= _image_references(item)
     return found
+
+
+def test_since_does_each_new_ct_study_once(monkeypatch, capsys, orthanc, stack, tmp_path):
+    new = scanner_study(2, StudyDate="20261201")
+    push(orthanc, new, tmp_path)
+    argv = ("--dicomweb", orthanc.dicomweb, "--since", "2026-11-30", "--api", stack)
+    code, out, err = run_pacs(monkeypatch, capsys, orthanc, *argv)
+    assert code == 0, err
+    (done,) = [json.loads(line) for line in out.splitlines()]  # the older CT study and the MR one are not listed
+    assert done["study_instance_uid"] == new[0].StudyInstanceUID and done["ok"] and len(done["stored"]) == 2
+    code, out, err = run_pacs(monkeypatch, capsys, orthanc, *argv)  # the next scheduled run
+    assert code == 0 and json.loads(out)["status"] == "skipped" and "already holds LungScan results" in err
