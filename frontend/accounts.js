@@ -9,8 +9,8 @@
 
 import { deletePatientScan, listPatientScans } from "./api.js";
 import { byId } from "./dom.js";
-import { tierText } from "./format.js";
 import { config } from "./settings.js";
+import { byAcquisition, previousOf, recordDate, recordVerdict } from "./timeline.js";
 
 const cognito = config.cognito;
 const SESSION_KEY = "lungscan.session";
@@ -155,6 +155,13 @@ export function onResult(answer) {
   loadTimeline(patientRef());
 }
 
+// A finished study (study.js): its history record is written by the service; show the timeline again.
+export function onStudyResult(answer) {
+  if (!session) return;
+  newRecordId = (answer && answer.record_id) || "";
+  loadTimeline(patientRef());
+}
+
 // ------------------------------------------------------------------ the patient history (timeline)
 
 function checkPatient() {
@@ -184,7 +191,7 @@ async function loadTimeline(ref) {
     ui.timelineStatus.textContent = "The history could not be loaded: " + message;
     return;
   } else {
-    records = result.body.scans || [];
+    records = byAcquisition(result.body.scans || []); // acquisition date, not upload order (timeline.js)
   }
   renderTimeline();
 }
@@ -222,7 +229,7 @@ function figure(record, caption) {
   image.alt = caption + ": what the model saw";
   const text = document.createElement("figcaption");
   const shown = describe(record);
-  text.textContent = caption + " — " + shown.date + ": " + tierText(record) + " (" + shown.model + ")";
+  text.textContent = caption + " — " + recordDate(record) + ": " + recordVerdict(record) + " (" + shown.model + ")";
   box.append(image, text);
   return box;
 }
@@ -238,11 +245,11 @@ function renderTimeline() {
     return;
   }
   ui.timelineStatus.textContent =
-    records.length === 1 ? "1 scan stored, newest first." : records.length + " scans stored, newest first.";
-  const newest = records[0];
-  const showCompare = newRecordId && newest.record_id === newRecordId && records.length > 1;
-  ui.compare.hidden = !showCompare;
-  if (showCompare) ui.compare.append(figure(newest, "This scan"), figure(records[1], "Previous scan"));
+    (records.length === 1 ? "1 scan stored" : records.length + " scans stored") + ", newest acquisition first.";
+  const newest = records.find((record) => record.record_id === newRecordId);
+  const previous = newest ? previousOf(records, newest) : null;
+  ui.compare.hidden = !previous;
+  if (previous) ui.compare.append(figure(newest, "This scan"), figure(previous, "Previous scan"));
   for (const record of records) {
     const shown = describe(record);
     const item = document.createElement("li");
@@ -251,17 +258,18 @@ function renderTimeline() {
     if (record.record_id === newRecordId) item.classList.add("is-new");
     const image = document.createElement("img");
     image.className = "timeline-thumb";
-    image.src = "data:image/png;base64," + record.preview;
+    if (record.preview) image.src = "data:image/png;base64," + record.preview;
     image.alt = "Scan of " + shown.date;
     const text = document.createElement("div");
     text.className = "timeline-text";
     const verdict = document.createElement("p");
     verdict.className = "timeline-verdict" + (record.suspicious ? " suspicious" : " clear");
-    verdict.textContent = (record.record_id === newRecordId ? "New: " : "") + tierText(record);
+    verdict.textContent = (record.record_id === newRecordId ? "New: " : "") + recordVerdict(record);
     const meta = document.createElement("p");
     meta.className = "timeline-meta";
     const by = record.clinician && record.clinician.email ? " · by " + record.clinician.email : "";
-    meta.textContent = shown.date + " · model " + shown.model + " · most likely " + record.label + by;
+    const label = record.label ? " · most likely " + record.label : "";
+    meta.textContent = recordDate(record) + " · model " + shown.model + label + by;
     const remove = document.createElement("button");
     remove.type = "button";
     remove.className = "button button-small button-secondary timeline-delete";

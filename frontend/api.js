@@ -85,6 +85,54 @@ export function deletePatientScan(ref, recordId, idToken) {
   return call("DELETE", path, { headers: { Authorization: idToken } });
 }
 
+// ------------------------------------------------------------------ whole studies
+
+const STUDY_TIMEOUT_MS = 30000;
+
+// POST /studies: a study of `files` ([{size}], never names)
+// -> 201 {study_id, expires_at, uploads: [{index, url, fields}]}.
+export function createStudy(request, headers) {
+  return call("POST", "/studies", {
+    headers: Object.assign({ "Content-Type": "application/json" }, headers || {}),
+    body: JSON.stringify(request),
+    timeoutMs: STUDY_TIMEOUT_MS,
+  });
+}
+
+// POST /studies/{id}/start: 202 once every file is uploaded (idempotent).
+export function startStudy(studyId, headers) {
+  return call("POST", "/studies/" + encodeURIComponent(studyId) + "/start", {
+    headers: headers || {},
+    timeoutMs: STUDY_TIMEOUT_MS,
+  });
+}
+
+// GET /studies/{id}: status, progress, summary and one page of slices (`cursor` for the next one).
+export function getStudy(studyId, { limit, cursor, headers } = {}) {
+  let path = "/studies/" + encodeURIComponent(studyId) + "?limit=" + (limit || 1);
+  if (cursor) path += "&cursor=" + encodeURIComponent(cursor);
+  return call("GET", path, { headers: headers || {}, timeoutMs: STUDY_TIMEOUT_MS });
+}
+
+// One file straight to its presigned POST (S3, not this API): XMLHttpRequest, for its upload progress.
+// Resolves with the HTTP status (0: no answer); onProgress(bytesSent) as the bytes leave.
+export function uploadToPresigned(target, file, onProgress) {
+  return new Promise((resolve) => {
+    const form = new FormData();
+    for (const [name, value] of Object.entries(target.fields || {})) form.append(name, value);
+    form.append("file", file); // last: S3 ignores fields after the file
+    const request = new XMLHttpRequest();
+    request.open("POST", target.url);
+    request.withCredentials = false;
+    request.upload.onprogress = (event) => onProgress(Math.min(event.loaded, file.size));
+    request.onload = () => resolve(request.status);
+    request.onerror = () => resolve(0);
+    request.ontimeout = () => resolve(0);
+    request.timeout = Math.max(config.requestTimeoutMs, 120000);
+    request.send(form);
+  });
+}
+
 // ------------------------------------------------------------------ errors in plain words
 
 const ACCESS_REFUSED = "The service refused access: this page is not allowed to use it. Tell the team that runs it.";
@@ -103,6 +151,9 @@ const PLAIN_ERRORS = {
 // Refusals whose code says more than their status does.
 const PLAIN_ERRORS_BY_CODE = {
   unauthorized: "Your session has ended: sign in again, or clear the patient reference.",
+  too_many_slices: "This study has more slices than the service accepts in one study.",
+  payload_too_large: "This study, or one of its files, is larger than the service accepts.",
+  uploads_incomplete: "Some files of this study did not reach the service. Try again.",
   invalid_patient_ref: "The patient reference is not valid: use a record number, never a name.",
   not_ct_like:
     "This does not look like a CT slice of the chest, so no verdict was given. Add one chest CT slice (DICOM, PNG or JPEG).",

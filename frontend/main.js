@@ -5,6 +5,9 @@
 //   queue.js       the files added, sent one at a time              scan-card.js  one file's card and result
 //   tab-scans.js   the scans classified in this tab, CSV export     csv.js        the CSV itself
 //   accounts.js    clinician sign-in and the patient history        models.js     the model picker
+//   drop.js        dropped files and folders: a study or slices?    study.js      a whole study: upload, progress
+//   study-view.js  the study's answer: N of M, plot, jumps          slice-viewer.js  the study's slices, windows
+//   dicom-slices.js  DICOM decoded in the browser (vendor/dicom-parser)  timeline.js  a patient's records in order
 //   dom.js, format.js  shared helpers
 //
 // Privacy: file names and results stay in this tab; requests carry only the image bytes (and, signed in
@@ -12,15 +15,19 @@
 
 import { initAccounts } from "./accounts.js";
 import { announce, byId, isEnabled } from "./dom.js";
+import { filesFromDrop, filesFromFolderInput, isStudy } from "./drop.js";
 import { formatLimit } from "./format.js";
 import { loadModels } from "./models.js";
-import { addFiles, isRunning, removeUnsent, startQueue, updateControls } from "./queue.js";
+import { addFiles, isRunning, removeUnsent, startQueue, takeWaiting, updateControls } from "./queue.js";
+import { initStudy, offerStudy } from "./study.js";
 import { config } from "./settings.js";
 import { clearTabScans, exportTabScans, updateTabScanControls } from "./tab-scans.js";
 
 const ui = {
   dropZone: byId("drop-zone"),
   fileInput: byId("file-input"),
+  folderInput: byId("folder-input"),
+  asStudyButton: byId("as-study-button"),
   maxSize: byId("max-size"),
   classifyButton: byId("classify-button"),
   clearQueueButton: byId("clear-queue-button"),
@@ -29,12 +36,32 @@ const ui = {
 };
 
 initAccounts();
+initStudy(addFiles);
 
 ui.maxSize.textContent = formatLimit(config.maxUploadBytes);
 
+// A folder, or several DICOM files, is one study; other files go to the queue one by one.
+async function take(files, fromFolder) {
+  if (await isStudy(files, fromFolder)) offerStudy(files, fromFolder);
+  else if (fromFolder && !files.length) announce("This folder holds no files.");
+  else addFiles(files);
+}
+
 ui.fileInput.addEventListener("change", () => {
-  addFiles(ui.fileInput.files);
+  const files = Array.from(ui.fileInput.files || []);
   ui.fileInput.value = ""; // the same file can be added again
+  take(files, false);
+});
+
+ui.folderInput.addEventListener("change", () => {
+  const files = filesFromFolderInput(ui.folderInput.files);
+  ui.folderInput.value = "";
+  take(files, true);
+});
+
+ui.asStudyButton.addEventListener("click", () => {
+  if (!isEnabled(ui.asStudyButton)) return;
+  offerStudy(takeWaiting(), false);
 });
 
 ui.classifyButton.addEventListener("click", () => {
@@ -80,7 +107,11 @@ window.addEventListener("drop", (event) => {
   event.preventDefault();
   dragDepth = 0;
   ui.dropZone.classList.remove("dragging");
-  if (event.dataTransfer && event.dataTransfer.files.length) addFiles(event.dataTransfer.files);
+  if (!event.dataTransfer || !event.dataTransfer.items.length) return;
+  filesFromDrop(event.dataTransfer).then(
+    (dropped) => take(dropped.files, dropped.fromFolder),
+    () => announce("The dropped folder could not be read.")
+  );
 });
 
 updateControls();

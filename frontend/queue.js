@@ -3,6 +3,9 @@
 // A file is refused before upload when empty or over the API's limit. Only the image bytes are sent: the
 // file's name stays in this browser. Each answer goes on the file's card (scan-card.js), into this tab's list
 // (tab-scans.js) and, signed in with a patient reference, to the patient's history (accounts.js).
+//
+// Past WORKLIST_FROM files the list is a worklist: each card one line until opened, the classified ones most
+// suspicious first (tier, then positive probability), so that many slices never make a page 10,000 px tall.
 
 import { requestExtras, onResult } from "./accounts.js";
 import { describeHttpError, describeUnreachable, predict } from "./api.js";
@@ -10,12 +13,22 @@ import { config } from "./settings.js";
 import { announce, byId, setEnabled } from "./dom.js";
 import { formatBytes, formatLimit } from "./format.js";
 import { chosenModel } from "./models.js";
-import { createCard, hideError, removeCard, setState, showError, showLocalPreview, showResult } from "./scan-card.js";
+import {
+  createCard,
+  hideError,
+  removeCard,
+  setCollapsed,
+  setState,
+  showError,
+  showLocalPreview,
+  showResult,
+} from "./scan-card.js";
 import { addTabScan } from "./tab-scans.js";
 
 const ui = {
   classifyButton: byId("classify-button"),
   clearQueueButton: byId("clear-queue-button"),
+  asStudyButton: byId("as-study-button"),
   overall: byId("overall"),
   overallLabel: byId("overall-label"),
   overallProgress: byId("overall-progress"),
@@ -25,6 +38,8 @@ const ui = {
 };
 
 const items = []; // every file added in this tab, in order: {id, file, name, size, state, previewUrl, answer, el}
+const WORKLIST_FROM = 4;
+const TIER_RANK = { suspicious: 0, not_excluded: 1, clear: 2 };
 let nextId = 1;
 let running = false;
 let run = { total: 0, done: 0, failed: 0 };
@@ -70,7 +85,50 @@ export function addFiles(fileList) {
   if (refused) message += " " + refused + (refused === 1 ? " file was" : " files were") + " refused: see the list.";
   if (added && running) message += " They will be classified after the current ones.";
   announce(message);
+  updateWorklist();
   updateControls();
+}
+
+// The waiting files, taken out of the queue (to be read as one study instead).
+export function takeWaiting() {
+  const waiting = items.filter((item) => item.state === "waiting");
+  for (const item of waiting) {
+    items.splice(items.indexOf(item), 1);
+    removeCard(item);
+  }
+  ui.queueEmpty.hidden = items.length > 0;
+  updateWorklist();
+  updateControls();
+  return waiting.map((item) => item.file);
+}
+
+// Collapses the cards the user has not opened once the list is a worklist, and puts the most suspicious first.
+function updateWorklist() {
+  const worklist = items.length >= WORKLIST_FROM;
+  for (const item of items) {
+    // A failure stays open (its error and Retry need the user, and so does its answer after a retry) until the
+    // user closes it.
+    if (item.opened === undefined && (item.state === "failed" || item.state === "refused")) item.opened = true;
+    if (worklist) setCollapsed(item, !item.opened);
+    else if (item.el.details.getAttribute("aria-expanded") === "false") setCollapsed(item, false);
+    item.el.details.hidden = !worklist;
+  }
+  if (!worklist) return;
+  const rank = (item) => {
+    if (item.state !== "done") return [item.state === "failed" || item.state === "refused" ? 4 : 3, 0];
+    const tier = TIER_RANK[item.answer.tier];
+    const positive = Number(item.answer.positive_probability) || 0;
+    return [tier === undefined ? (item.answer.suspicious ? 0 : 2) : tier, -positive];
+  };
+  const order = items
+    .map((item, position) => ({ item: item, key: rank(item), position: position }))
+    .sort((a, b) => a.key[0] - b.key[0] || a.key[1] - b.key[1] || a.position - b.position)
+    .map((entry) => entry.item.el.card);
+  const cards = Array.from(ui.queue.children);
+  if (order.every((card, index) => cards[index] === card)) return;
+  const focused = document.activeElement; // moving a card drops its focus: give it back
+  ui.queue.append(...order);
+  if (focused && ui.queue.contains(focused)) focused.focus();
 }
 
 function refuse(item, title, detail) {
@@ -79,10 +137,12 @@ function refuse(item, title, detail) {
   setState(item, "refused", "Not sent");
 }
 
+
 function fail(item, title, detail, retriable) {
   item.retriable = retriable;
   showError(item, title, detail);
   setState(item, "failed", "Failed");
+  updateWorklist();
   return false;
 }
 
@@ -96,6 +156,7 @@ function removeItem(item) {
   if (index >= 0) items.splice(index, 1);
   removeCard(item);
   ui.queueEmpty.hidden = items.length > 0;
+  updateWorklist();
   announce(item.name + " removed.");
   ui.queueTitle.focus();
   updateControls();
@@ -115,6 +176,8 @@ export function updateControls() {
   setEnabled(ui.classifyButton, waiting > 0 && !running);
   ui.classifyButton.textContent = waiting > 1 && !running ? "Classify " + waiting + " files" : "Classify";
   setEnabled(ui.clearQueueButton, removable > 0 && !running);
+  ui.asStudyButton.hidden = waiting < 2;
+  setEnabled(ui.asStudyButton, waiting >= 2 && !running);
 }
 
 export async function startQueue() {
@@ -142,6 +205,7 @@ export async function startQueue() {
     let message = "Finished: " + succeeded + (succeeded === 1 ? " scan" : " scans") + " classified";
     message += run.failed ? ", " + run.failed + " failed (see the list)." : ".";
     announce(message);
+    updateWorklist();
     updateControls();
   }
 }
@@ -193,6 +257,7 @@ async function classify(item) {
   }
   item.answer = body;
   showResult(item, body);
+  updateWorklist();
   addTabScan(item, body);
   onResult(body);
   return true;

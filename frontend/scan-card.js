@@ -54,6 +54,8 @@ export function createCard(item, { onRetry, onRemove }) {
     disclaimer: find(".answer-disclaimer"),
     retry: find(".retry-button"),
     remove: find(".remove-button"),
+    body: find(".scan-body"),
+    details: find(".details-button"),
   };
   item.el = element;
   card.id = "scan-" + item.id;
@@ -80,7 +82,23 @@ export function createCard(item, { onRetry, onRemove }) {
     onRetry(item);
   });
   element.remove.addEventListener("click", () => onRemove(item));
+  element.body.id = "scan-" + item.id + "-body";
+  element.details.setAttribute("aria-controls", element.body.id);
+  element.details.addEventListener("click", () => {
+    item.opened = element.details.getAttribute("aria-expanded") !== "true";
+    setCollapsed(item, !item.opened);
+  });
   return fragment;
+}
+
+// In a worklist (many files), a card is one line (name, state, tier) until opened; `details` opens or closes it.
+export function setCollapsed(item, collapsed) {
+  const element = item.el;
+  element.details.hidden = false;
+  element.details.setAttribute("aria-expanded", collapsed ? "false" : "true");
+  element.details.textContent = collapsed ? "Show details" : "Hide details";
+  element.body.hidden = collapsed;
+  element.card.classList.toggle("is-collapsed", collapsed);
 }
 
 export function showLocalPreview(item) {
@@ -187,7 +205,8 @@ export function showResult(item, answer) {
 
   element.result.hidden = false;
   element.error.hidden = true;
-  setState(item, "done", suspicious ? "Classified: flagged as suspicious" : "Classified: not flagged");
+  const positive = typeof answer.positive_probability === "number" ? ", " + percent(answer.positive_probability) + " positive" : "";
+  setState(item, "done", tierText(answer) + positive + (uncertain ? ", uncertain" : ""));
 }
 
 function showProbabilities(tbody, answer) {

@@ -35,20 +35,27 @@ CHROMIUM_ARGS = [
 ]
 AXE_SCRIPT = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
 ARTIFACTS = REPO_ROOT / "build" / "artifacts"
-# template.yaml's SiteResponseHeadersPolicy, with the API on the same origin.
+# template.yaml's SiteResponseHeadersPolicy, with the API on the same origin and the storage a study's files are
+# uploaded to (presigned POSTs) and its previews and heatmaps read from (presigned GETs) at {storage}: locally, moto.
 DEPLOYED_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: {storage}; "
+    "connect-src 'self' {storage}; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 INSTALL_HINT = "run `make install-browser` (Debian's chromium and axe-core from npm)"
 
 
 @pytest.fixture(scope="session")
-def stack(model_bundle_dir, tmp_path_factory):
-    """``make run``'s stack on free ports; yields its base URL."""
+def stack_process(model_bundle_dir, tmp_path_factory):
+    """``make run``'s stack on free ports (its base URL, its moto server's port)."""
     log_path = tmp_path_factory.mktemp("browser-stack") / "stack.log"
     with stack_subprocess(log_path, [model_bundle_dir]) as running:
-        yield running.base_url
+        yield running
+
+
+@pytest.fixture(scope="session")
+def stack(stack_process):
+    """The stack's base URL."""
+    return stack_process.base_url
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +105,7 @@ class PageWatch:
 
 
 @pytest.fixture
-def open_page(browser, stack, request):
+def open_page(browser, stack, stack_process, request):
     """Open the page (desktop by default) under the production CSP; returns (page, watch)."""
     contexts, watches = [], []
 
@@ -115,7 +122,8 @@ def open_page(browser, stack, request):
 
         def with_csp(route):
             response = route.fetch()
-            route.fulfill(response=response, headers={**response.headers, "content-security-policy": DEPLOYED_CSP})
+            csp = DEPLOYED_CSP.format(storage=f"http://127.0.0.1:{stack_process.s3_port}")
+            route.fulfill(response=response, headers={**response.headers, "content-security-policy": csp})
 
         context.route(re.compile(r"^http://127\.0\.0\.1:\d+/(index\.html)?$"), with_csp)
         if config is not None:  # a deployment's config.js, e.g. a short timeout

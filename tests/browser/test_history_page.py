@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -75,9 +76,9 @@ def test_a_stored_scan_is_shared_with_the_team_only_and_sign_out_ends_the_sessio
     classify(page_a, MALIGNANT_JPG)
     expect(timeline).to_have_count(2)
     expect(timeline.first).to_have_class("timeline-item is-new")
-    expect(page_a.locator("#compare figure")).to_have_count(2)
-    expect(page_a.locator("#compare figcaption").first).to_contain_text("This scan")
-    expect(page_a.locator("#compare figcaption").nth(1)).to_contain_text("Previous scan")
+    # Two slices of the same day (no acquisition date: the upload day) are not "this scan vs the previous one".
+    expect(page_a.locator("#compare")).to_be_hidden()
+    expect(timeline.first.locator(".timeline-meta")).to_contain_text("(no acquisition date)")
 
     # A colleague in the same team sees both.
     page_b, _ = open_page()
@@ -135,11 +136,79 @@ def test_a_wrong_password_and_a_name_as_reference_read_plainly(open_page):
     expect(card.locator(".error-title")).to_contain_text("never a name")
 
 
+def acquired_on(*days: str | None):
+    """Rewrites the stored records' answer (newest upload first): each gets the study date given (None: none)."""
+
+    def rewrite(route):
+        response = route.fetch()
+        body = response.json()
+        for record, day in zip(body["scans"], days, strict=False):
+            record["study_date"] = day
+        route.fulfill(response=response, body=json.dumps(body))
+
+    return rewrite
+
+
+def test_the_timeline_orders_by_acquisition_date_and_compares_with_an_earlier_day(open_page, tmp_path):
+    page, _ = open_page()
+    sign_in(page, "clinician-a@example.org")
+    page.fill("#patient-ref", "P-" + uuid.uuid4().hex[:8])
+    classify(page, NORMAL_PNG)
+    # The newest upload is a scan acquired a year ago; the older upload has no date: its upload day counts.
+    page.route(re.compile(r".*/patients/[^/]+/scans.*"), acquired_on("20251103", None))
+    classify(page, MALIGNANT_JPG)
+    timeline = page.locator("#timeline .timeline-item")
+    expect(timeline).to_have_count(2)
+    expect(timeline.nth(0).locator(".timeline-meta")).to_contain_text("(no acquisition date)")
+    expect(timeline.nth(1).locator(".timeline-meta")).to_contain_text("acquired 2025-11-03")
+    expect(timeline.nth(1)).to_have_class("timeline-item is-new")
+    expect(page.locator("#timeline-status")).to_contain_text("newest acquisition first")
+    expect(page.locator("#compare")).to_be_hidden()  # the new scan is the older one: nothing earlier to compare
+
+    page.unroute(re.compile(r".*/patients/[^/]+/scans.*"))
+    page.route(re.compile(r".*/patients/[^/]+/scans.*"), acquired_on("2026-11-02", "2026-05-02"))
+    third = tmp_path / "third.png"
+    third.write_bytes(NORMAL_PNG.read_bytes())
+    classify(page, third)  # the new one acquired 2026-11-02, compared with 2026-05-02's
+    expect(timeline).to_have_count(3)
+    expect(page.locator("#compare figure")).to_have_count(2)
+    expect(page.locator("#compare figcaption").first).to_contain_text("This scan — acquired 2026-11-02")
+    expect(page.locator("#compare figcaption").nth(1)).to_contain_text("Previous scan — acquired 2026-05-02")
+
+
+def test_a_study_record_reads_as_its_summary_tier_and_uncertainty(open_page):
+    page, _ = open_page()
+    sign_in(page, "clinician-a@example.org")
+    page.fill("#patient-ref", "P-" + uuid.uuid4().hex[:8])
+
+    def as_study(route):  # the record a whole study leaves (the studies work's shape), in place of a slice's
+        response = route.fetch()
+        body = response.json()
+        body["scans"][0].update(
+            tier="not_excluded",
+            uncertain=True,
+            study_date="2026-10-30",
+            input={"format": "study", "width": None, "height": None},
+            study={"study_id": "s-1", "flagged": 3, "total": 240, "failed": 2, "most_suspicious_index": 7},
+        )
+        route.fulfill(response=response, body=json.dumps(body))
+
+    page.route(re.compile(r".*/patients/[^/]+/scans.*"), as_study)
+    classify(page, NORMAL_PNG)
+    item = page.locator("#timeline .timeline-item").first
+    expect(item.locator(".timeline-verdict")).to_have_text(
+        "New: Malignancy not excluded — review · study: 3 flagged of 240 slices (2 not classified)"
+        " · uncertain — needs review"
+    )
+    expect(item.locator(".timeline-meta")).to_contain_text("acquired 2026-10-30")
+
+
 def test_axe_and_a_phone_find_no_problem_in_the_signed_in_timeline(open_page, axe_script, tmp_path):
     page, _ = open_page(PHONE, mobile=True)
     sign_in(page, "clinician-b@example.org")
     page.fill("#patient-ref", "MRN-" + uuid.uuid4().hex[:6])
     classify(page, NORMAL_PNG)
+    page.route(re.compile(r".*/patients/[^/]+/scans.*"), acquired_on("2026-11-02", "2026-05-02"))
     classify(page, MALIGNANT_JPG)
     expect(page.locator("#compare figure")).to_have_count(2)
     sizes = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import re
@@ -23,6 +24,9 @@ TIERS = {"Suspicious — review first", "Malignancy not excluded — review", "N
 TIER_CODES = {"suspicious", "not_excluded", "clear"}
 CLASSES = {"normal", "benign", "malignant"}  # the stack here serves the 3-class bundle alone
 DEFAULT_MODEL = "iq-oth-3class"
+VENDOR = REPO_ROOT / "frontend" / "vendor"
+# dist/dicomParser.min.js of the npm package dicom-parser 1.8.21.
+DICOM_PARSER_SHA256 = "2b990e92de021a9c0d58f7dca693c95fa76be6398648b68441df9423de284a2b"
 
 
 def config_max_bytes() -> int:
@@ -101,13 +105,25 @@ def test_config_carries_the_api_url_and_the_api_upload_limit():
 
 
 def test_page_has_no_inline_code_or_external_links():
-    for path in sorted((REPO_ROOT / "frontend").iterdir()):
+    for path in sorted((REPO_ROOT / "frontend").rglob("*")):
+        if path.is_dir() or VENDOR in path.parents:
+            continue
         text = path.read_text()
         assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", text), f"{path.name} links outside the site"
     html = (REPO_ROOT / "frontend" / "index.html").read_text()
     assert not re.search(r"<script(?![^>]*\bsrc=)", html), "inline <script>"
     assert not re.search(r"\son[a-z]+\s*=", html), "inline event handler"
     assert not re.search(r"\sstyle\s*=", html), "inline style attribute"
+
+
+def test_the_vendored_dicom_parser_is_the_npm_package_with_its_licence():
+    """Shipped with the site (deploy.sh copies frontend/ as it is), unchanged, beside its MIT licence."""
+    script = (VENDOR / "dicom-parser" / "dicomParser.min.js").read_bytes()
+    assert hashlib.sha256(script).hexdigest() == DICOM_PARSER_SHA256, "re-vendor it from `npm pack dicom-parser`"
+    assert "MIT License" in (VENDOR / "dicom-parser" / "LICENSE").read_text()
+    assert {path.name for path in VENDOR.rglob("*") if path.is_file()} == {"dicomParser.min.js", "LICENSE", "README.md"}
+    loader = (REPO_ROOT / "frontend" / "dicom-slices.js").read_text()
+    assert 'const PARSER_URL = "vendor/dicom-parser/dicomParser.min.js";' in loader
 
 
 def test_the_page_is_es_modules_from_main_js_that_read_config_once_and_write_text_only():
@@ -271,6 +287,9 @@ def test_heatmap_toggle_and_opacity_follow_the_api_answer(open_page):
         rewrite_answers(page, lambda answer, empty=empty: answer.update(heatmap=empty))
         name = f"no-heatmap-{empty!r}.png"
         classify(page, upload(name, NORMAL_PNG.read_bytes(), "image/png"))
+        if card(page, name).locator(".details-button").is_visible():  # a worklist from 4 files: open the card
+            card(page, name).locator(".details-button").click()
+        expect(card(page, name).locator(".verdict")).to_be_visible()
         expect(card(page, name).locator(".heatmap-controls")).to_be_hidden()
         page.unroute("**/predict")
 
