@@ -275,10 +275,9 @@ def serve(host: str, port: int, s3_port: int, bundles: list[Path], bucket: str):
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MODEL_CACHE_DIR", str(REPO_ROOT / "build" / "model-cache"))
-    import app  # loads the models from the local registry, as a cold start would (PYTHONPATH: TASK_ROOT)
-
     import boto3
 
+    import app  # loads the models from the local registry, as a cold start would (PYTHONPATH: TASK_ROOT)
     from infrastructure.local_engine import local_engine
 
     states = local_studies.LocalStepFunctions(local_engine(boto3.client("s3")))

@@ -132,8 +132,8 @@ def _call(http: requests.Session, method: str, url: str, headers: dict[str, str]
                 return answer.json()
             if answer.status_code not in RETRY_STATUSES or attempt == 3:
                 try:
-                    error = answer.json()["error"]
-                    code, message = error["code"], error["message"]
+                    body = answer.json()["error"]
+                    code, message = body["code"], body["message"]
                 except (ValueError, KeyError, TypeError):
                     code, message = "http_error", f"the API answered {answer.status_code}"
                 raise StudyError(code, message, answer.status_code)

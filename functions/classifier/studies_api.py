@@ -76,13 +76,16 @@ def configuration() -> tuple[str, str, str]:
 
 def client(service: str):
     if service not in _clients:
-        # SigV4 with a regional endpoint: presigned requests to an SSE-KMS bucket need both.
-        config = (
-            BotocoreConfig(signature_version="s3v4", s3={"addressing_style": "virtual"}) if service == "s3" else None
-        )
+        config, endpoint = None, None
         if service == "s3" and os.environ.get("AWS_ENDPOINT_URL_S3"):  # the local stack's moto server
             config = BotocoreConfig(signature_version="s3v4", s3={"addressing_style": "path"})
-        _clients[service] = boto3.client(service, config=config)
+        elif service == "s3":
+            # SigV4 on the regional host, https://<bucket>.s3.<region>.amazonaws.com: what an SSE-KMS bucket needs,
+            # and what the site's CSP names (template.yaml).
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+            config = BotocoreConfig(signature_version="s3v4", s3={"addressing_style": "virtual"})
+            endpoint = f"https://s3.{region}.amazonaws.com"
+        _clients[service] = boto3.client(service, config=config, endpoint_url=endpoint)  # type: ignore[call-overload]
     return _clients[service]
 
 

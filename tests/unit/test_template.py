@@ -192,21 +192,31 @@ def _function_statements(resources: dict) -> list[dict]:
     ]
 
 
-def test_function_can_only_read_the_model_registry(resources: dict) -> None:
+UPLOADS = "lungscan-uploads-${Id}"  # the uploads bucket's name (named, not referenced: see template.yaml)
+
+
+def test_function_can_only_read_the_model_registry_and_reach_study_uploads(resources: dict) -> None:
     statements = [s for s in _function_statements(resources) if str(s["Action"]).startswith(("s3:", "['s3:"))]
-    assert len(statements) == 2
     others = [s for s in _function_statements(resources) if s not in statements]
     assert not any("s3:" in str(s["Action"]) for s in others)
-    actions = {action for statement in statements for action in _as_list(statement["Action"])}
-    assert actions <= {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket"}
     assert all(statement["Effect"] == "Allow" for statement in statements)
-    for statement in statements:
+    model, study = statements[:2], {s["Sid"]: s for s in statements[2:]}
+    actions = {action for statement in model for action in _as_list(statement["Action"])}
+    assert actions <= {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket"}
+    for statement in model:
         resource = statement["Resource"]["Fn::Sub"]
         if statement["Action"] == "s3:ListBucket":  # the bucket itself, listing only under models/
             assert resource == "arn:${AWS::Partition}:s3:::${ModelBucket}"
             assert statement["Condition"] == {"StringLike": {"s3:prefix": ["models/*"]}}
         else:
             assert resource == "arn:${AWS::Partition}:s3:::${ModelBucket}/models/*"
+    # Studies: sign uploads under studies/ only, read rendered images under results/ only, list studies/ only.
+    assert set(study) == {"SignStudyUploads", "ReadStudyImages", "ListStudyUploads"}
+    assert study["SignStudyUploads"]["Action"] == "s3:PutObject"
+    assert study["SignStudyUploads"]["Resource"]["Fn::Sub"][0].endswith(f"{UPLOADS}/studies/*")
+    assert study["ReadStudyImages"]["Action"] == "s3:GetObject"
+    assert study["ReadStudyImages"]["Resource"]["Fn::Sub"][0].endswith(f"{UPLOADS}/results/*")
+    assert study["ListStudyUploads"]["Condition"] == {"StringLike": {"s3:prefix": ["studies/*"]}}
 
 
 def test_api_has_exactly_the_designed_routes(resources: dict) -> None:
@@ -328,14 +338,17 @@ def test_cross_origin_access_is_only_the_site_or_an_explicit_origin(template: di
 
 def test_the_site_may_connect_only_to_this_stacks_api(resources: dict) -> None:
     config = resources["SiteResponseHeadersPolicy"]["Properties"]["ResponseHeadersPolicyConfig"]
-    csp = config["SecurityHeadersConfig"]["ContentSecurityPolicy"]["ContentSecurityPolicy"]["Fn::Sub"]
+    csp, variables = config["SecurityHeadersConfig"]["ContentSecurityPolicy"]["ContentSecurityPolicy"]["Fn::Sub"]
     (connect,) = [d.strip() for d in csp.split(";") if d.strip().startswith("connect-src")]
     assert connect.split() == [
         "connect-src",
         "'self'",
         "https://${ClassifierApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}",
         "https://cognito-idp.${AWS::Region}.${AWS::URLSuffix}",  # sign-in (InitiateAuth) from the page
+        "https://${UploadsHost}",  # a study's files, posted straight to the uploads bucket
     ]
+    host = variables["UploadsHost"]["Fn::Sub"][0]
+    assert host == f"{UPLOADS}.s3.${{AWS::Region}}.${{AWS::URLSuffix}}"
 
 
 def test_the_translated_template_has_no_dependency_cycle(tmp_path: Path) -> None:
@@ -428,10 +441,10 @@ def _bucket_policy(resources: dict, bucket: str) -> list[dict]:
 def test_the_stack_has_exactly_these_buckets(resources: dict) -> None:
     """The parametrized bucket tests below cover every bucket: a new one must be added to them."""
     buckets = sorted(name for name, resource in resources.items() if resource["Type"] == "AWS::S3::Bucket")
-    assert buckets == ["AccessLogsBucket", "ModelBucket", "SiteBucket"]
+    assert buckets == ["AccessLogsBucket", "ModelBucket", "SiteBucket", "UploadsBucket"]
 
 
-@pytest.mark.parametrize("bucket", ["AccessLogsBucket", "ModelBucket", "SiteBucket"])
+@pytest.mark.parametrize("bucket", ["AccessLogsBucket", "ModelBucket", "SiteBucket", "UploadsBucket"])
 def test_buckets_are_private_and_encrypted(resources: dict, bucket: str) -> None:
     properties = resources[bucket]["Properties"]
     block = properties["PublicAccessBlockConfiguration"]
@@ -449,7 +462,7 @@ def test_buckets_are_private_and_encrypted(resources: dict, bucket: str) -> None
     assert properties["OwnershipControls"]["Rules"] == [{"ObjectOwnership": ownership}]
 
 
-@pytest.mark.parametrize("bucket", ["AccessLogsBucket", "ModelBucket", "SiteBucket"])
+@pytest.mark.parametrize("bucket", ["AccessLogsBucket", "ModelBucket", "SiteBucket", "UploadsBucket"])
 def test_bucket_policies_deny_plain_http(resources: dict, bucket: str) -> None:
     statements = _bucket_policy(resources, bucket)
     deny = [s for s in statements if s["Effect"] == "Deny" and s.get("Condition") == TLS_ONLY]
@@ -458,7 +471,7 @@ def test_bucket_policies_deny_plain_http(resources: dict, bucket: str) -> None:
     assert deny[0]["Resource"] == [{"Fn::GetAtt": [bucket, "Arn"]}, {"Fn::Sub": f"${{{bucket}.Arn}}/*"}]
 
 
-@pytest.mark.parametrize("bucket", ["ModelBucket", "SiteBucket"])
+@pytest.mark.parametrize("bucket", ["ModelBucket", "SiteBucket", "UploadsBucket"])
 def test_buckets_log_access_to_the_access_logs_bucket(resources: dict, bucket: str) -> None:
     logging = resources[bucket]["Properties"]["LoggingConfiguration"]
     assert logging["DestinationBucketName"] == {"Ref": ACCESS_LOGS_BUCKET}
@@ -729,3 +742,84 @@ def test_the_function_may_touch_only_its_history_table(resources: dict) -> None:
     assert "*" not in every_resource
     actions = {a for s in _function_statements(resources) for a in _as_list(s["Action"])}
     assert not any(action.endswith("*") or action == "dynamodb:Scan" for action in actions)
+
+
+# --- whole studies (issue 21) ------------------------------------------------------------------
+
+
+def test_the_study_machine_is_a_distributed_map_over_s3_batched_to_the_worker(template: dict, resources: dict) -> None:
+    machine = resources["StudyStateMachine"]["Properties"]
+    substitutions = machine["DefinitionSubstitutions"]
+    assert substitutions["WorkerFunctionArn"] == {"Fn::GetAtt": ["StudyWorkerFunction", "Arn"]}
+    assert substitutions["SummaryFunctionArn"] == {"Fn::GetAtt": ["StudySummaryFunction", "Arn"]}
+    assert substitutions["MaxConcurrency"] == {"Ref": "StudyMaxConcurrency"}  # a template parameter
+    assert substitutions["BatchSize"] == {"Ref": "StudyBatchSize"}
+    states = machine["Definition"]["States"]
+    # Substitutions are strings: the Pass state turns them into the numbers the Map's *Path fields read.
+    configure = states["Configure"]["Parameters"]
+    assert configure == {
+        "batch_size.$": "States.StringToJson('${BatchSize}')",
+        "max_concurrency.$": "States.StringToJson('${MaxConcurrency}')",
+    }
+    map_state = states["ClassifySlices"]
+    assert map_state["Type"] == "Map"
+    assert map_state["ItemReader"] == {
+        "Resource": "arn:aws:states:::s3:listObjectsV2",
+        "Parameters": {"Bucket.$": "$.bucket", "Prefix.$": "$.prefix"},  # the input's bucket and prefix
+    }
+    batcher = map_state["ItemBatcher"]
+    assert batcher["MaxItemsPerBatchPath"] == "$.config.batch_size"
+    assert set(batcher["BatchInput"]) == {"bucket.$", "prefix.$", "study_id.$", "model.$"}
+    assert map_state["MaxConcurrencyPath"] == "$.config.max_concurrency"
+    assert 0 < map_state["ToleratedFailurePercentage"] < 50
+    assert map_state["ResultWriter"]["Resource"] == "arn:aws:states:::s3:putObject"
+    assert map_state["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    (task,) = map_state["ItemProcessor"]["States"].values()
+    assert task["Resource"] == "arn:aws:states:::lambda:invoke"
+    assert task["Parameters"]["FunctionName"] == "${WorkerFunctionArn}"
+    retried = {error for rule in task["Retry"] for error in rule["ErrorEquals"]}
+    assert "Lambda.TooManyRequestsException" in retried  # throttling
+    assert map_state["Next"] == "Summarize" and map_state["Catch"][0]["Next"] == "Summarize"
+    summarize = states["Summarize"]
+    assert summarize["Parameters"]["FunctionName"] == "${SummaryFunctionArn}" and summarize["End"] is True
+    # The worker and the summary are the same image as the API, other handlers.
+    for name, handler in (("StudyWorkerFunction", "worker_handler"), ("StudySummaryFunction", "summary_handler")):
+        function = resources[name]
+        assert function["Metadata"]["Dockerfile"] == resources["ClassifierFunction"]["Metadata"]["Dockerfile"]
+        assert function["Properties"]["ImageConfig"]["Command"] == [f"study_tasks.{handler}"]
+        assert hasattr(__import__("study_tasks"), handler)
+    assert template["Parameters"]["StudyMaxConcurrency"]["Type"] == "Number"
+
+
+def test_the_uploads_bucket_is_kms_encrypted_site_only_and_emptied_within_a_day(resources: dict) -> None:
+    bucket = resources["UploadsBucket"]["Properties"]
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    (cors,) = bucket["CorsConfiguration"]["CorsRules"]
+    assert cors["AllowedOrigins"] == [
+        {"Fn::If": ["UseSiteOrigin", {"Fn::Sub": "https://${SiteDistribution.DomainName}"}, {"Ref": "AllowedOrigin"}]}
+    ]
+    assert "*" not in str(cors["AllowedOrigins"])
+    (lifecycle,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert lifecycle["ExpirationInDays"] == 1 and "Prefix" not in lifecycle and "Filter" not in lifecycle
+    # The name every reference spells (the function's environment, the policies, the CSP).
+    assert bucket["BucketName"]["Fn::Sub"][0] == UPLOADS
+    studies = resources["StudiesTable"]["Properties"]
+    assert studies["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    variables = resources["ClassifierFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["STUDY_STATE_MACHINE"] == {"Ref": "StudyStateMachine"}
+    assert variables["UPLOADS_BUCKET"]["Fn::Sub"][0] == UPLOADS
+
+
+def test_the_worker_reads_only_uploads_and_named_archives(resources: dict) -> None:
+    policies = resources["StudyWorkerFunction"]["Properties"]["Policies"]
+    statements = {s["Sid"]: s for s in policies[0]["Statement"]}
+    assert statements["ReadStudyUploads"]["Action"] == "s3:GetObject"
+    assert statements["ReadStudyUploads"]["Resource"]["Fn::Sub"][0].endswith(f"{UPLOADS}/studies/*")
+    assert set(statements["WriteStudySlices"]["Action"]) == {"dynamodb:PutItem", "dynamodb:BatchWriteItem"}
+    archive = policies[1]["Fn::If"]
+    assert archive[0] == "HasArchiveBuckets" and archive[2] == {"Ref": "AWS::NoValue"}
+    (read,) = archive[1]["Statement"]
+    assert read["Action"] == "s3:GetObject"  # read-only, nothing else
+    actions = {a for s in policies[0]["Statement"] for a in _as_list(s["Action"])}
+    assert not any(action.endswith("*") or "Delete" in action for action in actions)
