@@ -180,6 +180,8 @@ def store(client: DICOMwebClient, study_uid: str, results: list[pydicom.Dataset]
         failure = _explained(error, "storing the results")
         raise PacsError(failure.code, f"{failure.message}; whether it stored them is unknown") from None
     stored = {item.ReferencedSOPInstanceUID for item in answer.get("ReferencedSOPSequence", [])}
+    if not stored and not answer.get("FailedSOPSequence"):  # a PACS that answers 200 with no body: ask it
+        stored = {uid for uid in wanted if _holds(client, study_uid, uid)}
     missing = [RESULT_KINDS[kind] for uid, kind in wanted.items() if uid not in stored]
     if missing:
         reasons = sorted({f"0x{int(item.get('FailureReason', 0)):04X}" for item in answer.get("FailedSOPSequence", [])})
@@ -189,6 +191,13 @@ def store(client: DICOMwebClient, study_uid: str, results: list[pydicom.Dataset]
             + (f" (failure reason {', '.join(reasons)})" if reasons else ""),
         )
     return [{"kind": kind, "sop_instance_uid": uid} for uid, kind in wanted.items()]
+
+
+def _holds(client: DICOMwebClient, study_uid: str, sop_uid: str) -> bool:
+    try:
+        return bool(client.search_for_instances(study_uid, search_filters={"SOPInstanceUID": sop_uid}))
+    except (requests.RequestException, OSError) as error:
+        raise _explained(error, "checking the stored results") from None
 
 
 def _stow_answer(response: requests.Response | None) -> pydicom.Dataset | None:
@@ -240,6 +249,9 @@ def round_trip(
         outcome.ok = True
     except PacsError as error:
         outcome.error = error
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # an answer of a shape no one expected
+        # Its type only: the text of such an error can hold a URL with the study's UID, or a DICOM value.
+        outcome.error = PacsError("unexpected_answer", f"an answer could not be read ({type(error).__name__})")
     return outcome
 
 
