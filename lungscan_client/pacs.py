@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydicom
 import requests
-from dicomweb_client.api import DICOMwebClient
+
+if TYPE_CHECKING:  # pydicom and dicomweb-client (and numpy) load only when a PACS command runs
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
 
 PACS_AUTH_ENV = "LUNGSCAN_PACS_AUTHORIZATION"
 RESULT_KINDS = {"sr": "the Structured Report", "key_image": "the key image"}
@@ -70,6 +72,8 @@ class RoundTrip:
 
 def pacs_client(url: str, *, authorization: str | None = None, timeout: float = 30.0) -> DICOMwebClient:
     """A DICOMweb client with a bounded wait per request and few retries (a scheduled run must not hang)."""
+    from dicomweb_client.api import DICOMwebClient
+
     headers = {"Authorization": authorization} if authorization else None
     client = DICOMwebClient(url, headers=headers, timeout=timeout)
     client.set_http_retry_params(max_attempts=2, wait_exponential_multiplier=500)
@@ -162,7 +166,9 @@ def fetch_results(
     missing = [RESULT_KINDS[kind] for kind in RESULT_KINDS if kind not in objects]
     if missing:
         raise PacsError("results_incomplete", f"the API's results lack {' and '.join(missing)}: nothing stored")
-    return [pydicom.dcmread(BytesIO(base64.b64decode(objects[kind]["dicom"]))) for kind in RESULT_KINDS]
+    from pydicom import dcmread
+
+    return [dcmread(BytesIO(base64.b64decode(objects[kind]["dicom"]))) for kind in RESULT_KINDS]
 
 
 def store(client: DICOMwebClient, study_uid: str, results: list[pydicom.Dataset]) -> list[dict[str, str]]:
@@ -202,8 +208,10 @@ def _holds(client: DICOMwebClient, study_uid: str, sop_uid: str) -> bool:
 
 def _stow_answer(response: requests.Response | None) -> pydicom.Dataset | None:
     """The STOW-RS answer of a refused request, where the PACS sent one (DICOM JSON)."""
+    from pydicom import Dataset
+
     try:
-        return pydicom.Dataset.from_json(response.json()) if response is not None and response.content else None
+        return Dataset.from_json(response.json()) if response is not None and response.content else None
     except ValueError:
         return None
 
