@@ -21,6 +21,7 @@ let session = null; // {idToken, email, team, expiresAt}
 let shownPatient = "";
 let records = [];
 let newRecordId = "";
+let newStudyId = ""; // a study just answered: its record is found by its study_id once the timeline loads
 
 let ui = null; // the section's elements, from initAccounts()
 
@@ -157,8 +158,9 @@ export function onResult(answer) {
 
 // A finished study (study.js): its history record is written by the service; show the timeline again.
 export function onStudyResult(answer) {
-  if (!session) return;
-  newRecordId = (answer && answer.record_id) || "";
+  if (!session || !answer) return;
+  newRecordId = answer.record_id || "";
+  newStudyId = answer.study_id || "";
   loadTimeline(patientRef());
 }
 
@@ -192,6 +194,9 @@ async function loadTimeline(ref) {
     return;
   } else {
     records = byAcquisition(result.body.scans || []); // acquisition date, not upload order (timeline.js)
+    const study = newStudyId && records.find((record) => record.study && record.study.study_id === newStudyId);
+    if (study) newRecordId = study.record_id;
+    newStudyId = "";
   }
   renderTimeline();
 }

@@ -1,8 +1,8 @@
 """The study state machine without AWS: template.yaml's own Definition, run in-process on the local moto S3.
 
-moto 5.2.5 has a Step Functions interpreter, but measured on this machine it cannot run this Definition: its
-parser rejects ``ItemBatcher``, a run with an S3 ``ItemReader`` breaks ``DescribeExecution`` (a datetime it cannot
-serialise), and its Lambda tasks want Docker. So this module runs the Definition itself, read from template.yaml
+moto 5.2.5 has a Step Functions interpreter, but it cannot run this Definition: its parser rejects ``ItemBatcher``
+(``CreateStateMachine`` answers ``ASLParserException``, checked), and as issue 21 measured, a run with an S3
+``ItemReader`` breaks ``DescribeExecution`` (a datetime it cannot serialise) and its Lambda tasks want Docker. So this module runs the Definition itself, read from template.yaml
 as deployed, and implements exactly the parts it uses (docs/deploy.md "Locally"):
 
 - ``Pass`` (``Parameters`` with ``States.StringToJson``), ``Task`` (``arn:aws:states:::lambda:invoke``) with

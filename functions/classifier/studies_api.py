@@ -31,6 +31,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from botocore.config import Config as BotocoreConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
 from lungscan.accounts.history import Clinician, check_patient_ref
 from lungscan.errors import ConflictError, RecordNotFoundError, StudiesUnavailableError
@@ -55,6 +56,7 @@ IMAGE_URL_SECONDS = 300  # previews and heatmaps: short-lived links
 ANONYMOUS = "anonymous"
 DEFAULT_SLICES_PAGE = 100
 MAX_SLICES_PAGE = 500
+ENGINE_DEADLINE_SECONDS = 20 * 60  # a study still running after this is checked with its execution
 
 _models: ModelStore | None = None
 _clients: dict[str, Any] = {}
@@ -110,7 +112,11 @@ def find_study(study_id: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- routes
 
 
-@router.post("/studies", tags=["studies"])
+@router.post(
+    "/studies",
+    tags=["studies"],
+    responses={201: {"description": "Created", "content": {"application/json": {"model": CreateStudyResponse}}}},
+)
 def create_study(request: CreateStudyRequest):  # no return annotation: a 201 Response is not a pydantic type
     """A new study: one presigned POST per file, to upload straight to S3. Over the limits: 413, before any upload."""
     sizes = [item.size for item in request.files]
@@ -152,7 +158,11 @@ def _presigned_post(s3, bucket: str, key: str, size: int) -> dict[str, Any]:
     return {"url": post["url"], "fields": post["fields"]}
 
 
-@router.post("/studies/<study_id>/start", tags=["studies"])
+@router.post(
+    "/studies/<study_id>/start",
+    tags=["studies"],
+    responses={202: {"description": "Started", "content": {"application/json": {"model": StartStudyResponse}}}},
+)
 def start_study(study_id: str):  # no return annotation: a 202 Response is not a pydantic type
     """Start classifying: 202 once every file is uploaded (409 ``uploads_incomplete`` before); again: no-op."""
     study = find_study(study_id)
@@ -201,6 +211,8 @@ def get_study(
         done, failed = outcome.get("done", 0), outcome.get("failed", 0)
     else:
         done, failed = store.progress(study_id) if study["status"] == "running" else (0, 0)
+    if study["status"] == "running" and (done >= study["files"] or _overdue(study)) and _engine_gave_up(study_id):
+        study["status"] = "failed"
     slices, next_rank = store.rows(study_id, int(cursor or 0), limit) if "summary" in study else ([], None)
     bucket = configuration()[0]
     summary = _linked(study.get("summary"), bucket)
@@ -219,6 +231,28 @@ def get_study(
         next_cursor=None if next_rank is None else str(next_rank),
         disclaimer=DISCLAIMER,
     )
+
+
+def _overdue(study: dict[str, Any]) -> bool:
+    created = datetime.fromisoformat(study.get("created_at", "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
+    return time.time() - created.timestamp() > ENGINE_DEADLINE_SECONDS
+
+
+def _engine_gave_up(study_id: str) -> bool:
+    """Whether the study's execution ended without its summary (a summary step that failed, a timeout): then the
+    study is failed for good, not running forever. Asked only once the slices are in, or the study is overdue, so
+    polling clients do not spend Step Functions' DescribeExecution quota."""
+    machine = configuration()[2]
+    arn = f"{machine.replace(':stateMachine:', ':execution:')}:{study_id}"
+    try:
+        status = client("stepfunctions").describe_execution(executionArn=arn)["status"]
+    except (ClientError, BotoCoreError):  # not known yet, or throttled: ask again on the next poll
+        return False
+    if status not in ("FAILED", "TIMED_OUT", "ABORTED"):
+        return False
+    study_store().move(study_id, "failed", only_from=("running",))
+    logger.warning("study engine ended without a summary", extra={"execution_status": status})
+    return True
 
 
 def _linked(summary: dict[str, Any] | None, bucket: str) -> dict[str, Any] | None:

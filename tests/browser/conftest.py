@@ -116,6 +116,10 @@ def open_page(browser, stack, stack_process, request):
             has_touch=mobile,
             device_scale_factor=2 if mobile else 1,
             accept_downloads=True,
+            # The page is fulfilled by a route (to add the CSP), so Chromium cannot tell it came from 127.0.0.1 and
+            # asks the user before it reaches a loopback address: the presigned uploads to the local S3. Served
+            # directly (make run) or deployed (CloudFront to S3), no such prompt comes up.
+            permissions=["local-network-access"],
         )
         context.set_default_timeout(30_000)
         contexts.append(context)

@@ -9,8 +9,10 @@ last one runs the same flow against the local stack's real /studies (uploads to 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from helpers import FIXTURES_DIR, PHONE, ct_dataset, ct_hounsfield, dicom_bytes,
 from playwright.sync_api import expect
 
 from infrastructure.emulation import ROUTES
+from infrastructure.local_accounts import DEMO_PASSWORD
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +43,7 @@ def series_folder(folder: Path, count: int = SLICES) -> Path:
             InstanceNumber=number + 1,
             SeriesInstanceUID=SERIES_UID,
             StudyDate="20261102",
+            AcquisitionDate="20261102",
             NumberOfFrames=None,
         )
         (folder / f"IM{count - number:04d}").write_bytes(dicom_bytes(dataset))
@@ -294,10 +298,25 @@ def test_a_study_over_the_limits_is_refused_with_the_apis_words(open_page, stack
     expect(page.locator("#study-error-detail")).to_contain_text("At most 2000 files per study. Request id: r-9.")
 
 
-def test_several_dicom_files_chosen_are_one_study_and_can_be_split_into_slices(open_page, tmp_path):
+def test_several_dicom_files_dropped_are_one_study_and_can_be_split_into_slices(open_page, tmp_path):
     page, watch = open_page()
     folder = series_folder(tmp_path / "series", 3)
-    page.set_input_files("#file-input", [str(path) for path in sorted(folder.iterdir())])
+    files = [
+        {"name": path.name, "data": base64.b64encode(path.read_bytes()).decode()} for path in sorted(folder.iterdir())
+    ]
+    page.evaluate(  # dropped on the page, as from a file manager (DICOM files with no extension)
+        """(files) => {
+            const transfer = new DataTransfer();
+            for (const f of files) {
+                transfer.items.add(new File([Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0))], f.name));
+            }
+            const zone = document.getElementById('drop-zone');
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: transfer}));
+            }
+        }""",
+        files,
+    )
     expect(page.locator("#study-files")).to_have_text(re.compile(r"^3 files, \d+\.\d KB\.$"))
     page.click("#study-split-button")
     expect(page.locator("#study-section")).to_be_hidden()
@@ -430,14 +449,17 @@ def test_a_real_series_through_the_local_stack(open_page, stack_process, tmp_pat
     run_study(page, folder)
     expect(page.locator("#study-progress-label")).to_contain_text(re.compile("Uploading|Classifying"))
     count = page.locator("#study-count")
-    expect(count).to_have_text(re.compile(rf"^\d+ flagged of {SLICES} slices\.$"), timeout=120_000)
+    line = re.compile(r"^(\d+) flagged of (\d+) slices(?: \((\d+) files? not classified: see each in the viewer\))?\.$")
+    expect(count).to_have_text(line, timeout=120_000)
+    flagged, total, errors = line.match(count.inner_text()).groups()
+    assert int(total) + int(errors or 0) == SLICES and int(flagged) <= int(total)
     uploads = [url for method, url in watch.requests if method == "POST" and storage in url]
     assert len(uploads) == SLICES, "one presigned POST per file, straight to storage"
     assert not any("series" in url for _, url in watch.requests)  # no folder or file name in any request
     expect(page.locator("#study-verdict")).to_have_text(
         re.compile("Suspicious — review first|Malignancy not excluded — review|No suspicious finding")
     )
-    assert len(page.locator("#study-plot polyline").get_attribute("points").split()) == SLICES
+    assert len(page.locator("#study-plot polyline").get_attribute("points").split()) == int(total)
 
     frame = page.locator("#viewer-frame")
     expect(frame).to_have_attribute("aria-valuenow", "1")
@@ -462,3 +484,34 @@ def test_a_real_series_through_the_local_stack(open_page, stack_process, tmp_pat
     jumps.last.click()
     expect(frame).to_have_attribute("data-index", target)
     expect(frame).to_be_focused()
+    # Its heatmap: a short-lived presigned GET of the results' PNG, loaded from storage under the page's CSP.
+    expect(page.locator("#viewer-heatmap-row")).to_be_visible()
+    page.check("#viewer-heatmap-toggle")
+    heatmap = page.locator("#viewer-heatmap")
+    expect(heatmap).to_be_visible()
+    assert storage in heatmap.get_attribute("src")
+    page.wait_for_function("() => document.getElementById('viewer-heatmap').naturalWidth > 0")
+
+
+@pytest.mark.skipif(
+    ("POST", "/studies") not in ROUTES, reason="the /studies routes are not in this tree yet (branch `studies`)"
+)
+def test_a_signed_in_study_is_one_timeline_record_with_its_summary_and_acquisition_day(open_page, tmp_path):
+    page, watch = open_page()
+    page.fill("#sign-in-email", "clinician-a@example.org")
+    page.fill("#sign-in-password", DEMO_PASSWORD)
+    page.click("#sign-in-button")
+    expect(page.locator("#signed-in")).to_be_visible()
+    patient = "P-" + uuid.uuid4().hex[:8]
+    page.fill("#patient-ref", patient)
+    run_study(page, series_folder(tmp_path / "series", 4))
+    count = page.locator("#study-count")
+    expect(count).to_have_text(re.compile(r"^\d+ flagged of \d+ slices"), timeout=120_000)
+    created = [r for r in watch.requests if r[0] == "POST" and r[1].endswith("/studies")]
+    assert len(created) == 1
+    item = page.locator("#timeline .timeline-item")
+    expect(item).to_have_count(1)
+    flagged, total = re.match(r"^(\d+) flagged of (\d+) slices", count.inner_text()).groups()
+    expect(item.locator(".timeline-verdict")).to_contain_text(f"New: {page.locator('#study-verdict').inner_text()}")
+    expect(item.locator(".timeline-verdict")).to_contain_text(f"study: {flagged} flagged of {total} slices")
+    expect(item.locator(".timeline-meta")).to_contain_text("acquired 2026-11-02")

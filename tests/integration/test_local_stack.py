@@ -39,11 +39,12 @@ def test_page_is_served(stack):
     assert status == 200
     assert headers["Content-Type"].startswith("text/html")
     assert b"Not a diagnosis" in body
-    for path in sorted(FRONTEND_DIR.iterdir()):  # every file of the page, the modules included
-        status, asset_headers, _ = request(stack["base"] + "/" + path.name)
-        assert status == 200, path.name
+    for path in sorted(p for p in FRONTEND_DIR.rglob("*") if p.is_file()):  # the modules and vendor/ included
+        name = path.relative_to(FRONTEND_DIR).as_posix()
+        status, asset_headers, _ = request(stack["base"] + "/" + name)
+        assert status == 200, name
         if path.suffix == ".js":  # a module script of any other type does not run
-            assert asset_headers["Content-Type"].startswith("text/javascript"), path.name
+            assert asset_headers["Content-Type"].startswith("text/javascript"), name
     assert request(stack["base"] + "/../../etc/passwd")[0] == 404
 
 

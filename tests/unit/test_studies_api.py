@@ -9,7 +9,7 @@ import random
 import pytest
 from helpers import ct_series, localizer_dicom, make_event
 
-from infrastructure.local_engine import local_engine
+from infrastructure.local_engine import StateError, local_engine
 from lungscan.accounts import history
 from lungscan.studies.plan import MAX_FILES
 from lungscan.studies.store import create_table
@@ -26,10 +26,18 @@ class InlineStepFunctions:
         self.engine = local_engine(s3)
         self.started: list[str] = []
 
+        self.failed: set[str] = set()
+
     def start_execution(self, stateMachineArn: str, name: str, input: str) -> dict:  # noqa: N803 - boto3's names
         self.started.append(name)
-        self.engine.run(json.loads(input), name)
+        try:
+            self.engine.run(json.loads(input), name)
+        except StateError:
+            self.failed.add(name)
         return {"executionArn": name}
+
+    def describe_execution(self, executionArn: str) -> dict:  # noqa: N803
+        return {"status": "FAILED" if executionArn.rpartition(":")[2] in self.failed else "SUCCEEDED"}
 
 
 @pytest.fixture
@@ -207,3 +215,30 @@ def test_without_an_engine_the_routes_are_503(app_module, lambda_context, monkey
     monkeypatch.delenv("UPLOADS_BUCKET", raising=False)
     status, error = call(app_module, lambda_context, "POST", "/studies", {"files": [{"size": 10}]})
     assert status == 503 and error["error"]["code"] == "studies_unavailable"
+
+
+def test_a_study_whose_summary_step_fails_is_answered_failed_not_running_forever(
+    app_module, lambda_context, engine, monkeypatch
+):
+    import study_tasks
+
+    def broken(event, context):
+        raise RuntimeError("the summary step broke")
+
+    monkeypatch.setattr(study_tasks, "summary_handler", broken)
+    s3, _, states = engine
+    study_id, answer = run(app_module, lambda_context, s3, [data for _, data in ct_series(2)])
+    assert states.failed == {study_id}
+    assert answer["status"] == "failed" and answer["summary"] is None
+    status, again = call(app_module, lambda_context, "GET", f"/studies/{study_id}")
+    assert status == 200 and again["status"] == "failed"  # stored, not only answered
+
+
+def test_an_expired_study_is_404_at_once(app_module, lambda_context, engine):
+    from lungscan.studies.store import StudyStore
+
+    _, dynamodb, _ = engine
+    StudyStore(dynamodb, TABLE).create("E" * 32, "anonymous", 1, {"model": {"name": "m", "version": "v"}}, 1)
+    assert StudyStore(dynamodb, TABLE).get("E" * 32) is None  # TTL deletes within days: reads hide it now
+    status, error = call(app_module, lambda_context, "GET", f"/studies/{'E' * 32}")
+    assert status == 404 and error["error"]["code"] == "not_found"
