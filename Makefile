@@ -7,7 +7,7 @@ CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 PORT ?= 5001
 
-.PHONY: help install install-dev install-sam install-checkov install-browser run test test-unit test-integration fuzz lint typecheck format events bench train evaluate publish deploy clean
+.PHONY: help install install-dev install-sam install-checkov install-browser install-pacs run test test-unit test-integration fuzz lint typecheck format events bench train evaluate publish deploy clean
 
 help:
 	@echo "make run    - install and serve page + API on http://127.0.0.1:$(PORT) (local S3, bundled model)"
@@ -57,6 +57,15 @@ install-browser: node_modules/.installed
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
 	}
 
+# The PACS round trip's integration test (tests/integration/test_pacs.py): a real Orthanc with its DICOMweb
+# plugin, and DCMTK's storescu and dsrdump. Debian packages; make run never needs them.
+install-pacs:
+	@test -x /usr/sbin/Orthanc && dpkg -s orthanc-dicomweb >/dev/null 2>&1 && command -v storescu >/dev/null || { \
+		echo "Installing Debian's orthanc, orthanc-dicomweb and dcmtk for the PACS tests"; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			orthanc orthanc-dicomweb dcmtk; \
+	}
+
 node_modules/.installed: package.json $(wildcard package-lock.json)
 	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 	touch $@
@@ -77,13 +86,13 @@ format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install-dev install-sam install-checkov install-browser lint typecheck
+test: install-dev install-sam install-checkov install-browser install-pacs lint typecheck
 	$(PY) -m pytest
 
 test-unit: install-dev
 	$(PY) -m pytest tests/unit
 
-test-integration: install-dev install-sam
+test-integration: install-dev install-sam install-pacs
 	$(PY) -m pytest tests/integration
 
 # Fresh random inputs each run (make test replays a fixed seed). A property that finds a 5xx leaves

@@ -116,6 +116,14 @@ export function getStudy(studyId, { limit, cursor, headers } = {}) {
   return call("GET", path, { headers: headers || {}, timeoutMs: STUDY_TIMEOUT_MS });
 }
 
+// GET /studies/{id}/dicom: a finished DICOM study's Structured Report and key image, base64 (built on request).
+export function getStudyDicom(studyId, headers) {
+  return call("GET", "/studies/" + encodeURIComponent(studyId) + "/dicom", {
+    headers: headers || {},
+    timeoutMs: STUDY_TIMEOUT_MS,
+  });
+}
+
 // One file straight to its presigned POST (S3, not this API): XMLHttpRequest, for its upload progress.
 // Resolves with the HTTP status (0: no answer); onProgress(bytesSent) as the bytes leave.
 export function uploadToPresigned(target, file, onProgress) {

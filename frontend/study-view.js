@@ -2,7 +2,8 @@
 // against its position (SVG drawn here), a jump to each of the most suspicious slices, a series picker when the
 // upload held several, and the slice viewer (slice-viewer.js). Server data is written as text only.
 
-import { byId } from "./dom.js";
+import { getStudyDicom, Unreachable } from "./api.js";
+import { byId, isEnabled, setEnabled } from "./dom.js";
 import { percent, tierText } from "./format.js";
 import { focusViewer, goTo, initViewer, orderOf, showSlices } from "./slice-viewer.js";
 
@@ -23,12 +24,14 @@ const ui = {
   jumps: byId("study-jumps"),
   jumpsBox: byId("study-jumps-box"),
   viewer: byId("study-viewer"),
+  exports: byId("study-exports"),
   model: byId("study-model"),
   disclaimer: byId("study-disclaimer"),
 };
 
 let study = null; // the GET /studies/{id} answer, every slice page joined
 let files = [];
+let requestHeaders = null; // the study's ID token, where it was created signed in
 
 initViewer();
 ui.series.addEventListener("change", () => showSeries(ui.series.value));
@@ -42,10 +45,11 @@ function plural(count, word) {
   return count + " " + word + (count === 1 ? "" : "s");
 }
 
-// The study answer (its `slices` complete) and the dropped files, by upload index.
-export function showStudy(answer, droppedFiles) {
+// The study answer (its `slices` complete), the dropped files, by upload index, and the headers it was asked with.
+export function showStudy(answer, droppedFiles, headers) {
   study = answer;
   files = droppedFiles;
+  requestHeaders = headers || null;
   const summary = answer.summary;
   const slices = Array.isArray(answer.slices) ? answer.slices : [];
   const errors = slices.filter((slice) => slice.error).length;
@@ -82,6 +86,67 @@ export function showStudy(answer, droppedFiles) {
   ui.seriesBox.hidden = series.length < 2;
   showJumps(summary ? summary.most_suspicious_slices || [] : []);
   showSeries(series.length ? series[0].series : null);
+  showExports(answer, slices);
+}
+
+// ------------------------------------------------------------------ DICOM results (GET /studies/{id}/dicom)
+
+const EXPORTS = [
+  { kind: "sr", label: "Download DICOM SR" },
+  { kind: "key_image", label: "Download key image (DICOM)" },
+];
+
+// For a DICOM study: the Structured Report and the key image, built by the API when asked, saved by the browser.
+function showExports(answer, slices) {
+  ui.exports.replaceChildren();
+  const dicom = answer.status === "done" && answer.summary && slices.some((slice) => slice.sop_instance_uid);
+  ui.exports.hidden = !dicom;
+  if (!dicom) return;
+  const note = document.createElement("p");
+  note.className = "hint export-status";
+  note.setAttribute("role", "status");
+  for (const entry of EXPORTS) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "button button-small button-secondary";
+    button.id = "study-download-" + entry.kind.replace("_", "-");
+    button.textContent = entry.label;
+    setEnabled(button, true);
+    button.addEventListener("click", () => download(answer.study_id, entry, button, note));
+    ui.exports.append(button);
+  }
+  note.textContent = "For the PACS: the key image carries \u201cAI heatmap - not for diagnosis\u201d on its pixels.";
+  ui.exports.append(note);
+}
+
+async function download(studyId, entry, button, note) {
+  if (!isEnabled(button)) return;
+  setEnabled(button, false);
+  note.textContent = "Preparing the DICOM file\u2026";
+  try {
+    const answer = await getStudyDicom(studyId, requestHeaders);
+    const found = answer.ok && answer.body && Array.isArray(answer.body.objects)
+      ? answer.body.objects.find((item) => item.kind === entry.kind)
+      : null;
+    if (!found) {
+      const error = answer.body && answer.body.error ? answer.body.error.message : "The service sent no DICOM file.";
+      note.textContent = "No DICOM file: " + error;
+      return;
+    }
+    const bytes = Uint8Array.from(atob(found.dicom), (character) => character.charCodeAt(0));
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([bytes], { type: "application/dicom" }));
+    link.download = found.filename;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    note.textContent = found.filename + " saved (kept by this browser only, not by LungScan).";
+  } catch (error) {
+    note.textContent = error instanceof Unreachable ? "No DICOM file: " + error.message + "." : "No DICOM file.";
+  } finally {
+    setEnabled(button, true);
+  }
 }
 
 function seriesSlices(name) {

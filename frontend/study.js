@@ -141,7 +141,7 @@ async function runStudy(files) {
     const answer = await waitForResult(study.study_id, headers);
     if (!answer) return;
     ui.progress.hidden = true;
-    showStudy(answer, files);
+    showStudy(answer, files, headers);
     say(answer.status === "failed" ? "The study failed: see below." : "Study classified.");
     if (extras) onStudyResult(answer);
   } finally {

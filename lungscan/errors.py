@@ -158,3 +158,12 @@ class StudiesUnavailableError(LungScanError):
 
     def __init__(self, message: str = "This deployment does not classify whole studies.") -> None:
         super().__init__(message)
+
+
+# ---- DICOM results (SR and key image)
+
+
+class DicomResultsUnavailableError(LungScanError):
+    """A study whose results cannot be DICOM objects: not DICOM, no study UID, several studies, no key slice."""
+
+    code = "dicom_results_unavailable"

@@ -26,6 +26,7 @@ from lungscan_client import (
     StudyError,
     __version__,
     classify_files,
+    pacs_command,
     predict_url,
     run_study,
     screen_cli,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default: json)")
     study.add_argument("--allow-http", action="store_true", help="allow plain http:// to another machine")
     screen_cli.add_parser(commands)  # lungscan screen s3://BUCKET/PREFIX (issue 23)
+    pacs_command.add_parser(commands, DISCLAIMER, checked_url)
     return parser
 
 
@@ -138,6 +140,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def checked_url(url: str, flag: str, allow_http: bool, parser: argparse.ArgumentParser) -> str:
+    """``url`` if https://, or http:// to this machine (or with --allow-http); else a usage error."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        parser.error(f"{flag} must be an https:// URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname or "") and not allow_http:
+        parser.error(f"{flag} is plain http:// to another machine: use https://, or pass --allow-http")
+    return url.rstrip("/")
 
 
 def expand(paths: Sequence[str]) -> list[str]:
@@ -335,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return study_command(args, parser)
         if args.command == "screen":
             return screen_cli.command(args)
+        if args.command == "pacs":
+            return args.run(args, parser)
     except KeyboardInterrupt:
         print("lungscan: interrupted", file=sys.stderr)
         return 130

@@ -412,3 +412,89 @@ def demo_id_token(endpoint: str, email: str) -> str:
         AuthParameters={"USERNAME": email, "PASSWORD": DEMO_PASSWORD},
     )
     return result["AuthenticationResult"]["IdToken"]
+
+
+# ---------------------------------------------------------------- a CT series, as a scanner sends it
+
+
+def scanner_study(
+    count: int = 4, *, patient_id: str = "LS-TEST-1", modality: str = "CT", **tags
+) -> list[pydicom.Dataset]:
+    """A short CT series of one new study: the real fixture slices (normal PNG, malignant JPEG) as HU, in
+    ``ct_dataset``'s header, each slice with its own SOP Instance UID, instance number and z position."""
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    sources = [FIXTURES_DIR / "ct_normal_256.png", FIXTURES_DIR / "ct_malignant_256.jpg"]
+    slices = []
+    for index in range(count):
+        grey = np.asarray(Image.open(sources[index % 2]).convert("L"), np.float32)
+        hounsfield = (grey / 255.0 * 1500.0 - 1350.0).round().astype(np.int16)  # the lung window's inverse
+        uid = generate_uid()
+        dataset = ct_dataset(
+            [hounsfield],
+            NumberOfFrames=None,
+            PatientID=patient_id,
+            PatientName="Test^Series",
+            StudyInstanceUID=study,
+            SeriesInstanceUID=series,
+            SOPInstanceUID=uid,
+            InstanceNumber=index + 1,
+            ImagePositionPatient=[-125.0, -125.0, -100.0 + 5.0 * index],
+            Modality=modality,
+            AccessionNumber="ACC-1",
+            **tags,
+        )
+        dataset.file_meta.MediaStorageSOPInstanceUID = uid
+        slices.append(dataset)
+    return slices
+
+
+class StudiesOnMoto:
+    """The whole-study routes and engine on moto's in-process S3 and DynamoDB: Step Functions' StartExecution runs
+    template.yaml's machine (the local engine) to its end before answering. Use inside ``mock_aws()``."""
+
+    BUCKET, TABLE = "uploads-test", "studies-test"
+
+    def __init__(self, app_module, lambda_context, monkeypatch) -> None:
+        import boto3
+        import studies_api
+
+        from infrastructure.local_engine import local_engine
+        from lungscan.studies.store import create_table
+
+        self.app, self.context = app_module, lambda_context
+        self.s3 = boto3.client("s3", region_name="us-east-1")
+        self.s3.create_bucket(Bucket=self.BUCKET)
+        self.dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        create_table(self.dynamodb, self.TABLE)
+        self.engine = local_engine(self.s3)
+        monkeypatch.setenv("UPLOADS_BUCKET", self.BUCKET)
+        monkeypatch.setenv("STUDIES_TABLE", self.TABLE)
+        monkeypatch.setenv("STUDY_STATE_MACHINE", "arn:aws:states:us-east-1:123456789012:stateMachine:Studies")
+        monkeypatch.setattr(studies_api, "_clients", {"s3": self.s3, "dynamodb": self.dynamodb, "stepfunctions": self})
+
+    def start_execution(self, stateMachineArn: str, name: str, input: str) -> dict:  # noqa: N803 - boto3's names
+        self.engine.run(json.loads(input), name)
+        return {"executionArn": name}
+
+    def call(self, method: str, path: str, body=None, claims=None) -> tuple[int, dict]:
+        headers = {"Authorization": "token-checked-by-the-claims"} if claims else None
+        event = make_event(
+            method, path, json.dumps(body) if body is not None else None, "application/json", headers=headers
+        )
+        if claims:
+            event["requestContext"]["authorizer"] = {"claims": dict(claims)}
+        response = self.app.lambda_handler(event, self.context)
+        return response["statusCode"], json.loads(response["body"] or "null")
+
+    def run(self, files: list[bytes], claims=None, start: bool = True) -> str:
+        """A study of ``files`` created, uploaded (as the presigned POSTs would) and, by default, classified."""
+        status, created = self.call("POST", "/studies", {"files": [{"size": len(data)} for data in files]}, claims)
+        assert status == 201, created
+        for target, data in zip(created["uploads"], files, strict=True):
+            self.s3.put_object(Bucket=self.BUCKET, Key=target["fields"]["key"], Body=data)
+        if start:
+            status, started = self.call("POST", f"/studies/{created['study_id']}/start", claims=claims)
+            assert status == 202, started
+        return created["study_id"]

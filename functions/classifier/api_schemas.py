@@ -354,3 +354,26 @@ class StudyStatusResponse(BaseModel):
     slices: list[dict[str, Any]] = Field(description="This page of slices (an answer, or an error)")
     next_cursor: str | None = Field(description="The next page's cursor; null on the last page")
     disclaimer: str
+
+
+# ---------------------------------------------------------------- a study's DICOM results (docs/pacs.md)
+
+
+class DicomObject(BaseModel):
+    """One DICOM result: a Part 10 file, base64, with the UIDs it is filed by."""
+
+    kind: str = Field(description="sr (the Structured Report) or key_image (the secondary capture with the heatmap)")
+    filename: str = Field(description="A name to save it under")
+    sop_class_uid: str
+    sop_instance_uid: str = Field(description="The same for a study on every request: a retried STOW files it once")
+    series_instance_uid: str
+    dicom: str = Field(description="The Part 10 file, base64 (application/dicom)")
+
+
+class DicomResultsResponse(BaseModel):
+    """``GET /studies/{study_id}/dicom``: the SR and the key image, in the study's own DICOM study; built for this
+    request, never stored."""
+
+    study_id: str
+    objects: list[DicomObject]
+    disclaimer: str

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Annotated
 
+import dicom_results_api  # and a study's DICOM SR and key image
 import history_api  # beside this file: the patient history routes
 import studies_api  # and the whole-study routes
 from api_answers import describe_model, predict_answer
@@ -42,6 +43,7 @@ from lungscan.accounts.access import declared_methods, openapi_security
 from lungscan.errors import (
     ConflictError,
     ConflictingRequestError,
+    DicomResultsUnavailableError,
     ForbiddenError,
     HistoryUnavailableError,
     LungScanError,
@@ -104,6 +106,7 @@ cors = StackCORS(allow_origin=os.environ.get("ALLOWED_ORIGIN", ""), max_age=300)
 app = APIGatewayRestResolver(cors=cors, enable_validation=True)
 app.include_router(history_api.router)
 app.include_router(studies_api.router)
+app.include_router(dicom_results_api.router)
 OPENAPI_TITLE = "LungScan API"
 
 STATUS_BY_ERROR: dict[type[LungScanError], int] = {  # the first kind that matches: subclasses first
@@ -117,6 +120,7 @@ STATUS_BY_ERROR: dict[type[LungScanError], int] = {  # the first kind that match
     PayloadTooLargeError: 413,
     UnsupportedFormatError: 415,
     NotACTSliceError: 422,
+    DicomResultsUnavailableError: 422,
     ModelUnavailableError: 503,
     HistoryUnavailableError: 503,
     StudiesUnavailableError: 503,

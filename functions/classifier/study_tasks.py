@@ -19,6 +19,7 @@ import os
 import time
 from typing import Any
 
+import dicom_results_api
 import history_api
 import studies_api
 from api_answers import shown_image
@@ -86,6 +87,9 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
         summary, series = {name: value for name, value in summary.items() if name != "positive_probabilities"}, []
     classifier = store.get(event.get("model") or study["model"]["name"] or None)
     focus = _render(classifier, event, ordered, [summary, *(item["summary"] for item in series)])
+    dicom = dicom_results_api.kept_for_results(
+        summary, ordered, {index: image.get("dicom") for index, image in focus.items()}
+    )
     if not archive:  # an archive's rows are its report in S3 (no API pages them): N writes saved
         studies.put_rows(study_id, ordered, study["expires_at"])
     outcome: dict[str, Any] = {
@@ -94,6 +98,7 @@ def summary_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, 
         "model": {"name": classifier.metadata.name, "version": classifier.metadata.version},
         "study_date": study_date(ordered),
         "finished_at": studies_api._iso(time.time()),
+        "dicom": dicom,  # the few identifiers the DICOM results need, gone with the study; never answered or logged
     }
     if status != STATUS_FAILED and study.get("patient") and study.get("clinician"):
         try:
@@ -150,6 +155,8 @@ def _explain(classifier, s3, event: dict[str, Any], item: dict[str, Any]) -> dic
     rendered: dict[str, Any] = {
         "preview_image": result.focus_image.image,
         "heatmap_image": result.predictions[0].heatmap,
+        # What the DICOM results (GET /studies/{id}/dicom) need once the uploads are gone: kept with the study.
+        "dicom": dicom_results_api.read_for_results(data, result.predictions[0].prediction_set),
     }
     for name in ("preview", "heatmap"):
         image = rendered[f"{name}_image"]

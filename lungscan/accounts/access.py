@@ -42,6 +42,7 @@ ROUTES: dict[Route, Access] = {
     ("POST", "/studies"): Access.TOKEN_IF_SENT,
     ("POST", "/studies/{study_id}/start"): Access.TOKEN_IF_SENT,
     ("GET", "/studies/{study_id}"): Access.TOKEN_IF_SENT,
+    ("GET", "/studies/{study_id}/dicom"): Access.TOKEN_IF_SENT,
 }
 
 # The routes behind the Cognito authorizer.

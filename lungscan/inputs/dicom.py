@@ -275,18 +275,34 @@ def _check_compressed_frame(dataset, index: int, frames: int) -> None:
         )
 
 
+def _undecodable(dataset) -> UnsupportedFormatError:
+    syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID")
+    # Name a transfer syntax the DICOM standard registers; never echo what the file wrote there.
+    known = getattr(syntax, "type", "") == "Transfer Syntax"  # pydicom's UID: registered in the standard
+    name = f"the '{syntax.name}' transfer syntax" if known and syntax is not None else "a transfer syntax"
+    return UnsupportedFormatError(f"This DICOM uses {name}, which this service cannot decode.")
+
+
 def _pixels(dataset, index: int | None, frames: int = 1) -> np.ndarray:
     from pydicom.pixels import pixel_array
+    from pydicom.uid import (
+        JPEG2000TransferSyntaxes,
+        JPEGTransferSyntaxes,
+        RLELossless,
+        UncompressedTransferSyntaxes,
+    )
 
+    syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID")
+    # Only what the checks above size is decoded, whatever plugins pydicom finds installed (highdicom brings a
+    # JPEG-LS decoder for its own use; serving keeps to uncompressed, Pillow's JPEG and JPEG 2000, and RLE).
+    decoded = (*UncompressedTransferSyntaxes, *JPEGTransferSyntaxes, *JPEG2000TransferSyntaxes, RLELossless)
+    if syntax is not None and syntax not in decoded:
+        raise _undecodable(dataset)
     _check_compressed_frame(dataset, index or 0, frames)
     try:
         return pixel_array(dataset, index=index)
     except (NotImplementedError, RuntimeError) as error:
-        syntax = (getattr(dataset, "file_meta", None) or {}).get("TransferSyntaxUID")
-        # Name a transfer syntax the DICOM standard registers; never echo what the file wrote there.
-        known = getattr(syntax, "type", "") == "Transfer Syntax"  # pydicom's UID: registered in the standard
-        name = f"the '{syntax.name}' transfer syntax" if known and syntax is not None else "a transfer syntax"
-        raise UnsupportedFormatError(f"This DICOM uses {name}, which this service cannot decode.") from error
+        raise _undecodable(dataset) from error
     except (ValueError, TypeError, AttributeError, EOFError, KeyError, IndexError) as error:
         raise MalformedInputError("The DICOM pixel data is corrupt.", code="corrupt_image") from error
 
