@@ -13,7 +13,7 @@ import io
 from typing import Any
 
 import studies_api
-from api_schemas import DicomObject, DicomResultsResponse
+from api_schemas import DicomObject, DicomResultsResponse, answers
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from PIL import Image
@@ -22,8 +22,6 @@ from lungscan.errors import ConflictError, DicomResultsUnavailableError, LungSca
 from lungscan.inputs.dicom import looks_like_dicom
 from lungscan.model.classifier import DISCLAIMER
 from lungscan.results.identity import read_identity, same_study
-from lungscan.results.report import dicom_bytes
-from lungscan.results.study import study_results
 
 logger = Logger(child=True)
 router = APIGatewayRouter()
@@ -56,24 +54,27 @@ def kept_for_results(summary: dict[str, Any], ordered: list[dict[str, Any]], rea
     (``read``: ``read_for_results`` by slice index). ``{"unavailable": code}`` where there can be none."""
     by_index = {item["index"]: item for item in ordered}
     keys = [pointer["index"] for pointer in summary.get("most_suspicious_slices") or []]
-    headers = {index: read[index] for index in keys if read.get(index)}
+    headers: dict[int, dict] = {index: header for index in keys if (header := read.get(index))}
     if not keys or keys[0] not in headers:
         return {"unavailable": "not_dicom_study"}
     try:
-        identity = same_study([header["identity"] for header in headers.values()])  # type: ignore[index]
+        identity = same_study([header["identity"] for header in headers.values()])
     except DicomResultsUnavailableError as error:
         return {"unavailable": error.code}
     slices = {
         str(index): {name: by_index[index].get(name) for name in KEPT_SLICE_FIELDS}
-        | {"sop_class_uid": header["sop_class_uid"], "prediction_set": header["prediction_set"]}  # type: ignore[index]
+        | {"sop_class_uid": header["sop_class_uid"], "prediction_set": header["prediction_set"]}
         for index, header in headers.items()
     }
     return {"identity": identity, "slices": slices}
 
 
-@router.get("/studies/<study_id>/dicom", tags=["studies"])
+@router.get("/studies/<study_id>/dicom", tags=["studies"], responses=answers(400, 401, 403, 404, 409, 422, 503))
 def get_study_dicom(study_id: str) -> DicomResultsResponse:
     """The study's DICOM SR and key image (base64 Part 10 files), made now for this request and not kept."""
+    # highdicom (~0.2 s to import) loads with the first request for DICOM results, not at the function's init.
+    from lungscan.results.study import study_results
+
     study = studies_api.find_study(study_id)
     if study["status"] != "done":
         raise ConflictError("The study is not done: its DICOM results come with its summary.", code="study_not_done")
@@ -118,6 +119,8 @@ def _image(key: str | None) -> Image.Image | None:
 
 
 def _object(kind: str, dataset) -> DicomObject:
+    from lungscan.results.report import dicom_bytes
+
     return DicomObject(
         kind=kind,
         filename=FILES[kind],

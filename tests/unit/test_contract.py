@@ -50,6 +50,7 @@ def test_every_route_documents_its_errors_with_the_one_error_body(document):
         ("POST", "/studies"): {"201", "400", "401", "403", "404", "413", "415", "503"},
         ("POST", "/studies/{study_id}/start"): {"202", "400", "401", "403", "404", "409", "503"},
         ("GET", "/studies/{study_id}"): {"200", "400", "401", "403", "404", "503"},
+        ("GET", "/studies/{study_id}/dicom"): {"200", "400", "401", "403", "404", "409", "422", "503"},
     }
     for route, operation in operations(document).items():
         responses = operation["responses"]
