@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from lungscan.accounts.access import checked_by_gateway
-from lungscan.accounts.history import create_table
+from lungscan.accounts.history_store import create_table
 from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
 from lungscan.errors import UnauthorizedError
 

@@ -363,7 +363,7 @@ class HistoryWorld:
         import boto3
 
         from lungscan.accounts.directory import ClinicianDirectory
-        from lungscan.accounts.history import HistoryStore, create_table
+        from lungscan.accounts.history_store import HistoryStore, create_table
 
         self.dynamodb = boto3.client("dynamodb", region_name="us-east-1")
         create_table(self.dynamodb, HISTORY_TABLE)

@@ -39,12 +39,12 @@ from lungscan.accounts.history import (
     MAX_PAGE_SIZE,
     RECORD_ID_PATTERN,
     Clinician,
-    HistoryStore,
     build_record,
     check_patient_ref,
     hash_ref,
     thumbnail_png,
 )
+from lungscan.accounts.history_store import HistoryStore
 from lungscan.accounts.pages import decode_page_token, decode_patients_token, encode_page_token
 from lungscan.accounts.tokens import CognitoTokenVerifier, InvalidTokenError
 from lungscan.bundle.metadata import BundleMetadata
