@@ -16,6 +16,8 @@ import json
 import time
 from typing import Any
 
+from lungscan.accounts.history_store import create_table as create_table  # the same pk/sk keys and TTL
+
 PUBLIC_SLICE_FIELDS = (
     "index",
     "series",
@@ -216,19 +218,3 @@ class StudyStore:
                 time.sleep(min(0.05 * 2**attempt, 2.0))  # DynamoDB's advice for throttled batch writes
             else:
                 raise RuntimeError("DynamoDB kept refusing the study's writes")
-
-
-def create_table(dynamodb, table: str) -> None:
-    """The table as template.yaml declares it (keys, on-demand, TTL): for the local stack and tests."""
-    dynamodb.create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    dynamodb.update_time_to_live(
-        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
-    )
