@@ -470,11 +470,16 @@ def test_the_team_s_patients_are_listed_a_page_at_a_time_and_open_their_timeline
     expect(status).not_to_contain_text("Loading")
     expect(items).to_have_count(2)  # the first page only: the API was asked 2 at a time
     more = page.locator("#patients-more")
-    while more.is_visible():
-        before = items.count()
+    for _ in range(100):  # a page that did not follow `next` would list the first page again and again
+        if not more.is_visible():
+            break
+        before = page.locator("#patients-list .patients-ref").all_text_contents()
         more.click()
         expect(status).not_to_contain_text("Loading")
-        assert 0 < items.count() - before <= 2
+        after = page.locator("#patients-list .patients-ref").all_text_contents()
+        assert after[: len(before)] == before and 0 < len(after) - len(before) <= 2
+        assert not set(after[len(before) :]) & set(before), after  # new patients, not the same page again
+    expect(more).to_be_hidden()
     listed = page.locator("#patients-list .patients-ref").all_text_contents()
     assert listed == sorted(listed) and len(set(listed)) == len(listed), listed  # reference order, each once
     assert [ref for ref in listed if ref.startswith(f"L{tag}")] == refs
