@@ -253,7 +253,7 @@ class HistoryStore:
                 ":rid": {"S": record_id},
                 ":at": {"S": record["created_at"]},
                 ":verdict": {"S": record["verdict"]},
-                ":tier": {"S": record["tier"]},
+                ":tier": {"S": record.get("tier", "")},
                 ":exp": {"N": str(expires_at)},
             },
         }
