@@ -12,6 +12,7 @@
 import { deletePatientScan, listPatientScans } from "./api.js";
 import { cognitoCall, signInWithCognito } from "./sign-in.js";
 import { byId } from "./dom.js";
+import { initPatients, refreshPatients } from "./patients.js";
 import { config } from "./settings.js";
 import { byAcquisition, previousOf, recordDate, recordVerdict } from "./timeline.js";
 
@@ -20,7 +21,7 @@ const SESSION_KEY = "lungscan.session";
 const PATIENT_PATTERN = /^(?!\.\.?$)[A-Za-z0-9._-]{1,64}$/; // "." and "..": URLs drop them
 const PAGE_SIZE = 20;
 const RENEW_BEFORE_MS = 60 * 1000; // renew the ID token this long before it ends
-const UNDO_MS = config.deleteUndoMs || 8000; // a deleted scan can be brought back this long, then it is deleted
+const UNDO_MS = config.deleteUndoMs; // a deleted scan can be brought back this long, then it is deleted
 
 let session = null; // {idToken, refreshToken, sub, email, name, team, expiresAt}
 let renewTimer = null;
@@ -247,6 +248,7 @@ export function onResult(answer) {
   if (!answer || !answer.record_id || !session) return;
   newRecordId = answer.record_id;
   loadTimeline(patientRef());
+  refreshPatients(true);
 }
 
 // A finished study (study.js): its history record is written by the service; show the timeline again.
@@ -255,6 +257,7 @@ export function onStudyResult(answer) {
   newRecordId = answer.record_id || "";
   newStudyId = answer.study_id || "";
   loadTimeline(patientRef());
+  refreshPatients(true);
 }
 
 // ------------------------------------------------------------------ the patient history (timeline)
@@ -348,6 +351,7 @@ async function sendDelete(recordId, leaving) {
   }
   if (leaving || result.status === 204 || result.status === 404) {
     if (!leaving) ui.timelineStatus.textContent = "Scan of " + pending.when + " deleted.";
+    if (!leaving && session) refreshPatients(true);
     return;
   }
   // Refused or unreachable: the scan is still stored, so it comes back, with the reason.
@@ -457,6 +461,16 @@ function render() {
       (session.team ? " · team " + session.team : " · no care team");
   }
   renderTimeline();
+  refreshPatients(signedIn);
+}
+
+// A patient chosen in the team's list (patients.js): its reference in the field, its timeline shown.
+async function choosePatient(ref) {
+  ui.patient.value = ref;
+  if (!checkPatient()) return;
+  newRecordId = "";
+  await loadTimeline(ref);
+  if (session) ui.timelineTitle.focus();
 }
 
 export function initAccounts() {
@@ -490,6 +504,7 @@ export function initAccounts() {
   };
   if (!cognito || !ui.section) return; // no accounts on this deployment: the page as before
   ui.section.hidden = false;
+  initPatients({ authorized: authorized, choose: choosePatient });
   session = loadSession();
   scheduleRenewal();
   ui.signInForm.addEventListener("submit", signIn);

@@ -73,6 +73,12 @@ export function listModels() {
   return call("GET", "/model", { timeoutMs: MODEL_LIST_TIMEOUT_MS });
 }
 
+// GET /patients: one page of the care team's patients, in reference order (`next`: the previous page's token).
+export function listPatients(limit, next, idToken) {
+  const path = "/patients?limit=" + limit + (next ? "&next=" + encodeURIComponent(next) : "");
+  return call("GET", path, { headers: { Authorization: idToken } });
+}
+
 // GET /patients/{ref}/scans: a patient's stored scans, newest first, at most `limit` (the raw Cognito ID
 // token authorizes it).
 export function listPatientScans(ref, limit, idToken) {

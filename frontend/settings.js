@@ -21,6 +21,10 @@ export const config = Object.freeze({
   requestTimeoutMs: positiveNumber(settings.requestTimeoutMs, DEFAULT_TIMEOUT_MS),
   // Only on a stage whose API requires a key (template.yaml RequireApiKey); anyone loading the page can read it.
   apiKey: typeof settings.apiKey === "string" ? settings.apiKey : "",
+  // How many of the team's patients the page asks for at a time (patients.js; the API takes at most 100).
+  patientsPageSize: Math.min(100, Math.floor(positiveNumber(settings.patientsPageSize, 20))),
+  // How long a deleted scan can be brought back before the DELETE is sent (accounts.js).
+  deleteUndoMs: positiveNumber(settings.deleteUndoMs, 8000),
   // Where clinicians sign in ({endpoint, clientId, region}); null: no accounts on this deployment.
   cognito: cognito && cognito.clientId && cognito.endpoint ? cognito : null,
 });

@@ -11,7 +11,8 @@ class PatientSummary(BaseModel):
     patient: str = Field(description="The pseudonymous reference")
     scans: int
     last_scan_at: str
-    last_verdict: str
+    last_verdict: str = Field(description="Deprecated: the original app's words; read last_tier")
+    last_tier: str | None = Field(default=None, description="suspicious, not_excluded or clear (null: stored before)")
 
 
 class PatientsResponse(BaseModel):

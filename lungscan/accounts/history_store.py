@@ -57,13 +57,14 @@ class HistoryStore:
             "TableName": self.table,
             "Key": {"pk": {"S": self._team_pk(team)}, "sk": {"S": f"PATIENT#{ref}"}},
             "UpdateExpression": "ADD scans :one SET patient = :ref, last_record_id = :rid, last_scan_at = :at, "
-            "last_verdict = :verdict, expires_at = :exp",
+            "last_verdict = :verdict, last_tier = :tier, expires_at = :exp",
             "ExpressionAttributeValues": {
                 ":one": {"N": "1"},
                 ":ref": {"S": ref},
                 ":rid": {"S": record_id},
                 ":at": {"S": record["created_at"]},
                 ":verdict": {"S": record["verdict"]},
+                ":tier": {"S": record.get("tier") or ""},  # records from before tiers: none
                 ":exp": {"N": str(expires_at)},
             },
         }
@@ -133,12 +134,13 @@ class HistoryStore:
             TableName=self.table,
             Key=summary_key,
             UpdateExpression="SET scans = :n, last_record_id = :rid, last_scan_at = :at, last_verdict = :verdict, "
-            "expires_at = :exp",
+            "last_tier = :tier, expires_at = :exp",
             ExpressionAttributeValues={
                 ":n": {"N": str(count)},
                 ":rid": {"S": latest["record_id"]},
                 ":at": {"S": latest["created_at"]},
                 ":verdict": {"S": latest["verdict"]},
+                ":tier": {"S": latest.get("tier") or ""},
                 ":exp": newest[0]["expires_at"],  # the summary lives as long as the newest record
             },
         )
@@ -180,6 +182,7 @@ class HistoryStore:
                     "scans": int(item["scans"]["N"]),
                     "last_scan_at": item["last_scan_at"]["S"],
                     "last_verdict": item["last_verdict"]["S"],
+                    "last_tier": item.get("last_tier", {}).get("S") or None,
                 }
             )
             if len(patients) == limit:

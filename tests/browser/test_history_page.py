@@ -49,7 +49,7 @@ def test_signed_out_the_page_works_as_before_and_stores_nothing(open_page):
     expect(page.locator("#patient-box")).to_be_hidden()
     classify(page, NORMAL_PNG)
     assert len([r for r in watch.requests if r[1].split("?")[0].endswith("/predict")]) == 1
-    assert not any("/patients" in url for _, url in watch.requests)
+    assert not any(re.search(r"/patients($|[/?])", url) for _, url in watch.requests)  # the API, not patients.js
     expect(page.locator("#timeline-section")).to_be_hidden()
 
 
@@ -134,7 +134,7 @@ def test_a_stored_scan_is_shared_with_the_team_only_and_sign_out_ends_the_sessio
     again = tmp_path / "after-sign-out.png"
     again.write_bytes(NORMAL_PNG.read_bytes())
     classify(page_a, again)
-    assert not any("/patients" in url for _, url in watch_a.requests)
+    assert not any(re.search(r"/patients($|[/?])", url) for _, url in watch_a.requests)
 
 
 def test_a_wrong_password_and_a_name_as_reference_read_plainly(open_page):
@@ -445,3 +445,81 @@ def test_the_deployed_sign_in_proves_the_password_with_srp_then_asks_for_the_aut
     expect(page.locator("#signed-in")).to_be_hidden()
     assert ("InitiateAuth", "USER_PASSWORD_AUTH") not in fake.calls
     assert ("RespondToAuthChallenge", "SOFTWARE_TOKEN_MFA") in fake.calls
+
+
+def test_the_team_s_patients_are_listed_a_page_at_a_time_and_open_their_timeline(
+    open_page, stack, axe_script, tmp_path
+):
+    """Issue 21, item 4: the page lists the team's patients (GET /patients), paged by the API's `next`."""
+    tag = uuid.uuid4().hex[:6]
+    refs = [f"L{tag}-1", f"L{tag}-2", f"L{tag}-3"]
+    small = "window.LUNGSCAN_CONFIG.patientsPageSize = 2; window.LUNGSCAN_CONFIG.deleteUndoMs = 1000;"
+    page, watch = open_page(PHONE, mobile=True, config=config_with(stack, small))
+    expect(page.locator("#patients-box")).to_be_hidden()
+    sign_in(page, "clinician-a@example.org")
+    expect(page.locator("#patients-box")).to_be_visible()
+    stored = [(refs[1], NORMAL_PNG), (refs[0], NORMAL_PNG), (refs[2], MALIGNANT_JPG), (refs[0], MALIGNANT_JPG)]
+    for index, (ref, source) in enumerate(stored):
+        page.fill("#patient-ref", ref)
+        copy = tmp_path / f"scan-{index}{source.suffix}"  # a name of its own: classify() finds its card by name
+        copy.write_bytes(source.read_bytes())
+        classify(page, copy)
+    expect(page.locator("#timeline .timeline-item")).to_have_count(2)
+    status = page.locator("#patients-status")
+    items = page.locator("#patients-list .patients-item")
+    expect(status).not_to_contain_text("Loading")
+    expect(items).to_have_count(2)  # the first page only: the API was asked 2 at a time
+    more = page.locator("#patients-more")
+    for _ in range(100):  # a page that did not follow `next` would list the first page again and again
+        if not more.is_visible():
+            break
+        before = page.locator("#patients-list .patients-ref").all_text_contents()
+        more.click()
+        expect(status).not_to_contain_text("Loading")
+        after = page.locator("#patients-list .patients-ref").all_text_contents()
+        assert after[: len(before)] == before and 0 < len(after) - len(before) <= 2
+        assert not set(after[len(before) :]) & set(before), after  # new patients, not the same page again
+    expect(more).to_be_hidden()
+    listed = page.locator("#patients-list .patients-ref").all_text_contents()
+    assert listed == sorted(listed) and len(set(listed)) == len(listed), listed  # reference order, each once
+    assert [ref for ref in listed if ref.startswith(f"L{tag}")] == refs
+    asked = [url for method, url in watch.requests if method == "GET" and "/patients?" in url]
+    assert all("limit=2" in url for url in asked) and any("next=" in url for url in asked), asked
+
+    def row(ref):
+        return page.locator("#patients-list .patients-item").filter(
+            has=page.locator(".patients-ref", has_text=re.compile("^" + re.escape(ref) + "$"))
+        )
+
+    expect(row(refs[0]).locator(".patients-meta")).to_contain_text("2 scans · last ")
+    expect(row(refs[1]).locator(".patients-meta")).to_contain_text("1 scan · last ")
+    tiers = re.compile("^(Suspicious — review first|Malignancy not excluded — review|No suspicious finding)$")
+    for ref in refs:
+        expect(row(ref).locator(".patients-verdict")).to_have_text(tiers)
+    sizes = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert sizes[0] <= sizes[1] <= PHONE["width"], sizes
+    serious = serious_axe_violations(page, axe_script)
+    assert not serious, "\n".join(serious)
+
+    # Choosing a patient (mouse, then keyboard) fills the reference and shows that patient's timeline.
+    page.fill("#patient-ref", "")
+    row(refs[1]).locator("button").click()
+    expect(page.locator("#patient-ref")).to_have_value(refs[1])
+    expect(page.locator("#timeline-patient")).to_have_text(refs[1])
+    expect(page.locator("#timeline .timeline-item")).to_have_count(1)
+    expect(page.locator("#timeline-title")).to_be_focused()
+    row(refs[0]).locator("button").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#timeline-patient")).to_have_text(refs[0])
+    expect(page.locator("#timeline .timeline-item")).to_have_count(2)
+
+    # A delete, once sent, is counted in the list.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#timeline .timeline-delete").first.click()
+    expect(page.locator("#timeline-status")).to_contain_text("deleted", timeout=10_000)
+    expect(row(refs[0]).locator(".patients-meta")).to_contain_text("1 scan · last ")
+
+    # Signed out: the list is hidden and emptied.
+    page.click("#sign-out-button")
+    expect(page.locator("#patients-box")).to_be_hidden()
+    expect(page.locator("#patients-list .patients-item")).to_have_count(0)

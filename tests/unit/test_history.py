@@ -105,7 +105,13 @@ def test_a_signed_in_prediction_is_stored_for_the_team(app_module, lambda_contex
     assert status == 200
     assert patients["team"] == "oncology"
     assert patients["patients"] == [
-        {"patient": "P-0001", "scans": 1, "last_scan_at": record["created_at"], "last_verdict": answer["verdict"]}
+        {
+            "patient": "P-0001",
+            "scans": 1,
+            "last_scan_at": record["created_at"],
+            "last_verdict": answer["verdict"],
+            "last_tier": answer["tier"],
+        }
     ]
     assert patients["next"] is None
 
