@@ -149,8 +149,8 @@ def _explain(classifier, s3, event: dict[str, Any], item: dict[str, Any]) -> dic
     try:
         data = s3.get_object(Bucket=event["bucket"], Key=item["key"])["Body"].read(STUDY_LIMITS.max_bytes + 1)
         result = classify_upload(classifier, [data], UploadOptions(explain=True), limits=STUDY_LIMITS)
-    except Exception:
-        logger.exception("slice image not rendered")
+    except Exception as error:  # the type only: an archive's object key (a file name) may be in the message
+        logger.warning("slice image not rendered: %s", type(error).__name__)
         return {}
     rendered: dict[str, Any] = {
         "preview_image": result.focus_image.image,
